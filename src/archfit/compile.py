@@ -1,0 +1,175 @@
+"""Stage 4: cut the graph into target partitions and host code, compile each partition, and keep
+a partition on the target only if its compiled run (boundary crossing included) beats PyTorch."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import fx
+from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
+
+from .capture import Captured
+from .errors import CompileError
+from .partition import PartitionPlan, drop_partitions
+from .support import Reason
+from .targets.base import Engine, Target
+from .timing import median_seconds
+
+PREFIX = "target_"
+
+
+class EngineModule(torch.nn.Module):
+    """Stands in for a partition's submodule: calls the compiled engine."""
+
+    def __init__(self, engine: Engine, index: int, target: str, out_dtypes: Sequence[torch.dtype]):
+        super().__init__()
+        self.engine = engine
+        self.index = index
+        self.target = target
+        self.out_dtypes = tuple(out_dtypes)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = self.engine.run(inputs)
+        # Backends may narrow dtypes (e.g. int64 -> int32); hand PyTorch what it expects.
+        return tuple(o if o.dtype == d else o.to(d) for o, d in zip(outs, self.out_dtypes))
+
+    def extra_repr(self) -> str:
+        return f"partition={self.index}, target={self.target!r}"
+
+
+@dataclass(frozen=True)
+class PartitionTiming:
+    compile_seconds: float
+    compiled_ms: float  # engine run incl. crossing the boundary (tensor <-> backend)
+    eager_ms: float  # the same subgraph run by PyTorch
+
+    @property
+    def pays_off(self) -> bool:
+        return self.compiled_ms < self.eager_ms
+
+
+@dataclass
+class CompiledGraph:
+    graph_module: fx.GraphModule  # host code calling EngineModules
+    plan: PartitionPlan
+    timings: dict[int, PartitionTiming]
+    references: dict[int, fx.GraphModule] = field(repr=False)  # eager partitions, for validation
+    boundary_inputs: dict[int, tuple[torch.Tensor, ...]] = field(repr=False)
+
+
+def _shared_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """Deep copy of the graph that shares (does not duplicate) weight tensors."""
+    memo = {id(t): t for t in list(gm.parameters()) + list(gm.buffers())}
+    for name, value in vars(gm).items():
+        if isinstance(value, torch.Tensor):
+            memo[id(value)] = value
+    return copy.deepcopy(gm, memo)
+
+
+def split(captured: Captured, plan: PartitionPlan) -> fx.GraphModule:
+    """Host graph with one `target_i` submodule per partition; weights move into partitions."""
+    gm = _shared_copy(captured.graph_module)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    groups = [dict.fromkeys(by_name[name] for name in p.nodes) for p in plan.partitions]
+    owner = {n: i for i, g in enumerate(groups) for n in g}
+    # Each partition gets its own get_attr for every weight it reads, so the backend sees
+    # weights as constants (folded and pre-packed) instead of runtime inputs.
+    for node in [n for n in gm.graph.nodes if n.op == "get_attr"]:
+        users_by_part: dict[int, list[fx.Node]] = {}
+        for u in list(node.users):
+            if u in owner:
+                users_by_part.setdefault(owner[u], []).append(u)
+        for i, users in users_by_part.items():
+            with gm.graph.inserting_after(node):
+                clone = gm.graph.get_attr(node.target)
+            clone.meta = dict(node.meta)
+            for u in users:
+                u.replace_input_with(node, clone)
+            groups[i][clone] = None
+        if not node.users:
+            gm.graph.erase_node(node)
+    if groups:
+        gm = fuse_by_partitions(gm, groups, prefix=PREFIX, always_return_tuple=True)
+    gm.recompile()
+    return gm
+
+
+def _record_inputs(gm: fx.GraphModule, count: int, inputs: Sequence[torch.Tensor]) -> dict[int, tuple]:
+    seen: dict[int, tuple] = {}
+    hooks = []
+    for i in range(count):
+        def hook(_mod, args, i=i):
+            seen[i] = tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args)
+        hooks.append(getattr(gm, f"{PREFIX}{i}").register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            gm(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _compile_one(target: Target, sub: fx.GraphModule, args: tuple, precision: str, index: int) -> tuple[Engine, float]:
+    t0 = time.perf_counter()
+    try:
+        engine = target.compile(sub, args, precision)
+    except Exception as e:  # noqa: BLE001 - any backend failure becomes one readable line
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        ops = sorted({n.target.__name__ if hasattr(n.target, "__name__") else str(n.target)
+                      for n in sub.graph.nodes if n.op == "call_function"})
+        raise CompileError(
+            f"{target.name} failed to compile partition {index} ({len(ops)} op kinds: "
+            f"{', '.join(ops[:8])}{'...' if len(ops) > 8 else ''}): {type(e).__name__}: {msg}; "
+            f"force the op at fault to the CPU with force_cpu=[...] or try another target"
+        ) from None
+    return engine, time.perf_counter() - t0
+
+
+def _check_outputs(index: int, target: str, got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> None:
+    if len(got) != len(want) or any(tuple(g.shape) != tuple(w.shape) for g, w in zip(got, want)):
+        raise CompileError(
+            f"{target} engine for partition {index} returned shapes {[tuple(g.shape) for g in got]}, "
+            f"expected {[tuple(w.shape) for w in want]}; this is a backend conversion bug: "
+            f"force one of its ops to the CPU with force_cpu=[...]"
+        )
+
+
+def compile_plan(
+    captured: Captured, plan: PartitionPlan, target: Target, precision: str, check_payoff: bool = True,
+) -> CompiledGraph:
+    """Compile every partition; re-plan without the ones that do not pay off, until stable.
+    Engines are cached by the partition's node set, so re-planning never recompiles one."""
+    cache: dict[tuple[str, ...], tuple[Engine, PartitionTiming, list[torch.dtype]]] = {}
+    while True:
+        gm = split(captured, plan)
+        n = len(plan.partitions)
+        boundary = _record_inputs(gm, n, captured.example_inputs)
+        references = {i: getattr(gm, f"{PREFIX}{i}") for i in range(n)}
+        losers: dict[int, str] = {}
+        for i, part in enumerate(plan.partitions):
+            sub, args = references[i], boundary[i]
+            if part.nodes not in cache:
+                engine, seconds = _compile_one(target, sub, args, precision, i)
+                with torch.no_grad():
+                    want = sub(*args)
+                    _check_outputs(i, target.name, engine.run(args), want)
+                    eager = median_seconds(lambda: sub(*args)) if check_payoff else float("nan")
+                compiled = median_seconds(lambda: engine.run(args)) if check_payoff else float("nan")
+                timing = PartitionTiming(seconds, compiled * 1e3, eager * 1e3)
+                cache[part.nodes] = (engine, timing, [t.dtype for t in want])
+            engine, timing, _ = cache[part.nodes]
+            if check_payoff and not timing.pays_off:
+                losers[i] = (f"compiled {timing.compiled_ms:.3f} ms (with boundary) vs "
+                             f"PyTorch {timing.eager_ms:.3f} ms")
+        if losers:
+            plan = drop_partitions(captured.graph_module, plan, losers, Reason.NO_PAYOFF)
+            continue
+        timings = {}
+        for i, part in enumerate(plan.partitions):
+            engine, timings[i], out_dtypes = cache[part.nodes]
+            setattr(gm, f"{PREFIX}{i}", EngineModule(engine, i, target.name, out_dtypes))
+        return CompiledGraph(gm, plan, timings, references, boundary)

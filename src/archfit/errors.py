@@ -1,0 +1,38 @@
+"""User-facing errors: one line naming the stage, the input/op/node, what was expected, what to do."""
+from __future__ import annotations
+
+
+class ArchfitError(Exception):
+    """Base class. `str(err)` is a single line meant for a person, never a dependency's traceback."""
+
+    stage = "archfit"
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(message.split()))
+
+    def __str__(self) -> str:  # prefix the stage so CLI users know where it failed
+        return f"{self.stage}: {self.args[0]}"
+
+
+class CaptureError(ArchfitError):
+    stage = "capture"
+
+
+class TargetError(ArchfitError):
+    stage = "target"
+
+
+class UnsupportedOpsError(ArchfitError):
+    stage = "partition"
+
+
+class CompileError(ArchfitError):
+    stage = "compile"
+
+
+class ValidationError(ArchfitError):
+    stage = "validate"
+
+
+class InputError(ArchfitError):
+    stage = "run"

@@ -1,0 +1,114 @@
+"""The straight line through every stage: capture -> support -> partition -> compile ->
+validate -> run. `analyze` stops before compiling; `trace` goes all the way."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .capture import Captured, capture, describe_node, first_data_dependent_origin
+from .compile import compile_plan
+from .errors import ArchfitError, CaptureError
+from .partition import PartitionPlan, is_acyclic, plan_partitions, require_full as check_full
+from .report import FitReport, build_report
+from .runtime import CompiledModule
+from .support import check_support
+from .targets import Target, get_target
+from .targets.base import PRECISIONS
+from .validate import validate as run_validation
+
+DEFAULT_TARGETS = ("openvino", "onnxruntime")
+DEFAULT_MIN_PARTITION_SIZE = 2  # compute ops; Neuron's minimum_segment_size default is 2 too
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Fit of one model on several targets, side by side."""
+
+    model: str
+    reports: tuple[FitReport, ...]
+
+    def __getitem__(self, target: str) -> FitReport:
+        for r in self.reports:
+            if r.target == target:
+                return r
+        raise KeyError(target)
+
+    def to_text(self) -> str:
+        return "\n".join(r.to_text() for r in self.reports)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "reports": [r.to_dict() for r in self.reports]}
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+def _name(model: torch.nn.Module, name: str | None) -> str:
+    return name or type(model).__name__
+
+
+def _check_precision(target: Target, precision: str) -> None:
+    if precision not in PRECISIONS or precision not in target.precisions:
+        raise ArchfitError(f"precision {precision!r} is not offered by target {target.name!r}; "
+                           f"choose one of {', '.join(target.precisions)}")
+
+
+def _plan(captured: Captured, target: Target, force_cpu: Iterable[str], min_size: int) -> PartitionPlan:
+    table = check_support(captured, target, force_cpu)
+    plan = plan_partitions(captured.graph_module, table, min_size)
+    assert is_acyclic(captured.graph_module, plan), "partitioner produced a cycle"  # cheap, and must never fire
+    return plan
+
+
+def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str | Target] = DEFAULT_TARGETS, *,
+            precision: str = "fp32", force_cpu: Iterable[str] = (),
+            min_partition_size: int = DEFAULT_MIN_PARTITION_SIZE, name: str | None = None) -> Analysis:
+    """Fit report per target without compiling anything."""
+    captured = capture(model, example_inputs)
+    reports = []
+    for t in targets:
+        target = get_target(t)
+        _check_precision(target, precision)
+        plan = _plan(captured, target, tuple(force_cpu), min_partition_size)
+        reports.append(build_report(_name(model, name), plan, precision, target.emulated))
+    return Analysis(_name(model, name), tuple(reports))
+
+
+def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "openvino", *,
+          precision: str = "fp32", force_cpu: Iterable[str] = (), require_full: bool = False,
+          min_partition_size: int = DEFAULT_MIN_PARTITION_SIZE, check_payoff: bool = True,
+          validate: bool = True, name: str | None = None) -> CompiledModule:
+    """Compile `model` for `target` at the example inputs' shapes; returns an nn.Module that
+    takes the same inputs and returns the same output structure as `model`.
+
+    force_cpu: op names ('aten.gelu', 'gelu') or node names to keep in PyTorch.
+    require_full: fail, listing every node, unless the whole model runs on the target.
+    check_payoff: time each partition at compile time and keep it on the target only if it
+        beats PyTorch including the boundary crossing.
+    validate: compare with eager PyTorch on the example and one random input (see TOLERANCES).
+    """
+    t0 = time.perf_counter()
+    target = get_target(target)
+    _check_precision(target, precision)
+    captured = capture(model, example_inputs)
+    origin = first_data_dependent_origin(captured.graph_module)
+    if origin is not None:
+        raise CaptureError(
+            f"{_name(model, name)}: {describe_node(origin)} has a data-dependent output shape; "
+            f"archfit compiles at fixed shapes: move it out of forward() (e.g. into post-processing)"
+        )
+    plan = _plan(captured, target, tuple(force_cpu), min_partition_size)
+    if require_full:
+        check_full(plan)
+    compiled = compile_plan(captured, plan, target, precision, check_payoff)
+    module = CompiledModule(compiled.graph_module, captured.in_spec, captured.out_spec, captured.inputs,
+                            target.name, precision)
+    validation = None
+    if validate:
+        validation = run_validation(model, module, captured, compiled, precision)
+    module.report = build_report(_name(model, name), compiled.plan, precision, target.emulated,
+                                 compiled.timings, validation, time.perf_counter() - t0)
+    return module

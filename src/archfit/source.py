@@ -1,0 +1,54 @@
+"""Find the user's `file:line` in stack traces recorded by torch.export or raised by it."""
+from __future__ import annotations
+
+import os
+import re
+import traceback
+from types import TracebackType
+
+import torch
+
+# Frames inside these trees are machinery, not the user's model code.
+_INTERNAL_ROOTS = tuple(
+    os.path.dirname(mod.__file__) + os.sep
+    for mod in (torch,)
+) + (os.path.dirname(__file__) + os.sep,)
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
+
+
+def _is_user(filename: str) -> bool:
+    return not filename.startswith(_INTERNAL_ROOTS) and not filename.startswith("<")
+
+
+def _short(filename: str) -> str:
+    """Paths under site-packages are shown from the package down (transformers/...)."""
+    marker = "site-packages" + os.sep
+    if marker in filename:
+        return filename.split(marker, 1)[1]
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if rel.startswith("..") else rel
+
+
+def from_stack_trace(stack_trace: str | None) -> str | None:
+    """Last user frame of a node's `meta['stack_trace']`, as 'file:line (code)'."""
+    if not stack_trace:
+        return None
+    frames = [m for m in _FRAME.finditer(stack_trace) if _is_user(m.group(1))]
+    if not frames:
+        return None
+    path, line, _fn, code = frames[-1].groups()
+    return f"{_short(path)}:{line} ({code.strip()})" if code.strip() else f"{_short(path)}:{line}"
+
+
+def from_traceback(tb: TracebackType | None) -> str | None:
+    """Deepest user frame of an exception's traceback, as 'file:line (code)'."""
+    frames = [f for f in traceback.extract_tb(tb) if _is_user(f.filename)]
+    if not frames:
+        return None
+    f = frames[-1]
+    code = (f.line or "").strip()
+    return f"{_short(f.filename)}:{f.lineno} ({code})" if code else f"{_short(f.filename)}:{f.lineno}"

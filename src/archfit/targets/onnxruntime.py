@@ -1,0 +1,98 @@
+"""ONNX Runtime, CPU execution provider. A node is supported when torch.onnx's exporter can
+lower it: it has a torchlib ONNX function, or a decomposition into ops that do."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+from torch import fx
+
+from ..precision import emulate_bf16
+from .base import Target, export_partition, listed_or_decomposed, to_numpy
+from .registry import register_target
+
+
+@lru_cache(maxsize=1)
+def _registry():
+    from torch.onnx._internal.exporter._registration import ONNXRegistry
+
+    return ONNXRegistry.from_torchlib()
+
+
+@lru_cache(maxsize=None)
+def _listed(op) -> bool:
+    return _registry().is_registered(op)
+
+
+supports = listed_or_decomposed(_listed, "torch.onnx's torchlib registry")
+
+
+class OnnxRuntimeEngine:
+    def __init__(self, session):
+        self.session = session
+        self.input_names = [i.name for i in session.get_inputs()]
+
+    def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        feeds = {name: to_numpy(t) for name, t in zip(self.input_names, inputs)}
+        return [torch.from_numpy(a) for a in self.session.run(None, feeds)]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx and onnxscript print progress and optimizer notes; archfit reports instead."""
+    names = ("torch.onnx", "onnxscript", "onnx_ir", "torch.export")
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for n, lvl in levels.items():
+            logging.getLogger(n).setLevel(lvl)
+
+
+def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], precision: str) -> OnnxRuntimeEngine:
+    import onnxruntime as ort
+
+    if precision == "bf16":
+        # ORT's CPU provider has no bf16 matmul/conv kernels: round their inputs and outputs to
+        # bf16 instead, which gives the numerics of bf16 compute with fp32 accumulation.
+        gm = emulate_bf16(gm)
+    with _quiet():
+        program = torch.onnx.export(export_partition(gm, example_inputs), dynamo=True, optimize=True, verbose=False)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(
+        program.model_proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+    return OnnxRuntimeEngine(session)
+
+
+def _unavailable() -> str | None:
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        return f"a package does not import ({e}); pip install onnxruntime onnxscript"
+    return None
+
+
+TARGET = register_target(
+    Target(
+        name="onnxruntime",
+        backend="onnxruntime",
+        device="CPU",
+        description="ONNX Runtime CPU execution provider, via torch.onnx (dynamo exporter)",
+        supports=supports,
+        compile=compile_partition,
+        unavailable=_unavailable,
+    )
+)

@@ -1,0 +1,85 @@
+"""OpenVINO on the CPU. Support rules are OpenVINO's own list of ATen ops its PyTorch frontend
+lowers (the one its torch.compile backend partitions by), not a guess of ours."""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+from torch import fx
+
+from .base import Target, export_partition, listed_or_decomposed, to_numpy
+from .registry import register_target
+
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+@lru_cache(maxsize=1)
+def _op_support():
+    from openvino.frontend.pytorch.torchdynamo.op_support import OperatorSupport
+
+    return OperatorSupport(options={})
+
+
+@lru_cache(maxsize=None)
+def _listed(op) -> bool:
+    node = fx.Graph().call_function(op)  # OperatorSupport judges fx nodes; a bare one suffices
+    return _op_support().is_node_supported({}, node)
+
+
+supports = listed_or_decomposed(_listed, "OpenVINO's op list")
+
+
+class OpenVINOEngine:
+    """One infer request reused across calls; inputs are shared with torch, not copied."""
+
+    def __init__(self, compiled_model):
+        self.compiled_model = compiled_model
+        self.request = compiled_model.create_infer_request()
+
+    def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        result = self.request.infer([to_numpy(t) for t in inputs], share_inputs=True)
+        return [torch.from_numpy(a) for a in result.to_tuple()]
+
+
+@lru_cache(maxsize=1)
+def core():
+    import openvino as ov
+
+    return ov.Core()
+
+
+def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], precision: str) -> OpenVINOEngine:
+    import openvino as ov
+
+    ep = export_partition(gm, example_inputs)
+    model = ov.convert_model(ep)
+    # Fixed shapes: the whole point of compiling per shape bucket is to let the backend specialise.
+    model.reshape({i: ov.PartialShape(list(t.shape)) for i, t in enumerate(example_inputs)})
+    config = {
+        # OpenVINO defaults to bf16 on CPUs with bf16 units; fp32 must be asked for explicitly.
+        "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    return OpenVINOEngine(core().compile_model(model, "CPU", config))
+
+
+def _unavailable() -> str | None:
+    try:
+        import openvino  # noqa: F401
+    except ImportError as e:
+        return f"the openvino package does not import ({e}); pip install openvino"
+    return None
+
+
+TARGET = register_target(
+    Target(
+        name="openvino",
+        backend="openvino",
+        device="CPU",
+        description="OpenVINO CPU plugin; bf16 runs on AVX512-BF16/AMX units where present",
+        supports=supports,
+        compile=compile_partition,
+        unavailable=_unavailable,
+    )
+)
