@@ -17,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/archfit compile tiny-bert --target openvino --target onnxruntime
+	$(BIN)/archfit analyze mlp-custom-op --tiny
+	$(BIN)/archfit compile bert-base --target openvino
 
 test: install
 	$(BIN)/pytest -q

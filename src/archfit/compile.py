@@ -172,4 +172,5 @@ def compile_plan(
         for i, part in enumerate(plan.partitions):
             engine, timings[i], out_dtypes = cache[part.nodes]
             setattr(gm, f"{PREFIX}{i}", EngineModule(engine, i, target.name, out_dtypes))
+        gm.delete_all_unused_submodules()  # weights now owned by engines need not stay in PyTorch
         return CompiledGraph(gm, plan, timings, references, boundary)

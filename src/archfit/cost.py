@@ -40,13 +40,15 @@ def _val(x):
 
 
 def _numel(v) -> int:
-    return sum(t.numel() for t in tree_flatten(v)[0] if isinstance(t, torch.Tensor))
+    return sum(_prod(_shape(t)) for t in tree_flatten(v)[0] if isinstance(t, torch.Tensor))
 
 
 def _int(x) -> int:
+    if isinstance(x, torch.SymInt) and not x.node.has_hint():
+        return 1  # data-dependent size (unbacked symbol): unknown until run time, count as 1
     try:
         return int(x)
-    except (TypeError, ValueError):  # unbacked symbolic sizes: count them as 1
+    except Exception:  # noqa: BLE001 - any other symbolic expression without a value
         return 1
 
 

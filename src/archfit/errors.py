@@ -36,3 +36,7 @@ class ValidationError(ArchfitError):
 
 class InputError(ArchfitError):
     stage = "run"
+
+
+class ModelError(ArchfitError):
+    stage = "model"

@@ -8,16 +8,18 @@ from types import TracebackType
 
 import torch
 
-# Frames inside these trees are machinery, not the user's model code.
-_INTERNAL_ROOTS = tuple(
-    os.path.dirname(mod.__file__) + os.sep
-    for mod in (torch,)
-) + (os.path.dirname(__file__) + os.sep,)
+# Frames inside these trees are machinery, not the user's model code. archfit's own zoo
+# models are model code, so they count as the user's.
+_ARCHFIT = os.path.dirname(__file__) + os.sep
+_INTERNAL_ROOTS = (os.path.dirname(torch.__file__) + os.sep, _ARCHFIT)
+_USER_INSIDE_ARCHFIT = _ARCHFIT + "zoo" + os.sep
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
 
 
 def _is_user(filename: str) -> bool:
+    if filename.startswith(_USER_INSIDE_ARCHFIT):
+        return True
     return not filename.startswith(_INTERNAL_ROOTS) and not filename.startswith("<")
 
 
@@ -26,6 +28,8 @@ def _short(filename: str) -> str:
     marker = "site-packages" + os.sep
     if marker in filename:
         return filename.split(marker, 1)[1]
+    if filename.startswith(_ARCHFIT):
+        return "archfit" + os.sep + filename[len(_ARCHFIT):]
     try:
         rel = os.path.relpath(filename)
     except ValueError:

@@ -1,0 +1,30 @@
+"""Resolve the MODEL argument of the CLI: a built-in zoo name or `path/to/file.py:function`."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import torch
+
+from . import zoo
+from .errors import ModelError
+
+
+def load_model(spec: str, tiny: bool = False) -> tuple[torch.nn.Module, Any, str]:
+    """Returns (model, example_inputs, display name)."""
+    if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
+        path, func = spec.rsplit(":", 1)
+        if not os.path.isfile(path):
+            raise ModelError(f"model file {path!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(f"archfit_user_{abs(hash(path))}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)  # the user's own file, run on purpose
+        if not hasattr(module, func):
+            raise ModelError(f"{path} has no function {func!r}; it must return (model, example_inputs)")
+        result = getattr(module, func)()
+        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)):
+            raise ModelError(f"{spec} must return (model, example_inputs), got {type(result).__name__}")
+        return result[0].eval(), result[1], func
+    model, inputs = zoo.build(spec, tiny=tiny)
+    return model, inputs, spec + (" (tiny)" if tiny else "")

@@ -1,0 +1,84 @@
+"""Compile stage: third-party targets plug in, partitions that do not pay off go back to the
+CPU with both timings reported, and a wrong engine is caught by validation and named."""
+import time
+
+import pytest
+import torch
+
+import archfit
+from archfit.targets.onnxruntime import supports as onnx_supports
+from conftest import assert_close_to_eager
+
+
+class EagerEngine:
+    """A reference backend: runs the partition in PyTorch (tinygrad's lesson: test the whole
+    pipeline with no accelerator)."""
+
+    def __init__(self, gm, delay=0.0, offset=0.0):
+        self.gm, self.delay, self.offset = gm, delay, offset
+
+    def run(self, inputs):
+        if self.delay:
+            time.sleep(self.delay)
+        with torch.no_grad():
+            return [o + self.offset for o in self.gm(*inputs)]
+
+
+def _target(name, **engine_kwargs):
+    return archfit.Target(
+        name=name, backend="torch", device="CPU", description="test backend",
+        supports=onnx_supports,
+        compile=lambda gm, inputs, precision: EagerEngine(gm, **engine_kwargs),
+    )
+
+
+def test_third_party_target_registers_without_touching_core(mlp_custom):
+    target = archfit.register_target(_target("reference-test"), replace=True)
+    assert archfit.get_target("reference-test") is target
+    assert "reference-test" in [t.name for t in archfit.list_targets()]
+    model, inputs = mlp_custom
+    compiled = archfit.trace(model, inputs, target="reference-test", check_payoff=False)
+    assert len(compiled.report.partitions) == 2
+    assert_close_to_eager(model, compiled, inputs)
+
+
+def test_partition_that_does_not_pay_off_moves_back_to_cpu(mlp_custom):
+    model, inputs = mlp_custom
+    slow = _target("slow-test", delay=0.005)  # 5 ms per call: far slower than PyTorch here
+    compiled = archfit.trace(model, inputs, target=slow)
+    report = compiled.report
+    assert report.partitions == ()
+    groups = [g for g in report.fallback if g.reason == "does not pay off"]
+    assert groups and all("compiled" in g.detail and "PyTorch" in g.detail for g in groups)
+    compiled_ms = float(groups[0].detail.split("compiled ")[1].split(" ms")[0])
+    assert compiled_ms >= 5.0
+    assert "does not pay off" in report.to_text()
+    assert_close_to_eager(model, compiled, inputs)
+
+
+def test_partition_that_pays_off_stays_with_both_timings(tiny_bert):
+    model, inputs = tiny_bert
+    compiled = archfit.trace(model, inputs, target="openvino")
+    (timing,) = compiled.report.timings.values()
+    assert timing.pays_off and timing.compiled_ms < timing.eager_ms
+    assert "compiled ms" in compiled.report.to_text()
+
+
+def test_wrong_engine_fails_validation_naming_the_partition(mlp_custom):
+    model, inputs = mlp_custom
+    broken = _target("broken-test", offset=1.0)
+    with pytest.raises(archfit.ValidationError, match=r"output 'output' differs from eager PyTorch on example "
+                                                      r"inputs.*partition \d \(broken-test\) is at fault"):
+        archfit.trace(model, inputs, target=broken, check_payoff=False)
+
+
+def test_backend_failure_is_one_line_naming_partition(mlp_custom):
+    def explode(gm, inputs, precision):
+        raise RuntimeError("backend said no\nwith a long traceback")
+
+    model, inputs = mlp_custom
+    target = archfit.Target(name="explode-test", backend="x", device="CPU", description="", supports=onnx_supports,
+                            compile=explode)
+    with pytest.raises(archfit.CompileError, match=r"explode-test failed to compile partition 0 .*backend said no;") as e:
+        archfit.trace(model, inputs, target=target)
+    assert "\n" not in str(e.value)

@@ -1,0 +1,110 @@
+"""End to end: trace on each shipped target and compare with eager PyTorch."""
+import pytest
+import torch
+
+import archfit
+from conftest import assert_close_to_eager
+
+TARGETS = ["openvino", "onnxruntime"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_tiny_bert_one_partition_matches_eager(tiny_bert, target):
+    model, inputs = tiny_bert
+    compiled = archfit.trace(model, inputs, target=target)
+    report = compiled.report
+    assert len(report.partitions) == 1
+    assert report.verdict == "fits" and report.supported_ops == report.total_ops
+    assert report.validation.ok and len(report.validation.checks) == 2
+    out = compiled(**inputs)
+    assert type(out).__name__ == "BaseModelOutputWithPoolingAndCrossAttentions"  # structure kept
+    assert_close_to_eager(model, compiled, inputs)
+    # and on a fresh input of the same shape, not just the example
+    fresh = {"input_ids": torch.randint(1, 512, (1, 16)), "attention_mask": inputs["attention_mask"]}
+    assert_close_to_eager(model, compiled, fresh)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_resnet18_one_partition_matches_eager(tiny_resnet18, target):
+    model, inputs = tiny_resnet18
+    compiled = archfit.trace(model, inputs, target=target)
+    assert len(compiled.report.partitions) == 1 and compiled.report.verdict == "fits"
+    assert_close_to_eager(model, compiled, inputs)
+    assert_close_to_eager(model, compiled, (torch.randn(1, 3, 64, 64),))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_custom_op_splits_target_cpu_target(mlp_custom, target):
+    model, inputs = mlp_custom
+    # payoff timing is tested on its own (test_compile.py); tiny partitions may lose to PyTorch
+    compiled = archfit.trace(model, inputs, target=target, check_payoff=False)
+    report = compiled.report
+    assert len(report.partitions) == 2
+    first, second = report.partitions
+    assert [b.name for b in first.inputs] == ["x"]
+    assert [b.name for b in second.inputs] == ["softclip"]  # the CPU op feeds the second partition
+    (group,) = report.fallback
+    assert group.op == "archfit_zoo.softclip" and group.reason == "no lowering on this target"
+    assert group.sources and group.sources[0].startswith("archfit/zoo/toy.py:")
+    assert "softclip(x, 3.0)" in group.sources[0]
+    engines = [m for m in compiled.graph_module.modules() if type(m).__name__ == "EngineModule"]
+    assert [e.index for e in engines] == [0, 1]
+    # the linear layers' weights live in the engines only; PyTorch keeps no copy
+    assert sum(p.numel() for p in compiled.graph_module.parameters()) == 0
+    assert_close_to_eager(model, compiled, inputs)
+
+
+def test_require_full_lists_the_fallback_node(mlp_custom):
+    model, inputs = mlp_custom
+    with pytest.raises(archfit.UnsupportedOpsError,
+                       match=r"1 node\(s\) would run on the CPU.*softclip \(archfit_zoo.softclip, no lowering on "
+                             r"this target at archfit/zoo/toy.py:\d+"):
+        archfit.trace(model, inputs, target="openvino", require_full=True)
+
+
+def test_analyze_names_custom_op_with_source_line_on_every_target(mlp_custom):
+    model, inputs = mlp_custom
+    analysis = archfit.analyze(model, inputs, targets=TARGETS)
+    for target in TARGETS:
+        report = analysis[target]
+        assert report.verdict == "fits with fallback"
+        assert report.supported_ops == report.total_ops - 1
+        (group,) = report.fallback
+        assert group.op == "archfit_zoo.softclip"
+        assert "toy.py" in group.sources[0]
+        assert "archfit_zoo.softclip" in report.to_text() and "toy.py" in report.to_text()
+        assert report.to_dict()["fallback"][0]["op"] == "archfit_zoo.softclip"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_bf16_matches_eager_within_bf16_tolerance_and_differs_from_fp32(tiny_resnet18, target):
+    model, inputs = tiny_resnet18
+    compiled = archfit.trace(model, inputs, target=target, precision="bf16")
+    assert compiled.report.validation.ok
+    assert_close_to_eager(model, compiled, inputs, precision="bf16")
+    # bf16 really is in effect: the error is well above what fp32 gives
+    assert compiled.report.validation.max_rel > 1e-4
+
+
+def test_force_cpu_keeps_op_in_pytorch(tiny_bert):
+    model, inputs = tiny_bert
+    compiled = archfit.trace(model, inputs, target="onnxruntime", force_cpu=["aten.gelu"], check_payoff=False)
+    groups = {g.op: g for g in compiled.report.fallback}
+    assert groups["aten.gelu"].reason == "forced to CPU by the user" and groups["aten.gelu"].count == 2
+    assert len(compiled.report.partitions) == 3  # before, between and after the two gelus
+    assert_close_to_eager(model, compiled, inputs)
+
+
+def test_wrong_input_shape_is_one_clear_line(tiny_resnet18):
+    model, inputs = tiny_resnet18
+    compiled = archfit.trace(model, inputs, target="onnxruntime", validate=False, check_payoff=False)
+    with pytest.raises(archfit.InputError, match=r"input 'x': expected \(1, 3, 64, 64\) float32, got \(2, 3, 64, 64\)"):
+        compiled(torch.randn(2, 3, 64, 64))
+
+
+def test_unknown_target_and_precision_errors(tiny_resnet18):
+    model, inputs = tiny_resnet18
+    with pytest.raises(archfit.TargetError, match="unknown target 'tpu'.*openvino"):
+        archfit.trace(model, inputs, target="tpu")
+    with pytest.raises(archfit.ArchfitError, match="precision 'fp8'"):
+        archfit.trace(model, inputs, target="openvino", precision="fp8")
