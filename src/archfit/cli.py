@@ -21,7 +21,7 @@ def _fail(err: Exception) -> None:
 @app.command()
 def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
             target: List[str] = typer.Option(["openvino", "onnxruntime"], "--target", "-t", help="Target(s) to check."),
-            precision: str = typer.Option("fp32", help="fp32 or bf16."),
+            precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (default: each target's own)."),
             force_cpu: List[str] = typer.Option([], "--force-cpu", help="Op or node name to keep on the CPU."),
             tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
@@ -40,10 +40,12 @@ def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
 @app.command("compile")
 def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
              target: str = typer.Option("openvino", "--target", "-t"),
-             precision: str = typer.Option("fp32", help="fp32 or bf16 (auto-casts matmul and convolution)."),
+             precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (auto-casts matmul and convolution); "
+                                                                  "default: the target's own."),
              force_cpu: List[str] = typer.Option([], "--force-cpu", help="Op or node name to keep on the CPU."),
              require_full: bool = typer.Option(False, help="Fail unless every op runs on the target."),
-             min_partition_size: int = typer.Option(2, help="Smallest partition, in compute ops."),
+             min_partition_size: Optional[int] = typer.Option(None, help="Smallest partition, in compute ops "
+                                                                         "(default: the target's own)."),
              tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Compile for a target, validate against eager PyTorch, and compare latency."""

@@ -11,16 +11,16 @@ import torch
 from .capture import Captured, capture, describe_node, first_data_dependent_origin
 from .compile import compile_plan
 from .errors import ArchfitError, CaptureError
-from .partition import PartitionPlan, is_acyclic, plan_partitions, require_full as check_full
+from .estimate import estimate_latency, measure_host_ms
+from .partition import PartitionPlan, drop_partitions, is_acyclic, plan_partitions, require_full as check_full
 from .report import FitReport, build_report
 from .runtime import CompiledModule
-from .support import check_support
+from .support import Reason, check_support
 from .targets import Target, get_target
 from .targets.base import PRECISIONS
 from .validate import validate as run_validation
 
 DEFAULT_TARGETS = ("openvino", "onnxruntime")
-DEFAULT_MIN_PARTITION_SIZE = 2  # compute ops; Neuron's minimum_segment_size default is 2 too
 
 
 @dataclass(frozen=True)
@@ -50,36 +50,51 @@ def _name(model: torch.nn.Module, name: str | None) -> str:
     return name or type(model).__name__
 
 
-def _check_precision(target: Target, precision: str) -> None:
+def _precision(target: Target, precision: str | None) -> str:
+    precision = precision or target.default_precision
     if precision not in PRECISIONS or precision not in target.precisions:
         raise ArchfitError(f"precision {precision!r} is not offered by target {target.name!r}; "
                            f"choose one of {', '.join(target.precisions)}")
+    return precision
 
 
-def _plan(captured: Captured, target: Target, force_cpu: Iterable[str], min_size: int) -> PartitionPlan:
+def _plan(captured: Captured, target: Target, force_cpu: Iterable[str], min_size: int | None) -> PartitionPlan:
     table = check_support(captured, target, force_cpu)
-    plan = plan_partitions(captured.graph_module, table, min_size)
+    plan = plan_partitions(captured.graph_module, table, target.min_partition_size if min_size is None else min_size)
+    if target.policy is not None:
+        dropped = target.policy(plan)
+        if dropped:
+            plan = drop_partitions(captured.graph_module, plan, dropped, Reason.POLICY)
     assert is_acyclic(captured.graph_module, plan), "partitioner produced a cycle"  # cheap, and must never fire
     return plan
 
 
+def _estimate(captured: Captured, plan: PartitionPlan, target: Target, precision: str):
+    """Roofline latency for targets that describe a chip (the accelerator profiles)."""
+    if target.chip is None:
+        return None
+    host_ms = measure_host_ms(captured.graph_module, plan, captured.example_inputs)
+    return estimate_latency(captured.graph_module, plan, target.chip, precision, host_ms)
+
+
 def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str | Target] = DEFAULT_TARGETS, *,
-            precision: str = "fp32", force_cpu: Iterable[str] = (),
-            min_partition_size: int = DEFAULT_MIN_PARTITION_SIZE, name: str | None = None) -> Analysis:
+            precision: str | None = None, force_cpu: Iterable[str] = (),
+            min_partition_size: int | None = None, name: str | None = None) -> Analysis:
     """Fit report per target without compiling anything."""
     captured = capture(model, example_inputs)
     reports = []
     for t in targets:
         target = get_target(t)
-        _check_precision(target, precision)
+        prec = _precision(target, precision)
         plan = _plan(captured, target, tuple(force_cpu), min_partition_size)
-        reports.append(build_report(_name(model, name), plan, precision, target.emulated))
+        reports.append(build_report(_name(model, name), plan, prec, target.emulated,
+                                    estimate=_estimate(captured, plan, target, prec)))
     return Analysis(_name(model, name), tuple(reports))
 
 
 def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "openvino", *,
-          precision: str = "fp32", force_cpu: Iterable[str] = (), require_full: bool = False,
-          min_partition_size: int = DEFAULT_MIN_PARTITION_SIZE, check_payoff: bool = True,
+          precision: str | None = None, force_cpu: Iterable[str] = (), require_full: bool = False,
+          min_partition_size: int | None = None, check_payoff: bool = True,
           validate: bool = True, name: str | None = None) -> CompiledModule:
     """Compile `model` for `target` at the example inputs' shapes; returns an nn.Module that
     takes the same inputs and returns the same output structure as `model`.
@@ -92,7 +107,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     """
     t0 = time.perf_counter()
     target = get_target(target)
-    _check_precision(target, precision)
+    precision = _precision(target, precision)
     captured = capture(model, example_inputs)
     origin = first_data_dependent_origin(captured.graph_module)
     if origin is not None:
@@ -103,12 +118,13 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     plan = _plan(captured, target, tuple(force_cpu), min_partition_size)
     if require_full:
         check_full(plan)
-    compiled = compile_plan(captured, plan, target, precision, check_payoff)
+    compiled = compile_plan(captured, plan, target, precision, check_payoff and target.measure_payoff)
     module = CompiledModule(compiled.graph_module, captured.in_spec, captured.out_spec, captured.inputs,
-                            target.name, precision)
+                            target.name, precision, emulated=target.emulated)
     validation = None
     if validate:
         validation = run_validation(model, module, captured, compiled, precision)
     module.report = build_report(_name(model, name), compiled.plan, precision, target.emulated,
-                                 compiled.timings, validation, time.perf_counter() - t0)
+                                 compiled.timings, validation, time.perf_counter() - t0,
+                                 estimate=_estimate(captured, compiled.plan, target, precision))
     return module

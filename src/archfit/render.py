@@ -31,8 +31,8 @@ def _shapes(bs) -> str:
 
 def render_report(r: "FitReport", width: int = 120) -> str:
     buf = io.StringIO()
-    con = Console(file=buf, width=width, force_terminal=False, color_system=None)
-    emu = " [emulated]" if r.emulated else ""
+    con = Console(file=buf, width=width, force_terminal=False, color_system=None, markup=False, highlight=False)
+    emu = " [accelerator profile; execution emulated on this CPU]" if r.emulated else ""
     con.print(f"archfit fit report: {r.model} on {r.target}{emu} ({r.precision})")
     con.print(f"verdict: {r.verdict.upper()} ({r.verdict_reason})")
     con.print(
@@ -72,6 +72,17 @@ def render_report(r: "FitReport", width: int = 120) -> str:
             for o in c.outputs:
                 t.add_row(c.label, o.output, f"{o.max_abs:.2e}", f"{o.max_rel:.2e}", "yes" if o.ok else "NO")
         con.print(t)
+    if r.estimate is not None:
+        e = r.estimate
+        con.print(
+            f"ESTIMATED latency on {e.chip} (roofline, one NeuronCore, utilisation {e.utilisation:.2f}, "
+            f"{e.call_overhead_ms:.2f} ms per device call; not a measurement): {e.total_ms:.2f} ms = device "
+            f"{e.device_ms:.2f} + host<->device transfer {e.transfer_ms:.3f} + CPU fallback {e.host_ms:.2f} "
+            f"(measured on this machine)"
+        )
+    if r.emulated and r.validation is not None:
+        con.print(f"note: {r.target} partitions ran EMULATED on this machine's CPU with {r.target}'s numerics; "
+                  f"accuracy and partitioning are real, speed is not")
     if r.compile_seconds is not None:
         con.print(f"compile time: {r.compile_seconds:.1f} s")
     return buf.getvalue()

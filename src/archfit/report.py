@@ -5,6 +5,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from .compile import PartitionTiming
+from .estimate import LatencyEstimate
 from .partition import Partition, PartitionPlan
 from .support import Reason
 from .validate import Validation
@@ -44,6 +45,7 @@ class FitReport:
     timings: dict[int, PartitionTiming] = field(default_factory=dict)
     validation: Validation | None = None
     compile_seconds: float | None = None
+    estimate: LatencyEstimate | None = None  # roofline, for accelerator profiles; not a measurement
 
     @property
     def op_share(self) -> float:
@@ -59,6 +61,10 @@ class FitReport:
         d["timings"] = {str(k): asdict(v) | {"pays_off": v.pays_off} for k, v in self.timings.items()}
         if self.validation is not None:
             d["validation"]["ok"] = self.validation.ok
+        if self.estimate is not None:
+            e = self.estimate
+            d["estimate"] |= {"total_ms": e.total_ms, "device_ms": e.device_ms, "transfer_ms": e.transfer_ms,
+                              "is_estimate": True}
         return d
 
     def to_json(self, indent: int = 2) -> str:
@@ -93,7 +99,7 @@ def _fallback_groups(plan: PartitionPlan) -> tuple[FallbackGroup, ...]:
     groups: dict[tuple, list] = {}
     tagalong = (Reason.TOO_SMALL, Reason.NO_PAYOFF)  # free views that merely followed their partition
     for n in plan.fallback:
-        if not n.compute and n.reason in tagalong:
+        if not n.compute and (n.reason in tagalong or n.op == "getitem"):  # getitem follows its producer
             continue
         groups.setdefault((n.op, n.reason.value, n.detail), []).append(n)
     out = [
@@ -105,7 +111,7 @@ def _fallback_groups(plan: PartitionPlan) -> tuple[FallbackGroup, ...]:
 
 
 def build_report(model_name: str, plan: PartitionPlan, precision: str, emulated: bool = False,
-                 timings=None, validation=None, compile_seconds=None) -> FitReport:
+                 timings=None, validation=None, compile_seconds=None, estimate=None) -> FitReport:
     # Views and getitems are free and would inflate coverage; count ops that compute.
     nodes = [n for n in plan.table.nodes if n.compute]
     supported = [n for n in nodes if n.supported]
@@ -118,5 +124,5 @@ def build_report(model_name: str, plan: PartitionPlan, precision: str, emulated:
         total_ops=len(nodes), supported_ops=len(supported), total_flops=total_flops,
         supported_flops=supported_flops, partitions=plan.partitions, fallback=_fallback_groups(plan),
         verdict=verdict, verdict_reason=why, timings=dict(timings or {}), validation=validation,
-        compile_seconds=compile_seconds,
+        compile_seconds=compile_seconds, estimate=estimate,
     )

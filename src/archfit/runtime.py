@@ -19,7 +19,7 @@ class CompiledModule(torch.nn.Module):
     """Returned by `archfit.trace`: same inputs, same output structure as the traced model."""
 
     def __init__(self, graph_module: fx.GraphModule, in_spec: pytree.TreeSpec, out_spec: pytree.TreeSpec,
-                 inputs: tuple[TensorSpec, ...], target: str, precision: str, report=None):
+                 inputs: tuple[TensorSpec, ...], target: str, precision: str, report=None, emulated: bool = False):
         super().__init__()
         self.graph_module = graph_module
         self.in_spec = in_spec
@@ -28,6 +28,7 @@ class CompiledModule(torch.nn.Module):
         self.target = target
         self.precision = precision
         self.report = report
+        self.emulated = emulated  # target partitions run on a CPU stand-in for the named chip
 
     def _check(self, flat: list) -> None:
         for spec, value in zip(self.inputs, flat):
@@ -55,4 +56,5 @@ class CompiledModule(torch.nn.Module):
         return pytree.tree_unflatten(list(out), self.out_spec)
 
     def extra_repr(self) -> str:
-        return f"target={self.target!r}, precision={self.precision!r}"
+        emulated = ", EMULATED on the CPU" if self.emulated else ""
+        return f"target={self.target!r}, precision={self.precision!r}{emulated}"

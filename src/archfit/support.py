@@ -25,6 +25,7 @@ class Reason(str, Enum):
     FORCED = "forced to CPU by the user"
     TOO_SMALL = "partition too small"
     NO_PAYOFF = "does not pay off"
+    POLICY = "target's partition policy"
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,17 @@ class Target:
         )
     )
     precisions: tuple[str, ...] = PRECISIONS
+    default_precision: str = "fp32"
     # returns None when usable on this machine, else why not (missing package, ...)
     unavailable: Callable[[], "str | None"] = lambda: None
     emulated: bool = False  # runs on a CPU stand-in for hardware that is not here
+    # Partitions this target's own SDK would not compile: plan -> {partition index: why}.
+    policy: "Callable[[object], dict[int, str]] | None" = None
+    # Time partitions against PyTorch at compile time? Meaningless for emulated targets,
+    # whose CPU stand-in says nothing about the chip's speed.
+    measure_payoff: bool = True
+    min_partition_size: int = 2  # compute ops; Neuron's minimum_segment_size default is 2 too
+    chip: "object | None" = None  # estimate.ChipSpec for roofline latency estimates
 
     def __repr__(self) -> str:
         return f"Target({self.name!r}, backend={self.backend!r}, device={self.device!r})"

@@ -9,7 +9,7 @@ from ..errors import TargetError
 from .base import Target
 
 _TARGETS: dict[str, Target] = {}
-_BUILTIN_MODULES = ("archfit.targets.openvino", "archfit.targets.onnxruntime")
+_BUILTIN_MODULES = ("archfit.targets.openvino", "archfit.targets.onnxruntime", "archfit.targets.neuron")
 _loaded = False
 
 

@@ -1,0 +1,126 @@
+"""Inferentia profiles: support from Neuron's published data, Neuron's partition policies,
+roofline estimates, and emulated execution with Inferentia's numerics."""
+import json
+
+import pytest
+import torch
+
+import archfit
+from archfit import zoo
+from archfit.capture import capture
+from archfit.targets.neuron import _data, ts_name
+from conftest import SHARED, assert_close_to_eager
+
+
+class CumsumMLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(32, 32), torch.nn.Linear(32, 32)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h = torch.cumsum(h, dim=-1)  # not in torch-neuron's list
+        return torch.relu(self.b(h))
+
+
+class SortMLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(32, 32), torch.nn.Linear(32, 32)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h = torch.sort(h, dim=-1).values  # Neuron names sort unsupported on inf2
+        return torch.relu(self.b(h))
+
+
+def test_shipped_inf1_list_is_the_shared_data():
+    assert _data("neuron_inf1_torch_ops.json") == json.loads((SHARED / "data/neuron_inf1_torch_ops.json").read_text())
+
+
+def test_captured_ops_without_a_torch_neuron_entry():
+    """Which ops of the zoo's captured graphs have no entry in torch-neuron's list (after the
+    TorchScript-name aliases). gather and index are truly absent, so they run on the CPU;
+    scaled_dot_product_attention postdates torch-neuron and is judged by its decomposition."""
+    d = _data("neuron_inf1_torch_ops.json")
+    known = set(d["supported"]) | set(d["limited"]) | set(d["removed"])
+    unmapped = set()
+    for name in zoo.names():
+        model, inputs = zoo.build(name, tiny=True)
+        for node in capture(model, inputs).graph_module.graph.nodes:
+            if node.op == "call_function" and ts_name(node.target).startswith("aten::"):
+                if ts_name(node.target) not in known:
+                    unmapped.add(ts_name(node.target))
+    assert unmapped == {"aten::gather", "aten::index", "aten::scaled_dot_product_attention"}
+
+
+def test_inf1_bert_embedding_falls_back_with_neuron_reason(tiny_bert):
+    model, inputs = tiny_bert
+    report = archfit.analyze(model, inputs, targets=["inf1"])["inf1"]
+    groups = {g.op: g for g in report.fallback}
+    emb = groups["aten.embedding"]
+    assert emb.count == 3 and "removed from the supported list: does not meet performance criteria" in emb.detail
+    assert any("word_embeddings(input_ids)" in s for s in emb.sources)
+    # the attention core, sdpa included (via its decomposition), stays on the device in one partition
+    assert "aten.scaled_dot_product_attention" not in groups and "aten.linear" not in groups
+    assert len(report.partitions) == 1 and report.precision == "bf16"
+    assert report.estimate is not None and report.estimate.total_ms > 0
+
+
+def test_inf1_op_missing_from_list_falls_back_with_source_line():
+    report = archfit.analyze(CumsumMLP(), (torch.randn(4, 32),), targets=["inf1"])["inf1"]
+    (group,) = [g for g in report.fallback if g.op == "aten.cumsum"]
+    assert group.reason == "no lowering on this target" and "torch-neuron's supported-operator list" in group.detail
+    assert group.sources[0].startswith("tests/test_neuron.py:") and "torch.cumsum(h, dim=-1)" in group.sources[0]
+
+
+def test_inf1_single_fusion_policy_keeps_only_the_largest_partition(tiny_bert):
+    model, inputs = tiny_bert
+    report = archfit.analyze(model, inputs, targets=["inf1"], min_partition_size=1)["inf1"]
+    policy = [g for g in report.fallback if g.reason == "target's partition policy"]
+    assert policy and "single_fusion_ratio_threshold 0.6" in policy[0].detail
+    assert len(report.partitions) == 1
+
+
+def test_inf1_has_no_fp32_matmul(tiny_resnet18):
+    model, inputs = tiny_resnet18
+    with pytest.raises(archfit.ArchfitError, match="precision 'fp32' is not offered by target 'inf1'; choose one of bf16"):
+        archfit.analyze(model, inputs, targets=["inf1"], precision="fp32")
+
+
+def test_inf2_sort_falls_back_and_everything_else_fits():
+    report = archfit.analyze(SortMLP(), (torch.randn(4, 32),), targets=["inf2"])["inf2"]
+    (group,) = report.fallback
+    assert group.op == "aten.sort" and "torch-neuronx: named unsupported by Neuron" in group.detail
+    assert len(report.partitions) == 2 and report.precision == "fp32"
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_inf2_analysis_of_tiny_zoo_models(name):
+    model, inputs = zoo.build(name, tiny=True)
+    report = archfit.analyze(model, inputs, targets=["inf2"])["inf2"]
+    assert report.total_ops > 0 and report.partitions
+    e = report.estimate
+    assert e.chip == "inf2" and e.total_ms == pytest.approx(e.device_ms + e.transfer_ms + e.host_ms)
+    text = report.to_text()
+    assert "ESTIMATED latency on inf2" in text and "not a measurement" in text
+
+
+@pytest.mark.parametrize("target", ["inf1", "inf2"])
+def test_emulated_execution_matches_eager(tiny_resnet18, target):
+    model, inputs = tiny_resnet18
+    compiled = archfit.trace(model, inputs, target=target)
+    precision = compiled.report.precision
+    assert precision == {"inf1": "bf16", "inf2": "fp32"}[target]
+    assert compiled.emulated and "EMULATED" in repr(compiled)
+    assert "EMULATED on this machine's CPU" in compiled.report.to_text()
+    assert_close_to_eager(model, compiled, inputs, precision=precision)
+    if target == "inf1":  # Inferentia1's bf16 numerics are really applied
+        assert compiled.report.validation.max_rel > 1e-4
+
+
+def test_emulated_bert_on_inf1_runs_embedding_on_cpu(tiny_bert):
+    model, inputs = tiny_bert
+    compiled = archfit.trace(model, inputs, target="inf1")
+    assert len(compiled.report.partitions) == 1
+    assert_close_to_eager(model, compiled, inputs, precision="bf16")
