@@ -11,6 +11,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tests never read or write the user's compile cache; subprocesses inherit this too."""
+    import os
+
+    os.environ["ARCHFIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("archfit-cache"))
+    os.environ.pop("ARCHFIT_CACHE", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert():
     return zoo.build("bert-base", tiny=True)

@@ -46,3 +46,54 @@ def test_targets_lists_shipped_backends():
     r = run("targets")
     assert r.returncode == 0
     assert "openvino" in r.stdout and "onnxruntime" in r.stdout and "available" in r.stdout
+
+
+def test_compile_save_inspect_run_end_to_end(tmp_path):
+    import numpy as np
+    import torch
+
+    from archfit import zoo
+
+    out = tmp_path / "r18.archfit"
+    r = run("compile", "resnet18", "--tiny", "-t", "onnxruntime", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert f"saved {out}" in r.stdout
+    r = run("inspect", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "target: onnxruntime on CPU, precision fp32" in r.stdout and "inputs: x[1, 3, 64, 64]:float32" in r.stdout
+    assert "versions: archfit" in r.stdout and "verdict: FITS" in r.stdout
+    meta = json.loads(run("inspect", str(out), "--json").stdout)
+    assert meta["engines"][0]["module"] == "target_0" and meta["buckets"] is None
+    x = torch.randn(1, 3, 64, 64)
+    np.save(tmp_path / "x.npy", x.numpy())
+    r = run("run", str(out), "--input", f"x={tmp_path / 'x.npy'}", "-d", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    model, _ = zoo.build("resnet18", tiny=True)
+    got = torch.from_numpy(np.load(tmp_path / "out" / "output.npy"))
+    with torch.no_grad():
+        want = model(x)
+    assert (got - want).abs().max() <= 1e-5 + 1e-3 * want.abs().max()
+
+
+def test_exported_program_as_model(tmp_path):
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    torch.export.save(torch.export.export(model, (torch.randn(2, 16),)), tmp_path / "m.pt2")
+    r = run("analyze", str(tmp_path / "m.pt2"), "-t", "openvino", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["reports"][0]["verdict"] == "fits"
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda d: ("run", str(d / "missing.archfit")), "error: artifact: "),
+    (lambda d: ("inspect", str(d / "junk.archfit")), "error: artifact: "),
+    (lambda d: ("run", str(d / "r.archfit"), "--input", "y=/nope.npy"), "error: run: input 'y': file '/nope.npy'"),
+])
+def test_file_command_errors(tmp_path, make_args, message):
+    (tmp_path / "junk.archfit").write_bytes(b"not a zip at all")
+    if "r.archfit" in " ".join(make_args(tmp_path)):
+        assert run("compile", "mlp-custom-op", "--tiny", "-o", str(tmp_path / "r.archfit")).returncode == 0
+    r = run(*make_args(tmp_path))
+    assert r.returncode == 1 and r.stderr.startswith(message), r.stderr
+    assert r.stderr.count("\n") == 1

@@ -1,16 +1,17 @@
 """archfit: make a PyTorch model fit an inference accelerator."""
-from .errors import (ArchfitError, CaptureError, CompileError, InputError, ModelError, TargetError,
+__version__ = "0.1.0"  # before the imports: package.py records it in every file
+from .errors import (ArchfitError, ArtifactError, CaptureError, CompileError, InputError, ModelError, TargetError,
                      UnsupportedOpsError, ValidationError)
+from .package import load, save
 from .pipeline import Analysis, analyze, trace
 from .report import FitReport
 from .runtime import CompiledModule
 from .targets import Engine, Target, get_target, list_targets, register_target
 from .validate import TOLERANCES
 
-__version__ = "0.1.0"
 
 __all__ = [
-    "Analysis", "ArchfitError", "CaptureError", "CompileError", "CompiledModule", "Engine", "FitReport",
+    "Analysis", "ArchfitError", "ArtifactError", "CaptureError", "CompileError", "CompiledModule", "Engine", "FitReport",
     "InputError", "ModelError", "TOLERANCES", "Target", "TargetError", "UnsupportedOpsError", "ValidationError",
-    "analyze", "get_target", "list_targets", "register_target", "trace",
+    "analyze", "get_target", "list_targets", "load", "register_target", "save", "trace",
 ]

@@ -162,9 +162,12 @@ def _flat_graph_module(ep: torch.export.ExportedProgram) -> fx.GraphModule:
     gm._forward_pre_hooks.clear()  # export's own input checks; the runtime checks inputs itself
     gm.graph._codegen = CodeGen()  # flat in, flat out; pytree structure is kept in Captured
     for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target in _ASSERT_OPS:
+        is_assert = node.op == "call_function" and node.target in _ASSERT_OPS
+        is_guard = node.op == "call_module" and node.target == "_guards_fn"  # export's input guards
+        if is_assert or is_guard:
             gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
 
@@ -197,7 +200,11 @@ def capture(model: torch.nn.Module, example_inputs: Any) -> Captured:
             f"example input #{bad[0]} is a {type(flat[bad[0]]).__name__}; archfit compiles tensor "
             f"inputs only: bake constants into the model or pass them as tensors"
         )
-    model = model.eval()
+    if model.training:
+        try:
+            model.eval()  # inference graphs: dropout off, batch norm on running stats
+        except NotImplementedError:  # modules from torch.export are already inference graphs
+            pass
     ep = _export(model, args, kwargs)
     gm = _flat_graph_module(ep)
     core = _core_ops(ep)

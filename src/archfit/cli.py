@@ -2,20 +2,45 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make a PyTorch model fit an inference accelerator.")
+cache_app = typer.Typer(help="The on-disk compile cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
-MODEL_HELP = "A built-in model name (see `archfit models`) or path/to/file.py:function returning (model, example_inputs)."
+MODEL_HELP = ("A built-in model name (see `archfit models`), path/to/file.py:function returning "
+              "(model, example_inputs), or a torch.export program saved as .pt2.")
 
 
 def _fail(err: Exception) -> None:
     typer.echo(f"error: {err}", err=True)
     raise typer.Exit(1)
+
+
+def _emit(data) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+@contextmanager
+def _progress(enabled: bool):
+    """A status line with elapsed time on a terminal; silent in pipes and CI."""
+    if not (enabled and sys.stderr.isatty() and not os.environ.get("CI")):
+        yield None
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    with console.status("starting") as status:
+        yield lambda msg: status.update(f"{msg}  [{time.perf_counter() - start:.0f} s]")
 
 
 @app.command()
@@ -34,33 +59,38 @@ def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
         result = run_analyze(mod, inputs, targets=target, precision=precision, force_cpu=force_cpu, name=name)
     except ArchfitError as e:
         _fail(e)
-    typer.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else result.to_text())
+    _emit(result.to_dict()) if as_json else typer.echo(result.to_text())
 
 
 @app.command("compile")
 def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
+             output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the compiled model here."),
              target: str = typer.Option("openvino", "--target", "-t"),
              precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (auto-casts matmul and convolution); "
-                                                                  "default: the target's own."),
+                                                                "default: the target's own."),
              force_cpu: List[str] = typer.Option([], "--force-cpu", help="Op or node name to keep on the CPU."),
              require_full: bool = typer.Option(False, help="Fail unless every op runs on the target."),
              min_partition_size: Optional[int] = typer.Option(None, help="Smallest partition, in compute ops "
                                                                          "(default: the target's own)."),
+             no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the compile cache."),
              tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """Compile for a target, validate against eager PyTorch, and compare latency."""
+    """Compile for a target, validate against eager PyTorch, compare latency, optionally save."""
     import torch
 
-    from . import ArchfitError, trace
+    from . import ArchfitError, save, trace
     from .capture import normalize_inputs
-    from .timing import median_seconds
-
     from .models import load_model
+    from .timing import median_seconds
 
     try:
         mod, inputs, name = load_model(model, tiny)
-        compiled = trace(mod, inputs, target=target, precision=precision, force_cpu=force_cpu,
-                         require_full=require_full, min_partition_size=min_partition_size, name=name)
+        with _progress(not as_json) as progress:
+            compiled = trace(mod, inputs, target=target, precision=precision, force_cpu=force_cpu,
+                             require_full=require_full, min_partition_size=min_partition_size,
+                             cache=not no_cache, progress=progress, name=name)
+        if output is not None:
+            save(compiled, output)
     except ArchfitError as e:
         _fail(e)
     args, kwargs = normalize_inputs(inputs)
@@ -68,12 +98,114 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
         eager_ms = median_seconds(lambda: mod(*args, **kwargs), budget=1.0) * 1e3
         compiled_ms = median_seconds(lambda: compiled(*args, **kwargs), budget=1.0) * 1e3
     if as_json:
-        out = compiled.report.to_dict() | {"latency_ms": {"eager": eager_ms, "compiled": compiled_ms}}
-        typer.echo(json.dumps(out, indent=2, default=str))
+        _emit(compiled.report.to_dict() | {"latency_ms": {"eager": eager_ms, "compiled": compiled_ms},
+                                           "output": str(output) if output else None})
         return
     typer.echo(compiled.report.to_text())
-    typer.echo(f"latency (median, batch as given): eager PyTorch {eager_ms:.3f} ms, archfit {target} "
+    typer.echo(f"latency (median, batch as given): eager PyTorch {eager_ms:.3f} ms, archfit {compiled.target} "
                f"{compiled_ms:.3f} ms, speedup {eager_ms / compiled_ms:.2f}x")
+    if output is not None:
+        typer.echo(f"saved {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+
+
+def _read_tensor(name: str, path: str):
+    import numpy as np
+    import torch
+
+    from .errors import InputError
+
+    if not os.path.isfile(path):
+        raise InputError(f"input {name!r}: file {path!r} does not exist")
+    try:
+        if path.endswith(".npy"):
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        if path.endswith(".pt"):
+            value = torch.load(path, weights_only=True)  # tensors only: no code runs
+            if not isinstance(value, torch.Tensor):
+                raise InputError(f"input {name!r}: {path} holds a {type(value).__name__}, expected one tensor")
+            return value
+    except (ValueError, OSError, RuntimeError) as e:
+        raise InputError(f"input {name!r}: cannot read {path} ({type(e).__name__}: {str(e)[:120]})") from None
+    raise InputError(f"input {name!r}: {path} must be a .npy or .pt file")
+
+
+@app.command()
+def run(file: Path = typer.Argument(..., help="A file written by `archfit compile -o`."),
+        input: List[str] = typer.Option([], "--input", "-i", help="NAME=PATH (.npy or .pt), one per input."),
+        output_dir: Path = typer.Option(Path("."), "--output-dir", "-d", help="Where outputs are written."),
+        fmt: str = typer.Option("npy", "--format", help="npy or pt."),
+        imports: List[str] = typer.Option([], "--import", help="Module to import first (one defining a custom op "
+                                                                "the file needs).")):
+    """Run a saved model on inputs from files; writes one file per output."""
+    import importlib
+
+    import numpy as np
+    import torch
+    from torch.utils import _pytree as pytree
+
+    from . import ArchfitError, load
+    from .errors import InputError
+
+    try:
+        for name in imports:
+            try:
+                importlib.import_module(name)
+            except ImportError as e:
+                raise InputError(f"--import {name}: {e}") from None
+        module = load(file)
+        given = {}
+        for item in input:
+            if "=" not in item:
+                raise InputError(f"--input {item!r} must be NAME=PATH")
+            key, path = item.split("=", 1)
+            given[key] = _read_tensor(key, path)
+        names = [s.name for s in module.inputs]
+        missing, extra = [n for n in names if n not in given], [n for n in given if n not in names]
+        if missing or extra:
+            raise InputError(f"inputs must be exactly {', '.join(names)}; missing: {', '.join(missing) or '-'}, "
+                             f"unknown: {', '.join(extra) or '-'}")
+        args, kwargs = pytree.tree_unflatten([given[n] for n in names], module.in_spec)
+        outputs = module(*args, **kwargs)
+    except ArchfitError as e:
+        _fail(e)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    flat, _ = pytree.tree_flatten_with_path(outputs)
+    for path, tensor in flat:
+        name = pytree.keystr(path).strip(".[]'\"").replace("']['", ".").replace("][", ".") or "output"
+        dest = output_dir / f"{name}.{fmt}"
+        if fmt == "pt":
+            torch.save(tensor, dest)
+        else:
+            np.save(dest, tensor.numpy())
+        typer.echo(f"{dest}  {tuple(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}")
+
+
+@app.command()
+def inspect(file: Path = typer.Argument(..., help="A file written by `archfit compile -o`."),
+            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """What a saved file holds: signature, partitions, buckets, versions, report."""
+    from . import ArchfitError
+    from .package import read_manifest
+
+    try:
+        manifest, report = read_manifest(file)
+    except ArchfitError as e:
+        _fail(e)
+    if as_json:
+        _emit({k: v for k, v in manifest.items() if k != "files"} | {"size_bytes": file.stat().st_size})
+        return
+    emulated = " (EMULATED on the CPU)" if manifest["emulated"] else ""
+    typer.echo(f"{file}: archfit file format {manifest['format_version']}, {file.stat().st_size / 2**20:.1f} MiB")
+    typer.echo(f"target: {manifest['target']} on {manifest['device']}{emulated}, precision {manifest['precision']}")
+    typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()))
+    typer.echo("inputs: " + ", ".join(f"{i['name']}{i['shape']}:{i['dtype']}" for i in manifest["inputs"]))
+    typer.echo(f"engines: {len(manifest['engines'])} ({', '.join(e['module'] for e in manifest['engines'])})")
+    typer.echo(f"buckets: {manifest['buckets'] or 'none (fixed shapes)'}")
+    needs = ", ".join(manifest["custom_ops"]) or "none"
+    typer.echo(f"custom ops needed at load: {needs}")
+    if report:
+        typer.echo("")
+        typer.echo(report)
 
 
 @app.command()
@@ -84,7 +216,7 @@ def targets():
     for t in list_targets():
         why = t.unavailable()
         status = "available" if not why else f"unavailable: {why}"
-        typer.echo(f"{t.name:14} {t.backend:12} {t.device:5} {status}  - {t.description}")
+        typer.echo(f"{t.name:12} {t.device:12} {status}  - {t.description}")
 
 
 @app.command()
@@ -97,12 +229,35 @@ def models():
         typer.echo(f"{n:16} {m.family:10} {m.description}")
 
 
+@cache_app.command("clear")
+def cache_clear():
+    """Delete every cached engine."""
+    from . import cache
+
+    typer.echo(f"removed {cache.clear()} cached engine(s) from {cache.cache_dir()}")
+
+
+@cache_app.command("where")
+def cache_where():
+    """Print the cache directory (ARCHFIT_CACHE_DIR; ARCHFIT_CACHE=0 disables it)."""
+    from . import cache
+
+    typer.echo(str(cache.cache_dir() or "disabled (ARCHFIT_CACHE=0)"))
+
+
 def main(argv: Optional[list] = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - a bug of ours still gets one line; the traceback on request
+        if os.environ.get("ARCHFIT_DEBUG"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        typer.echo(f"error: internal: {type(e).__name__}: {first} (run with ARCHFIT_DEBUG=1 for the traceback "
+                   f"and please report it)", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch
 from torch import fx
 from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
 
+from . import cache
 from .capture import Captured
 from .errors import CompileError
 from .partition import PartitionPlan, drop_partitions
@@ -45,6 +46,7 @@ class PartitionTiming:
     compile_seconds: float
     compiled_ms: float  # engine run incl. crossing the boundary (tensor <-> backend)
     eager_ms: float  # the same subgraph run by PyTorch
+    cached: bool = False  # engine loaded from the compile cache
 
     @property
     def pays_off(self) -> bool:
@@ -113,8 +115,15 @@ def _record_inputs(gm: fx.GraphModule, count: int, inputs: Sequence[torch.Tensor
     return seen
 
 
-def _compile_one(target: Target, sub: fx.GraphModule, args: tuple, precision: str, index: int) -> tuple[Engine, float]:
+def _compile_one(target: Target, sub: fx.GraphModule, args: tuple, precision: str, index: int,
+                 use_cache: bool) -> tuple[Engine, float, bool]:
+    """(engine, seconds, came from the cache)."""
     t0 = time.perf_counter()
+    key = cache.partition_key(target, sub, args, precision) if use_cache and target.load else None
+    if key is not None:
+        engine = cache.get(key, target)
+        if engine is not None:
+            return engine, time.perf_counter() - t0, True
     try:
         engine = target.compile(sub, args, precision)
     except Exception as e:  # noqa: BLE001 - any backend failure becomes one readable line
@@ -126,7 +135,9 @@ def _compile_one(target: Target, sub: fx.GraphModule, args: tuple, precision: st
             f"{', '.join(ops[:8])}{'...' if len(ops) > 8 else ''}): {type(e).__name__}: {msg}; "
             f"force the op at fault to the CPU with force_cpu=[...] or try another target"
         ) from None
-    return engine, time.perf_counter() - t0
+    if key is not None:
+        cache.put(key, engine)
+    return engine, time.perf_counter() - t0, False
 
 
 def _check_outputs(index: int, target: str, got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> None:
@@ -140,10 +151,11 @@ def _check_outputs(index: int, target: str, got: Sequence[torch.Tensor], want: S
 
 def compile_plan(
     captured: Captured, plan: PartitionPlan, target: Target, precision: str, check_payoff: bool = True,
+    use_cache: bool = True, progress=None,
 ) -> CompiledGraph:
     """Compile every partition; re-plan without the ones that do not pay off, until stable.
     Engines are cached by the partition's node set, so re-planning never recompiles one."""
-    cache: dict[tuple[str, ...], tuple[Engine, PartitionTiming, list[torch.dtype]]] = {}
+    engines: dict[tuple[str, ...], tuple[Engine, PartitionTiming, list[torch.dtype]]] = {}
     while True:
         gm = split(captured, plan)
         n = len(plan.partitions)
@@ -152,16 +164,18 @@ def compile_plan(
         losers: dict[int, str] = {}
         for i, part in enumerate(plan.partitions):
             sub, args = references[i], boundary[i]
-            if part.nodes not in cache:
-                engine, seconds = _compile_one(target, sub, args, precision, i)
+            if part.nodes not in engines:
+                if progress is not None:
+                    progress(f"compiling partition {i + 1}/{n} on {target.name} ({part.compute_ops} ops)")
+                engine, seconds, cached = _compile_one(target, sub, args, precision, i, use_cache)
                 with torch.no_grad():
                     want = sub(*args)
                     _check_outputs(i, target.name, engine.run(args), want)
                     eager = median_seconds(lambda: sub(*args)) if check_payoff else float("nan")
                 compiled = median_seconds(lambda: engine.run(args)) if check_payoff else float("nan")
-                timing = PartitionTiming(seconds, compiled * 1e3, eager * 1e3)
-                cache[part.nodes] = (engine, timing, [t.dtype for t in want])
-            engine, timing, _ = cache[part.nodes]
+                timing = PartitionTiming(seconds, compiled * 1e3, eager * 1e3, cached)
+                engines[part.nodes] = (engine, timing, [t.dtype for t in want])
+            engine, timing, _ = engines[part.nodes]
             if check_payoff and not timing.pays_off:
                 losers[i] = (f"compiled {timing.compiled_ms:.3f} ms (with boundary) vs "
                              f"PyTorch {timing.eager_ms:.3f} ms")
@@ -170,7 +184,7 @@ def compile_plan(
             continue
         timings = {}
         for i, part in enumerate(plan.partitions):
-            engine, timings[i], out_dtypes = cache[part.nodes]
+            engine, timings[i], out_dtypes = engines[part.nodes]
             setattr(gm, f"{PREFIX}{i}", EngineModule(engine, i, target.name, out_dtypes))
         gm.delete_all_unused_submodules()  # weights now owned by engines need not stay in PyTorch
         return CompiledGraph(gm, plan, timings, references, boundary)

@@ -40,3 +40,7 @@ class InputError(ArchfitError):
 
 class ModelError(ArchfitError):
     stage = "model"
+
+
+class ArtifactError(ArchfitError):
+    stage = "artifact"

@@ -26,5 +26,25 @@ def load_model(spec: str, tiny: bool = False) -> tuple[torch.nn.Module, Any, str
         if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)):
             raise ModelError(f"{spec} must return (model, example_inputs), got {type(result).__name__}")
         return result[0].eval(), result[1], func
+    if spec.endswith(".pt2"):
+        return _load_exported(spec)
     model, inputs = zoo.build(spec, tiny=tiny)
     return model, inputs, spec + (" (tiny)" if tiny else "")
+
+
+def _load_exported(path: str) -> tuple[torch.nn.Module, Any, str]:
+    """A program saved with torch.export.save; its example inputs travel with it."""
+    if not os.path.isfile(path):
+        raise ModelError(f"exported program {path!r} does not exist")
+    try:
+        ep = torch.export.load(path)
+    except Exception as e:  # noqa: BLE001 - torch's loader errors become one line
+        raise ModelError(f"{path} is not a loadable torch.export program ({type(e).__name__}: {e}); save it with "
+                         f"torch.export.save") from None
+    if ep.example_inputs is None:
+        raise ModelError(f"{path} holds no example inputs; export with example inputs and save again")
+    args, kwargs = ep.example_inputs
+    inputs = dict(kwargs) if kwargs and not args else args
+    if kwargs and args:
+        raise ModelError(f"{path} mixes positional and keyword example inputs; archfit's CLI needs one kind")
+    return ep.module(), inputs, os.path.basename(path)

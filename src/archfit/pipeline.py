@@ -95,7 +95,7 @@ def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str |
 def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "openvino", *,
           precision: str | None = None, force_cpu: Iterable[str] = (), require_full: bool = False,
           min_partition_size: int | None = None, check_payoff: bool = True,
-          validate: bool = True, name: str | None = None) -> CompiledModule:
+          validate: bool = True, cache: bool = True, progress=None, name: str | None = None) -> CompiledModule:
     """Compile `model` for `target` at the example inputs' shapes; returns an nn.Module that
     takes the same inputs and returns the same output structure as `model`.
 
@@ -104,6 +104,8 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     check_payoff: time each partition at compile time and keep it on the target only if it
         beats PyTorch including the boundary crossing.
     validate: compare with eager PyTorch on the example and one random input (see TOLERANCES).
+    cache: reuse engines from the on-disk compile cache (see archfit.cache).
+    progress: optional callable taking a one-line status, e.g. for a terminal spinner.
     """
     t0 = time.perf_counter()
     target = get_target(target)
@@ -118,7 +120,8 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     plan = _plan(captured, target, tuple(force_cpu), min_partition_size)
     if require_full:
         check_full(plan)
-    compiled = compile_plan(captured, plan, target, precision, check_payoff and target.measure_payoff)
+    compiled = compile_plan(captured, plan, target, precision, check_payoff and target.measure_payoff,
+                            use_cache=cache, progress=progress)
     module = CompiledModule(compiled.graph_module, captured.in_spec, captured.out_spec, captured.inputs,
                             target.name, precision, emulated=target.emulated)
     validation = None

@@ -84,5 +84,7 @@ def render_report(r: "FitReport", width: int = 120) -> str:
         con.print(f"note: {r.target} partitions ran EMULATED on this machine's CPU with {r.target}'s numerics; "
                   f"accuracy and partitioning are real, speed is not")
     if r.compile_seconds is not None:
-        con.print(f"compile time: {r.compile_seconds:.1f} s")
+        hits = sum(t.cached for t in r.timings.values())
+        cached = f" ({hits}/{len(r.timings)} engines from the compile cache)" if hits else ""
+        con.print(f"compile time: {r.compile_seconds:.1f} s{cached}")
     return buf.getvalue()

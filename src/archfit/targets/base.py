@@ -12,7 +12,8 @@ PRECISIONS = ("fp32", "bf16")
 
 
 class Engine(Protocol):
-    """A compiled subgraph at fixed shapes: flat tensors in, flat tensors out."""
+    """A compiled subgraph at fixed shapes: flat tensors in, flat tensors out. Engines that can
+    be saved also have `serialize() -> bytes`, read back by their target's `load`."""
 
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]: ...
 
@@ -51,6 +52,9 @@ class Target:
     measure_payoff: bool = True
     min_partition_size: int = 2  # compute ops; Neuron's minimum_segment_size default is 2 too
     chip: "object | None" = None  # estimate.ChipSpec for roofline latency estimates
+    # bytes from engine.serialize() -> Engine, without compiling again; None: cannot be saved
+    load: "Callable[[bytes], Engine] | None" = None
+    versions: Callable[[], dict] = lambda: {}  # backend package versions, for the cache key and files
 
     def __repr__(self) -> str:
         return f"Target({self.name!r}, backend={self.backend!r}, device={self.device!r})"

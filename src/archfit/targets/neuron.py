@@ -166,6 +166,7 @@ INF1 = register_target(Target(
     precisions=("bf16",),  # Inferentia1 runs matmuls only in bf16 or fp16
     default_precision="bf16", unavailable=ov_target._unavailable, emulated=True,
     policy=_single_fusion_policy(0.6), measure_payoff=False, chip=calibrated(INF1_CHIP),
+    load=ov_target.load_engine, versions=ov_target.versions,
 ))
 
 INF2 = register_target(Target(
@@ -175,5 +176,6 @@ INF2 = register_target(Target(
     supports=inf2_supports, compile=emulated_compile, dtypes=_NEURON_DTYPES,
     default_precision="fp32", unavailable=ov_target._unavailable, emulated=True,
     policy=_support_threshold_policy(0.5), measure_payoff=False, chip=calibrated(INF2_CHIP),
+    load=ov_target.load_engine, versions=ov_target.versions,
     min_partition_size=1,  # PartitionerConfig.min_subgraph_size=-1: no minimum
 ))

@@ -33,9 +33,18 @@ supports = listed_or_decomposed(_listed, "torch.onnx's torchlib registry")
 
 
 class OnnxRuntimeEngine:
-    def __init__(self, session):
-        self.session = session
-        self.input_names = [i.name for i in session.get_inputs()]
+    def __init__(self, onnx_bytes: bytes):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.onnx_bytes = onnx_bytes
+        self.session = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def serialize(self) -> bytes:
+        return self.onnx_bytes
 
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         feeds = {name: to_numpy(t) for name, t in zip(self.input_names, inputs)}
@@ -59,21 +68,21 @@ def _quiet():
 
 
 def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], precision: str) -> OnnxRuntimeEngine:
-    import onnxruntime as ort
-
     if precision == "bf16":
         # ORT's CPU provider has no bf16 matmul/conv kernels: round their inputs and outputs to
         # bf16 instead, which gives the numerics of bf16 compute with fp32 accumulation.
         gm = emulate_bf16(gm)
     with _quiet():
         program = torch.onnx.export(export_partition(gm, example_inputs), dynamo=True, optimize=True, verbose=False)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(
-        program.model_proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
-    )
-    return OnnxRuntimeEngine(session)
+    return OnnxRuntimeEngine(program.model_proto.SerializeToString())
+
+
+def versions() -> dict:
+    import onnx
+    import onnxruntime
+    import onnxscript
+
+    return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__}
 
 
 def _unavailable() -> str | None:
@@ -94,5 +103,7 @@ TARGET = register_target(
         supports=supports,
         compile=compile_partition,
         unavailable=_unavailable,
+        load=OnnxRuntimeEngine,
+        versions=versions,
     )
 )

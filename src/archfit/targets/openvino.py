@@ -2,6 +2,7 @@
 lowers (the one its torch.compile backend partitions by), not a guess of ours."""
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Sequence
 
@@ -33,13 +34,33 @@ supports = listed_or_decomposed(_listed, "OpenVINO's op list")
 class OpenVINOEngine:
     """One infer request reused across calls; inputs are shared with torch, not copied."""
 
-    def __init__(self, compiled_model):
+    def __init__(self, compiled_model, config: dict, blob: bytes | None = None):
         self.compiled_model = compiled_model
+        self.config = config
+        self.blob = blob  # set when imported: OpenVINO cannot export an imported model again
         self.request = compiled_model.create_infer_request()
 
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         result = self.request.infer([to_numpy(t) for t in inputs], share_inputs=True)
         return [torch.from_numpy(a) for a in result.to_tuple()]
+
+    def serialize(self) -> bytes:
+        """One JSON line of the compile config, then OpenVINO's compiled blob. The config must go
+        along: imported without it, OpenVINO falls back to its default (bf16 on bf16 CPUs)."""
+        blob = self.blob if self.blob is not None else self.compiled_model.export_model().getvalue()
+        return json.dumps(self.config).encode() + b"\n" + blob
+
+
+def load_engine(data: bytes) -> OpenVINOEngine:
+    header, blob = data.split(b"\n", 1)
+    config = json.loads(header)
+    return OpenVINOEngine(core().import_model(blob, "CPU", config), config, blob)
+
+
+def versions() -> dict:
+    import openvino
+
+    return {"openvino": openvino.__version__}
 
 
 @lru_cache(maxsize=1)
@@ -61,7 +82,7 @@ def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]
         "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
         "PERFORMANCE_HINT": "LATENCY",
     }
-    return OpenVINOEngine(core().compile_model(model, "CPU", config))
+    return OpenVINOEngine(core().compile_model(model, "CPU", config), config)
 
 
 def _unavailable() -> str | None:
@@ -81,5 +102,7 @@ TARGET = register_target(
         supports=supports,
         compile=compile_partition,
         unavailable=_unavailable,
+        load=load_engine,
+        versions=versions,
     )
 )

@@ -1,0 +1,205 @@
+"""Stage 6: one deployable file. A zip holding a JSON manifest, the host program as JSON, host
+weights as safetensors, one blob per compiled engine, and the fit report. Loading reads JSON,
+safetensors and backend blobs only: nothing stored in the file is ever executed."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import fx
+from torch.utils import _pytree as pytree
+
+from . import __version__
+from .capture import TensorSpec
+from .compile import EngineModule
+from .errors import ArtifactError
+from .runtime import CompiledModule
+from .serialize import graph_from_json, graph_to_json
+from .targets import get_target
+from .errors import TargetError
+
+FORMAT = "archfit"
+FORMAT_VERSION = 1
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _versions(target) -> dict:
+    return {"archfit": __version__, "torch": torch.__version__, **target.versions()}
+
+
+def _host_weights(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
+    out = {}
+    for n in gm.graph.nodes:
+        if n.op == "get_attr":
+            obj = gm
+            for part in n.target.split("."):
+                obj = getattr(obj, part)
+            # safetensors refuses shared or strided storage: store a compact copy of each
+            out[n.target] = obj.detach().contiguous().clone()
+    return out
+
+
+def _custom_ops(gm: fx.GraphModule) -> list[str]:
+    ops = {f"{n.target.namespace}::{n.target._opname}" for n in gm.graph.nodes
+           if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
+           and n.target.namespace not in ("aten", "prims")}
+    return sorted(ops)
+
+
+def save(module: CompiledModule, path: str | os.PathLike) -> Path:
+    """Write `module` (from archfit.trace) to one file; returns its path."""
+    from safetensors.torch import save as save_tensors
+
+    if not isinstance(module, CompiledModule):
+        raise ArtifactError(f"archfit.save takes the module archfit.trace returned, got {type(module).__name__}")
+    target = get_target(module.target)
+    gm = module.graph_module
+    files: dict[str, bytes] = {}
+    engines = []
+    for name, mod in gm.named_children():
+        if isinstance(mod, EngineModule):
+            if not hasattr(mod.engine, "serialize") or target.load is None:
+                raise ArtifactError(f"target {target.name!r} cannot save its engines (no serialize/load); "
+                                    f"trace with a target that can, e.g. openvino")
+            blob = mod.engine.serialize()
+            files[f"engines/{name}.bin"] = blob
+            engines.append({"module": name, "index": mod.index, "file": f"engines/{name}.bin",
+                            "out_dtypes": [str(d).removeprefix("torch.") for d in mod.out_dtypes]})
+    files["host.json"] = json.dumps(graph_to_json(gm)).encode()
+    files["host_weights.safetensors"] = save_tensors(_host_weights(gm))
+    report = module.report
+    files["report.json"] = (report.to_json() if report is not None else "null").encode()
+    files["report.txt"] = (report.to_text() if report is not None else "").encode()
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "versions": _versions(target),
+        "target": target.name, "backend": target.backend, "device": target.device,
+        "precision": module.precision, "emulated": module.emulated,
+        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).removeprefix("torch.")}
+                   for s in module.inputs],
+        "in_spec": pytree.treespec_dumps(module.in_spec),
+        "out_spec": pytree.treespec_dumps(module.out_spec),
+        "engines": engines,
+        "custom_ops": _custom_ops(gm),
+        "buckets": None,
+        "files": {name: _sha(data) for name, data in files.items()},
+    }
+    path = Path(path)
+    # Write beside the destination and rename: a crash never leaves a half-written artifact.
+    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+            z.writestr("manifest.json", json.dumps(manifest, indent=1))
+            for name, data in files.items():
+                z.writestr(name, data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _read(path: Path) -> tuple[dict, dict[str, bytes]]:
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if "manifest.json" not in names:
+                raise ArtifactError(f"{path} is not an archfit file (no manifest); save models with archfit.save")
+            manifest = json.loads(z.read("manifest.json"))
+            blobs = {name: z.read(name) for name in manifest.get("files", {}) if name in names}
+    except zipfile.BadZipFile as e:
+        raise ArtifactError(f"{path} is truncated, corrupted or not an archfit file ({e}); save it again "
+                            f"with archfit.save") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as e:
+        raise ArtifactError(f"{path} is corrupted ({type(e).__name__}); save it again with archfit.save") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not an archfit file; save models with archfit.save")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ArtifactError(f"{path} was written in archfit file format {version}, this archfit ({__version__}) "
+                            f"reads format {FORMAT_VERSION} and older; upgrade archfit")
+    for name, digest in manifest["files"].items():
+        if name not in blobs:
+            raise ArtifactError(f"{path} is incomplete: {name} is missing; save it again with archfit.save")
+        if _sha(blobs[name]) != digest:
+            raise ArtifactError(f"{path} is corrupted: {name} fails its checksum; save it again with archfit.save")
+    return manifest, blobs
+
+
+def read_manifest(path: str | os.PathLike) -> tuple[dict, str]:
+    """Manifest and report text of a file, fully verified; loads no engine (for `inspect`)."""
+    manifest, blobs = _read(Path(path))
+    return manifest, blobs.get("report.txt", b"").decode()
+
+
+def _treespec(text: str, path: Path):
+    try:
+        return pytree.treespec_loads(text)
+    except (KeyError, ValueError, NotImplementedError):
+        pass
+    # Output classes of transformers register themselves with pytree on import; importing that
+    # trusted, installed package (never code from the file) makes them known.
+    for type_name in json.loads(text)[1:] and _type_names(json.loads(text)[1]):
+        module = type_name.rsplit(".", 1)[0]
+        if module.startswith("transformers."):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
+    try:
+        return pytree.treespec_loads(text)
+    except (KeyError, ValueError, NotImplementedError) as e:
+        raise ArtifactError(f"{path}: its input/output structure uses a type not registered here ({e}); import "
+                            f"the module that defines it before archfit.load") from None
+
+
+def _type_names(spec: dict) -> list[str]:
+    names = [spec["type"]] if spec.get("type") else []
+    for child in spec.get("children_spec", []):
+        names += _type_names(child)
+    return names
+
+
+def load(path: str | os.PathLike) -> CompiledModule:
+    """Load a file written by archfit.save. Needs the backend, not the compiler or model code."""
+    from safetensors.torch import load as load_tensors
+
+    path = Path(path)
+    manifest, blobs = _read(path)
+    if any(op.startswith("archfit_zoo::") for op in manifest.get("custom_ops", [])):
+        importlib.import_module("archfit.zoo")  # archfit's own example ops, from this installed package
+    try:
+        target = get_target(manifest["target"])
+    except TargetError as e:
+        raise ArtifactError(f"{path} needs target {manifest['target']!r} (backend {manifest.get('backend')!r}), "
+                            f"which is not usable here: {e.args[0]}") from None
+    attributes: dict = dict(load_tensors(blobs["host_weights.safetensors"]))
+    for e in manifest["engines"]:
+        try:
+            engine = target.load(blobs[e["file"]])
+        except Exception as err:  # noqa: BLE001 - a backend refusing its blob becomes one line
+            msg = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ArtifactError(
+                f"{path}: {target.backend} cannot load engine {e['module']} ({msg}); it was saved with "
+                f"{manifest['versions']}: compile again with this machine's versions"
+            ) from None
+        dtypes = [getattr(torch, d) for d in e["out_dtypes"]]
+        attributes[e["module"]] = EngineModule(engine, e["index"], target.name, dtypes)
+    gm = graph_from_json(json.loads(blobs["host.json"]), attributes)
+    inputs = tuple(TensorSpec(i["name"], tuple(i["shape"]), getattr(torch, i["dtype"])) for i in manifest["inputs"])
+    module = CompiledModule(gm, _treespec(manifest["in_spec"], path), _treespec(manifest["out_spec"], path), inputs,
+                            target.name, manifest["precision"], emulated=manifest["emulated"])
+    module.manifest = manifest
+    return module

@@ -1,0 +1,94 @@
+"""Compile cache: a second trace of an unchanged model loads engines instead of compiling."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import archfit
+from archfit import cache
+from conftest import assert_close_to_eager
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHFIT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize("target", ["openvino", "onnxruntime"])
+def test_second_trace_hits_the_cache(tiny_resnet18, fresh_cache, target):
+    model, inputs = tiny_resnet18
+    first = archfit.trace(model, inputs, target=target)
+    assert not any(t.cached for t in first.report.timings.values())
+    assert len(list(fresh_cache.glob("*.engine"))) == 1
+    second = archfit.trace(model, inputs, target=target)
+    assert all(t.cached for t in second.report.timings.values())
+    assert "engines from the compile cache" in second.report.to_text()
+    assert torch.equal(first(*inputs), second(*inputs))
+
+
+def test_changed_weights_or_precision_miss_the_cache(fresh_cache):
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8)).eval()
+    x = torch.randn(2, 8)
+    archfit.trace(model, (x,), target="onnxruntime", check_payoff=False)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    again = archfit.trace(model, (x,), target="onnxruntime", check_payoff=False)
+    assert not any(t.cached for t in again.report.timings.values())
+    assert_close_to_eager(model, again, (x,))  # stale engine would fail this
+    bf16 = archfit.trace(model, (x,), target="onnxruntime", precision="bf16", check_payoff=False)
+    assert not any(t.cached for t in bf16.report.timings.values())
+
+
+def test_disable_and_clear(tiny_resnet18, fresh_cache, monkeypatch):
+    model, inputs = tiny_resnet18
+    archfit.trace(model, inputs, target="onnxruntime", cache=False, validate=False)
+    assert not fresh_cache.exists()
+    monkeypatch.setenv("ARCHFIT_CACHE", "0")
+    archfit.trace(model, inputs, target="onnxruntime", validate=False)
+    assert not fresh_cache.exists()
+    monkeypatch.delenv("ARCHFIT_CACHE")
+    archfit.trace(model, inputs, target="onnxruntime", validate=False)
+    assert cache.clear() == 1 and not list(fresh_cache.glob("*.engine"))
+
+
+def test_damaged_entry_is_rebuilt_not_fatal(tiny_resnet18, fresh_cache):
+    model, inputs = tiny_resnet18
+    archfit.trace(model, inputs, target="openvino", validate=False)
+    (entry,) = fresh_cache.glob("*.engine")
+    entry.write_bytes(b"garbage")
+    again = archfit.trace(model, inputs, target="openvino")
+    assert not any(t.cached for t in again.report.timings.values()) and again.report.validation.ok
+
+
+def test_two_processes_compiling_at_once(fresh_cache):
+    script = textwrap.dedent("""
+        import archfit
+        from archfit import zoo
+        m, x = zoo.build("resnet18", tiny=True)
+        c = archfit.trace(m, x, target="onnxruntime", check_payoff=False)
+        print(sum(t.cached for t in c.report.timings.values()))
+    """)
+    env = dict(os.environ, ARCHFIT_CACHE_DIR=str(fresh_cache))
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    assert len(list(fresh_cache.glob("*.engine"))) == 1 and not list(fresh_cache.glob("*.tmp"))
+    third = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert third.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("target", ["openvino", "onnxruntime"])
+def test_engine_from_cache_saves_and_loads(tiny_resnet18, fresh_cache, tmp_path, target):
+    """An engine imported from the cache must serialize again (OpenVINO cannot re-export an
+    imported model, so the engine keeps its blob)."""
+    model, inputs = tiny_resnet18
+    archfit.trace(model, inputs, target=target, validate=False)
+    cached = archfit.trace(model, inputs, target=target, validate=False)
+    assert all(t.cached for t in cached.report.timings.values())
+    loaded = archfit.load(archfit.save(cached, tmp_path / "m.archfit"))
+    assert torch.equal(loaded(*inputs), cached(*inputs))
