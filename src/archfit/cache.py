@@ -16,6 +16,7 @@ import torch
 from torch import fx
 
 from . import __version__
+from .capture import attr_of
 from .targets.base import Engine, Target
 
 
@@ -27,12 +28,6 @@ def cache_dir() -> Path | None:
     return Path(root)
 
 
-def _attr(gm: torch.nn.Module, target: str):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
 
 def partition_key(target: Target, gm: fx.GraphModule, inputs: Sequence[torch.Tensor], precision: str) -> str:
     h = hashlib.blake2b(digest_size=20)
@@ -43,7 +38,7 @@ def partition_key(target: Target, gm: fx.GraphModule, inputs: Sequence[torch.Ten
         h.update(repr((tuple(t.shape), str(t.dtype))).encode())
     for node in gm.graph.nodes:
         if node.op == "get_attr":
-            value = _attr(gm, node.target)
+            value = attr_of(gm, node.target)
             if isinstance(value, torch.Tensor):
                 v = value.detach().contiguous()
                 h.update(repr((node.target, tuple(v.shape), str(v.dtype))).encode())

@@ -224,6 +224,14 @@ def capture(model: torch.nn.Module, example_inputs: Any) -> Captured:
     return Captured(gm, in_spec, out_spec, inputs, outputs, tuple(t.detach() for t in flat), tuple(out_names))
 
 
+def attr_of(module: torch.nn.Module, dotted: str):
+    """The object a get_attr node names ('encoder.layer.0.weight')."""
+    obj = module
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def describe_node(node: fx.Node) -> str:
     """'aten.nonzero at model.py:12 (code)' for error messages."""
     where = from_stack_trace(node.meta.get("stack_trace"))

@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 from torch import fx
 
+from .capture import attr_of
+
 from .partition import PartitionPlan
 
 
@@ -89,17 +91,11 @@ def _weight_bytes(gm: fx.GraphModule, names: set[str]) -> int:
         for arg in node.all_input_nodes:
             if arg.op == "get_attr" and arg.target not in seen:
                 seen.add(arg.target)
-                t = _attr(gm, arg.target)
+                t = attr_of(gm, arg.target)
                 if isinstance(t, torch.Tensor):
                     total += t.numel() * t.element_size()
     return total
 
-
-def _attr(gm: torch.nn.Module, target: str):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 class _HostTimer(fx.Interpreter):

@@ -16,13 +16,12 @@ from torch import fx
 from torch.utils import _pytree as pytree
 
 from . import __version__
-from .capture import TensorSpec
+from .capture import TensorSpec, attr_of
 from .compile import EngineModule
-from .errors import ArtifactError
+from .errors import ArtifactError, TargetError
 from .runtime import CompiledModule
 from .serialize import graph_from_json, graph_to_json
 from .targets import get_target
-from .errors import TargetError
 
 FORMAT = "archfit"
 FORMAT_VERSION = 1
@@ -40,9 +39,7 @@ def _host_weights(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
     out = {}
     for n in gm.graph.nodes:
         if n.op == "get_attr":
-            obj = gm
-            for part in n.target.split("."):
-                obj = getattr(obj, part)
+            obj = attr_of(gm, n.target)
             # safetensors refuses shared or strided storage: store a compact copy of each
             out[n.target] = obj.detach().contiguous().clone()
     return out
