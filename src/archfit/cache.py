@@ -42,7 +42,7 @@ def partition_key(target: Target, gm: fx.GraphModule, inputs: Sequence[torch.Ten
             if isinstance(value, torch.Tensor):
                 v = value.detach().contiguous()
                 h.update(repr((node.target, tuple(v.shape), str(v.dtype))).encode())
-                h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+                h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()
 
 

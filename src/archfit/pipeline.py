@@ -8,7 +8,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .capture import Captured, capture, describe_node, first_data_dependent_origin
+from .capture import Captured, capture, describe_node, first_data_dependent_origin, normalize_inputs
 from .compile import compile_plan
 from .errors import ArchfitError, CaptureError
 from .estimate import estimate_latency, measure_host_ms
@@ -95,7 +95,8 @@ def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str |
 def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "openvino", *,
           precision: str | None = None, force_cpu: Iterable[str] = (), require_full: bool = False,
           min_partition_size: int | None = None, check_payoff: bool = True,
-          validate: bool = True, cache: bool = True, progress=None, name: str | None = None) -> CompiledModule:
+          validate: bool = True, validation_inputs: Any = None, cache: bool = True, progress=None,
+          name: str | None = None) -> CompiledModule:
     """Compile `model` for `target` at the example inputs' shapes; returns an nn.Module that
     takes the same inputs and returns the same output structure as `model`.
 
@@ -104,6 +105,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     check_payoff: time each partition at compile time and keep it on the target only if it
         beats PyTorch including the boundary crossing.
     validate: compare with eager PyTorch on the example and one random input (see TOLERANCES).
+    validation_inputs: more inputs to validate on, structured like example_inputs.
     cache: reuse engines from the on-disk compile cache (see archfit.cache).
     progress: optional callable taking a one-line status, e.g. for a terminal spinner.
     """
@@ -126,7 +128,10 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
                             target.name, precision, emulated=target.emulated)
     validation = None
     if validate:
-        validation = run_validation(model, module, captured, compiled, precision)
+        extra = None
+        if validation_inputs is not None:
+            extra = normalize_inputs(validation_inputs)
+        validation = run_validation(model, module, captured, compiled, precision, extra_inputs=extra)
     module.report = build_report(_name(model, name), compiled.plan, precision, target.emulated,
                                  compiled.timings, validation, time.perf_counter() - t0,
                                  estimate=_estimate(captured, compiled.plan, target, precision))

@@ -68,7 +68,10 @@ def random_like(inputs: Sequence[torch.Tensor], seed: int = 0) -> tuple[torch.Te
             out.append(torch.rand(t.shape, generator=g) < 0.5 if t.any() and not t.all() else t.clone())
         else:
             lo, hi = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
-            out.append(torch.randint(lo, hi + 1, t.shape, generator=g, dtype=t.dtype))
+            if t.dim() >= 2 and t.shape[0] > 1:
+                # columns may index different tables (recommenders): stay below every column's max
+                hi = int(t.reshape(-1, t.shape[-1]).max(dim=0).values.min())
+            out.append(torch.randint(lo, max(lo, hi) + 1, t.shape, generator=g, dtype=t.dtype))
     return tuple(out)
 
 
@@ -111,14 +114,23 @@ def _partition_errors(compiled: CompiledGraph, flat_inputs: Sequence[torch.Tenso
 
 def validate(
     eager: Callable, compiled_call: Callable, captured: Captured, compiled: CompiledGraph, precision: str,
-    raise_on_failure: bool = True,
+    raise_on_failure: bool = True, extra_inputs=None,
 ) -> Validation:
     atol, rtol = TOLERANCES[precision]
     checks = []
-    for label, flat in (("example inputs", captured.example_inputs), ("random inputs", random_like(captured.example_inputs))):
+    sets = [("example inputs", captured.example_inputs), ("random inputs", random_like(captured.example_inputs))]
+    if extra_inputs is not None:
+        sets.append(("validation inputs", tuple(pytree.tree_flatten(extra_inputs)[0])))
+    for label, flat in sets:
         args, kwargs = pytree.tree_unflatten(list(flat), captured.in_spec)
         with torch.no_grad():
-            want = _flat_outputs(eager(*args, **kwargs))
+            try:
+                want = _flat_outputs(eager(*args, **kwargs))
+            except Exception as e:  # noqa: BLE001 - the model itself rejects generated inputs
+                raise ValidationError(
+                    f"eager PyTorch fails on the {label} ({type(e).__name__}: {str(e)[:120]}); the random "
+                    f"values may be invalid for this model: pass validation_inputs=... or validate=False"
+                ) from None
             got = _flat_outputs(compiled_call(*args, **kwargs))
         outs = tuple(_compare(n, g, w, atol, rtol) for n, g, w in zip(captured.output_names, got, want))
         checks.append(InputCheck(label, outs))
