@@ -97,3 +97,19 @@ def test_file_command_errors(tmp_path, make_args, message):
     r = run(*make_args(tmp_path))
     assert r.returncode == 1 and r.stderr.startswith(message), r.stderr
     assert r.stderr.count("\n") == 1
+
+
+def test_python_file_function_as_model(tmp_path):
+    src = tmp_path / "my_model.py"
+    src.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))\n"
+        "    return model, (torch.randn(4, 8),)\n"
+    )
+    r = run("compile", f"{src}:build", "-t", "onnxruntime", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["model"] == "build" and data["validation"]["ok"] and len(data["partitions"]) == 1
+    r = run("analyze", f"{src}:missing")
+    assert r.returncode == 1 and "has no function 'missing'" in r.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -47,9 +47,14 @@ class PartitionTiming:
     compiled_ms: float  # engine run incl. crossing the boundary (tensor <-> backend)
     eager_ms: float  # the same subgraph run by PyTorch
     cached: bool = False  # engine loaded from the compile cache
+    # the whole model with this partition on the target / in PyTorch: what the payoff decides on
+    model_ms_on_target: float | None = None
+    model_ms_in_pytorch: float | None = None
 
     @property
     def pays_off(self) -> bool:
+        if self.model_ms_on_target is not None and self.model_ms_in_pytorch is not None:
+            return self.model_ms_on_target <= self.model_ms_in_pytorch
         return self.compiled_ms < self.eager_ms
 
 
@@ -99,7 +104,7 @@ def split(captured: Captured, plan: PartitionPlan) -> fx.GraphModule:
     return gm
 
 
-def _record_inputs(gm: fx.GraphModule, count: int, inputs: Sequence[torch.Tensor]) -> dict[int, tuple]:
+def record_partition_inputs(gm: fx.GraphModule, count: int, inputs: Sequence[torch.Tensor]) -> dict[int, tuple]:
     seen: dict[int, tuple] = {}
     hooks = []
     for i in range(count):
@@ -149,6 +154,32 @@ def _check_outputs(index: int, target: str, got: Sequence[torch.Tensor], want: S
         )
 
 
+def _model_ms(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> float:
+    with torch.no_grad():
+        return median_seconds(lambda: gm(*inputs), budget=0.3) * 1e3
+
+
+def _in_context_losers(gm: fx.GraphModule, engine_mods: dict[int, EngineModule], references: dict[int, fx.GraphModule],
+                       inputs: Sequence[torch.Tensor], timings: dict[int, PartitionTiming]) -> dict[int, str]:
+    """Partitions whose removal makes the whole model faster. Timing a partition alone misses
+    what crossing its boundary really costs: the hand-off between the backend's threads and
+    PyTorch's, cold caches, copies. So each is judged by the whole model, run both ways."""
+    for i, mod in engine_mods.items():
+        setattr(gm, f"{PREFIX}{i}", mod)
+    on_target = _model_ms(gm, inputs)
+    losers = {}
+    for i, mod in engine_mods.items():
+        setattr(gm, f"{PREFIX}{i}", references[i])
+        in_pytorch = _model_ms(gm, inputs)
+        setattr(gm, f"{PREFIX}{i}", mod)
+        timings[i] = replace(timings[i], model_ms_on_target=on_target, model_ms_in_pytorch=in_pytorch)
+        if in_pytorch < on_target:
+            t = timings[i]
+            losers[i] = (f"whole model {in_pytorch:.3f} ms with it in PyTorch vs {on_target:.3f} ms on the target "
+                         f"(alone: compiled {t.compiled_ms:.3f} ms vs PyTorch {t.eager_ms:.3f} ms)")
+    return losers
+
+
 def compile_plan(
     captured: Captured, plan: PartitionPlan, target: Target, precision: str, check_payoff: bool = True,
     use_cache: bool = True, progress=None,
@@ -159,9 +190,8 @@ def compile_plan(
     while True:
         gm = split(captured, plan)
         n = len(plan.partitions)
-        boundary = _record_inputs(gm, n, captured.example_inputs)
+        boundary = record_partition_inputs(gm, n, captured.example_inputs)
         references = {i: getattr(gm, f"{PREFIX}{i}") for i in range(n)}
-        losers: dict[int, str] = {}
         for i, part in enumerate(plan.partitions):
             sub, args = references[i], boundary[i]
             if part.nodes not in engines:
@@ -175,16 +205,17 @@ def compile_plan(
                 compiled = median_seconds(lambda: engine.run(args)) if check_payoff else float("nan")
                 timing = PartitionTiming(seconds, compiled * 1e3, eager * 1e3, cached)
                 engines[part.nodes] = (engine, timing, [t.dtype for t in want])
-            engine, timing, _ = engines[part.nodes]
-            if check_payoff and not timing.pays_off:
-                losers[i] = (f"compiled {timing.compiled_ms:.3f} ms (with boundary) vs "
-                             f"PyTorch {timing.eager_ms:.3f} ms")
-        if losers:
-            plan = drop_partitions(captured.graph_module, plan, losers, Reason.NO_PAYOFF)
-            continue
-        timings = {}
-        for i, part in enumerate(plan.partitions):
-            engine, timings[i], out_dtypes = engines[part.nodes]
-            setattr(gm, f"{PREFIX}{i}", EngineModule(engine, i, target.name, out_dtypes))
+        timings = {i: engines[p.nodes][1] for i, p in enumerate(plan.partitions)}
+        engine_mods = {i: EngineModule(engines[p.nodes][0], i, target.name, engines[p.nodes][2])
+                       for i, p in enumerate(plan.partitions)}
+        if check_payoff and n:
+            if progress is not None:
+                progress("timing each partition in the whole model, on the target and in PyTorch")
+            losers = _in_context_losers(gm, engine_mods, references, captured.example_inputs, timings)
+            if losers:
+                plan = drop_partitions(captured.graph_module, plan, losers, Reason.NO_PAYOFF)
+                continue
+        for i, mod in engine_mods.items():
+            setattr(gm, f"{PREFIX}{i}", mod)
         gm.delete_all_unused_submodules()  # weights now owned by engines need not stay in PyTorch
         return CompiledGraph(gm, plan, timings, references, boundary)

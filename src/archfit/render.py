@@ -44,14 +44,18 @@ def render_report(r: "FitReport", width: int = 120) -> str:
         for col in ("#", "ops", "compute", "FLOPs", "inputs", "outputs", "boundary"):
             t.add_column(col)
         if r.timings:
-            t.add_column("compiled ms")
-            t.add_column("PyTorch ms")
+            t.add_column("alone ms")
+            t.add_column("in model ms")
+            t.caption = ("ms: on the target / in PyTorch, for the partition alone and for the whole model; "
+                         "a partition stays on the target only if the whole model is faster with it there")
         for p in r.partitions:
             row = [str(p.index), str(len(p.nodes)), str(p.compute_ops), human_flops(p.flops),
                    _shapes(p.inputs), _shapes(p.outputs), human_bytes(p.boundary_bytes)]
             if r.timings and p.index in r.timings:
                 tm = r.timings[p.index]
-                row += [f"{tm.compiled_ms:.3f}", f"{tm.eager_ms:.3f}"]
+                in_model = (f"{tm.model_ms_on_target:.3f} / {tm.model_ms_in_pytorch:.3f}"
+                            if tm.model_ms_on_target is not None else "-")
+                row += [f"{tm.compiled_ms:.3f} / {tm.eager_ms:.3f}", in_model]
             t.add_row(*row)
         con.print(t)
     if r.fallback:

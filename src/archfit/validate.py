@@ -9,7 +9,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from .capture import Captured
-from .compile import CompiledGraph
+from .compile import PREFIX, CompiledGraph, record_partition_inputs
 from .errors import ValidationError
 
 # Pass when max|got - want| <= atol + rtol * max|want|, per output. Relative to the output's
@@ -99,9 +99,7 @@ def _flat_outputs(out) -> list:
 
 def _partition_errors(compiled: CompiledGraph, flat_inputs: Sequence[torch.Tensor], atol: float, rtol: float):
     """Per-partition error: each engine against its eager subgraph on the boundary values it sees."""
-    from .compile import PREFIX, _record_inputs
-
-    seen = _record_inputs(compiled.graph_module, len(compiled.references), flat_inputs)
+    seen = record_partition_inputs(compiled.graph_module, len(compiled.references), flat_inputs)
     worst = []
     for i, ref in compiled.references.items():
         engine_mod = getattr(compiled.graph_module, f"{PREFIX}{i}")

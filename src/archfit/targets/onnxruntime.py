@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import tempfile
 import warnings
+import zipfile
 from functools import lru_cache
 from typing import Sequence
 
@@ -32,19 +35,39 @@ def _listed(op) -> bool:
 supports = listed_or_decomposed(_listed, "torch.onnx's torchlib registry")
 
 
+def _session_options():
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    # Idle ORT workers spin by default, stealing the cores PyTorch needs for the host regions
+    # that run between engine calls; archfit always mixes the two, so they sleep instead.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
+
+
 class OnnxRuntimeEngine:
-    def __init__(self, onnx_bytes: bytes):
+    """`data` is an ONNX model, or for models over protobuf's 2 GB limit a zip of the model and
+    its external weight file (ONNX's own external-data layout)."""
+
+    def __init__(self, data: bytes):
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        self.onnx_bytes = onnx_bytes
-        self.session = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.data = data
+        self._dir = None
+        source = data
+        if data[:2] == b"PK":  # zip: ONNX protobufs start with a field tag, never with 'PK'
+            self._dir = tempfile.TemporaryDirectory(prefix="archfit-onnx-")
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                z.extractall(self._dir.name)
+            source = os.path.join(self._dir.name, "model.onnx")
+        self.session = ort.InferenceSession(source, sess_options=_session_options(), providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def serialize(self) -> bytes:
-        return self.onnx_bytes
+        return self.data
 
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         feeds = {name: to_numpy(t) for name, t in zip(self.input_names, inputs)}
@@ -74,7 +97,18 @@ def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]
         gm = emulate_bf16(gm)
     with _quiet():
         program = torch.onnx.export(export_partition(gm, example_inputs), dynamo=True, optimize=True, verbose=False)
-    return OnnxRuntimeEngine(program.model_proto.SerializeToString())
+    from google.protobuf.message import EncodeError
+
+    try:
+        return OnnxRuntimeEngine(program.model_proto.SerializeToString())
+    except (EncodeError, ValueError):  # over protobuf's 2 GB limit: weights go to an external data file
+        with tempfile.TemporaryDirectory(prefix="archfit-onnx-") as tmp:
+            program.save(os.path.join(tmp, "model.onnx"), external_data=True)
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
+                for name in sorted(os.listdir(tmp)):
+                    z.write(os.path.join(tmp, name), name)
+        return OnnxRuntimeEngine(buf.getvalue())
 
 
 def versions() -> dict:

@@ -3,6 +3,7 @@ lowers (the one its torch.compile backend partitions by), not a guess of ours.""
 from __future__ import annotations
 
 import json
+import threading
 from functools import lru_cache
 from typing import Sequence
 
@@ -39,10 +40,12 @@ class OpenVINOEngine:
         self.config = config
         self.blob = blob  # set when imported: OpenVINO cannot export an imported model again
         self.request = compiled_model.create_infer_request()
+        self.lock = threading.Lock()  # one infer request: callers on several threads take turns
 
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        result = self.request.infer([to_numpy(t) for t in inputs], share_inputs=True)
-        return [torch.from_numpy(a) for a in result.to_tuple()]
+        with self.lock:
+            result = self.request.infer([to_numpy(t) for t in inputs], share_inputs=True)
+            return [torch.from_numpy(a) for a in result.to_tuple()]
 
     def serialize(self) -> bytes:
         """One JSON line of the compile config, then OpenVINO's compiled blob. The config must go
