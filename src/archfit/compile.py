@@ -20,6 +20,9 @@ from .targets.base import Engine, Target
 from .timing import median_seconds
 
 PREFIX = "target_"
+# Whole-model timings on this class of machine repeat within about 2%; a partition moves back to
+# PyTorch only when PyTorch is faster by more than that, not on a coin toss between equals.
+PAYOFF_NOISE = 0.02
 
 
 class EngineModule(torch.nn.Module):
@@ -54,7 +57,7 @@ class PartitionTiming:
     @property
     def pays_off(self) -> bool:
         if self.model_ms_on_target is not None and self.model_ms_in_pytorch is not None:
-            return self.model_ms_on_target <= self.model_ms_in_pytorch
+            return self.model_ms_in_pytorch >= self.model_ms_on_target * (1 - PAYOFF_NOISE)
         return self.compiled_ms < self.eager_ms
 
 
@@ -173,7 +176,7 @@ def _in_context_losers(gm: fx.GraphModule, engine_mods: dict[int, EngineModule],
         in_pytorch = _model_ms(gm, inputs)
         setattr(gm, f"{PREFIX}{i}", mod)
         timings[i] = replace(timings[i], model_ms_on_target=on_target, model_ms_in_pytorch=in_pytorch)
-        if in_pytorch < on_target:
+        if in_pytorch < on_target * (1 - PAYOFF_NOISE):
             t = timings[i]
             losers[i] = (f"whole model {in_pytorch:.3f} ms with it in PyTorch vs {on_target:.3f} ms on the target "
                          f"(alone: compiled {t.compiled_ms:.3f} ms vs PyTorch {t.eager_ms:.3f} ms)")

@@ -1,0 +1,111 @@
+"""Choose padding buckets from the sizes users actually see, exactly.
+
+Inputs of length L run in the smallest bucket b >= L, costing cost(b). Given a histogram of
+lengths and at most K buckets (the largest always at the maximum length, as Neuron's bucketing
+guide requires), dynamic programming over the sorted candidate sizes finds the boundaries with
+the least expected cost. Only observed lengths (and the maximum) need be candidates: moving a
+boundary down to the largest length it actually serves never costs more when cost grows with
+size. O(K * m^2) for m candidates, vectorised over one axis."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BucketChoice:
+    boundaries: tuple[int, ...]  # bucket sizes, ascending; the last is the maximum length
+    expected_cost: float  # per input, in the cost function's unit
+    pad_to_max_cost: float  # per input with one bucket at the maximum
+    exact_cost: float  # per input if every input ran at its own length (no padding at all)
+    padding_waste: float  # share of computed positions that are padding
+
+    @property
+    def speedup(self) -> float:
+        """Expected speedup over padding everything to the maximum."""
+        return self.pad_to_max_cost / self.expected_cost
+
+    @property
+    def ideal_speedup(self) -> float:
+        """What the histogram allows at best: exact lengths against pad-to-max."""
+        return self.pad_to_max_cost / self.exact_cost
+
+    @property
+    def share_of_ideal(self) -> float:
+        """This speedup as a share of the ideal one (1.0 = as fast as exact lengths)."""
+        return self.speedup / self.ideal_speedup
+
+
+def _histogram(counts: Sequence[float], start: int) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or len(counts) == 0 or (counts < 0).any() or counts.sum() <= 0:
+        raise ValueError("counts must be a non-empty 1-d histogram of non-negative counts with a positive total")
+    lengths = np.arange(start, start + len(counts))
+    return lengths, counts
+
+
+def _cost_array(cost, sizes: np.ndarray) -> np.ndarray:
+    values = np.array([float(cost(int(s))) for s in sizes]) if callable(cost) else np.asarray(cost, dtype=np.float64)
+    if np.any(np.diff(values) < 0):
+        raise ValueError("cost must not decrease with size")
+    return values
+
+
+def evaluate(boundaries: Sequence[int], counts: Sequence[float], cost: Callable[[int], float] = float,
+             start: int = 1) -> float:
+    """Expected cost per input of given bucket boundaries (which must cover the maximum)."""
+    lengths, counts = _histogram(counts, start)
+    b = np.sort(np.asarray(boundaries))
+    if b[-1] < lengths[counts > 0].max():
+        raise ValueError(f"the largest bucket {b[-1]} is below the largest length {lengths[counts > 0].max()}")
+    chosen = b[np.searchsorted(b, lengths)]
+    mask = counts > 0
+    return float((counts[mask] * _cost_array(cost, chosen[mask])).sum() / counts.sum())
+
+
+def choose_buckets(counts: Sequence[float], max_buckets: int, cost: Callable[[int], float] = float,
+                   start: int = 1, max_length: int | None = None) -> BucketChoice:
+    """Optimal boundaries for a length histogram (counts[i] inputs of length start + i).
+
+    cost(size) is the latency (or FLOPs) of one input run at that bucket size; the default,
+    the size itself, models cost proportional to positions computed."""
+    if max_buckets < 1:
+        raise ValueError("max_buckets must be at least 1")
+    lengths, counts = _histogram(counts, start)
+    top = int(max_length if max_length is not None else lengths[counts > 0].max())
+    seen = lengths[(counts > 0) & (lengths <= top)]
+    candidates = np.unique(np.append(seen, top))
+    c = _cost_array(cost, candidates)
+    # weight[j]: inputs whose smallest fitting candidate is candidates[j]
+    weight = np.array([counts[(lengths == s)].sum() for s in candidates])
+    prefix = np.concatenate(([0.0], np.cumsum(weight)))  # prefix[j] = inputs up to candidates[j-1]
+    m = len(candidates)
+    # f[j]: least cost serving all inputs <= candidates[j], the last bucket at candidates[j]
+    f = c * prefix[1:]
+    parents = [np.full(m, -1)]
+    best_k, best = 1, f[-1]
+    for k in range(2, min(max_buckets, m) + 1):
+        g = np.full(m, np.inf)
+        parent = np.full(m, -1)
+        for j in range(k - 1, m):
+            i = np.arange(j)  # previous bucket at candidates[i], serving everything up to it
+            total = f[i] + c[j] * (prefix[j + 1] - prefix[i + 1])
+            a = int(np.argmin(total))
+            g[j], parent[j] = total[a], a
+        parents.append(parent)
+        f = g
+        if f[-1] < best - 1e-12:
+            best_k, best = k, f[-1]
+    bounds, j = [], m - 1
+    for k in range(best_k, 0, -1):
+        bounds.append(int(candidates[j]))
+        j = parents[k - 1][j]
+    boundaries = tuple(sorted(bounds))
+    n = counts.sum()
+    mask = counts > 0
+    exact = float((counts[mask] * _cost_array(cost, lengths[mask])).sum() / n)
+    chosen = np.asarray(boundaries)[np.searchsorted(boundaries, lengths[mask])]
+    waste = float((counts[mask] * (chosen - lengths[mask])).sum() / (counts[mask] * chosen).sum())
+    return BucketChoice(boundaries, float(best / n), float(_cost_array(cost, [top])[0]), exact, waste)
