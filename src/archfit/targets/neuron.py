@@ -32,6 +32,7 @@ TS_ALIASES = {
     "_to_copy": "to", "sym_size": "size", "_unsafe_view": "view", "alias": "detach",
     "lift_fresh_copy": "clone", "bitwise_and": "__and__", "clamp_min": "clamp", "clamp_max": "clamp",
     "scalar_tensor": "full", "new_zeros": "zeros", "fill": "fill_", "zero": "zero_",
+    "linalg_vector_norm": "norm",  # what torch.norm / F.normalize capture as today
 }
 
 
