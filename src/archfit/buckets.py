@@ -8,7 +8,7 @@ boundary down to the largest length it actually serves never costs more when cos
 size. O(K * m^2) for m candidates, vectorised over one axis."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -109,3 +109,55 @@ def choose_buckets(counts: Sequence[float], max_buckets: int, cost: Callable[[in
     chosen = np.asarray(boundaries)[np.searchsorted(boundaries, lengths[mask])]
     waste = float((counts[mask] * (chosen - lengths[mask])).sum() / (counts[mask] * chosen).sum())
     return BucketChoice(boundaries, float(best / n), float(_cost_array(cost, [top])[0]), exact, waste)
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """Which input dims vary (all tied to one size) and how to choose the sizes to compile.
+
+    Give explicit `sizes`, or the sizes seen in production as a `sample` (one size per input)
+    or a `histogram` (histogram[i] inputs of size i + 1) plus `max_buckets`; archfit then picks
+    the boundaries that minimise expected cost (see choose_buckets). `pad_values` maps an input
+    name to the value padding uses (default 0: the pad token of BERT-style vocabularies and the
+    "ignore" value of attention masks). `max_bytes` caps the bucket count by memory on targets
+    that hold one copy of the weights per bucket."""
+
+    dims: dict[str, int]
+    sizes: tuple[int, ...] | None = None
+    sample: tuple[int, ...] | None = None
+    histogram: tuple[float, ...] | None = None
+    max_buckets: int = 4
+    max_size: int | None = None
+    pad_values: dict[str, float] = field(default_factory=dict)
+    cost: Callable[[int], float] | None = None  # per-input cost at a size; default: estimated FLOPs
+    max_bytes: int | None = None
+
+    def __post_init__(self):
+        given = [x is not None for x in (self.sizes, self.sample, self.histogram)]
+        if sum(given) != 1:
+            raise ValueError("Buckets takes exactly one of sizes=, sample= or histogram=")
+        if not self.dims:
+            raise ValueError("Buckets needs dims={input name: dim} naming what varies")
+        if self.sizes is not None and (not self.sizes or min(self.sizes) < 1):
+            raise ValueError(f"bucket sizes must be positive, got {self.sizes}")
+        if self.max_buckets < 1:
+            raise ValueError("max_buckets must be at least 1")
+
+    def counts(self) -> np.ndarray | None:
+        """Histogram of observed sizes (index i = size i + 1), or None for explicit sizes."""
+        if self.histogram is not None:
+            return np.asarray(self.histogram, dtype=np.float64)
+        if self.sample is not None:
+            sample = np.asarray(self.sample, dtype=np.int64)
+            if sample.size == 0 or sample.min() < 1:
+                raise ValueError("sample must hold positive sizes")
+            return np.bincount(sample - 1).astype(np.float64)
+        return None
+
+    def top(self) -> int:
+        if self.sizes is not None:
+            return max(self.sizes)
+        if self.max_size is not None:
+            return self.max_size
+        counts = self.counts()
+        return int(np.nonzero(counts)[0].max()) + 1

@@ -74,6 +74,15 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
                                                                          "(default: the target's own)."),
              no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the compile cache."),
              tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
+             vary: List[str] = typer.Option([], "--vary", help="NAME:DIM of an input dim that varies (repeat for "
+                                                               "inputs tied to the same size)."),
+             buckets: Optional[str] = typer.Option(None, help="Bucket sizes to compile, e.g. 64,128,384."),
+             lengths: Optional[Path] = typer.Option(None, help="Sizes seen in production, to choose buckets from: a "
+                                                               "JSON list of sizes, or {\"counts\": [...], "
+                                                               "\"lengths_start_at\": 1}."),
+             max_buckets: int = typer.Option(4, help="With --lengths: how many buckets at most."),
+             pad: List[str] = typer.Option([], "--pad", help="NAME=VALUE: the pad value of an input (default 0)."),
+             dynamic_batch: bool = typer.Option(False, help="Accept any batch size in dim 0 (split / pad)."),
              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Compile for a target, validate against eager PyTorch, compare latency, optionally save."""
     import torch
@@ -85,10 +94,12 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
 
     try:
         mod, inputs, name = load_model(model, tiny)
+        spec = _buckets(vary, buckets, lengths, max_buckets, pad)
         with _progress(not as_json) as progress:
             compiled = trace(mod, inputs, target=target, precision=precision, force_cpu=force_cpu,
                              require_full=require_full, min_partition_size=min_partition_size,
-                             cache=not no_cache, progress=progress, name=name)
+                             cache=not no_cache, progress=progress, name=name, buckets=spec,
+                             dynamic_batch=dynamic_batch)
         if output is not None:
             save(compiled, output)
     except ArchfitError as e:
@@ -102,10 +113,48 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
                                            "output": str(output) if output else None})
         return
     typer.echo(compiled.report.to_text())
+    if hasattr(compiled, "summary"):
+        typer.echo(compiled.summary())
     typer.echo(f"latency (median, batch as given): eager PyTorch {eager_ms:.3f} ms, archfit {compiled.target} "
                f"{compiled_ms:.3f} ms, speedup {eager_ms / compiled_ms:.2f}x")
     if output is not None:
         typer.echo(f"saved {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+
+
+def _buckets(vary: list, sizes: str | None, lengths: Path | None, max_buckets: int, pad: list):
+    """--vary/--buckets/--lengths/--pad as an archfit.Buckets (None when nothing varies)."""
+    from . import Buckets
+    from .errors import InputError
+
+    if not vary:
+        if sizes or lengths or pad:
+            raise InputError("--buckets, --lengths and --pad need --vary NAME:DIM naming the input dims that vary")
+        return None
+    dims, pad_values = {}, {}
+    for item in vary:
+        name, _, dim = item.rpartition(":")
+        if not name or not dim.lstrip("-").isdigit():
+            raise InputError(f"--vary {item!r} must be NAME:DIM, e.g. input_ids:1")
+        dims[name] = int(dim)
+    for item in pad:
+        name, _, value = item.partition("=")
+        try:
+            pad_values[name] = float(value)
+        except ValueError:
+            raise InputError(f"--pad {item!r} must be NAME=NUMBER") from None
+    if (sizes is None) == (lengths is None):
+        raise InputError("with --vary, give either --buckets SIZES or --lengths FILE")
+    try:
+        if sizes is not None:
+            return Buckets(dims, sizes=tuple(int(x) for x in sizes.split(",")), pad_values=pad_values)
+        data = json.loads(lengths.read_text())
+        if isinstance(data, list):
+            return Buckets(dims, sample=tuple(int(x) for x in data), max_buckets=max_buckets, pad_values=pad_values)
+        start = int(data.get("lengths_start_at", 1))
+        return Buckets(dims, histogram=(0.0,) * (start - 1) + tuple(data["counts"]), max_buckets=max_buckets,
+                       pad_values=pad_values)
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        raise InputError(f"bucket options: {type(e).__name__}: {e}") from None
 
 
 def _read_tensor(name: str, path: str):
@@ -200,7 +249,13 @@ def inspect(file: Path = typer.Argument(..., help="A file written by `archfit co
     typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()))
     typer.echo("inputs: " + ", ".join(f"{i['name']}{i['shape']}:{i['dtype']}" for i in manifest["inputs"]))
     typer.echo(f"engines: {len(manifest['engines'])} ({', '.join(e['module'] for e in manifest['engines'])})")
-    typer.echo(f"buckets: {manifest['buckets'] or 'none (fixed shapes)'}")
+    b = manifest.get("buckets")
+    if b:
+        dims = ", ".join(f"{k}[{v}]" for k, v in b["padding"]["dims"].items())
+        batch = ", dynamic batch" if b["padding"].get("batch_follow") else ""
+        typer.echo(f"buckets: {', '.join(map(str, b['sizes']))} over {dims}{batch}" if dims else f"buckets: none{batch}")
+    else:
+        typer.echo("buckets: none (fixed shapes)")
     needs = ", ".join(manifest["custom_ops"]) or "none"
     typer.echo(f"custom ops needed at load: {needs}")
     if report:

@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -16,15 +17,17 @@ from torch import fx
 from torch.utils import _pytree as pytree
 
 from . import __version__
+from .buckets import BucketChoice
 from .capture import TensorSpec, attr_of
 from .compile import EngineModule
 from .errors import ArtifactError, TargetError
+from .dispatch import BucketedModule, Padding
 from .runtime import CompiledModule
 from .serialize import graph_from_json, graph_to_json
 from .targets import get_target
 
 FORMAT = "archfit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: identical files stored once; bucketed modules
 
 
 def _sha(data: bytes) -> str:
@@ -52,13 +55,10 @@ def _custom_ops(gm: fx.GraphModule) -> list[str]:
     return sorted(ops)
 
 
-def save(module: CompiledModule, path: str | os.PathLike) -> Path:
-    """Write `module` (from archfit.trace) to one file; returns its path."""
+def _module_files(module: CompiledModule, target, prefix: str) -> tuple[dict[str, bytes], dict]:
+    """The files and manifest entries of one static-shape module, its names under `prefix`."""
     from safetensors.torch import save as save_tensors
 
-    if not isinstance(module, CompiledModule):
-        raise ArtifactError(f"archfit.save takes the module archfit.trace returned, got {type(module).__name__}")
-    target = get_target(module.target)
     gm = module.graph_module
     files: dict[str, bytes] = {}
     engines = []
@@ -67,27 +67,68 @@ def save(module: CompiledModule, path: str | os.PathLike) -> Path:
             if not hasattr(mod.engine, "serialize") or target.load is None:
                 raise ArtifactError(f"target {target.name!r} cannot save its engines (no serialize/load); "
                                     f"trace with a target that can, e.g. openvino")
-            blob = mod.engine.serialize()
-            files[f"engines/{name}.bin"] = blob
-            engines.append({"module": name, "index": mod.index, "file": f"engines/{name}.bin",
-                            "out_dtypes": [str(d).removeprefix("torch.") for d in mod.out_dtypes]})
-    files["host.json"] = json.dumps(graph_to_json(gm)).encode()
-    files["host_weights.safetensors"] = save_tensors(_host_weights(gm))
+            entry = {"module": name, "index": mod.index,
+                     "out_dtypes": [str(d).removeprefix("torch.") for d in mod.out_dtypes]}
+            if hasattr(mod.engine, "serialize_parts"):  # weights apart, so each is stored once
+                entry["parts"] = {}
+                for part, blob in mod.engine.serialize_parts().items():
+                    entry["parts"][part] = file = f"{prefix}engines/{name}/{part}"
+                    files[file] = blob
+            else:
+                entry["file"] = file = f"{prefix}engines/{name}.bin"
+                files[file] = mod.engine.serialize()
+            engines.append(entry)
+    files[f"{prefix}host.json"] = json.dumps(graph_to_json(gm)).encode()
+    files[f"{prefix}host_weights.safetensors"] = save_tensors(_host_weights(gm))
+    entry = {
+        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).removeprefix("torch.")}
+                   for s in module.inputs],
+        "engines": engines, "custom_ops": _custom_ops(gm), "prefix": prefix,
+    }
+    return files, entry
+
+
+def _bucket_manifest(module: BucketedModule) -> dict:
+    choice = module.choice
+    return {"sizes": list(module.sizes), "padding": module.padding.to_dict(),
+            "choice": None if choice is None else asdict(choice),
+            "safety": [list(s) for s in module.safety or ()]}
+
+
+def save(module: CompiledModule | BucketedModule, path: str | os.PathLike) -> Path:
+    """Write `module` (from archfit.trace) to one file; returns its path. Identical contents (the
+    weights of every bucket's host program, engines that came out the same) are stored once."""
+    if not isinstance(module, (CompiledModule, BucketedModule)):
+        raise ArtifactError(f"archfit.save takes the module archfit.trace returned, got {type(module).__name__}")
+    target = get_target(module.target)
+    files: dict[str, bytes] = {}
+    if isinstance(module, BucketedModule):
+        parts = [(module.buckets[str(s)], f"bucket_{s}/") for s in module.sizes]
+    else:
+        parts = [(module, "")]
+    entries = []
+    for part, prefix in parts:
+        part_files, entry = _module_files(part, target, prefix)
+        files |= part_files
+        entries.append(entry)
     report = module.report
     files["report.json"] = (report.to_json() if report is not None else "null").encode()
-    files["report.txt"] = (report.to_text() if report is not None else "").encode()
+    text = report.to_text() if report is not None else ""
+    if isinstance(module, BucketedModule):
+        text += "\n" + module.summary() + "\n"
+    files["report.txt"] = text.encode()
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "versions": _versions(target),
         "target": target.name, "backend": target.backend, "device": target.device,
         "precision": module.precision, "emulated": module.emulated,
-        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).removeprefix("torch.")}
-                   for s in module.inputs],
+        "inputs": entries[-1]["inputs"],
         "in_spec": pytree.treespec_dumps(module.in_spec),
         "out_spec": pytree.treespec_dumps(module.out_spec),
-        "engines": engines,
-        "custom_ops": _custom_ops(gm),
-        "buckets": None,
+        "engines": [e for entry in entries for e in entry["engines"]],
+        "custom_ops": sorted({op for entry in entries for op in entry["custom_ops"]}),
+        "modules": entries,
+        "buckets": _bucket_manifest(module) if isinstance(module, BucketedModule) else None,
         "files": {name: _sha(data) for name, data in files.items()},
     }
     path = Path(path)
@@ -97,8 +138,12 @@ def save(module: CompiledModule, path: str | os.PathLike) -> Path:
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
             z.writestr("manifest.json", json.dumps(manifest, indent=1))
+            written: set[str] = set()
             for name, data in files.items():
-                z.writestr(name, data)
+                digest = manifest["files"][name]
+                if digest not in written:  # a later file with the same bytes is read from the first
+                    z.writestr(name, data)
+                    written.add(digest)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -116,6 +161,10 @@ def _read(path: Path) -> tuple[dict, dict[str, bytes]]:
                 raise ArtifactError(f"{path} is not an archfit file (no manifest); save models with archfit.save")
             manifest = json.loads(z.read("manifest.json"))
             blobs = {name: z.read(name) for name in manifest.get("files", {}) if name in names}
+            by_digest = {_sha(data): data for data in blobs.values()}
+            for name, digest in manifest.get("files", {}).items():  # stored once, under its first name
+                if name not in blobs and digest in by_digest:
+                    blobs[name] = by_digest[digest]
     except zipfile.BadZipFile as e:
         raise ArtifactError(f"{path} is truncated, corrupted or not an archfit file ({e}); save it again "
                             f"with archfit.save") from None
@@ -169,10 +218,43 @@ def _type_names(spec: dict) -> list[str]:
     return names
 
 
-def load(path: str | os.PathLike) -> CompiledModule:
-    """Load a file written by archfit.save. Needs the backend, not the compiler or model code."""
+def _load_module(path: Path, manifest: dict, entry: dict, blobs: dict[str, bytes], target, shared: dict,
+                 in_spec, out_spec) -> CompiledModule:
+    """One static-shape module. `shared` maps file digests to what was already loaded from them,
+    so weights and engines that several buckets hold in common exist once in memory too."""
     from safetensors.torch import load as load_tensors
 
+    prefix = entry["prefix"]
+
+    def once(name: str, make):
+        digest = manifest["files"][name]
+        if digest not in shared:
+            shared[digest] = make(blobs[name])
+        return shared[digest]
+
+    attributes: dict = dict(once(f"{prefix}host_weights.safetensors", load_tensors))
+    for e in entry["engines"]:
+        try:
+            if "parts" in e:
+                engine = target.load({part: blobs[file] for part, file in e["parts"].items()})
+            else:
+                engine = once(e["file"], target.load)
+        except Exception as err:  # noqa: BLE001 - a backend refusing its blob becomes one line
+            msg = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ArtifactError(
+                f"{path}: {target.backend} cannot load engine {e['module']} ({msg}); it was saved with "
+                f"{manifest['versions']}: compile again with this machine's versions"
+            ) from None
+        dtypes = [getattr(torch, d) for d in e["out_dtypes"]]
+        attributes[e["module"]] = EngineModule(engine, e["index"], target.name, dtypes)
+    gm = graph_from_json(json.loads(blobs[f"{prefix}host.json"]), attributes)
+    inputs = tuple(TensorSpec(i["name"], tuple(i["shape"]), getattr(torch, i["dtype"])) for i in entry["inputs"])
+    return CompiledModule(gm, in_spec, out_spec, inputs, target.name, manifest["precision"],
+                          emulated=manifest["emulated"])
+
+
+def load(path: str | os.PathLike) -> CompiledModule | BucketedModule:
+    """Load a file written by archfit.save. Needs the backend, not the compiler or model code."""
     path = Path(path)
     manifest, blobs = _read(path)
     if any(op.startswith("archfit_zoo::") for op in manifest.get("custom_ops", [])):
@@ -182,21 +264,17 @@ def load(path: str | os.PathLike) -> CompiledModule:
     except TargetError as e:
         raise ArtifactError(f"{path} needs target {manifest['target']!r} (backend {manifest.get('backend')!r}), "
                             f"which is not usable here: {e.args[0]}") from None
-    attributes: dict = dict(load_tensors(blobs["host_weights.safetensors"]))
-    for e in manifest["engines"]:
-        try:
-            engine = target.load(blobs[e["file"]])
-        except Exception as err:  # noqa: BLE001 - a backend refusing its blob becomes one line
-            msg = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise ArtifactError(
-                f"{path}: {target.backend} cannot load engine {e['module']} ({msg}); it was saved with "
-                f"{manifest['versions']}: compile again with this machine's versions"
-            ) from None
-        dtypes = [getattr(torch, d) for d in e["out_dtypes"]]
-        attributes[e["module"]] = EngineModule(engine, e["index"], target.name, dtypes)
-    gm = graph_from_json(json.loads(blobs["host.json"]), attributes)
-    inputs = tuple(TensorSpec(i["name"], tuple(i["shape"]), getattr(torch, i["dtype"])) for i in manifest["inputs"])
-    module = CompiledModule(gm, _treespec(manifest["in_spec"], path), _treespec(manifest["out_spec"], path), inputs,
-                            target.name, manifest["precision"], emulated=manifest["emulated"])
+    in_spec, out_spec = _treespec(manifest["in_spec"], path), _treespec(manifest["out_spec"], path)
+    entries = manifest.get("modules") or [{"prefix": "", "inputs": manifest["inputs"], "engines": manifest["engines"]}]
+    shared: dict = {}
+    modules = [_load_module(path, manifest, e, blobs, target, shared, in_spec, out_spec) for e in entries]
+    buckets = manifest.get("buckets")
+    if buckets:
+        choice = BucketChoice(**{**buckets["choice"], "boundaries": tuple(buckets["choice"]["boundaries"])}) \
+            if buckets["choice"] else None
+        module = BucketedModule(dict(zip(buckets["sizes"], modules)), Padding.from_dict(buckets["padding"]), choice,
+                                tuple(tuple(s) for s in buckets["safety"]))
+    else:
+        module = modules[0]
     module.manifest = manifest
     return module

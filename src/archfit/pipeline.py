@@ -9,7 +9,9 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from .capture import Captured, capture, describe_node, first_data_dependent_origin, normalize_inputs
+from .buckets import Buckets
 from .compile import compile_plan
+from .dispatch import BucketedModule
 from .errors import ArchfitError, CaptureError
 from .estimate import estimate_latency, measure_host_ms
 from .partition import PartitionPlan, drop_partitions, is_acyclic, plan_partitions, require_full as check_full
@@ -19,6 +21,7 @@ from .support import Reason, check_support
 from .targets import Target, get_target
 from .targets.base import PRECISIONS
 from .validate import validate as run_validation
+from .variable import trace_buckets
 
 DEFAULT_TARGETS = ("openvino", "onnxruntime")
 
@@ -96,7 +99,8 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
           precision: str | None = None, force_cpu: Iterable[str] = (), require_full: bool = False,
           min_partition_size: int | None = None, check_payoff: bool = True,
           validate: bool = True, validation_inputs: Any = None, cache: bool = True, progress=None,
-          name: str | None = None) -> CompiledModule:
+          name: str | None = None, buckets: Buckets | None = None, dynamic_batch: bool = False,
+          check_padding: bool = True) -> CompiledModule | BucketedModule:
     """Compile `model` for `target` at the example inputs' shapes; returns an nn.Module that
     takes the same inputs and returns the same output structure as `model`.
 
@@ -108,10 +112,23 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     validation_inputs: more inputs to validate on, structured like example_inputs.
     cache: reuse engines from the on-disk compile cache (see archfit.cache).
     progress: optional callable taking a one-line status, e.g. for a terminal spinner.
+    buckets: archfit.Buckets naming the input dims that vary and the sizes to compile (or the
+        sizes seen, to choose them from); returns a BucketedModule that pads, dispatches, unpads.
+    dynamic_batch: accept any batch size in dim 0: larger batches run in chunks of the example's
+        batch size, smaller ones are padded.
+    check_padding: with buckets, verify at compile time that padding leaves real positions unchanged.
     """
     t0 = time.perf_counter()
     target = get_target(target)
     precision = _precision(target, precision)
+    if buckets is not None or dynamic_batch:
+        def trace_one(inputs):
+            return trace(model, inputs, target, precision=precision, force_cpu=force_cpu, require_full=require_full,
+                         min_partition_size=min_partition_size, check_payoff=check_payoff, validate=validate,
+                         cache=cache, progress=progress, name=name)
+
+        return trace_buckets(trace_one, model, example_inputs, buckets, dynamic_batch, precision,
+                             check_padding=check_padding, progress=progress)
     captured = capture(model, example_inputs)
     origin = first_data_dependent_origin(captured.graph_module)
     if origin is not None:

@@ -3,15 +3,16 @@ lower it: it has a torchlib ONNX function, or a decomposition into ops that do."
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
-import os
-import tempfile
 import warnings
+import weakref
 import zipfile
 from functools import lru_cache
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import fx
 
@@ -48,30 +49,78 @@ def _session_options():
     return opts
 
 
-class OnnxRuntimeEngine:
-    """`data` is an ONNX model, or for models over protobuf's 2 GB limit a zip of the model and
-    its external weight file (ONNX's own external-data layout)."""
+# Weights by content digest, shared by every session in this process that uses them: the engines
+# of a model's shape buckets hold the same weights, which then exist once in memory.
+_WEIGHTS: "weakref.WeakValueDictionary[str, np.ndarray]" = weakref.WeakValueDictionary()
+MODEL = "model.onnx"
+_MIN_SHARED_BYTES = 1024  # smaller constants stay inside the model
 
-    def __init__(self, data: bytes):
+
+def externalize(proto) -> dict[str, bytes]:
+    """Split an ONNX model into the graph and one part per weight, named by its SHA-256, so that
+    identical weights (across shape buckets) are stored once in a file and once in memory."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import set_external_data
+
+    parts: dict[str, bytes] = {}
+    for tensor in proto.graph.initializer:
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= _MIN_SHARED_BYTES:
+            data = tensor.raw_data
+            name = "w" + hashlib.sha256(data).hexdigest()[:40]
+            parts[name] = data
+            set_external_data(tensor, location=name)
+            tensor.ClearField("raw_data")
+            tensor.data_location = TensorProto.EXTERNAL
+    parts[MODEL] = proto.SerializeToString()
+    return parts
+
+
+def _shared_array(name: str, data: bytes) -> np.ndarray:
+    array = _WEIGHTS.get(name)
+    if array is None:
+        array = np.frombuffer(data, dtype=np.uint8).copy()  # owned, aligned, outlives `data`
+        _WEIGHTS[name] = array
+    return array
+
+
+class OnnxRuntimeEngine:
+    """An ONNX model whose large weights live outside it (see externalize), given as the parts
+    dict or as a zip of those parts (the compile cache's form)."""
+
+    def __init__(self, data: bytes | dict[str, bytes]):
         import onnxruntime as ort
 
-        self.data = data
-        self._dir = None
-        source = data
-        if data[:2] == b"PK":  # zip: ONNX protobufs start with a field tag, never with 'PK'
-            self._dir = tempfile.TemporaryDirectory(prefix="archfit-onnx-")
-            with zipfile.ZipFile(io.BytesIO(data)) as z:
-                z.extractall(self._dir.name)
-            source = os.path.join(self._dir.name, "model.onnx")
-        self.session = ort.InferenceSession(source, sess_options=_session_options(), providers=["CPUExecutionProvider"])
+        parts = data if isinstance(data, dict) else _unzip(data)
+        self.parts = parts
+        opts = _session_options()
+        self._weights = {name: _shared_array(name, blob) for name, blob in parts.items() if name != MODEL}
+        if self._weights:
+            names = list(self._weights)
+            arrays = [self._weights[n] for n in names]
+            opts.add_external_initializers_from_files_in_memory(names, arrays, [a.nbytes for a in arrays])
+        self.session = ort.InferenceSession(parts[MODEL], sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
 
+    def serialize_parts(self) -> dict[str, bytes]:
+        return self.parts
+
     def serialize(self) -> bytes:
-        return self.data
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
+            for name, blob in self.parts.items():
+                z.writestr(name, blob)
+        return buf.getvalue()
 
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         feeds = {name: to_numpy(t) for name, t in zip(self.input_names, inputs)}
         return [torch.from_numpy(a) for a in self.session.run(None, feeds)]
+
+
+def _unzip(data: bytes) -> dict[str, bytes]:
+    if data[:2] != b"PK":  # a bare ONNX model (protobufs start with a field tag, never with 'PK')
+        return {MODEL: data}
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        return {name: z.read(name) for name in z.namelist()}
 
 
 @contextlib.contextmanager
@@ -97,18 +146,7 @@ def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]
         gm = emulate_bf16(gm)
     with _quiet():
         program = torch.onnx.export(export_partition(gm, example_inputs), dynamo=True, optimize=True, verbose=False)
-    from google.protobuf.message import EncodeError
-
-    try:
-        return OnnxRuntimeEngine(program.model_proto.SerializeToString())
-    except (EncodeError, ValueError):  # over protobuf's 2 GB limit: weights go to an external data file
-        with tempfile.TemporaryDirectory(prefix="archfit-onnx-") as tmp:
-            program.save(os.path.join(tmp, "model.onnx"), external_data=True)
-            buf = io.BytesIO()
-            with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
-                for name in sorted(os.listdir(tmp)):
-                    z.write(os.path.join(tmp, name), name)
-        return OnnxRuntimeEngine(buf.getvalue())
+    return OnnxRuntimeEngine(externalize(program.model_proto))
 
 
 def versions() -> dict:

@@ -1,0 +1,162 @@
+"""Variable input sizes: buckets, padding and unpadding, dynamic batch, padding safety, save/load."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import archfit
+from archfit import Buckets
+from conftest import assert_close_to_eager
+
+SEQ = {"input_ids": 1, "attention_mask": 1}
+SIZES = (4, 9, 16)
+
+
+def _bert_inputs(length, batch=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    if batch > 1:
+        mask[0, length // 2 + 1:] = 0  # one row carries its own padding too
+    return {"input_ids": torch.randint(3, 500, (batch, length), generator=g), "attention_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def bucketed_bert(tiny_bert):
+    model, inputs = tiny_bert
+    return model, archfit.trace(model, inputs, "openvino", buckets=Buckets(SEQ, sizes=SIZES), check_payoff=False)
+
+
+def test_every_length_matches_eager_at_that_exact_length(bucketed_bert):
+    model, module = bucketed_bert
+    assert module.sizes == SIZES and len(module.safety) == 3
+    for length in range(1, SIZES[-1] + 1):
+        inputs = _bert_inputs(length, seed=length)
+        out = module(**inputs)
+        assert out.last_hidden_state.shape == (1, length, 64)
+        assert_close_to_eager(model, module, inputs)
+
+
+def test_oversize_and_untied_sizes_are_one_line_errors(bucketed_bert):
+    _, module = bucketed_bert
+    with pytest.raises(archfit.InputError, match=r"input 'input_ids' dim 1 has size 17, larger than the largest "
+                                                 r"bucket 16"):
+        module(**_bert_inputs(17))
+    bad = _bert_inputs(8)
+    bad["attention_mask"] = bad["attention_mask"][:, :6]
+    with pytest.raises(archfit.InputError, match=r"'input_ids' \(dim 1\) = 8, 'attention_mask' \(dim 1\) = 6 vary "
+                                                 r"together"):
+        module(**bad)
+
+
+@pytest.mark.parametrize("target", ["openvino", "onnxruntime"])
+def test_dynamic_batch_splits_and_pads_like_eager(tiny_bert, target):
+    model, _ = tiny_bert
+    module = archfit.trace(model, _bert_inputs(16, batch=2), target, dynamic_batch=True, check_payoff=False)
+    assert module.batch == 2
+    for batch in (1, 2, 5):
+        assert_close_to_eager(model, module, _bert_inputs(16, batch=batch, seed=batch))
+
+
+def test_buckets_and_dynamic_batch_together(tiny_bert):
+    model, _ = tiny_bert
+    module = archfit.trace(model, _bert_inputs(16, batch=2), "onnxruntime", buckets=Buckets(SEQ, sizes=(8, 16)),
+                           dynamic_batch=True, check_payoff=False)
+    for batch, length in ((3, 5), (1, 16), (4, 11)):
+        out = module(**_bert_inputs(length, batch=batch))
+        assert out.last_hidden_state.shape == (batch, length, 64)
+        assert_close_to_eager(model, module, _bert_inputs(length, batch=batch))
+
+
+def test_buckets_chosen_from_a_sample(tiny_bert):
+    model, inputs = tiny_bert
+    sample = (2, 3, 3, 4, 5, 5, 5, 6, 7, 12, 15, 16, 16)
+    module = archfit.trace(model, inputs, "onnxruntime", check_payoff=False,
+                           buckets=Buckets(SEQ, sample=sample, max_buckets=3))
+    choice = module.choice
+    assert len(module.sizes) <= 3 and module.sizes[-1] == 16 and module.sizes == choice.boundaries
+    assert choice.speedup > 1.0 and 0 < choice.padding_waste < 1
+    assert "expected speedup over pad-to-max" in module.summary()
+    assert_close_to_eager(model, module, _bert_inputs(6))
+
+
+class _MeanOverSequence(torch.nn.Module):
+    """Averages over every position, masked or not: padding changes its output."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(100, 8)
+
+    def forward(self, ids):
+        return self.emb(ids).mean(dim=1)
+
+
+def test_model_that_is_not_padding_safe_is_refused_naming_the_output():
+    with pytest.raises(archfit.ValidationError, match=r"not padding-safe: output 'output' differs .* length 1 is "
+                                                      r"padded to bucket 4"):
+        archfit.trace(_MeanOverSequence(), (torch.randint(1, 100, (1, 8)),), "onnxruntime", check_payoff=False,
+                      buckets=Buckets({"ids": 1}, sizes=(4, 8)))
+
+
+def test_unknown_varying_input_is_named():
+    with pytest.raises(archfit.ArchfitError, match="buckets: no input named 'tokens'; the inputs are ids"):
+        archfit.trace(_MeanOverSequence(), (torch.randint(1, 100, (1, 8)),), "onnxruntime",
+                      buckets=Buckets({"tokens": 1}, sizes=(4, 8)))
+
+
+class _Tagger(torch.nn.Module):
+    """Token classifier whose weights dwarf its graph, to measure what buckets add to a file."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(2000, 128)
+        self.fc1, self.fc2 = torch.nn.Linear(128, 512), torch.nn.Linear(512, 16)
+
+    def forward(self, ids):
+        return self.fc2(torch.relu(self.fc1(self.emb(ids))))
+
+
+def test_saved_buckets_store_weights_once_and_load_identical(tmp_path):
+    model, ids = _Tagger().eval(), (torch.randint(0, 2000, (1, 32)),)
+    one = archfit.trace(model, ids, "onnxruntime", check_payoff=False)
+    four = archfit.trace(model, ids, "onnxruntime", check_payoff=False, buckets=Buckets({"ids": 1}, sizes=(4, 8, 16, 32)))
+    archfit.save(one, tmp_path / "one.archfit")
+    archfit.save(four, tmp_path / "four.archfit")
+    assert (tmp_path / "four.archfit").stat().st_size < 1.2 * (tmp_path / "one.archfit").stat().st_size
+    loaded = archfit.load(tmp_path / "four.archfit")
+    assert loaded.sizes == four.sizes and loaded.padding == four.padding
+    for length in (3, 8, 20, 32):
+        x = torch.randint(0, 2000, (1, length))
+        assert torch.equal(loaded(x), four(x))
+    # in memory, the buckets' sessions hold one copy of each weight
+    arrays = [{id(a) for a in m.graph_module.target_0.engine._weights.values()} for m in loaded.buckets.values()]
+    assert all(a == arrays[0] for a in arrays)
+
+
+def test_cli_compile_with_lengths_then_run_any_length(tmp_path):
+    lengths = tmp_path / "lengths.json"
+    lengths.write_text(json.dumps([3, 4, 4, 5, 9, 9, 10, 16, 16]))
+    out = tmp_path / "bert.archfit"
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "archfit", "compile", "bert-base", "--tiny", "-t", "onnxruntime", "-o", str(out),
+           "--vary", "input_ids:1", "--vary", "attention_mask:1", "--lengths", str(lengths), "--max-buckets", "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "buckets over input_ids[1], attention_mask[1]:" in done.stdout and "padding-safe" in done.stdout
+    shown = subprocess.run([sys.executable, "-m", "archfit", "inspect", str(out)], capture_output=True, text=True)
+    assert "buckets: " in shown.stdout and "over input_ids[1], attention_mask[1]" in shown.stdout
+    inputs = _bert_inputs(7)
+    for name, t in inputs.items():
+        np.save(tmp_path / f"{name}.npy", t.numpy())
+    ran = subprocess.run([sys.executable, "-m", "archfit", "run", str(out), "-d", str(tmp_path / "o"),
+                          "--input", f"input_ids={tmp_path / 'input_ids.npy'}",
+                          "--input", f"attention_mask={tmp_path / 'attention_mask.npy'}"], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    got = np.load(tmp_path / "o" / "last_hidden_state.npy")
+    assert got.shape == (1, 7, 64)
+    bad = subprocess.run([sys.executable, "-m", "archfit", "compile", "bert-base", "--tiny", "--buckets", "4,8"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "need --vary NAME:DIM" in bad.stderr
