@@ -124,7 +124,7 @@ def _check_padding(model, module: BucketedModule, inputs: _Inputs, sizes: tuple[
 
 def trace_buckets(trace_one: Callable, model: torch.nn.Module, example_inputs: Any, buckets: Buckets | None,
                   dynamic_batch: bool, precision: str, check_padding: bool = True, progress=None) -> BucketedModule:
-    """trace_one(example_inputs, name_suffix) compiles one static-shape module (archfit.trace)."""
+    """One static-shape module per bucket, compiled by trace_one(example_inputs) (archfit.trace)."""
     inputs = _Inputs(model, example_inputs, buckets)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if buckets is not None:
