@@ -67,17 +67,17 @@ def _module_files(module: CompiledModule, target, prefix: str) -> tuple[dict[str
             if not hasattr(mod.engine, "serialize") or target.load is None:
                 raise ArtifactError(f"target {target.name!r} cannot save its engines (no serialize/load); "
                                     f"trace with a target that can, e.g. openvino")
-            entry = {"module": name, "index": mod.index,
-                     "out_dtypes": [str(d).removeprefix("torch.") for d in mod.out_dtypes]}
+            engine = {"module": name, "index": mod.index,
+                      "out_dtypes": [str(d).removeprefix("torch.") for d in mod.out_dtypes]}
             if hasattr(mod.engine, "serialize_parts"):  # weights apart, so each is stored once
-                entry["parts"] = {}
+                engine["parts"] = {}
                 for part, blob in mod.engine.serialize_parts().items():
-                    entry["parts"][part] = file = f"{prefix}engines/{name}/{part}"
+                    engine["parts"][part] = file = f"{prefix}engines/{name}/{part}"
                     files[file] = blob
             else:
-                entry["file"] = file = f"{prefix}engines/{name}.bin"
+                engine["file"] = file = f"{prefix}engines/{name}.bin"
                 files[file] = mod.engine.serialize()
-            engines.append(entry)
+            engines.append(engine)
     files[f"{prefix}host.json"] = json.dumps(graph_to_json(gm)).encode()
     files[f"{prefix}host_weights.safetensors"] = save_tensors(_host_weights(gm))
     entry = {
