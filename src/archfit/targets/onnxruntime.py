@@ -91,23 +91,26 @@ class OnnxRuntimeEngine:
         import onnxruntime as ort
 
         parts = data if isinstance(data, dict) else _unzip(data)
-        self.parts = parts
-        opts = _session_options()
+        self.model = parts[MODEL]
+        # Only the shared arrays are kept, not the bytes they came from: holding both would
+        # cost every weight twice. serialize_parts rebuilds the bytes when a file is written.
         self._weights = {name: _shared_array(name, blob) for name, blob in parts.items() if name != MODEL}
+        del parts, data
+        opts = _session_options()
         if self._weights:
             names = list(self._weights)
             arrays = [self._weights[n] for n in names]
             opts.add_external_initializers_from_files_in_memory(names, arrays, [a.nbytes for a in arrays])
-        self.session = ort.InferenceSession(parts[MODEL], sess_options=opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(self.model, sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def serialize_parts(self) -> dict[str, bytes]:
-        return self.parts
+        return {MODEL: self.model, **{name: a.tobytes() for name, a in self._weights.items()}}
 
     def serialize(self) -> bytes:
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
-            for name, blob in self.parts.items():
+            for name, blob in self.serialize_parts().items():
                 z.writestr(name, blob)
         return buf.getvalue()
 
