@@ -46,14 +46,15 @@ def requests(n: int, seed: int = 0) -> list[dict]:
              "attention_mask": torch.ones(1, int(L), dtype=torch.long)} for L in picked]
 
 
-def peak_rss_mib(path: Path, lengths: list[int]) -> float:
+def loaded_peak_rss_mib(path: Path, lengths: list[int]) -> float:
     """Peak resident memory of a fresh process that loads the file and runs every bucket once."""
     code = (
-        "import resource, sys, torch, archfit\n"
+        "import torch, archfit\n"
         f"m = archfit.load({str(path)!r})\n"
         f"for L in {lengths}:\n"
         "    m(input_ids=torch.ones(1, L, dtype=torch.long), attention_mask=torch.ones(1, L, dtype=torch.long))\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        "from archfit.bench import peak_rss_mib\n"
+        "print(peak_rss_mib())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -82,7 +83,7 @@ def main() -> None:
         path = archfit.save(module, tmp / f"{label.replace(' ', '_')}.archfit")
         arms[label] = module
         info[label] = {"buckets": list(module.sizes), "compile_s": seconds, "file_mib": path.stat().st_size / 2**20,
-                       "peak_rss_mib": peak_rss_mib(path, list(module.sizes)),
+                       "peak_rss_mib": loaded_peak_rss_mib(path, list(module.sizes)),
                        "expected_speedup_flops": module.choice.speedup if module.choice else 1.0,
                        "ideal_speedup_flops": module.choice.ideal_speedup if module.choice else None,
                        "padding_waste": module.choice.padding_waste if module.choice else None}

@@ -263,6 +263,51 @@ def inspect(file: Path = typer.Argument(..., help="A file written by `archfit co
         typer.echo(report)
 
 
+@app.command("bench")
+def bench_(model: str = typer.Argument(..., help=MODEL_HELP + " Or a file written by `archfit compile -o`."),
+           target: List[str] = typer.Option(["openvino", "onnxruntime"], "--target", "-t", help="archfit target(s)."),
+           precision: List[str] = typer.Option(["fp32", "bf16"], "--precision", help="Precision(s) to run archfit at."),
+           arm: List[str] = typer.Option([], "--arm", help="Only the arms whose name contains this (repeatable)."),
+           peers: bool = typer.Option(True, help="Also run the peers (torch.compile, ONNX Runtime and OpenVINO "
+                                                 "used directly, ...)."),
+           rounds: int = typer.Option(5, help="Rounds; every arm runs once per round, interleaved."),
+           tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
+           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """archfit against eager PyTorch and the other ways to run the model, side by side."""
+    import torch
+
+    from . import ArchfitError, bench, load
+    from .models import load_model
+
+    try:
+        if model.endswith(".archfit"):
+            module = load(model)
+            flat = [torch.zeros(s.shape, dtype=s.dtype) for s in module.inputs]
+            args, kwargs = torch.utils._pytree.tree_unflatten(flat, module.in_spec)
+            builders = {f"archfit {module.target} {module.precision} (loaded)":
+                        (module.precision, lambda: (lambda: module(*args, **kwargs)))}
+            flops, peaks = 0, {"fp32": float("nan"), "bf16": float("nan")}  # no model here to count or compare
+        else:
+            mod, inputs, _name = load_model(model, tiny)
+            mod.eval()
+            builders = bench.arms(mod, inputs, targets=target, precisions=precision, peers=peers)
+            flops = bench.model_flops(mod, inputs)
+            peaks = {"fp32": bench.matmul_peak_gflops(torch.float32), "bf16": bench.matmul_peak_gflops(torch.bfloat16)}
+        if arm:
+            builders = {k: v for k, v in builders.items() if k == "eager PyTorch" or any(a in k for a in arm)}
+        with _progress(not as_json) as progress:
+            results = bench.run_arms(builders, rounds=rounds, log=progress)
+        rows = bench.table(results, flops, peaks)
+    except ArchfitError as e:
+        _fail(e)
+    if as_json:
+        _emit({"model": model, "gflop": flops / 1e9, "matmul_peak_gflops": peaks, "rows": rows})
+        return
+    typer.echo(f"{model}: {flops / 1e9:.3f} GFLOP per call; matmul peak here: fp32 {peaks['fp32']:.0f}, "
+               f"bf16 {peaks['bf16']:.0f} GFLOP/s; {torch.get_num_threads()} threads")
+    typer.echo(bench.render(rows))
+
+
 @app.command()
 def targets():
     """Targets known to archfit and whether each is usable here."""

@@ -87,7 +87,7 @@ class OnnxRuntimeEngine:
     """An ONNX model whose large weights live outside it (see externalize), given as the parts
     dict or as a zip of those parts (the compile cache's form)."""
 
-    def __init__(self, data: bytes | dict[str, bytes]):
+    def __init__(self, data: bytes | dict[str, bytes], options=None):
         import onnxruntime as ort
 
         parts = data if isinstance(data, dict) else _unzip(data)
@@ -96,7 +96,7 @@ class OnnxRuntimeEngine:
         # cost every weight twice. serialize_parts rebuilds the bytes when a file is written.
         self._weights = {name: _shared_array(name, blob) for name, blob in parts.items() if name != MODEL}
         del parts, data
-        opts = _session_options()
+        opts = options if options is not None else _session_options()
         if self._weights:
             names = list(self._weights)
             arrays = [self._weights[n] for n in names]

@@ -1,0 +1,176 @@
+"""archfit against every peer, per model, in one process per model with a fixed thread count.
+
+    .venv/bin/python benchmarks/peers.py                      # every model below, full size
+    .venv/bin/python benchmarks/peers.py bert-base resnet50   # some of them
+
+Per model: p50/p90 latency of every arm at batch 1 (DLRM: at its serving batch of 128), arms
+interleaved over rounds (archfit.bench); throughput at a larger batch for eager PyTorch, the best
+peer and archfit's best target; the machine's matmul peak in fp32 and bf16 and every arm's FLOP
+rate as a share of it; archfit's artifact size, its load time and peak memory in a fresh process;
+and the cost of partitioning (one op mid-graph forced to the CPU). Writes
+benchmarks/results/peers-MODEL.json and the Markdown in benchmarks/results/peers.md."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+MODELS = ("bert-base", "distilbert-base", "resnet50", "vgg16", "dlrm")
+THREADS = 2
+BIG_BATCH = {"dlrm": 1024}  # others: 8
+
+
+def _batch(inputs, n: int):
+    """The example inputs at batch n (dim 0), repeating rows when growing."""
+    from archfit.capture import normalize_inputs
+
+    def resize(t):
+        reps = -(-n // t.shape[0])
+        return t.repeat(reps, *([1] * (t.dim() - 1)))[:n].contiguous()
+
+    args, kwargs = normalize_inputs(inputs)
+    return {k: resize(v) for k, v in kwargs.items()} if kwargs else tuple(resize(a) for a in args)
+
+
+def _mid_graph_node(model, inputs) -> str:
+    """A compute node half-way through the graph, to force to the CPU."""
+    from archfit.capture import capture
+    from archfit.cost import is_compute
+
+    nodes = [n for n in capture(model, inputs).graph_module.graph.nodes if is_compute(n)]
+    elementwise = [n for n in nodes[len(nodes) // 2:] if n.target.overloadpacket.__name__ in ("gelu", "relu", "add")]
+    return (elementwise or nodes[len(nodes) // 2:])[0].name
+
+
+def _load_in_fresh_process(path: Path, inputs_file: Path) -> dict:
+    code = (
+        "import time, torch, archfit\n"
+        "t = time.perf_counter()\n"
+        f"m = archfit.load({str(path)!r})\n"
+        "load = time.perf_counter() - t\n"
+        f"args, kwargs = torch.load({str(inputs_file)!r}, weights_only=True)\n"
+        "with torch.no_grad():\n"
+        "    m(*args, **kwargs)\n"
+        "from archfit.bench import peak_rss_mib\n"
+        "print(load, peak_rss_mib())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    load, rss = out.stdout.strip().splitlines()[-1].split()
+    return {"load_s": float(load), "load_peak_rss_mib": float(rss)}
+
+
+def one_model(name: str) -> dict:
+    import archfit
+    from archfit import bench, zoo
+    from archfit.capture import normalize_inputs
+
+    torch.set_num_threads(THREADS)
+    model, inputs = zoo.build(name)
+    model.eval()
+    batch = 128 if name == "dlrm" else 1
+    inputs = _batch(inputs, batch)
+    flops = bench.model_flops(model, inputs)
+    peaks = {"fp32": max(bench.matmul_peak_gflops(torch.float32), bench.openvino_matmul_peak_gflops("fp32")),
+             "bf16": max(bench.matmul_peak_gflops(torch.bfloat16), bench.openvino_matmul_peak_gflops("bf16"))}
+    log = lambda msg: print(f"[{name}] {msg}", flush=True)  # noqa: E731
+    builders = bench.arms(model, inputs)
+    mid = _mid_graph_node(model, inputs)
+    builders["archfit openvino fp32, 1 op on CPU"] = (
+        "fp32", lambda: bench._archfit(model, inputs, "openvino", "fp32", force_cpu=(mid,))[0])
+    results = bench.run_arms(builders, rounds=3, seconds_per_round=0.6, log=log)
+    rows = bench.table(results, flops, peaks)
+    by = {r["arm"]: r for r in rows}
+    ok = [r for r in rows if not r["error"] and r["arm"] != "archfit openvino fp32, 1 op on CPU"]
+    best_archfit = min((r for r in ok if r["arm"].startswith("archfit") and r["precision"] == "fp32"),
+                       key=lambda r: r["p50_ms"])
+    best_peer = min((r for r in ok if not r["arm"].startswith("archfit") and r["precision"] == "fp32"),
+                    key=lambda r: r["p50_ms"])
+    # Throughput at a larger batch: eager, the best fp32 peer, archfit's best fp32 target.
+    big = BIG_BATCH.get(name, 8)
+    big_inputs = _batch(inputs, big)
+    all_builders = bench.arms(model, big_inputs, precisions=("fp32",))
+    chosen = {k: all_builders[k] for k in ("eager PyTorch", best_peer["arm"], best_archfit["arm"])}
+    throughput = {r.name: big / (r.p50 / 1e3) for r in bench.run_arms(chosen, rounds=3, seconds_per_round=0.6, log=log)
+                  if r.samples_ms}
+    # Artifact of archfit's best fp32 target: size, load time and memory in a fresh process.
+    target = best_archfit["arm"].split()[1]
+    compiled = archfit.trace(model, inputs, target)
+    tmp = Path(tempfile.mkdtemp(prefix="archfit-peers-"))
+    path = archfit.save(compiled, tmp / f"{name}.archfit")
+    torch.save(normalize_inputs(inputs), tmp / "inputs.pt")
+    artifact = {"target": target, "size_mib": path.stat().st_size / 2**20, **_load_in_fresh_process(path, tmp / "inputs.pt")}
+    forced = by["archfit openvino fp32, 1 op on CPU"]
+    full = by["archfit openvino fp32"]
+    return {
+        "model": name, "batch": batch, "big_batch": big, "gflop": flops / 1e9, "threads": THREADS,
+        "peaks_gflops": peaks, "rows": rows, "throughput": throughput, "artifact": artifact,
+        "partition_cost": {"node": mid, "full_ms": full["p50_ms"], "forced_ms": forced["p50_ms"],
+                           "cost": forced["p50_ms"] / full["p50_ms"] - 1},
+        "best": {"archfit_fp32": best_archfit["arm"], "peer_fp32": best_peer["arm"]},
+        "process_peak_rss_mib": bench.peak_rss_mib(),
+    }
+
+
+def _markdown(results: list[dict]) -> str:
+    from archfit import bench
+    import archfit
+    import onnxruntime
+    import openvino
+
+    r0 = results[0]
+    out = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, {THREADS} threads per arm; torch {torch.__version__}, "
+           f"ONNX Runtime {onnxruntime.__version__}, OpenVINO {openvino.__version__}, archfit {archfit.__version__}. "
+           f"Matmul peak here (best of PyTorch and OpenVINO, 2048^3): fp32 {r0['peaks_gflops']['fp32']:.0f} GFLOP/s, "
+           f"bf16 {r0['peaks_gflops']['bf16']:.0f} GFLOP/s.", ""]
+    for r in results:
+        rows = r["rows"]
+        out.append(f"### {r['model']} (batch {r['batch']}, {r['gflop']:.2f} GFLOP per call)")
+        out.append("")
+        out.append(bench.render(rows))
+        out.append("")
+        tp = ", ".join(f"{k} {v:.1f}/s" for k, v in r["throughput"].items())
+        a, pc = r["artifact"], r["partition_cost"]
+        best = {x["arm"]: x for x in rows}
+        arch, peer = best[r["best"]["archfit_fp32"]], best[r["best"]["peer_fp32"]]
+        gap = arch["p50_ms"] / peer["p50_ms"] - 1
+        out.append(f"- throughput at batch {r['big_batch']}: {tp}")
+        out.append(f"- fp32: best archfit ({arch['arm']}) {arch['p50_ms']:.2f} ms vs best peer ({peer['arm']}) "
+                   f"{peer['p50_ms']:.2f} ms: {'+' if gap >= 0 else ''}{gap:.1%} "
+                   f"({'within' if gap <= 0.03 else 'MISSES'} the 3% floor); vs eager {arch['vs_eager']:.2f}x")
+        out.append(f"- artifact ({a['target']}): {a['size_mib']:.1f} MiB, loads in {a['load_s']:.2f} s in a fresh "
+                   f"process, peak RSS {a['load_peak_rss_mib']:.0f} MiB; benchmark process peak RSS "
+                   f"{r['process_peak_rss_mib']:.0f} MiB")
+        out.append(f"- one op mid-graph on the CPU (`{pc['node']}`): {pc['forced_ms']:.2f} ms vs {pc['full_ms']:.2f} ms "
+                   f"fully compiled: {pc['cost']:+.1%} ({'within' if pc['cost'] <= 0.10 else 'MISSES'} the 10% floor)")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    names = sys.argv[1:] or list(MODELS)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if len(names) == 1 and os.environ.get("ARCHFIT_PEERS_CHILD"):
+        t0 = time.perf_counter()
+        result = one_model(names[0])
+        result["seconds"] = time.perf_counter() - t0
+        (RESULTS / f"peers-{names[0]}.json").write_text(json.dumps(result, indent=1, default=str))
+        return
+    for name in names:  # one fresh process per model: memory and threads start clean
+        subprocess.run([sys.executable, __file__, name], env={**os.environ, "ARCHFIT_PEERS_CHILD": "1"}, check=True)
+    results = [json.loads((RESULTS / f"peers-{n}.json").read_text()) for n in MODELS
+               if (RESULTS / f"peers-{n}.json").exists()]
+    (RESULTS / "peers.md").write_text(_markdown(results))
+    print(_markdown(results))
+
+
+if __name__ == "__main__":
+    main()

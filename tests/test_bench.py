@@ -1,0 +1,60 @@
+"""archfit.bench: arms side by side, ratios, failing peers reported, and `archfit bench`."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from archfit import bench
+
+
+def _result(name, precision, ms):
+    return bench.ArmResult(name, precision, build_seconds=1.0, samples_ms=list(ms))
+
+
+def test_table_ratios_to_eager_best_peer_and_matmul_peak():
+    results = [_result("eager PyTorch", "fp32", [10, 10, 12]), _result("OpenVINO direct", "fp32", [4, 4, 5]),
+               _result("eager PyTorch bf16 autocast", "bf16", [8, 8, 8]), _result("archfit openvino fp32", "fp32", [5, 5, 5]),
+               _result("archfit openvino bf16", "bf16", [2, 2, 2]), bench.ArmResult("broken peer", "fp32", error="X: no")]
+    rows = {r["arm"]: r for r in bench.table(results, flops=2e9, peaks={"fp32": 1000.0, "bf16": 2000.0})}
+    a = rows["archfit openvino fp32"]
+    assert a["p50_ms"] == 5 and a["vs_eager"] == pytest.approx(2.0) and a["vs_best_peer"] == pytest.approx(0.8)
+    assert a["gflops"] == pytest.approx(400.0) and a["share_of_peak"] == pytest.approx(0.4)
+    b = rows["archfit openvino bf16"]
+    assert b["vs_best_peer"] == pytest.approx(4.0) and b["share_of_peak"] == pytest.approx(0.5)  # vs bf16 peers only
+    assert rows["broken peer"]["error"] == "X: no"
+    text = bench.render(list(rows.values()))
+    assert "| archfit openvino fp32 | fp32 | 5.00 | 5.00 | 2.00x | 0.80x | 400 | 40% | 1.0 |" in text
+    assert "| broken peer | fp32 | failed: X: no |" in text
+
+
+def test_run_arms_interleaves_and_reports_a_peer_that_fails():
+    order = []
+
+    def arm(name):
+        return lambda: (lambda: order.append(name))
+
+    def broken():
+        raise RuntimeError("cannot convert this model\nlong trace")
+
+    results = bench.run_arms({"a": ("fp32", arm("a")), "b": ("fp32", arm("b")), "c": ("fp32", broken)},
+                             rounds=2, seconds_per_round=0.0)
+    assert [r.name for r in results] == ["a", "b", "c"]
+    assert results[2].error == "RuntimeError: cannot convert this model" and not results[2].samples_ms
+    assert len(results[0].samples_ms) == 6  # 3 calls per round at the least, 2 rounds
+    # interleaved: first call of each arm is the untimed warm-up, then rounds alternate a, b
+    assert order[2:] == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+
+
+def test_cli_bench_compares_chosen_arms_on_a_tiny_model():
+    cmd = [sys.executable, "-m", "archfit", "bench", "resnet18", "--tiny", "--arm", "OpenVINO direct",
+           "--arm", "archfit openvino fp32", "--rounds", "1", "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    rows = {r["arm"]: r for r in data["rows"]}
+    assert set(rows) == {"eager PyTorch", "OpenVINO direct", "OpenVINO direct bf16", "archfit openvino fp32"}
+    for r in rows.values():
+        assert r["error"] is None and r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"] and r["vs_eager"] > 0
+    assert rows["eager PyTorch"]["vs_eager"] == pytest.approx(1.0)
+    assert data["gflop"] > 0 and data["matmul_peak_gflops"]["fp32"] > 0
