@@ -88,3 +88,20 @@ def test_backend_failure_is_one_line_naming_partition(mlp_custom):
     with pytest.raises(archfit.CompileError, match=r"explode-test failed to compile partition 0 .*backend said no;") as e:
         archfit.trace(model, inputs, target=target)
     assert "\n" not in str(e.value)
+
+
+def _spins(module) -> set[str]:
+    engines = [m.engine for m in module.graph_module.children() if hasattr(m, "engine")]
+    return {e.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+            for e in engines}
+
+
+def test_onnxruntime_workers_spin_only_when_nothing_runs_on_the_host(tiny_bert, mlp_custom, tmp_path):
+    model, inputs = tiny_bert
+    alone = archfit.trace(model, inputs, "onnxruntime", check_payoff=False)
+    assert _spins(alone) == {"1"}  # one engine, no host compute: ONNX Runtime's own default
+    archfit.save(alone, tmp_path / "alone.archfit")
+    assert _spins(archfit.load(tmp_path / "alone.archfit")) == {"1"}
+    model, inputs = mlp_custom
+    mixed = archfit.trace(model, inputs, "onnxruntime", check_payoff=False)
+    assert _spins(mixed) == {"0"}  # the custom op runs in PyTorch between two engines: workers sleep

@@ -13,6 +13,7 @@ from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
 
 from . import cache
 from .capture import Captured
+from .cost import is_compute
 from .errors import CompileError
 from .partition import PartitionPlan, drop_partitions
 from .support import Reason
@@ -221,4 +222,15 @@ def compile_plan(
         for i, mod in engine_mods.items():
             setattr(gm, f"{PREFIX}{i}", mod)
         gm.delete_all_unused_submodules()  # weights now owned by engines need not stay in PyTorch
+        hand_over_if_alone(gm)
         return CompiledGraph(gm, plan, timings, references, boundary)
+
+
+def hand_over_if_alone(gm: fx.GraphModule) -> None:
+    """Engines keep their worker threads idle-waiting (not spinning) because PyTorch needs the
+    cores for the host ops between engine calls. With one engine and no host compute there is
+    nothing to share the cores with, so the engine may run as it would on its own."""
+    engines = [m for m in gm.children() if isinstance(m, EngineModule)]
+    host_compute = any(is_compute(n) for n in gm.graph.nodes)
+    if len(engines) == 1 and not host_compute and hasattr(engines[0].engine, "run_alone"):
+        engines[0].engine.run_alone()

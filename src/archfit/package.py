@@ -19,7 +19,7 @@ from torch.utils import _pytree as pytree
 from . import __version__
 from .buckets import BucketChoice
 from .capture import TensorSpec, attr_of
-from .compile import EngineModule
+from .compile import EngineModule, hand_over_if_alone
 from .errors import ArtifactError, TargetError
 from .dispatch import BucketedModule, Padding
 from .runtime import CompiledModule
@@ -248,6 +248,7 @@ def _load_module(path: Path, manifest: dict, entry: dict, blobs: dict[str, bytes
         dtypes = [getattr(torch, d) for d in e["out_dtypes"]]
         attributes[e["module"]] = EngineModule(engine, e["index"], target.name, dtypes)
     gm = graph_from_json(json.loads(blobs[f"{prefix}host.json"]), attributes)
+    hand_over_if_alone(gm)
     inputs = tuple(TensorSpec(i["name"], tuple(i["shape"]), getattr(torch, i["dtype"])) for i in entry["inputs"])
     return CompiledModule(gm, in_spec, out_spec, inputs, target.name, manifest["precision"],
                           emulated=manifest["emulated"])
