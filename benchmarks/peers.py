@@ -27,6 +27,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 MODELS = ("bert-base", "distilbert-base", "resnet50", "vgg16", "dlrm")
 THREADS = 2
 BIG_BATCH = {"dlrm": 1024}  # others: 8
+# Every arm holds its own copy of DLRM's 2.1 GB of tables: to stay within 24 GiB its fp32 and bf16
+# arms run as two groups (interleaved within each, which is where they are compared), and the
+# onnxruntime bf16 arm, an emulation of bf16 numerics rather than a speed claim, is left out.
+SKIP = {"dlrm": ("archfit onnxruntime bf16",)}
+GROUP_BY_PRECISION = {"dlrm"}
 
 
 def _batch(inputs, n: int):
@@ -82,11 +87,19 @@ def one_model(name: str) -> dict:
     peaks = {"fp32": max(bench.matmul_peak_gflops(torch.float32), bench.openvino_matmul_peak_gflops("fp32")),
              "bf16": max(bench.matmul_peak_gflops(torch.bfloat16), bench.openvino_matmul_peak_gflops("bf16"))}
     log = lambda msg: print(f"[{name}] {msg}", flush=True)  # noqa: E731
-    builders = bench.arms(model, inputs)
+    builders = {k: v for k, v in bench.arms(model, inputs).items() if k not in SKIP.get(name, ())}
     mid = _mid_graph_node(model, inputs)
     builders["archfit openvino fp32, 1 op on CPU"] = (
         "fp32", lambda: bench._archfit(model, inputs, "openvino", "fp32", force_cpu=(mid,))[0])
-    results = bench.run_arms(builders, rounds=3, seconds_per_round=0.6, log=log)
+    if name in GROUP_BY_PRECISION:
+        groups = [{k: v for k, v in builders.items() if v[0] == p} for p in ("fp32", "bf16")]
+        groups[1] = {"eager PyTorch": builders["eager PyTorch"], **groups[1]}
+    else:
+        groups = [builders]
+    results = []
+    for group in groups:  # each group's compiled arms are freed before the next is built
+        results += [r for r in bench.run_arms(group, rounds=3, seconds_per_round=0.6, log=log)
+                    if not (r.name == "eager PyTorch" and any(x.name == r.name for x in results))]
     rows = bench.table(results, flops, peaks)
     by = {r["arm"]: r for r in rows}
     ok = [r for r in rows if not r["error"] and r["arm"] != "archfit openvino fp32, 1 op on CPU"]
@@ -131,6 +144,26 @@ def _markdown(results: list[dict]) -> str:
            f"ONNX Runtime {onnxruntime.__version__}, OpenVINO {openvino.__version__}, archfit {archfit.__version__}. "
            f"Matmul peak here (best of PyTorch and OpenVINO, 2048^3): fp32 {r0['peaks_gflops']['fp32']:.0f} GFLOP/s, "
            f"bf16 {r0['peaks_gflops']['bf16']:.0f} GFLOP/s.", ""]
+    out += ["Floors: archfit's best target within 3% of the best peer at the same precision, ahead of eager, "
+            ">= 85% of the fp32 matmul peak on BERT-base, one op on the CPU mid-graph costing <= 10%.", "",
+            "| model | fp32: best archfit vs best peer | bf16: best archfit vs best peer | fastest archfit arm vs eager fp32 "
+            "| archfit fp32, share of fp32 matmul peak | one op on the CPU |", "|---|---|---|---|---|---|"]
+    for r in results:
+        cells = []
+        for prec in ("fp32", "bf16"):
+            ok = [x for x in r["rows"] if not x["error"] and x["precision"] == prec and "1 op on CPU" not in x["arm"]]
+            arch = min((x for x in ok if x["arm"].startswith("archfit")), key=lambda x: x["p50_ms"])
+            peer = min((x for x in ok if not x["arm"].startswith("archfit")), key=lambda x: x["p50_ms"])
+            gap = arch["p50_ms"] / peer["p50_ms"] - 1
+            cells.append(f"{gap:+.1%} ({arch['arm'].removeprefix('archfit ')} vs {peer['arm']})"
+                         f"{'' if gap <= 0.03 else ' MISSED'}")
+        ok = [x for x in r["rows"] if not x["error"] and x["arm"].startswith("archfit") and "1 op" not in x["arm"]]
+        fastest = min(ok, key=lambda x: x["p50_ms"])
+        best32 = min((x for x in ok if x["precision"] == "fp32"), key=lambda x: x["p50_ms"])
+        pc = r["partition_cost"]["cost"]
+        out.append(f"| {r['model']} | {cells[0]} | {cells[1]} | {fastest['vs_eager']:.2f}x | "
+                   f"{best32['share_of_peak']:.0%} | {pc:+.1%}{'' if pc <= 0.10 else ' MISSED'} |")
+    out.append("")
     for r in results:
         rows = r["rows"]
         out.append(f"### {r['model']} (batch {r['batch']}, {r['gflop']:.2f} GFLOP per call)")
