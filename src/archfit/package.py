@@ -27,7 +27,7 @@ from .serialize import graph_from_json, graph_to_json
 from .targets import get_target
 
 FORMAT = "archfit"
-FORMAT_VERSION = 2  # 2: identical files stored once; bucketed modules
+FORMAT_VERSION = 3  # 2: identical files stored once; bucketed modules. 3: kinds with components (seq2seq)
 
 
 def _sha(data: bytes) -> str:
@@ -95,40 +95,67 @@ def _bucket_manifest(module: BucketedModule) -> dict:
             "safety": [list(s) for s in module.safety or ()]}
 
 
-def save(module: CompiledModule | BucketedModule, path: str | os.PathLike) -> Path:
-    """Write `module` (from archfit.trace) to one file; returns its path. Identical contents (the
-    weights of every bucket's host program, engines that came out the same) are stored once."""
-    if not isinstance(module, (CompiledModule, BucketedModule)):
-        raise ArtifactError(f"archfit.save takes the module archfit.trace returned, got {type(module).__name__}")
-    target = get_target(module.target)
-    files: dict[str, bytes] = {}
+def _component(module: CompiledModule | BucketedModule, target, prefix: str) -> tuple[dict[str, bytes], dict]:
+    """Files and manifest entry of one module archfit.trace returned (all its buckets)."""
     if isinstance(module, BucketedModule):
-        parts = [(module.buckets[str(s)], f"bucket_{s}/") for s in module.sizes]
+        parts = [(module.buckets[str(s)], f"{prefix}bucket_{s}/") for s in module.sizes]
     else:
-        parts = [(module, "")]
+        parts = [(module, prefix)]
+    files: dict[str, bytes] = {}
     entries = []
-    for part, prefix in parts:
-        part_files, entry = _module_files(part, target, prefix)
+    for part, part_prefix in parts:
+        part_files, entry = _module_files(part, target, part_prefix)
         files |= part_files
         entries.append(entry)
+    return files, {
+        "inputs": entries[-1]["inputs"],
+        "in_spec": pytree.treespec_dumps(module.in_spec),
+        "out_spec": pytree.treespec_dumps(module.out_spec),
+        "modules": entries,
+        "buckets": _bucket_manifest(module) if isinstance(module, BucketedModule) else None,
+    }
+
+
+def _engines(component: dict) -> list[dict]:
+    return [e for entry in component["modules"] for e in entry["engines"]]
+
+
+def save(module, path: str | os.PathLike) -> Path:
+    """Write `module` (from archfit.trace or archfit.trace_seq2seq) to one file; returns its path.
+    Identical contents (the weights of every bucket's host program, engines that came out the
+    same) are stored once."""
+    from .generation import Seq2SeqModule
+
+    if not isinstance(module, (CompiledModule, BucketedModule, Seq2SeqModule)):
+        raise ArtifactError(f"archfit.save takes the module archfit.trace returned, got {type(module).__name__}")
+    target = get_target(module.target)
+    if isinstance(module, Seq2SeqModule):
+        parts = {"encoder": module.encoder} | {f"step_{r}": module.steps[str(r)] for r in module.rows}
+        files, components = {}, {}
+        for name, part in parts.items():
+            part_files, components[name] = _component(part, target, f"{name}/")
+            files |= part_files
+        body = {"kind": "seq2seq", "components": components, "inputs": components["encoder"]["inputs"],
+                "engines": [e for c in components.values() for e in _engines(c)],
+                "generation": {"config": module.generation_config.to_dict(), "max_new_tokens": module.max_new_tokens,
+                               "source_len": module.source_len}}
+    else:
+        files, body = _component(module, target, "")
+        body = {"kind": "module", **body, "engines": _engines(body)}
     report = module.report
     files["report.json"] = (report.to_json() if report is not None else "null").encode()
     text = report.to_text() if report is not None else ""
-    if isinstance(module, BucketedModule):
-        text += "\n" + module.summary() + "\n"
-    files["report.txt"] = text.encode()
+    summary = module.summary() if hasattr(module, "summary") else ""
+    files["report.txt"] = (text + ("\n" + summary + "\n" if summary else "")).encode()
+    components = body.get("components") or {"": body}
+    custom = {op for c in components.values() for m in c["modules"] for op in m["custom_ops"]}
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "versions": _versions(target),
         "target": target.name, "backend": target.backend, "device": target.device,
         "precision": module.precision, "emulated": module.emulated,
-        "inputs": entries[-1]["inputs"],
-        "in_spec": pytree.treespec_dumps(module.in_spec),
-        "out_spec": pytree.treespec_dumps(module.out_spec),
-        "engines": [e for entry in entries for e in entry["engines"]],
-        "custom_ops": sorted({op for entry in entries for op in entry["custom_ops"]}),
-        "modules": entries,
-        "buckets": _bucket_manifest(module) if isinstance(module, BucketedModule) else None,
+        **body,
+        "custom_ops": sorted(custom),
         "files": {name: _sha(data) for name, data in files.items()},
     }
     path = Path(path)
@@ -254,7 +281,33 @@ def _load_module(path: Path, manifest: dict, entry: dict, blobs: dict[str, bytes
                           emulated=manifest["emulated"])
 
 
-def load(path: str | os.PathLike) -> CompiledModule | BucketedModule:
+def _load_component(path: Path, manifest: dict, entry: dict, blobs: dict[str, bytes], target, shared: dict):
+    in_spec, out_spec = _treespec(entry["in_spec"], path), _treespec(entry["out_spec"], path)
+    entries = entry.get("modules") or [{"prefix": "", "inputs": entry["inputs"], "engines": entry["engines"]}]
+    modules = [_load_module(path, manifest, e, blobs, target, shared, in_spec, out_spec) for e in entries]
+    buckets = entry.get("buckets")
+    if not buckets:
+        return modules[0]
+    choice = BucketChoice(**{**buckets["choice"], "boundaries": tuple(buckets["choice"]["boundaries"])}) \
+        if buckets["choice"] else None
+    return BucketedModule(dict(zip(buckets["sizes"], modules)), Padding.from_dict(buckets["padding"]), choice,
+                          tuple(tuple(s) for s in buckets["safety"]))
+
+
+def _load_seq2seq(path: Path, manifest: dict, blobs: dict[str, bytes], target, shared: dict):
+    from transformers import GenerationConfig
+
+    from .generation import Seq2SeqModule
+
+    parts = {name: _load_component(path, manifest, c, blobs, target, shared)
+             for name, c in manifest["components"].items()}
+    steps = {int(name.removeprefix("step_")): m for name, m in parts.items() if name.startswith("step_")}
+    g = manifest["generation"]
+    return Seq2SeqModule(parts["encoder"], steps, GenerationConfig.from_dict(g["config"]), g["max_new_tokens"],
+                         g["source_len"])
+
+
+def load(path: str | os.PathLike):
     """Load a file written by archfit.save. Needs the backend, not the compiler or model code."""
     path = Path(path)
     manifest, blobs = _read(path)
@@ -265,17 +318,14 @@ def load(path: str | os.PathLike) -> CompiledModule | BucketedModule:
     except TargetError as e:
         raise ArtifactError(f"{path} needs target {manifest['target']!r} (backend {manifest.get('backend')!r}), "
                             f"which is not usable here: {e.args[0]}") from None
-    in_spec, out_spec = _treespec(manifest["in_spec"], path), _treespec(manifest["out_spec"], path)
-    entries = manifest.get("modules") or [{"prefix": "", "inputs": manifest["inputs"], "engines": manifest["engines"]}]
-    shared: dict = {}
-    modules = [_load_module(path, manifest, e, blobs, target, shared, in_spec, out_spec) for e in entries]
-    buckets = manifest.get("buckets")
-    if buckets:
-        choice = BucketChoice(**{**buckets["choice"], "boundaries": tuple(buckets["choice"]["boundaries"])}) \
-            if buckets["choice"] else None
-        module = BucketedModule(dict(zip(buckets["sizes"], modules)), Padding.from_dict(buckets["padding"]), choice,
-                                tuple(tuple(s) for s in buckets["safety"]))
+    shared: dict = {}  # file digest -> what was loaded from it, so common parts exist once in memory
+    kind = manifest.get("kind", "module")
+    if kind == "seq2seq":
+        module = _load_seq2seq(path, manifest, blobs, target, shared)
+    elif kind == "module":
+        module = _load_component(path, manifest, manifest, blobs, target, shared)
     else:
-        module = modules[0]
+        raise ArtifactError(f"{path} holds a {kind!r} model, which this archfit ({__version__}) cannot load; upgrade "
+                            f"archfit")
     module.manifest = manifest
     return module
