@@ -47,10 +47,34 @@ def assert_close_to_eager(model, compiled, inputs, precision="fp32"):
     atol, rtol = TOLERANCES[precision]
     args, kwargs = normalize_inputs(inputs)
     with torch.no_grad():
-        want = flat_outputs(model(*args, **kwargs))
-        got = flat_outputs(compiled(*args, **kwargs))
+        want, got = model(*args, **kwargs), compiled(*args, **kwargs)
+    if _is_detections(want):
+        return assert_same_detections(got, want, atol, rtol)
+    want, got = flat_outputs(want), flat_outputs(got)
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert g.shape == w.shape and g.dtype == w.dtype
         bound = atol + rtol * w.abs().max().item()
         assert (g - w).abs().max().item() <= bound
+
+
+def _is_detections(out) -> bool:
+    return isinstance(out, list) and bool(out) and isinstance(out[0], dict) and {"boxes", "scores", "labels"} <= set(out[0])
+
+
+def assert_same_detections(got, want, atol, rtol):
+    """Per image: the same number of boxes, and every eager detection matched by a compiled one
+    with the same label and box and score within tolerance. Matched, not compared in order:
+    NMS returns boxes by score, and scores equal to within rounding may come out swapped."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g["boxes"].shape == w["boxes"].shape, (g["boxes"].shape, w["boxes"].shape)
+        box_tol = atol + rtol * float(w["boxes"].abs().max()) if len(w["boxes"]) else 0.0
+        score_tol = atol + rtol * float(w["scores"].abs().max()) if len(w["scores"]) else 0.0
+        free = list(range(len(g["boxes"])))
+        for i in range(len(w["boxes"])):
+            match = next((j for j in free if int(g["labels"][j]) == int(w["labels"][i])
+                          and abs(float(g["scores"][j] - w["scores"][i])) <= score_tol
+                          and float((g["boxes"][j] - w["boxes"][i]).abs().max()) <= box_tol), None)
+            assert match is not None, f"eager detection {i} ({w['labels'][i]}, {w['scores'][i]:.6f}) has no match"
+            free.remove(match)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -104,7 +105,9 @@ def _quiet_torch_logs():
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        yield
+        # a failed export also prints the partial graph straight to stderr (thousands of lines)
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
         for lg, lvl in zip(loggers, levels):
             lg.setLevel(lvl)
@@ -117,18 +120,20 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.export.E
             ep = torch.export.export(model, args, kwargs)
             return ep.run_decompositions({})  # functional ATen, high-level ops kept
     except GuardOnDataDependentSymNode as e:
-        where = from_traceback(e.__traceback__) or "an unknown line"
+        where = from_traceback(e.__traceback__)
         raise CaptureError(
-            f"{name}: control flow depends on tensor values at {where} "
+            f"{name}: control flow depends on tensor values at {where or 'an unknown line'} "
             f"(data-dependent branch; a fixed-shape graph cannot hold it); "
-            f"move the branch out of forward() or rewrite it with torch.where / torch.cond"
+            f"move the branch out of forward() or rewrite it with torch.where / torch.cond",
+            reason="control flow depends on tensor values (data-dependent branch)", where=where,
         ) from None
     except Exception as e:  # noqa: BLE001 - any exporter failure becomes one readable line
-        where = from_traceback(e.__traceback__) or "an unknown line"
+        where = from_traceback(e.__traceback__)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CaptureError(
-            f"{name}: torch.export could not capture the model at {where}: {first[:300]}; "
-            f"check that forward() runs on the example inputs and avoids Python-side effects"
+            f"{name}: torch.export could not capture the model at {where or 'an unknown line'}: {first[:300]}; "
+            f"check that forward() runs on the example inputs and avoids Python-side effects",
+            reason=f"torch.export cannot capture it: {first[:200]}", where=where,
         ) from None
 
 

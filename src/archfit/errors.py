@@ -17,6 +17,11 @@ class ArchfitError(Exception):
 class CaptureError(ArchfitError):
     stage = "capture"
 
+    def __init__(self, message: str, reason: str | None = None, where: str | None = None):
+        super().__init__(message)
+        self.reason = reason  # what stopped capture, without the advice (for fit reports)
+        self.where = where  # 'file:line (code)' it stopped at, when known
+
 
 class TargetError(ArchfitError):
     stage = "target"

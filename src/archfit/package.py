@@ -125,8 +125,9 @@ def save(module, path: str | os.PathLike) -> Path:
     Identical contents (the weights of every bucket's host program, engines that came out the
     same) are stored once."""
     from .generation import Seq2SeqModule
+    from .regions import AttachedModule, plan_to_dict
 
-    if not isinstance(module, (CompiledModule, BucketedModule, Seq2SeqModule)):
+    if not isinstance(module, (CompiledModule, BucketedModule, Seq2SeqModule, AttachedModule)):
         raise ArtifactError(f"archfit.save takes the module archfit.trace returned, got {type(module).__name__}")
     target = get_target(module.target)
     if isinstance(module, Seq2SeqModule):
@@ -139,6 +140,15 @@ def save(module, path: str | os.PathLike) -> Path:
                 "engines": [e for c in components.values() for e in _engines(c)],
                 "generation": {"config": module.generation_config.to_dict(), "max_new_tokens": module.max_new_tokens,
                                "source_len": module.source_len}}
+    elif isinstance(module, AttachedModule):
+        files, components = {}, {}
+        for i, (name, part) in enumerate(module.regions.items()):
+            part_files, components[name] = _component(part, target, f"region_{i}/")
+            files |= part_files
+        body = {"kind": "attached", "components": components, "inputs": [],
+                "engines": [e for c in components.values() for e in _engines(c)],
+                "attach": {"class": module.model_class, "digests": module.digests,
+                           "plan": plan_to_dict(module.plan)}}
     else:
         files, body = _component(module, target, "")
         body = {"kind": "module", **body, "engines": _engines(body)}
@@ -307,8 +317,10 @@ def _load_seq2seq(path: Path, manifest: dict, blobs: dict[str, bytes], target, s
                          g["source_len"])
 
 
-def load(path: str | os.PathLike):
-    """Load a file written by archfit.save. Needs the backend, not the compiler or model code."""
+def load(path: str | os.PathLike, model: torch.nn.Module | None = None):
+    """Load a file written by archfit.save. Needs the backend, not the compiler or model code,
+    except for files of models that could not be captured whole (manifest "attach"): their
+    compiled regions are attached to `model`, whose own Python runs the rest."""
     path = Path(path)
     manifest, blobs = _read(path)
     if any(op.startswith("archfit_zoo::") for op in manifest.get("custom_ops", [])):
@@ -322,6 +334,12 @@ def load(path: str | os.PathLike):
     kind = manifest.get("kind", "module")
     if kind == "seq2seq":
         module = _load_seq2seq(path, manifest, blobs, target, shared)
+    elif kind == "attached":
+        from .regions import attach, plan_from_dict
+
+        regions = {name: _load_component(path, manifest, c, blobs, target, shared)
+                   for name, c in manifest["components"].items()}
+        module = attach(manifest["attach"], model, regions, path, plan_from_dict(manifest["attach"]["plan"]))
     elif kind == "module":
         module = _load_component(path, manifest, manifest, blobs, target, shared)
     else:

@@ -8,12 +8,13 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .capture import Captured, capture, describe_node, first_data_dependent_origin, normalize_inputs
+from .capture import Captured, capture, describe_node, first_data_dependent_origin, normalize_inputs, op_name
 from .buckets import Buckets
 from .compile import compile_plan
 from .dispatch import BucketedModule
 from .errors import ArchfitError, CaptureError
 from .estimate import estimate_latency, measure_host_ms
+from .regions import AttachedModule, RegionPlan, plan_regions, plan_to_dict, render_regions, validate_attached
 from .partition import PartitionPlan, drop_partitions, is_acyclic, plan_partitions, require_full as check_full
 from .report import FitReport, build_report
 from .runtime import CompiledModule
@@ -32,6 +33,8 @@ class Analysis:
 
     model: str
     reports: tuple[FitReport, ...]
+    # models that cannot be captured whole: the compiled and host regions (reports are per region)
+    regions: RegionPlan | None = None
 
     def __getitem__(self, target: str) -> FitReport:
         for r in self.reports:
@@ -40,10 +43,14 @@ class Analysis:
         raise KeyError(target)
 
     def to_text(self) -> str:
-        return "\n".join(r.to_text() for r in self.reports)
+        head = [render_regions(self.regions), ""] if self.regions is not None else []
+        return "\n".join(head + [r.to_text() for r in self.reports])
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "reports": [r.to_dict() for r in self.reports]}
+        d = {"model": self.model, "reports": [r.to_dict() for r in self.reports]}
+        if self.regions is not None:
+            d["regions"] = plan_to_dict(self.regions)
+        return d
 
     def __str__(self) -> str:
         return self.to_text()
@@ -80,11 +87,35 @@ def _estimate(captured: Captured, plan: PartitionPlan, target: Target, precision
     return estimate_latency(captured.graph_module, plan, target.chip, precision, host_ms)
 
 
+def _capture_whole(model: torch.nn.Module, example_inputs: Any, name: str | None):
+    """(Captured, None) when the model captures whole at fixed shapes, else (None, (reason,
+    source line)) for the region planner. Errors that are not about capture itself propagate."""
+    try:
+        captured = capture(model, example_inputs)
+    except CaptureError as e:
+        if e.reason is None:
+            raise
+        return None, (e.reason, e.where)
+    origin = first_data_dependent_origin(captured.graph_module)
+    if origin is None:
+        return captured, None
+    return None, (f"{op_name(origin)} has a data-dependent output shape", describe_node(origin))
+
+
 def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str | Target] = DEFAULT_TARGETS, *,
             precision: str | None = None, force_cpu: Iterable[str] = (),
             min_partition_size: int | None = None, name: str | None = None) -> Analysis:
-    """Fit report per target without compiling anything."""
-    captured = capture(model, example_inputs)
+    """Fit report per target without compiling anything. A model that cannot be captured whole
+    is analysed per compiled region, with its host regions listed (see archfit.regions)."""
+    captured, why = _capture_whole(model, example_inputs, name)
+    if why is not None:
+        plan = plan_regions(model, example_inputs, why)
+        reports = []
+        for path, inputs in plan.regions.items():
+            sub = analyze(model.get_submodule(path), inputs, targets, precision=precision, force_cpu=force_cpu,
+                          min_partition_size=min_partition_size, name=f"{plan.model}.{path}")
+            reports += sub.reports
+        return Analysis(_name(model, name), tuple(reports), plan)
     reports = []
     for t in targets:
         target = get_target(t)
@@ -129,13 +160,14 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
 
         return trace_buckets(trace_one, model, example_inputs, buckets, dynamic_batch, precision,
                              check_padding=check_padding, progress=progress)
-    captured = capture(model, example_inputs)
-    origin = first_data_dependent_origin(captured.graph_module)
-    if origin is not None:
-        raise CaptureError(
-            f"{_name(model, name)}: {describe_node(origin)} has a data-dependent output shape; "
-            f"archfit compiles at fixed shapes: move it out of forward() (e.g. into post-processing)"
-        )
+    captured, why = _capture_whole(model, example_inputs, name)
+    if why is not None:
+        if require_full:
+            raise CaptureError(f"{_name(model, name)}: {why[0]}{f' at {why[1]}' if why[1] else ''}; require_full "
+                               f"asks for the whole model on the target: move that code out of forward()")
+        return _trace_regions(model, example_inputs, why, target, precision, validate, progress, name,
+                              dict(force_cpu=force_cpu, min_partition_size=min_partition_size,
+                                   check_payoff=check_payoff, cache=cache))
     plan = _plan(captured, target, tuple(force_cpu), min_partition_size)
     if require_full:
         check_full(plan)
@@ -153,3 +185,27 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
                                  compiled.timings, validation, time.perf_counter() - t0,
                                  estimate=_estimate(captured, compiled.plan, target, precision))
     return module
+
+
+def _trace_regions(model, example_inputs, why, target: Target, precision: str, validate: bool, progress, name,
+                   options: dict) -> AttachedModule:
+    """Compile the submodules that capture at fixed shapes; the rest stays the model's Python."""
+    plan = plan_regions(model, example_inputs, why)
+    if not plan.regions:
+        where = f" at {why[1]}" if why[1] else ""
+        raise CaptureError(f"{_name(model, name)}: {why[0]}{where}, and no submodule holding enough of its FLOPs "
+                           f"captures at fixed shapes either; nothing to compile: move that code out of forward()")
+    compiled = {}
+    for i, (path, inputs) in enumerate(plan.regions.items()):
+        if progress is not None:
+            progress(f"region {path} ({i + 1}/{len(plan.regions)})")
+        module = trace(model.get_submodule(path), inputs, target, precision=precision, validate=validate,
+                       progress=progress, name=f"{plan.model}.{path}", **options)
+        if module.report.partitions:  # a region that runs wholly in PyTorch stays the model's own module
+            compiled[path] = module
+    if not compiled:
+        raise CaptureError(f"{_name(model, name)}: no compiled region pays off on {target.name}; run it in PyTorch")
+    attached = AttachedModule(model, compiled, plan)
+    if validate:
+        attached.validation = validate_attached(model, attached, example_inputs, precision)
+    return attached

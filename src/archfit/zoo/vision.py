@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 import torchvision
-from torchvision.models.detection.image_list import ImageList
 
 
 def _classifier(factory, tiny: bool):
@@ -32,29 +31,26 @@ def vgg16(tiny: bool):
     return _classifier(torchvision.models.vgg16, tiny)
 
 
-class SSDUpToNMS(torch.nn.Module):
-    """torchvision's SSD300-VGG16 up to its data-dependent post-processing: backbone, heads, box
-    decoding against the (fixed) anchors and class softmax. Score filtering and NMS stay outside
-    (their output sizes depend on the data)."""
-
-    def __init__(self, ssd, size: int):
-        super().__init__()
-        self.backbone, self.head, self.box_coder = ssd.backbone, ssd.head, ssd.box_coder
-        with torch.no_grad():  # anchors depend only on the fixed image size
-            image = torch.zeros(1, 3, size, size)
-            feats = list(ssd.backbone(image).values())
-            anchors = ssd.anchor_generator(ImageList(image, [(size, size)]), feats)[0]
-        self.register_buffer("anchors", anchors)
-
-    def forward(self, images: torch.Tensor):
-        head = self.head(list(self.backbone(images).values()))
-        deltas, logits = head["bbox_regression"], head["cls_logits"]
-        boxes = torch.stack([self.box_coder.decode_single(d, self.anchors) for d in deltas.unbind(0)])
-        return boxes, torch.softmax(logits, dim=-1)
+def _detection_input(size: int):
+    # torchvision detectors take a list of 3-d images in [0, 1] and return a list of dicts
+    return ([torch.rand(3, size, size)],)
 
 
 def ssd300_vgg16(tiny: bool):
-    # The VGG16 backbone and SSD extras need 300x300; tiny keeps them and shrinks the class head.
+    """torchvision's SSD300-VGG16 end to end: resize and normalise, backbone, heads, box decoding,
+    score filter and NMS (data-dependent: runs on the host). Tiny keeps the 300x300 input its
+    VGG16 backbone and extras need and shrinks the class head."""
     classes = 5 if tiny else 91
     ssd = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None, num_classes=classes)
-    return SSDUpToNMS(ssd.eval(), 300), (torch.randn(1, 3, 300, 300),)
+    return ssd, _detection_input(300)
+
+
+def retinanet_resnet50_fpn(tiny: bool):
+    """torchvision's RetinaNet (ResNet-50 FPN) end to end, images resized to 800 (tiny: 128).
+    Score threshold 0.005, not 0.05: the head's prior makes random-weight scores about 0.01, and
+    a detector that keeps no box would leave its post-processing untested and unmeasured."""
+    size = 128 if tiny else 800
+    model = torchvision.models.detection.retinanet_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=5 if tiny else 91, min_size=size, max_size=size,
+        score_thresh=0.005)
+    return model, _detection_input(size)

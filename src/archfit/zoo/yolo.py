@@ -1,10 +1,12 @@
 """YOLO v3, v4 and v5s, written out from their papers and reference configs (no installable
 package provides them under a license archfit can depend on). Each returns decoded boxes
 (B, N, 5 + classes): xywh in pixels, objectness and class probabilities, i.e. everything up to
-the data-dependent score filter and NMS. `width` scales channels (tiny variants)."""
+the data-dependent score filter and NMS, which `Detector` adds: the zoo's entries are the whole
+detectors. `width` scales channels (tiny variants)."""
 from __future__ import annotations
 
 import torch
+import torchvision
 from torch import nn
 
 # (w, h) anchors in pixels per output stride 8, 16, 32 (the COCO anchors all three share)
@@ -243,11 +245,46 @@ class YOLOv5(nn.Module):
         return self.decode((o3, o4, o5))
 
 
+class Detector(nn.Module):
+    """A YOLO network followed by its post-processing, as in the reference repositories'
+    non_max_suppression: objectness and class-score filter, xywh -> xyxy, class-aware NMS,
+    at most max_det boxes per image. Returns one dict (boxes, scores, labels) per image; the
+    filter and NMS have data-dependent output sizes and run on the host."""
+
+    def __init__(self, net: nn.Module, conf: float = 0.25, iou: float = 0.45, max_det: int = 300):
+        super().__init__()
+        self.net, self.conf, self.iou, self.max_det = net, conf, iou, max_det
+
+    def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for p in self.net(images):
+            p = p[p[:, 4] > self.conf]
+            scores, labels = (p[:, 5:] * p[:, 4:5]).max(1)
+            keep = scores > self.conf
+            p, scores, labels = p[keep], scores[keep], labels[keep]
+            xy, half = p[:, :2], p[:, 2:4] / 2
+            boxes = torch.cat((xy - half, xy + half), 1)
+            i = torchvision.ops.batched_nms(boxes, scores, labels, self.iou)[: self.max_det]
+            out.append({"boxes": boxes[i], "scores": scores[i], "labels": labels[i]})
+        return out
+
+
 def _build(cls, size: int, tiny: bool, **kw):
     if tiny:
         kw = kw | {"width": kw.get("width", 1.0) / 8}
         size = 128
-    return cls(classes=3 if tiny else 80, size=size, **kw), (torch.rand(1, 3, size, size),)
+    net = cls(classes=3 if tiny else 80, size=size, **kw)
+    # Batch-norm statistics measured on random images, as training would have set them: with the
+    # defaults (mean 0, variance 1) random activations fade with depth to the head's bias, every
+    # anchor scores alike, and NMS among equal scores is a coin toss.
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the calibration batch
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)))
+    net.eval()
+    return Detector(net), (torch.rand(1, 3, size, size),)
 
 
 def yolov3(tiny: bool):
