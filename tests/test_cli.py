@@ -113,3 +113,46 @@ def test_python_file_function_as_model(tmp_path):
     assert data["model"] == "build" and data["validation"]["ok"] and len(data["partitions"]) == 1
     r = run("analyze", f"{src}:missing")
     assert r.returncode == 1 and "has no function 'missing'" in r.stderr
+
+
+def test_detector_file_needs_and_takes_its_model(tmp_path):
+    f = tmp_path / "yolo.archfit"
+    r = run("compile", "yolov5s", "--tiny", "-o", str(f))
+    assert r.returncode == 0, r.stderr
+    assert "host regions" in r.stdout and "torchvision/ops/boxes.py:86" in r.stdout
+    r = run("inspect", str(f))
+    assert r.returncode == 0 and "needs the model's Python code: archfit.zoo.yolo.Detector" in r.stdout
+    r = run("run", str(f), "-d", str(tmp_path))
+    assert r.returncode == 1 and "pass the model to attach to" in r.stderr
+    r = run("run", str(f), "--model", "yolov5s", "--tiny", "-d", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    import numpy as np
+    import torch
+
+    from archfit import zoo
+    model, inputs = zoo.build("yolov5s", tiny=True)
+    with torch.no_grad():
+        want = model(*inputs)[0]
+    got = np.load(tmp_path / "out" / "0.labels.npy")
+    assert got.shape == tuple(want["labels"].shape)  # the CLI ran the model's own example input
+
+
+def test_seq2seq_compile_generate_end_to_end(tmp_path):
+    f = tmp_path / "marian.archfit"
+    r = run("compile", "marian-en-de", "--tiny", "--generate", "--max-new-tokens", "8", "--num-beams", "2",
+            "--source-buckets", "8,16", "-o", str(f))
+    assert r.returncode == 0, r.stderr
+    assert "same tokens: yes" in r.stdout
+    r = run("inspect", str(f))
+    assert r.returncode == 0 and "seq2seq generator: source buckets [8, 16]" in r.stdout
+    import torch
+
+    from archfit import zoo
+    model = zoo.build("marian-en-de", tiny=True)[0].model
+    for beams in ("1", "2"):
+        r = run("generate", str(f), "--ids", "5,6,7,8,9", "--max-new-tokens", "6", "--num-beams", beams)
+        assert r.returncode == 0, r.stderr
+        want = model.generate(torch.tensor([[5, 6, 7, 8, 9]]), max_new_tokens=6, num_beams=int(beams))
+        assert r.stdout.strip() == ",".join(map(str, want[0].tolist()))
+    r = run("run", str(f))
+    assert r.returncode == 1 and "use `archfit generate" in r.stderr

@@ -125,7 +125,7 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.export.E
             f"{name}: control flow depends on tensor values at {where or 'an unknown line'} "
             f"(data-dependent branch; a fixed-shape graph cannot hold it); "
             f"move the branch out of forward() or rewrite it with torch.where / torch.cond",
-            reason="control flow depends on tensor values (data-dependent branch)", where=where,
+            reason="control flow depends on tensor values", where=where,
         ) from None
     except Exception as e:  # noqa: BLE001 - any exporter failure becomes one readable line
         where = from_traceback(e.__traceback__)
@@ -241,6 +241,11 @@ def describe_node(node: fx.Node) -> str:
     """'aten.nonzero at model.py:12 (code)' for error messages."""
     where = from_stack_trace(node.meta.get("stack_trace"))
     return f"{op_name(node)} at {where}" if where else op_name(node)
+
+
+def node_source(node: fx.Node) -> str | None:
+    """The user's 'file:line (code)' a node came from, when recorded."""
+    return from_stack_trace(node.meta.get("stack_trace"))
 
 
 def op_name(node: fx.Node) -> str:

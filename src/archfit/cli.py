@@ -83,6 +83,12 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
              max_buckets: int = typer.Option(4, help="With --lengths: how many buckets at most."),
              pad: List[str] = typer.Option([], "--pad", help="NAME=VALUE: the pad value of an input (default 0)."),
              dynamic_batch: bool = typer.Option(False, help="Accept any batch size in dim 0 (split / pad)."),
+             generate: bool = typer.Option(False, "--generate", help="Seq2seq models: compile for generation "
+                                                                     "(encoder per source bucket, decoder step "
+                                                                     "with a static key/value cache)."),
+             source_buckets: str = typer.Option("16,32,64", help="With --generate: source-length buckets."),
+             max_new_tokens: int = typer.Option(64, help="With --generate: length of the decoder cache."),
+             num_beams: int = typer.Option(1, help="With --generate: most beams generate will be asked for."),
              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Compile for a target, validate against eager PyTorch, compare latency, optionally save."""
     import torch
@@ -92,6 +98,9 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
     from .models import load_model
     from .timing import median_seconds
 
+    if generate:
+        return _compile_seq2seq(model, tiny, output, target, precision, source_buckets, max_new_tokens, num_beams,
+                                not no_cache, as_json)
     try:
         mod, inputs, name = load_model(model, tiny)
         spec = _buckets(vary, buckets, lengths, max_buckets, pad)
@@ -117,6 +126,50 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
         typer.echo(compiled.summary())
     typer.echo(f"latency (median, batch as given): eager PyTorch {eager_ms:.3f} ms, archfit {compiled.target} "
                f"{compiled_ms:.3f} ms, speedup {eager_ms / compiled_ms:.2f}x")
+    if output is not None:
+        typer.echo(f"saved {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+
+
+def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, source_buckets: str, max_new_tokens: int,
+                     num_beams: int, cache: bool, as_json: bool) -> None:
+    import torch
+
+    from . import ArchfitError, save, trace_seq2seq
+    from .errors import InputError
+    from .models import load_model
+    from .timing import median_seconds
+
+    try:
+        mod, inputs, _name = load_model(model, tiny)
+        hf = getattr(mod, "model", mod)  # the zoo wraps seq2seq models as one decoder step
+        try:
+            buckets = tuple(int(x) for x in source_buckets.split(","))
+        except ValueError:
+            raise InputError(f"--source-buckets {source_buckets!r} must be sizes like 16,32,64") from None
+        with _progress(not as_json) as progress:
+            compiled = trace_seq2seq(hf, target, source_buckets=buckets, num_beams=num_beams,
+                                     max_new_tokens=max_new_tokens, precision=precision, cache=cache,
+                                     progress=progress)
+        if output is not None:
+            save(compiled, output)
+    except ArchfitError as e:
+        _fail(e)
+    ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs[0]
+    n = min(max_new_tokens, 32)
+    kw = dict(max_new_tokens=n, min_new_tokens=n)  # same work for both: every call makes n tokens
+    with torch.no_grad():
+        same = bool(torch.equal(compiled.generate(ids, **kw), hf.generate(ids, **kw)))
+        eager_ms = median_seconds(lambda: hf.generate(ids, **kw), budget=2.0) * 1e3
+        compiled_ms = median_seconds(lambda: compiled.generate(ids, **kw), budget=2.0) * 1e3
+    if as_json:
+        _emit(compiled.report.to_dict() | {"greedy_ms": {"eager": eager_ms, "compiled": compiled_ms},
+                                           "same_tokens": same, "output": str(output) if output else None})
+        return
+    typer.echo(compiled.report.to_text())
+    typer.echo(compiled.summary())
+    typer.echo(f"greedy generation of {n} tokens from {ids.shape[1]} source tokens: eager transformers "
+               f"{eager_ms:.1f} ms, archfit {compiled.target} {compiled_ms:.1f} ms ({eager_ms / compiled_ms:.2f}x, "
+               f"{n / compiled_ms * 1e3:.0f} tokens/s), same tokens: {'yes' if same else 'NO'}")
     if output is not None:
         typer.echo(f"saved {output} ({output.stat().st_size / 2**20:.1f} MiB)")
 
@@ -184,7 +237,11 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
         output_dir: Path = typer.Option(Path("."), "--output-dir", "-d", help="Where outputs are written."),
         fmt: str = typer.Option("npy", "--format", help="npy or pt."),
         imports: List[str] = typer.Option([], "--import", help="Module to import first (one defining a custom op "
-                                                                "the file needs).")):
+                                                                "the file needs)."),
+        model: Optional[str] = typer.Option(None, "--model", help="For files that need the model's Python code "
+                                                                   "(see `inspect`): the model, as for compile. "
+                                                                   "Without --input, runs its example inputs."),
+        tiny: bool = typer.Option(False, help="With --model: its tiny variant.")):
     """Run a saved model on inputs from files; writes one file per output."""
     import importlib
 
@@ -193,7 +250,9 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
     from torch.utils import _pytree as pytree
 
     from . import ArchfitError, load
+    from .capture import _leaf_names, normalize_inputs
     from .errors import InputError
+    from .models import load_model
 
     try:
         for name in imports:
@@ -201,19 +260,31 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
                 importlib.import_module(name)
             except ImportError as e:
                 raise InputError(f"--import {name}: {e}") from None
-        module = load(file)
         given = {}
         for item in input:
             if "=" not in item:
                 raise InputError(f"--input {item!r} must be NAME=PATH")
             key, path = item.split("=", 1)
             given[key] = _read_tensor(key, path)
-        names = [s.name for s in module.inputs]
+        attach_to, example = None, None
+        if model is not None:
+            attach_to, example, _name = load_model(model, tiny)
+        module = load(file, model=attach_to)
+        if getattr(module, "manifest", {}).get("kind") == "seq2seq":
+            raise InputError(f"{file} is a seq2seq generator: use `archfit generate {file} --ids ...`")
+        if example is not None:  # the model's own input structure; leaves named as capture names them
+            args, kwargs = normalize_inputs(example)
+            leaves, in_spec = pytree.tree_flatten((args, kwargs))
+            names = _leaf_names(attach_to, args, kwargs)
+            defaults = dict(zip(names, leaves)) if not given else {}
+        else:
+            in_spec, names, defaults = module.in_spec, [s.name for s in module.inputs], {}
+        given = defaults | given
         missing, extra = [n for n in names if n not in given], [n for n in given if n not in names]
         if missing or extra:
             raise InputError(f"inputs must be exactly {', '.join(names)}; missing: {', '.join(missing) or '-'}, "
                              f"unknown: {', '.join(extra) or '-'}")
-        args, kwargs = pytree.tree_unflatten([given[n] for n in names], module.in_spec)
+        args, kwargs = pytree.tree_unflatten([given[n] for n in names], in_spec)
         outputs = module(*args, **kwargs)
     except ArchfitError as e:
         _fail(e)
@@ -221,12 +292,47 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
     flat, _ = pytree.tree_flatten_with_path(outputs)
     for path, tensor in flat:
         name = pytree.keystr(path).strip(".[]'\"").replace("']['", ".").replace("][", ".") or "output"
+        name = name.replace("]['", ".").replace("'", "")
         dest = output_dir / f"{name}.{fmt}"
         if fmt == "pt":
             torch.save(tensor, dest)
         else:
             np.save(dest, tensor.numpy())
         typer.echo(f"{dest}  {tuple(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}")
+
+
+@app.command("generate")
+def generate_(file: Path = typer.Argument(..., help="A file written by `archfit compile --generate -o`."),
+              ids: List[str] = typer.Option(..., "--ids", help="Source token ids, comma-separated; repeat for a "
+                                                               "batch (shorter ones are padded and masked)."),
+              max_new_tokens: Optional[int] = typer.Option(None, help="As in transformers' generate."),
+              num_beams: Optional[int] = typer.Option(None, help="As in transformers' generate."),
+              num_return_sequences: Optional[int] = typer.Option(None, help="As in transformers' generate.")):
+    """Generate with a saved seq2seq file; prints one line of token ids per sequence."""
+    import torch
+
+    from . import ArchfitError, load
+    from .errors import InputError
+
+    try:
+        module = load(file)
+        if getattr(module, "manifest", {}).get("kind") != "seq2seq":
+            raise InputError(f"{file} is not a seq2seq generator (compile with --generate); use `archfit run`")
+        try:
+            rows = [[int(x) for x in line.split(",")] for line in ids]
+        except ValueError:
+            raise InputError("--ids must be comma-separated integers, e.g. --ids 37,215,9") from None
+        width = max(len(r) for r in rows)
+        pad = module.generation_config.pad_token_id or 0
+        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        kwargs = {k: v for k, v in dict(max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                        num_return_sequences=num_return_sequences).items() if v is not None}
+        out = module.generate(input_ids, attention_mask=mask, **kwargs)
+    except ArchfitError as e:
+        _fail(e)
+    for row in out.tolist():
+        typer.echo(",".join(map(str, row)))
 
 
 @app.command()
@@ -247,14 +353,29 @@ def inspect(file: Path = typer.Argument(..., help="A file written by `archfit co
     typer.echo(f"{file}: archfit file format {manifest['format_version']}, {file.stat().st_size / 2**20:.1f} MiB")
     typer.echo(f"target: {manifest['target']} on {manifest['device']}{emulated}, precision {manifest['precision']}")
     typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()))
-    typer.echo("inputs: " + ", ".join(f"{i['name']}{i['shape']}:{i['dtype']}" for i in manifest["inputs"]))
+    kind = manifest.get("kind", "module")
+    if kind == "attached":
+        a = manifest["attach"]
+        typer.echo(f"needs the model's Python code: {a['class']} (its compiled regions attach to it: "
+                   f"archfit.load(path, model=...), CLI: archfit run FILE --model NAME)")
+        typer.echo(f"compiled regions: {', '.join(a['plan']['regions'])}")
+        for h in a["plan"]["host"]:
+            typer.echo(f"host region: {h['module']}: {h['reason']}" + (f" at {h['source']}" if h["source"] else ""))
+    elif kind == "seq2seq":
+        g = manifest["generation"]
+        steps = [c for c in manifest["components"] if c.startswith("step_")]
+        typer.echo(f"seq2seq generator: source buckets {manifest['components']['encoder']['buckets']['sizes']}, "
+                   f"decoder step rows {', '.join(c.removeprefix('step_') for c in steps)}, key/value cache "
+                   f"{g['max_new_tokens']} tokens (archfit generate FILE --ids ...)")
+    else:
+        typer.echo("inputs: " + ", ".join(f"{i['name']}{i['shape']}:{i['dtype']}" for i in manifest["inputs"]))
     typer.echo(f"engines: {len(manifest['engines'])} ({', '.join(e['module'] for e in manifest['engines'])})")
     b = manifest.get("buckets")
-    if b:
+    if kind == "module" and b:
         dims = ", ".join(f"{k}[{v}]" for k, v in b["padding"]["dims"].items())
         batch = ", dynamic batch" if b["padding"].get("batch_follow") else ""
         typer.echo(f"buckets: {', '.join(map(str, b['sizes']))} over {dims}{batch}" if dims else f"buckets: none{batch}")
-    else:
+    elif kind == "module":
         typer.echo("buckets: none (fixed shapes)")
     needs = ", ".join(manifest["custom_ops"]) or "none"
     typer.echo(f"custom ops needed at load: {needs}")

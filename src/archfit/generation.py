@@ -137,6 +137,11 @@ class Seq2SeqModule(torch.nn.Module):
             return _greedy(run, start, processors, stopping, config, eos)
         return _beam_search(run, start, processors, stopping, config, eos, batch)
 
+    def summary(self) -> str:
+        return (f"generation: encoder buckets over the source length {', '.join(map(str, self.encoder.sizes))}; "
+                f"decoder step for {', '.join(map(str, self.rows))} row(s) (batch x beams) with a "
+                f"{self.max_new_tokens}-token key/value cache; the decoding loop runs on the host")
+
     def extra_repr(self) -> str:
         return (f"target={self.target!r}, precision={self.precision!r}, source buckets={self.encoder.sizes}, "
                 f"decoder rows={self.rows}, max_new_tokens={self.max_new_tokens}")

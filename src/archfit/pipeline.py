@@ -8,7 +8,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .capture import Captured, capture, describe_node, first_data_dependent_origin, normalize_inputs, op_name
+from .capture import Captured, capture, first_data_dependent_origin, node_source, normalize_inputs, op_name
 from .buckets import Buckets
 from .compile import compile_plan
 from .dispatch import BucketedModule
@@ -99,7 +99,7 @@ def _capture_whole(model: torch.nn.Module, example_inputs: Any, name: str | None
     origin = first_data_dependent_origin(captured.graph_module)
     if origin is None:
         return captured, None
-    return None, (f"{op_name(origin)} has a data-dependent output shape", describe_node(origin))
+    return captured, (f"{op_name(origin)} has a data-dependent output shape", node_source(origin))
 
 
 def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str | Target] = DEFAULT_TARGETS, *,
@@ -108,14 +108,17 @@ def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str |
     """Fit report per target without compiling anything. A model that cannot be captured whole
     is analysed per compiled region, with its host regions listed (see archfit.regions)."""
     captured, why = _capture_whole(model, example_inputs, name)
+    regions = None
     if why is not None:
-        plan = plan_regions(model, example_inputs, why)
-        reports = []
-        for path, inputs in plan.regions.items():
-            sub = analyze(model.get_submodule(path), inputs, targets, precision=precision, force_cpu=force_cpu,
-                          min_partition_size=min_partition_size, name=f"{plan.model}.{path}")
-            reports += sub.reports
-        return Analysis(_name(model, name), tuple(reports), plan)
+        regions = plan_regions(model, example_inputs, why)
+        if regions.regions or captured is None:
+            reports = []
+            for path, inputs in regions.regions.items():
+                sub = analyze(model.get_submodule(path), inputs, targets, precision=precision, force_cpu=force_cpu,
+                              min_partition_size=min_partition_size, name=f"{regions.model}.{path}")
+                reports += sub.reports
+            return Analysis(_name(model, name), tuple(reports), regions)
+        # no submodule to compile: the whole graph, its data-dependent nodes marked as host-only
     reports = []
     for t in targets:
         target = get_target(t)
@@ -123,7 +126,7 @@ def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str |
         plan = _plan(captured, target, tuple(force_cpu), min_partition_size)
         reports.append(build_report(_name(model, name), plan, prec, target.emulated,
                                     estimate=_estimate(captured, plan, target, prec)))
-    return Analysis(_name(model, name), tuple(reports))
+    return Analysis(_name(model, name), tuple(reports), regions)
 
 
 def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "openvino", *,
@@ -161,7 +164,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
         return trace_buckets(trace_one, model, example_inputs, buckets, dynamic_batch, precision,
                              check_padding=check_padding, progress=progress)
     captured, why = _capture_whole(model, example_inputs, name)
-    if why is not None:
+    if why is not None:  # data-dependent: compile the submodules that are not, keep the rest in Python
         if require_full:
             raise CaptureError(f"{_name(model, name)}: {why[0]}{f' at {why[1]}' if why[1] else ''}; require_full "
                                f"asks for the whole model on the target: move that code out of forward()")
@@ -193,8 +196,9 @@ def _trace_regions(model, example_inputs, why, target: Target, precision: str, v
     plan = plan_regions(model, example_inputs, why)
     if not plan.regions:
         where = f" at {why[1]}" if why[1] else ""
-        raise CaptureError(f"{_name(model, name)}: {why[0]}{where}, and no submodule holding enough of its FLOPs "
-                           f"captures at fixed shapes either; nothing to compile: move that code out of forward()")
+        raise CaptureError(f"{_name(model, name)}: {why[0]}{where}; no submodule holding enough of its FLOPs "
+                           f"captures at fixed shapes either, so nothing can be compiled: move that code out of "
+                           f"forward() or rewrite it with torch.where / torch.cond")
     compiled = {}
     for i, (path, inputs) in enumerate(plan.regions.items()):
         if progress is not None:

@@ -17,7 +17,7 @@ import torch
 from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
-from .capture import capture, describe_node, first_data_dependent_origin, normalize_inputs
+from .capture import capture, first_data_dependent_origin, node_source, normalize_inputs, op_name
 from .errors import ArtifactError, CaptureError
 
 # Submodules holding less than this share of the model's FLOPs stay in PyTorch: compiling a
@@ -84,7 +84,7 @@ def _why_not(module: torch.nn.Module, inputs, calls: list) -> tuple[str, str | N
         return e.reason or str(e), e.where
     origin = first_data_dependent_origin(captured.graph_module)
     if origin is not None:
-        return f"{describe_node(origin).split(' at ')[0]} has a data-dependent output shape", describe_node(origin)
+        return f"{op_name(origin)} has a data-dependent output shape", node_source(origin)
     return None
 
 
