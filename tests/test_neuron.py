@@ -8,6 +8,7 @@ import torch
 import archfit
 from archfit import zoo
 from archfit.capture import capture
+from archfit.regions import plan_regions
 from archfit.targets.neuron import _data, ts_name
 from conftest import SHARED, assert_close_to_eager
 
@@ -38,6 +39,15 @@ def test_shipped_inf1_list_is_the_shared_data():
     assert _data("neuron_inf1_torch_ops.json") == json.loads((SHARED / "data/neuron_inf1_torch_ops.json").read_text())
 
 
+def _graphs(model, inputs):
+    """The graphs archfit compiles: the whole model, or its regions (detectors with NMS)."""
+    try:
+        return [capture(model, inputs).graph_module]
+    except archfit.CaptureError as e:
+        plan = plan_regions(model, inputs, (e.reason, e.where))
+        return [capture(model.get_submodule(p), i).graph_module for p, i in plan.regions.items()]
+
+
 def test_captured_ops_without_a_torch_neuron_entry():
     """Which ops of the zoo's captured graphs have no entry in torch-neuron's list (after the
     TorchScript-name aliases). gather, index and cumsum (RoBERTa's position ids) are truly absent,
@@ -48,7 +58,7 @@ def test_captured_ops_without_a_torch_neuron_entry():
     unmapped = set()
     for name in zoo.names():
         model, inputs = zoo.build(name, tiny=True)
-        for node in capture(model, inputs).graph_module.graph.nodes:
+        for node in (n for gm in _graphs(model, inputs) for n in gm.graph.nodes):
             if node.op == "call_function" and ts_name(node.target).startswith("aten::"):
                 if ts_name(node.target) not in known:
                     unmapped.add(ts_name(node.target))

@@ -16,6 +16,7 @@ import torch
 
 from .capture import capture, normalize_inputs
 from .cost import is_compute, node_flops
+from .errors import CaptureError
 
 
 @dataclass
@@ -37,8 +38,17 @@ class ArmResult:
 
 
 def model_flops(model: torch.nn.Module, inputs: Any) -> int:
-    """FLOPs of one forward pass, by archfit's own per-node count (torch's flop formulas)."""
-    gm = capture(model, inputs).graph_module
+    """FLOPs of one forward pass, by archfit's own per-node count (torch's flop formulas); for
+    models that cannot be captured whole, torch's FLOP counter over an eager run."""
+    try:
+        gm = capture(model, inputs).graph_module
+    except CaptureError:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        args, kwargs = normalize_inputs(inputs)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*args, **kwargs)
+        return int(counter.get_total_flops())
     return int(sum(node_flops(n) for n in gm.graph.nodes if is_compute(n)))
 
 

@@ -1,0 +1,74 @@
+"""Detectors end to end, full size, one process per model, arms interleaved over rounds:
+torchvision SSD300-VGG16 and YOLOv5s (v6.0, 640x640), each with its NMS post-processing.
+
+Arms: eager PyTorch, torch.compile with Inductor, OpenVINO's own torch.compile backend (fp32 and
+bf16, precision given explicitly), ONNX Runtime and OpenVINO whole-model conversion (they have
+to hold the NMS too), and archfit (network compiled, post-processing on the host) per target
+and precision. Batch 1, images/s = 1000 / p50 ms.
+
+    .venv/bin/python benchmarks/detection.py --rounds 3
+writes benchmarks/results/detection-MODEL.json and prints a Markdown table for BENCHMARKS.md."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("ssd300_vgg16", "yolov5s")
+
+
+def one(name: str, rounds: int, seconds: float) -> dict:
+    from archfit import zoo
+    from archfit.bench import arms, run_arms
+
+    torch.set_num_threads(2)
+    model, inputs = zoo.build(name)
+    builders = arms(model, inputs, targets=("openvino", "onnxruntime"), precisions=("fp32", "bf16"))
+    builders.pop("eager PyTorch bf16 autocast")
+    builders.pop("archfit onnxruntime bf16")  # ONNX Runtime's CPU provider has no bf16 kernels to offer
+    results = run_arms(builders, rounds=rounds, seconds_per_round=seconds, log=lambda m: print(m, flush=True))
+    eager = next(r for r in results if r.name == "eager PyTorch")
+    rows = [{"arm": r.name, "precision": r.precision, "p50_ms": r.p50, "p90_ms": r.p90,
+             "images_per_s": 1e3 / r.p50 if r.samples_ms else None,
+             "vs_eager": eager.p50 / r.p50 if r.samples_ms else None, "build_s": r.build_seconds, "error": r.error}
+            for r in results]
+    return {"model": name, "machine": platform.processor(), "threads": 2, "rows": rows}
+
+
+def table(result: dict) -> str:
+    lines = [f"\n{result['model']}, batch 1, 2 threads\n", "| arm | precision | p50 ms | p90 ms | images/s | vs eager |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if r["error"]:
+            lines.append(f"| {r['arm']} | {r['precision']} | failed: {r['error'][:90]} | | | |")
+        else:
+            lines.append(f"| {r['arm']} | {r['precision']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
+                         f"{r['images_per_s']:.1f} | {r['vs_eager']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--one", help=argparse.SUPPRESS)  # child process: one model
+    args = p.parse_args()
+    if args.one:
+        out = one(args.one, args.rounds, args.seconds)
+        (ROOT / "benchmarks" / "results" / f"detection-{args.one}.json").write_text(json.dumps(out, indent=1))
+        return
+    for name in args.models.split(","):  # a fresh process per model: no arm inherits another's memory
+        subprocess.run([sys.executable, __file__, "--one", name, "--rounds", str(args.rounds),
+                        "--seconds", str(args.seconds)], check=True)
+        print(table(json.loads((ROOT / "benchmarks" / "results" / f"detection-{name}.json").read_text())))
+
+
+if __name__ == "__main__":
+    main()
