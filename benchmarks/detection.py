@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,39 @@ def one(name: str, rounds: int, seconds: float) -> dict:
              "images_per_s": 1e3 / r.p50 if r.samples_ms else None,
              "vs_eager": eager.p50 / r.p50 if r.samples_ms else None, "build_s": r.build_seconds, "error": r.error}
             for r in results]
-    return {"model": name, "machine": platform.processor(), "threads": 2, "rows": rows}
+    return {"model": name, "machine": platform.processor(), "threads": 2, "rows": rows,
+            "split": split(model, inputs)}
+
+
+def split(model, inputs, calls: int = 7) -> dict:
+    """Median ms inside the compiled regions (or the same submodules in eager PyTorch) and in
+    the whole call: the rest is the model's host Python (pre-processing, score filter, NMS)."""
+    import time
+
+    import archfit
+
+    compiled = archfit.trace(model, inputs, "openvino", precision="fp32")
+    out: dict = {"regions": list(compiled.regions)}
+    for label, whole, parts in (("eager", model, [model.get_submodule(p) for p in compiled.regions]),
+                                ("archfit openvino fp32", compiled, list(compiled.regions.values()))):
+        inside, total = [], []
+        spans: list[float] = []
+        hooks = [m.register_forward_pre_hook(lambda m, a: spans.append(-time.perf_counter())) for m in parts]
+        hooks += [m.register_forward_hook(lambda m, a, o: spans.__setitem__(-1, spans[-1] + time.perf_counter()))
+                  for m in parts]
+        with torch.no_grad():
+            whole(*inputs)
+            for _ in range(calls):
+                spans.clear()
+                t0 = time.perf_counter()
+                whole(*inputs)
+                total.append((time.perf_counter() - t0) * 1e3)
+                inside.append(sum(spans) * 1e3)
+        for h in hooks:
+            h.remove()
+        med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+        out[label] = {"regions_ms": med(inside), "total_ms": med(total), "host_ms": med(total) - med(inside)}
+    return out
 
 
 def table(result: dict) -> str:
@@ -46,10 +79,17 @@ def table(result: dict) -> str:
              "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if r["error"]:
-            lines.append(f"| {r['arm']} | {r['precision']} | failed: {r['error'][:90]} | | | |")
+            error = re.sub(r"\x1b\[[0-9;]*m|\[[0-9]+m", "", r["error"])  # torch.onnx colours its messages
+            lines.append(f"| {r['arm']} | {r['precision']} | failed: {error[:90]} | | | |")
         else:
             lines.append(f"| {r['arm']} | {r['precision']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
                          f"{r['images_per_s']:.1f} | {r['vs_eager']:.2f}x |")
+    sp = result["split"]
+    e, a = sp["eager"], sp["archfit openvino fp32"]
+    lines.append(f"\nInside the compiled regions ({', '.join(sp['regions'])}): eager {e['regions_ms']:.1f} ms, "
+                 f"archfit openvino fp32 {a['regions_ms']:.1f} ms ({e['regions_ms'] / a['regions_ms']:.2f}x); host "
+                 f"Python (pre-processing, score filter, NMS): {e['host_ms']:.1f} ms eager, {a['host_ms']:.1f} ms "
+                 f"with archfit.")
     return "\n".join(lines)
 
 

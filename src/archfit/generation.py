@@ -44,6 +44,11 @@ class Seq2SeqModule(torch.nn.Module):
         self.target, self.precision, self.emulated = step.target, step.precision, step.emulated
         layers, _rows, self.heads, _t, self.head_dim = step.inputs[2].shape
         self.layers = layers
+        # The loop computes on the host between engine calls (logits processing, cache writes,
+        # beam bookkeeping): engines that would spin when alone must leave the cores to it.
+        for m in self.modules():
+            if hasattr(getattr(m, "engine", None), "run_shared"):
+                m.engine.run_shared()
 
     @property
     def rows(self) -> tuple[int, ...]:
