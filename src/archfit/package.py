@@ -337,6 +337,8 @@ def load(path: str | os.PathLike, model: torch.nn.Module | None = None):
     elif kind == "attached":
         from .regions import attach, plan_from_dict
 
+        if model is None:  # say so before loading any engine
+            attach(manifest["attach"], None, {}, path, None)
         regions = {name: _load_component(path, manifest, c, blobs, target, shared)
                    for name, c in manifest["components"].items()}
         module = attach(manifest["attach"], model, regions, path, plan_from_dict(manifest["attach"]["plan"]))
