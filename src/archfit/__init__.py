@@ -7,6 +7,7 @@ from .errors import (ArchfitError, ArtifactError, CaptureError, CompileError, In
 from .package import load, save
 from .pipeline import Analysis, analyze, trace
 from .report import FitReport
+from .regions import AttachedModule, HostRegion
 from .runtime import CompiledModule
 from .targets import Engine, Target, get_target, list_targets, register_target
 from .validate import TOLERANCES
@@ -26,7 +27,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Analysis", "ArchfitError", "ArtifactError", "BucketChoice", "BucketedModule", "Buckets", "CaptureError",
+    "Analysis", "AttachedModule", "HostRegion", "ArchfitError", "ArtifactError", "BucketChoice", "BucketedModule", "Buckets", "CaptureError",
     "CompileError", "CompiledModule", "Engine", "FitReport",
     "InputError", "ModelError", "Seq2SeqModule", "TOLERANCES", "Target", "TargetError", "UnsupportedOpsError", "ValidationError",
     "analyze", "choose_buckets", "get_target", "list_targets", "load", "register_target", "save", "trace", "trace_seq2seq",

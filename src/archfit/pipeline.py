@@ -134,7 +134,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
           min_partition_size: int | None = None, check_payoff: bool = True,
           validate: bool = True, validation_inputs: Any = None, cache: bool = True, progress=None,
           name: str | None = None, buckets: Buckets | None = None, dynamic_batch: bool = False,
-          check_padding: bool = True) -> CompiledModule | BucketedModule:
+          check_padding: bool = True) -> CompiledModule | BucketedModule | AttachedModule:
     """Compile `model` for `target` at the example inputs' shapes; returns an nn.Module that
     takes the same inputs and returns the same output structure as `model`.
 
@@ -151,6 +151,10 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     dynamic_batch: accept any batch size in dim 0: larger batches run in chunks of the example's
         batch size, smaller ones are padded.
     check_padding: with buckets, verify at compile time that padding leaves real positions unchanged.
+
+    A model that cannot be captured whole at fixed shapes (a branch on a tensor's value, an op
+    whose output size depends on data, such as NMS) comes back as an AttachedModule: its
+    submodules that can be captured are compiled, the rest of its Python runs on the host.
     """
     t0 = time.perf_counter()
     target = get_target(target)
