@@ -199,7 +199,8 @@ def render_regions(plan: RegionPlan, compiled: list[str] | None = None) -> str:
              f"rest of its Python on the host CPU.",
              f"compiled regions ({sum(plan.region_flops.get(p, 0) for p in names) / total:.1%} of FLOPs):"]
     lines += [f"  {plan.model}.{p}: {plan.region_flops.get(p, 0) / 1e9:.2f} GFLOPs" for p in names] or ["  none"]
-    lines.append(f"host regions ({plan.host_flops / total:.1%} of FLOPs), kept on the CPU:")
+    lines.append(f"host regions ({plan.host_flops / total:.1%} of FLOPs; torch's FLOP counter counts matmuls and "
+                 f"convolutions, not NMS or elementwise work), kept on the CPU:")
     for h in plan.host:
         at = f" at {h.source}" if h.source else ""
         lines.append(f"  {h.module}: {h.reason}{at}; {h.flops / total:.1%} of FLOPs")
