@@ -71,8 +71,8 @@ class CompiledGraph:
     boundary_inputs: dict[int, tuple[torch.Tensor, ...]] = field(repr=False)
 
 
-def _shared_copy(gm: fx.GraphModule) -> fx.GraphModule:
-    """Deep copy of the graph that shares (does not duplicate) weight tensors."""
+def shared_copy(gm: torch.nn.Module) -> torch.nn.Module:
+    """Deep copy of a module (a graph's, or a model's tree) that shares, not duplicates, weight tensors."""
     memo = {id(t): t for t in list(gm.parameters()) + list(gm.buffers())}
     for name, value in vars(gm).items():
         if isinstance(value, torch.Tensor):
@@ -82,7 +82,7 @@ def _shared_copy(gm: fx.GraphModule) -> fx.GraphModule:
 
 def split(captured: Captured, plan: PartitionPlan) -> fx.GraphModule:
     """Host graph with one `target_i` submodule per partition; weights move into partitions."""
-    gm = _shared_copy(captured.graph_module)
+    gm = shared_copy(captured.graph_module)
     by_name = {n.name: n for n in gm.graph.nodes}
     groups = [dict.fromkeys(by_name[name] for name in p.nodes) for p in plan.partitions]
     owner = {n: i for i, g in enumerate(groups) for n in g}

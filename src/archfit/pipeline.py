@@ -8,13 +8,13 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .capture import Captured, capture, first_data_dependent_origin, node_source, normalize_inputs, op_name
+from .capture import Captured, normalize_inputs
 from .buckets import Buckets
 from .compile import compile_plan
 from .dispatch import BucketedModule
 from .errors import ArchfitError, CaptureError
 from .estimate import estimate_latency, measure_host_ms
-from .regions import AttachedModule, RegionPlan, plan_regions, plan_to_dict, render_regions, validate_attached
+from .regions import AttachedModule, RegionPlan, capture_fixed, plan_regions, plan_to_dict, render_regions, validate_attached
 from .partition import PartitionPlan, drop_partitions, is_acyclic, plan_partitions, require_full as check_full
 from .report import FitReport, build_report
 from .runtime import CompiledModule
@@ -87,46 +87,32 @@ def _estimate(captured: Captured, plan: PartitionPlan, target: Target, precision
     return estimate_latency(captured.graph_module, plan, target.chip, precision, host_ms)
 
 
-def _capture_whole(model: torch.nn.Module, example_inputs: Any, name: str | None):
-    """(Captured, None) when the model captures whole at fixed shapes, else (None, (reason,
-    source line)) for the region planner. Errors that are not about capture itself propagate."""
-    try:
-        captured = capture(model, example_inputs)
-    except CaptureError as e:
-        if e.reason is None:
-            raise
-        return None, (e.reason, e.where)
-    origin = first_data_dependent_origin(captured.graph_module)
-    if origin is None:
-        return captured, None
-    return captured, (f"{op_name(origin)} has a data-dependent output shape", node_source(origin))
-
-
 def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str | Target] = DEFAULT_TARGETS, *,
             precision: str | None = None, force_cpu: Iterable[str] = (),
             min_partition_size: int | None = None, name: str | None = None) -> Analysis:
     """Fit report per target without compiling anything. A model that cannot be captured whole
     is analysed per compiled region, with its host regions listed (see archfit.regions)."""
-    captured, why = _capture_whole(model, example_inputs, name)
-    regions = None
-    if why is not None:
-        regions = plan_regions(model, example_inputs, why)
-        if regions.regions or captured is None:
-            reports = []
-            for path, inputs in regions.regions.items():
-                sub = analyze(model.get_submodule(path), inputs, targets, precision=precision, force_cpu=force_cpu,
-                              min_partition_size=min_partition_size, name=f"{regions.model}.{path}")
-                reports += sub.reports
-            return Analysis(_name(model, name), tuple(reports), regions)
+    captured, why = capture_fixed(model, example_inputs)
+    options = (targets, precision, tuple(force_cpu), min_partition_size)
+    if why is None:
+        return Analysis(_name(model, name), _reports(captured, _name(model, name), *options))
+    regions = plan_regions(model, example_inputs, why)
+    if not regions.regions and captured is not None:
         # no submodule to compile: the whole graph, its data-dependent nodes marked as host-only
+        return Analysis(_name(model, name), _reports(captured, _name(model, name), *options), regions)
+    reports = [r for path, graph in regions.captured.items()
+               for r in _reports(graph, f"{regions.model}.{path}", *options)]
+    return Analysis(_name(model, name), tuple(reports), regions)
+
+
+def _reports(captured: Captured, name: str, targets, precision, force_cpu: tuple, min_partition_size):
     reports = []
     for t in targets:
         target = get_target(t)
         prec = _precision(target, precision)
-        plan = _plan(captured, target, tuple(force_cpu), min_partition_size)
-        reports.append(build_report(_name(model, name), plan, prec, target.emulated,
-                                    estimate=_estimate(captured, plan, target, prec)))
-    return Analysis(_name(model, name), tuple(reports), regions)
+        plan = _plan(captured, target, force_cpu, min_partition_size)
+        reports.append(build_report(name, plan, prec, target.emulated, estimate=_estimate(captured, plan, target, prec)))
+    return tuple(reports)
 
 
 def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "openvino", *,
@@ -167,15 +153,25 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
 
         return trace_buckets(trace_one, model, example_inputs, buckets, dynamic_batch, precision,
                              check_padding=check_padding, progress=progress)
-    captured, why = _capture_whole(model, example_inputs, name)
-    if why is not None:  # data-dependent: compile the submodules that are not, keep the rest in Python
-        if require_full:
-            raise CaptureError(f"{_name(model, name)}: {why[0]}{f' at {why[1]}' if why[1] else ''}; require_full "
-                               f"asks for the whole model on the target: move that code out of forward()")
-        return _trace_regions(model, example_inputs, why, target, precision, validate, progress, name,
-                              dict(force_cpu=force_cpu, min_partition_size=min_partition_size,
-                                   check_payoff=check_payoff, cache=cache))
-    plan = _plan(captured, target, tuple(force_cpu), min_partition_size)
+    captured, why = capture_fixed(model, example_inputs)
+    options = dict(force_cpu=tuple(force_cpu), require_full=require_full, min_partition_size=min_partition_size,
+                   check_payoff=check_payoff, cache=cache, validate=validate, progress=progress)
+    if why is None:
+        return _trace_captured(model, captured, target, precision, name=name, validation_inputs=validation_inputs,
+                               t0=t0, **options)
+    # data-dependent: compile the submodules that are not, keep the rest in Python
+    if require_full:
+        raise CaptureError(f"{_name(model, name)}: {why[0]}{f' at {why[1]}' if why[1] else ''}; require_full "
+                           f"asks for the whole model on the target: move that code out of forward()")
+    return _trace_regions(model, example_inputs, why, target, precision, name, options)
+
+
+def _trace_captured(model: torch.nn.Module, captured: Captured, target: Target, precision: str, *, force_cpu: tuple,
+                    require_full: bool, min_partition_size, check_payoff: bool, cache: bool, validate: bool,
+                    progress, name, validation_inputs=None, t0: float | None = None) -> CompiledModule:
+    """Partition, compile, validate and report a graph captured at fixed shapes."""
+    t0 = time.perf_counter() if t0 is None else t0
+    plan = _plan(captured, target, force_cpu, min_partition_size)
     if require_full:
         check_full(plan)
     compiled = compile_plan(captured, plan, target, precision, check_payoff and target.measure_payoff,
@@ -194,8 +190,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     return module
 
 
-def _trace_regions(model, example_inputs, why, target: Target, precision: str, validate: bool, progress, name,
-                   options: dict) -> AttachedModule:
+def _trace_regions(model, example_inputs, why, target: Target, precision: str, name, options: dict) -> AttachedModule:
     """Compile the submodules that capture at fixed shapes; the rest stays the model's Python."""
     plan = plan_regions(model, example_inputs, why)
     if not plan.regions:
@@ -204,16 +199,16 @@ def _trace_regions(model, example_inputs, why, target: Target, precision: str, v
                            f"captures at fixed shapes either, so nothing can be compiled: move that code out of "
                            f"forward() or rewrite it with torch.where / torch.cond")
     compiled = {}
-    for i, (path, inputs) in enumerate(plan.regions.items()):
-        if progress is not None:
-            progress(f"region {path} ({i + 1}/{len(plan.regions)})")
-        module = trace(model.get_submodule(path), inputs, target, precision=precision, validate=validate,
-                       progress=progress, name=f"{plan.model}.{path}", **options)
+    for i, (path, graph) in enumerate(plan.captured.items()):
+        if options["progress"] is not None:
+            options["progress"](f"region {path} ({i + 1}/{len(plan.captured)})")
+        module = _trace_captured(model.get_submodule(path), graph, target, precision, name=f"{plan.model}.{path}",
+                                 **options)
         if module.report.partitions:  # a region that runs wholly in PyTorch stays the model's own module
             compiled[path] = module
     if not compiled:
         raise CaptureError(f"{_name(model, name)}: no compiled region pays off on {target.name}; run it in PyTorch")
     attached = AttachedModule(model, compiled, plan)
-    if validate:
+    if options["validate"]:
         attached.validation = validate_attached(model, attached, example_inputs, precision)
     return attached

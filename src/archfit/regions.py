@@ -8,16 +8,16 @@ same input shapes on every call) becomes a compiled region; one that does not is
 named with the reason and the source line capture stopped at, and its children are tried."""
 from __future__ import annotations
 
-import copy
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
-from .capture import capture, first_data_dependent_origin, node_source, normalize_inputs, op_name
+from .capture import Captured, capture, first_data_dependent_origin, node_source, normalize_inputs, op_name
+from .compile import shared_copy
 from .errors import ArtifactError, CaptureError
 
 # Submodules holding less than this share of the model's FLOPs stay in PyTorch: compiling a
@@ -42,6 +42,8 @@ class RegionPlan:
     region_flops: dict[str, int]
     host: tuple[HostRegion, ...]
     total_flops: int
+    # each region's graph, captured while planning, so compiling it does not capture it again
+    captured: dict[str, Captured] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def host_flops(self) -> int:
@@ -74,18 +76,28 @@ def _record_calls(model: torch.nn.Module, args: tuple, kwargs: dict):
     return calls, flops
 
 
-def _why_not(module: torch.nn.Module, inputs, calls: list) -> tuple[str, str | None] | None:
-    """None if `module` captures at fixed shapes, else (reason, source line)."""
-    if len({repr(_shapes(c)) for c in calls}) > 1:
-        return f"called {len(calls)} times with different input shapes; a fixed-shape engine holds one", None
+def capture_fixed(module: torch.nn.Module, inputs, strict: bool = True):
+    """(Captured, None) when `module` captures at fixed shapes; else (Captured or None, (reason,
+    source line)): the graph when it captured but holds a data-dependent op. strict: errors that
+    are not about capture itself (not a module, a non-tensor input) propagate."""
     try:
         captured = capture(module, inputs)
     except CaptureError as e:
-        return e.reason or str(e), e.where
+        if strict and e.reason is None:
+            raise
+        return None, (e.reason or str(e), e.where)
     origin = first_data_dependent_origin(captured.graph_module)
-    if origin is not None:
-        return f"{op_name(origin)} has a data-dependent output shape", node_source(origin)
-    return None
+    if origin is None:
+        return captured, None
+    return captured, (f"{op_name(origin)} has a data-dependent output shape", node_source(origin))
+
+
+def _region(module: torch.nn.Module, inputs, calls: list):
+    """(Captured, None) if `module` can be a compiled region, else (None, (reason, source line))."""
+    if len({repr(_shapes(c)) for c in calls}) > 1:
+        return None, (f"called {len(calls)} times with different input shapes; a fixed-shape engine holds one", None)
+    captured, why = capture_fixed(module, inputs, strict=False)
+    return (captured, None) if why is None else (None, why)
 
 
 def _as_inputs(args: tuple, kwargs: dict):
@@ -98,7 +110,7 @@ def plan_regions(model: torch.nn.Module, example_inputs: Any, top_reason: tuple[
     args, kwargs = normalize_inputs(example_inputs)
     calls, flops = _record_calls(model, args, kwargs)
     total = flops.get("", 0)
-    regions, region_flops, failed = {}, {}, {"": top_reason}
+    regions, region_flops, graphs, failed = {}, {}, {}, {"": top_reason}
 
     def visit(prefix: str, module: torch.nn.Module) -> None:
         for name, child in module.named_children():
@@ -107,10 +119,10 @@ def plan_regions(model: torch.nn.Module, example_inputs: Any, top_reason: tuple[
                 continue  # never called, or too small to pay for its own engine
             first = calls[path][0]
             inputs = _as_inputs(*first)
-            why = ("called with positional and keyword tensors", None) if inputs is None else \
-                _why_not(child, inputs, calls[path])
+            captured, why = (None, ("called with positional and keyword tensors", None)) if inputs is None else \
+                _region(child, inputs, calls[path])
             if why is None:
-                regions[path], region_flops[path] = inputs, flops.get(path, 0)
+                regions[path], region_flops[path], graphs[path] = inputs, flops.get(path, 0), captured
             else:
                 failed[path] = why
                 visit(path, child)
@@ -121,7 +133,7 @@ def plan_regions(model: torch.nn.Module, example_inputs: Any, top_reason: tuple[
     for path, (reason, source) in failed.items():
         inside = sum(f for r, f in region_flops.items() if path == "" or r.startswith(path + "."))
         host.append(HostRegion(f"{root}.{path}" if path else root, reason, source, max(0, flops.get(path, 0) - inside)))
-    return RegionPlan(root, regions, region_flops, tuple(host), total)
+    return RegionPlan(root, regions, region_flops, tuple(host), total, graphs)
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -145,13 +157,6 @@ def _set_submodule(root: torch.nn.Module, path: str, module: torch.nn.Module) ->
     parent._modules[name] = module
 
 
-def _structural_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of the module tree sharing every weight tensor, so swapping submodules never
-    touches the user's model and never duplicates its memory."""
-    memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
-    return copy.deepcopy(model, memo)
-
-
 class AttachedModule(torch.nn.Module):
     """The model with its compiled regions swapped in; the rest of its forward() is its own
     Python, run on the host. Returned by archfit.trace for models that cannot be captured whole."""
@@ -159,7 +164,9 @@ class AttachedModule(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, regions: dict[str, torch.nn.Module], plan: RegionPlan,
                  digests: dict[str, str] | None = None):
         super().__init__()
-        self.model = _structural_copy(model)
+        # a copy of the module tree sharing every weight: swapping submodules never touches the
+        # user's model and never duplicates its memory
+        self.model = shared_copy(model)
         self.model.eval()
         for path, compiled in regions.items():
             _set_submodule(self.model, path, compiled)
