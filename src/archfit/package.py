@@ -120,6 +120,15 @@ def _engines(component: dict) -> list[dict]:
     return [e for entry in component["modules"] for e in entry["engines"]]
 
 
+def _components(parts: dict[str, tuple], target) -> tuple[dict[str, bytes], dict]:
+    """Files and manifest body of a module made of several traced ones: {name: (module, prefix)}."""
+    files, components = {}, {}
+    for name, (part, prefix) in parts.items():
+        part_files, components[name] = _component(part, target, prefix)
+        files |= part_files
+    return files, {"components": components, "engines": [e for c in components.values() for e in _engines(c)]}
+
+
 def save(module, path: str | os.PathLike) -> Path:
     """Write `module` (from archfit.trace or archfit.trace_seq2seq) to one file; returns its path.
     Identical contents (the weights of every bucket's host program, engines that came out the
@@ -131,24 +140,16 @@ def save(module, path: str | os.PathLike) -> Path:
         raise ArtifactError(f"archfit.save takes the module archfit.trace returned, got {type(module).__name__}")
     target = get_target(module.target)
     if isinstance(module, Seq2SeqModule):
-        parts = {"encoder": module.encoder} | {f"step_{r}": module.steps[str(r)] for r in module.rows}
-        files, components = {}, {}
-        for name, part in parts.items():
-            part_files, components[name] = _component(part, target, f"{name}/")
-            files |= part_files
-        body = {"kind": "seq2seq", "components": components, "inputs": components["encoder"]["inputs"],
-                "engines": [e for c in components.values() for e in _engines(c)],
-                "generation": {"config": module.generation_config.to_dict(), "max_new_tokens": module.max_new_tokens,
-                               "source_len": module.source_len}}
+        files, body = _components({"encoder": (module.encoder, "encoder/")} |
+                                  {f"step_{r}": (module.steps[str(r)], f"step_{r}/") for r in module.rows}, target)
+        body |= {"kind": "seq2seq", "inputs": body["components"]["encoder"]["inputs"],
+                 "generation": {"config": module.generation_config.to_dict(),
+                                "max_new_tokens": module.max_new_tokens, "source_len": module.source_len}}
     elif isinstance(module, AttachedModule):
-        files, components = {}, {}
-        for i, (name, part) in enumerate(module.regions.items()):
-            part_files, components[name] = _component(part, target, f"region_{i}/")
-            files |= part_files
-        body = {"kind": "attached", "components": components, "inputs": [],
-                "engines": [e for c in components.values() for e in _engines(c)],
-                "attach": {"class": module.model_class, "digests": module.digests,
-                           "plan": plan_to_dict(module.plan)}}
+        regions = enumerate(module.regions.items())
+        files, body = _components({name: (part, f"region_{i}/") for i, (name, part) in regions}, target)
+        body |= {"kind": "attached", "inputs": [],
+                 "attach": {"class": module.model_class, "digests": module.digests, "plan": plan_to_dict(module.plan)}}
     else:
         files, body = _component(module, target, "")
         body = {"kind": "module", **body, "engines": _engines(body)}
@@ -304,13 +305,17 @@ def _load_component(path: Path, manifest: dict, entry: dict, blobs: dict[str, by
                           tuple(tuple(s) for s in buckets["safety"]))
 
 
+def _load_components(path: Path, manifest: dict, blobs: dict[str, bytes], target, shared: dict) -> dict:
+    return {name: _load_component(path, manifest, c, blobs, target, shared)
+            for name, c in manifest["components"].items()}
+
+
 def _load_seq2seq(path: Path, manifest: dict, blobs: dict[str, bytes], target, shared: dict):
     from transformers import GenerationConfig
 
     from .generation import Seq2SeqModule
 
-    parts = {name: _load_component(path, manifest, c, blobs, target, shared)
-             for name, c in manifest["components"].items()}
+    parts = _load_components(path, manifest, blobs, target, shared)
     steps = {int(name.removeprefix("step_")): m for name, m in parts.items() if name.startswith("step_")}
     g = manifest["generation"]
     return Seq2SeqModule(parts["encoder"], steps, GenerationConfig.from_dict(g["config"]), g["max_new_tokens"],
@@ -339,8 +344,7 @@ def load(path: str | os.PathLike, model: torch.nn.Module | None = None):
 
         if model is None:  # say so before loading any engine
             attach(manifest["attach"], None, {}, path, None)
-        regions = {name: _load_component(path, manifest, c, blobs, target, shared)
-                   for name, c in manifest["components"].items()}
+        regions = _load_components(path, manifest, blobs, target, shared)
         module = attach(manifest["attach"], model, regions, path, plan_from_dict(manifest["attach"]["plan"]))
     elif kind == "module":
         module = _load_component(path, manifest, manifest, blobs, target, shared)
