@@ -86,3 +86,14 @@ def test_save_load_attaches_to_the_model(tmp_path):
     with torch.no_grad():
         assert_same_detections(loaded(*images), model(*images), *archfit.TOLERANCES["fp32"])
     assert loaded.manifest["attach"]["class"] == "archfit.zoo.yolo.Detector"
+
+
+def test_region_engines_sleep_while_the_host_runs_nms():
+    """A region alone in its graph would spin its ONNX Runtime workers; the detector's own NMS
+    runs between its calls, so they must sleep (spinning workers took the host's cores)."""
+    model, inputs = zoo.build("yolov5s", tiny=True)
+    attached = archfit.trace(model, inputs, "onnxruntime", check_payoff=False)
+    engines = [m.engine for m in attached.modules() if hasattr(m, "engine")]
+    assert engines and all(
+        e.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        for e in engines)

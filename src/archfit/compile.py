@@ -234,3 +234,11 @@ def hand_over_if_alone(gm: fx.GraphModule) -> None:
     host_compute = any(is_compute(n) for n in gm.graph.nodes)
     if len(engines) == 1 and not host_compute and hasattr(engines[0].engine, "run_alone"):
         engines[0].engine.run_alone()
+
+
+def share_cores(root: torch.nn.Module) -> None:
+    """Undo hand_over_if_alone for engines called from host Python that computes between their
+    calls (a generation loop, a detector's NMS): spinning workers would take its cores."""
+    for m in root.modules():
+        if isinstance(m, EngineModule) and hasattr(m.engine, "run_shared"):
+            m.engine.run_shared()

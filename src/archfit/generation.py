@@ -14,6 +14,7 @@ from transformers import GenerationConfig
 from transformers.generation import GenerationMixin, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
+from .compile import share_cores
 from .errors import InputError
 
 # generate() arguments with an effect here (besides the token ids and their mask); anything
@@ -44,11 +45,7 @@ class Seq2SeqModule(torch.nn.Module):
         self.target, self.precision, self.emulated = step.target, step.precision, step.emulated
         layers, _rows, self.heads, _t, self.head_dim = step.inputs[2].shape
         self.layers = layers
-        # The loop computes on the host between engine calls (logits processing, cache writes,
-        # beam bookkeeping): engines that would spin when alone must leave the cores to it.
-        for m in self.modules():
-            if hasattr(getattr(m, "engine", None), "run_shared"):
-                m.engine.run_shared()
+        share_cores(self)  # the loop computes between engine calls: logits processing, cache writes, beams
 
     @property
     def rows(self) -> tuple[int, ...]:

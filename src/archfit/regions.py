@@ -17,7 +17,7 @@ from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
 from .capture import Captured, capture, first_data_dependent_origin, node_source, normalize_inputs, op_name
-from .compile import shared_copy
+from .compile import share_cores, shared_copy
 from .errors import ArtifactError, CaptureError
 
 # Submodules holding less than this share of the model's FLOPs stay in PyTorch: compiling a
@@ -170,6 +170,7 @@ class AttachedModule(torch.nn.Module):
         self.model.eval()
         for path, compiled in regions.items():
             _set_submodule(self.model, path, compiled)
+        share_cores(self)  # the model's own Python (e.g. NMS) computes between the regions' engine calls
         self.regions = dict(regions)
         self.plan = plan
         self.model_class = class_path(model)

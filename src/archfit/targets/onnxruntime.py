@@ -97,6 +97,7 @@ class OnnxRuntimeEngine:
         # cost every weight twice. serialize_parts rebuilds the bytes when a file is written.
         self._weights = {name: _shared_array(name, blob) for name, blob in parts.items() if name != MODEL}
         del parts, data
+        self.spinning = False
         self._open(options if options is not None else _session_options())
 
     def _open(self, opts) -> None:
@@ -118,7 +119,7 @@ class OnnxRuntimeEngine:
 
     def run_shared(self) -> None:
         """The host computes between this engine's calls after all (a generation loop): sleep."""
-        if getattr(self, "spinning", False):
+        if self.spinning:
             self._open(_session_options(spinning=False))
             self.spinning = False
 
