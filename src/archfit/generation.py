@@ -184,22 +184,27 @@ def _logits_processors(config: GenerationConfig, input_ids: torch.Tensor) -> Log
                                                  model_kwargs={})
 
 
+def _first_eos(config: GenerationConfig) -> int | None:
+    eos = config.eos_token_id  # one id or a list of them
+    return None if eos is None else int(eos[0] if isinstance(eos, (list, tuple)) else eos)
+
+
 def _pad_id(config: GenerationConfig) -> int:
     """transformers falls back to the first EOS id when there is no pad id."""
     if config.pad_token_id is not None:
         return int(config.pad_token_id)
-    eos = config.eos_token_id
-    return int(eos[0] if isinstance(eos, (list, tuple)) else eos) if eos is not None else 0
+    eos = _first_eos(config)
+    return eos if eos is not None else 0
 
 
 def _fill_value(config: GenerationConfig) -> int:
     """What transformers' beam search fills unused positions with (greedy pads with _pad_id)."""
     if config.num_beams == 1:
         return _pad_id(config)
-    pad, eos = config.pad_token_id, config.eos_token_id
+    eos = _first_eos(config)
     if eos is None:
         return -1
-    return int(pad or (eos[0] if isinstance(eos, (list, tuple)) else eos))  # sic: `pad or eos`, as transformers
+    return int(config.pad_token_id or eos)  # sic: `pad or eos` (a pad id of 0 gives eos), as transformers
 
 
 def _greedy(run: _StepRunner, sequences, processors, stopping, config, eos) -> torch.Tensor:
