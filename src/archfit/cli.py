@@ -291,8 +291,9 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
     output_dir.mkdir(parents=True, exist_ok=True)
     flat, _ = pytree.tree_flatten_with_path(outputs)
     for path, tensor in flat:
-        name = pytree.keystr(path).strip(".[]'\"").replace("']['", ".").replace("][", ".") or "output"
-        name = name.replace("]['", ".").replace("'", "")
+        # '0.boxes' for out[0]['boxes'], 'last_hidden_state' for out.last_hidden_state
+        name = ".".join(str(next(getattr(k, a) for a in ("key", "idx", "name") if hasattr(k, a))) for k in path)
+        name = name or "output"
         dest = output_dir / f"{name}.{fmt}"
         if fmt == "pt":
             torch.save(tensor, dest)
