@@ -80,14 +80,6 @@ class Seq2SeqModule(torch.nn.Module):
                              f"trace with a larger max_new_tokens")
         return config
 
-    def _step(self, rows: int):
-        fits = [r for r in self.rows if r >= rows]
-        if not fits:
-            raise InputError(f"generate: {rows} sequences (batch x num_beams) at once, but the decoder step was "
-                             f"compiled for at most {max(self.rows)}; split the batch or trace with a larger "
-                             f"batch_size/num_beams")
-        return self.steps[str(fits[0])], fits[0]
-
     def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, expand: int, rows: int):
         """Cross keys/values and source mask, padded to the compiled source length and rows."""
         if input_ids.shape[1] > self.source_len:
@@ -127,7 +119,8 @@ class Seq2SeqModule(torch.nn.Module):
             fill = _fill_value(config)
             width = max(p.shape[1] for p in parts)
             return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=fill) for p in parts])
-        step, rows = self._step(batch * beams)
+        rows = min(r for r in self.rows if r >= batch * beams)  # exists: batch <= most, chunked above
+        step = self.steps[str(rows)]
         run = _StepRunner(self, step, rows, batch * beams, *self._encode(input_ids, attention_mask, beams, rows))
         processors = _logits_processors(config, input_ids)
         eos = None if config.eos_token_id is None else torch.tensor(config.eos_token_id).view(-1)
