@@ -45,7 +45,7 @@ def _graphs(model, inputs):
         return [capture(model, inputs).graph_module]
     except archfit.CaptureError as e:
         plan = plan_regions(model, inputs, (e.reason, e.where))
-        return [capture(model.get_submodule(p), i).graph_module for p, i in plan.regions.items()]
+        return [captured.graph_module for captured in plan.captured.values()]
 
 
 def test_captured_ops_without_a_torch_neuron_entry():

@@ -14,7 +14,8 @@ from .compile import compile_plan
 from .dispatch import BucketedModule
 from .errors import ArchfitError, CaptureError
 from .estimate import estimate_latency, measure_host_ms
-from .regions import AttachedModule, RegionPlan, capture_fixed, plan_regions, plan_to_dict, render_regions, validate_attached
+from .regions import (AttachedModule, RegionPlan, capture_fixed, plan_regions, plan_to_dict, render_regions,
+                      validate_attached)
 from .partition import PartitionPlan, drop_partitions, is_acyclic, plan_partitions, require_full as check_full
 from .report import FitReport, build_report
 from .runtime import CompiledModule

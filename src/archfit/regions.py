@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .capture import Captured, capture, first_data_dependent_origin, node_source, normalize_inputs, op_name
 from .compile import share_cores, shared_copy
-from .errors import ArtifactError, CaptureError
+from .errors import ArtifactError, CaptureError, ValidationError
 
 # Submodules holding less than this share of the model's FLOPs stay in PyTorch: compiling a
 # ReLU or a small projection alone costs a boundary crossing that its compute cannot repay.
@@ -38,7 +38,7 @@ class HostRegion:
 @dataclass(frozen=True)
 class RegionPlan:
     model: str  # class name of the model
-    regions: dict[str, Any]  # submodule path -> example inputs it was called with (args tuple or kwargs dict)
+    regions: tuple[str, ...]  # paths of the submodules compiled as regions
     region_flops: dict[str, int]
     host: tuple[HostRegion, ...]
     total_flops: int
@@ -110,7 +110,7 @@ def plan_regions(model: torch.nn.Module, example_inputs: Any, top_reason: tuple[
     args, kwargs = normalize_inputs(example_inputs)
     calls, flops = _record_calls(model, args, kwargs)
     total = flops.get("", 0)
-    regions, region_flops, graphs, failed = {}, {}, {}, {"": top_reason}
+    region_flops, graphs, failed = {}, {}, {"": top_reason}
 
     def visit(prefix: str, module: torch.nn.Module) -> None:
         for name, child in module.named_children():
@@ -122,7 +122,7 @@ def plan_regions(model: torch.nn.Module, example_inputs: Any, top_reason: tuple[
             captured, why = (None, ("called with positional and keyword tensors", None)) if inputs is None else \
                 _region(child, inputs, calls[path])
             if why is None:
-                regions[path], region_flops[path], graphs[path] = inputs, flops.get(path, 0), captured
+                region_flops[path], graphs[path] = flops.get(path, 0), captured
             else:
                 failed[path] = why
                 visit(path, child)
@@ -133,7 +133,7 @@ def plan_regions(model: torch.nn.Module, example_inputs: Any, top_reason: tuple[
     for path, (reason, source) in failed.items():
         inside = sum(f for r, f in region_flops.items() if path == "" or r.startswith(path + "."))
         host.append(HostRegion(f"{root}.{path}" if path else root, reason, source, max(0, flops.get(path, 0) - inside)))
-    return RegionPlan(root, regions, region_flops, tuple(host), total, graphs)
+    return RegionPlan(root, tuple(graphs), region_flops, tuple(host), total, graphs)
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -245,16 +245,14 @@ def plan_to_dict(plan: RegionPlan) -> dict:
 
 
 def plan_from_dict(d: dict) -> RegionPlan:
-    return RegionPlan(d["model"], {p: None for p in d["regions"]}, {k: int(v) for k, v in d["region_flops"].items()},
+    return RegionPlan(d["model"], tuple(d["regions"]), {k: int(v) for k, v in d["region_flops"].items()},
                       tuple(HostRegion(**h) for h in d["host"]), int(d["total_flops"]))
-
 
 
 def validate_attached(model: torch.nn.Module, attached: AttachedModule, example_inputs: Any, precision: str):
     """The whole model against eager PyTorch on the example and one random input. Outputs are
     compared as multisets of values: detections whose scores tie within rounding may come out
     of NMS in another order, which is not an error; a different count is."""
-    from .errors import ValidationError
     from .validate import TOLERANCES, InputCheck, Validation, _compare, random_like
 
     atol, rtol = TOLERANCES[precision]
