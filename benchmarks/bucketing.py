@@ -25,15 +25,13 @@ import archfit
 from archfit import Buckets, zoo
 
 ROOT = Path(__file__).resolve().parents[1]
-SQUAD = ROOT.parent / "shared" / "data" / "squad_v1_bert_lengths.json"
 SEQ = {"input_ids": 1, "attention_mask": 1}
 MAX = 384
 
 
 def squad() -> tuple[np.ndarray, list[int]]:
-    data = json.loads(SQUAD.read_text())
-    counts = np.asarray(data["counts"], dtype=np.float64)
-    start = data["lengths_start_at"]
+    counts, start = zoo.squad_lengths()  # shipped with archfit (DATA.md)
+    counts = np.asarray(counts, dtype=np.float64)
     return np.concatenate([np.zeros(start - 1), counts]), list(range(1, start + len(counts)))
 
 
@@ -53,7 +51,7 @@ def loaded_peak_rss_mib(path: Path, lengths: list[int]) -> float:
         f"m = archfit.load({str(path)!r})\n"
         f"for L in {lengths}:\n"
         "    m(input_ids=torch.ones(1, L, dtype=torch.long), attention_mask=torch.ones(1, L, dtype=torch.long))\n"
-        "from archfit.bench import peak_rss_mib\n"
+        "from archfit.cli.bench import peak_rss_mib\n"
         "print(peak_rss_mib())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -3,7 +3,7 @@ then write the calibration archfit ships and the fit table in docs/inferentia.md
 
     .venv/bin/python benchmarks/calibrate_neuron.py
 
-Published figures: ../shared/data/neuron_facts.md (Neuron benchmark tables). Full-size models
+Published figures: docs/neuron_facts.md (Neuron benchmark tables). Full-size models
 from archfit.zoo with random weights (latency does not depend on weight values)."""
 from __future__ import annotations
 

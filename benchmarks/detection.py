@@ -26,7 +26,7 @@ MODELS = ("ssd300_vgg16", "yolov5s")
 
 def one(name: str, rounds: int, seconds: float) -> dict:
     from archfit import zoo
-    from archfit.bench import arms, run_arms
+    from archfit.cli.bench import arms, run_arms
 
     torch.set_num_threads(2)
     model, inputs = zoo.build(name)

@@ -20,7 +20,7 @@ import torch
 
 import archfit
 from archfit import zoo
-from archfit.capture import normalize_inputs
+from archfit.core.capture import normalize_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/fit.json"

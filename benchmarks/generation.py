@@ -21,7 +21,7 @@ import torch
 
 import archfit
 from archfit import zoo
-from archfit.bench import run_arms
+from archfit.cli.bench import run_arms
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/peers.py bert-base resnet50   # some of them
 
 Per model: p50/p90 latency of every arm at batch 1 (DLRM: at its serving batch of 128), arms
-interleaved over rounds (archfit.bench); throughput at a larger batch for eager PyTorch, the best
+interleaved over rounds (archfit.cli.bench); throughput at a larger batch for eager PyTorch, the best
 peer and archfit's best target; the machine's matmul peak in fp32 and bf16 and every arm's FLOP
 rate as a share of it; archfit's artifact size, its load time and peak memory in a fresh process;
 and the cost of partitioning (one op mid-graph forced to the CPU). Writes
@@ -36,7 +36,7 @@ GROUP_BY_PRECISION = {"dlrm"}
 
 def _batch(inputs, n: int):
     """The example inputs at batch n (dim 0), repeating rows when growing."""
-    from archfit.capture import normalize_inputs
+    from archfit.core.capture import normalize_inputs
 
     def resize(t):
         reps = -(-n // t.shape[0])
@@ -48,8 +48,8 @@ def _batch(inputs, n: int):
 
 def _mid_graph_node(model, inputs) -> str:
     """A compute node half-way through the graph, to force to the CPU."""
-    from archfit.capture import capture
-    from archfit.cost import is_compute
+    from archfit.core.capture import capture
+    from archfit.core.cost import is_compute
 
     nodes = [n for n in capture(model, inputs).graph_module.graph.nodes if is_compute(n)]
     elementwise = [n for n in nodes[len(nodes) // 2:] if n.target.overloadpacket.__name__ in ("gelu", "relu", "add")]
@@ -65,7 +65,7 @@ def _load_in_fresh_process(path: Path, inputs_file: Path) -> dict:
         f"args, kwargs = torch.load({str(inputs_file)!r}, weights_only=True)\n"
         "with torch.no_grad():\n"
         "    m(*args, **kwargs)\n"
-        "from archfit.bench import peak_rss_mib\n"
+        "from archfit.cli.bench import peak_rss_mib\n"
         "print(load, peak_rss_mib())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -75,8 +75,9 @@ def _load_in_fresh_process(path: Path, inputs_file: Path) -> dict:
 
 def one_model(name: str) -> dict:
     import archfit
-    from archfit import bench, zoo
-    from archfit.capture import normalize_inputs
+    from archfit import zoo
+    from archfit.cli import bench
+    from archfit.core.capture import normalize_inputs
 
     torch.set_num_threads(THREADS)
     model, inputs = zoo.build(name)
@@ -134,7 +135,7 @@ def one_model(name: str) -> dict:
 
 
 def _markdown(results: list[dict]) -> str:
-    from archfit import bench
+    from archfit.cli import bench
     import archfit
     import onnxruntime
     import openvino

@@ -3,8 +3,6 @@ import torch
 
 from archfit import zoo
 
-SHARED = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared"
-
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -35,6 +33,16 @@ def mlp_custom():
     return zoo.build("mlp-custom-op", tiny=True)
 
 
+@pytest.fixture(scope="session")
+def saved_mlp(mlp_custom, tmp_path_factory):
+    """The custom-op MLP saved once: two engines with a CPU op between them (a computing host program)."""
+    import archfit
+
+    model, inputs = mlp_custom
+    compiled = archfit.trace(model, inputs, target="openvino", check_payoff=False, validate=False)
+    return archfit.save(compiled, tmp_path_factory.mktemp("saved") / "mlp.archfit")
+
+
 def flat_outputs(out):
     return torch.utils._pytree.tree_flatten(out)[0]
 
@@ -42,7 +50,7 @@ def flat_outputs(out):
 def assert_close_to_eager(model, compiled, inputs, precision="fp32"):
     """Compiled outputs equal eager PyTorch within archfit's documented tolerance."""
     from archfit import TOLERANCES
-    from archfit.capture import normalize_inputs
+    from archfit.core.capture import normalize_inputs
 
     atol, rtol = TOLERANCES[precision]
     args, kwargs = normalize_inputs(inputs)

@@ -1,11 +1,11 @@
-"""archfit.bench: arms side by side, ratios, failing peers reported, and `archfit bench`."""
+"""archfit.cli.bench: arms side by side, ratios, failing peers reported, and `archfit bench`."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-from archfit import bench
+from archfit.cli import bench
 
 
 def _result(name, precision, ms):

@@ -1,12 +1,11 @@
 """Bucket chooser: exact on small histograms (brute force), never worse than the usual rules."""
 import itertools
-import json
 import random
 
 import pytest
 
-from archfit.buckets import choose_buckets, evaluate
-from conftest import SHARED
+from archfit.shapes.choose import choose_buckets, evaluate
+from archfit import zoo
 
 
 def _brute_force(counts, k, cost):
@@ -34,8 +33,7 @@ def test_exact_against_brute_force(seed):
 
 
 def _squad():
-    data = json.loads((SHARED / "data/squad_v1_bert_lengths.json").read_text())
-    return data["counts"], data["lengths_start_at"]
+    return zoo.squad_lengths()
 
 
 @pytest.mark.parametrize("k", [2, 4, 8])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import archfit
-from archfit import cache
+from archfit.core import cache
 from conftest import assert_close_to_eager
 
 
@@ -62,6 +62,47 @@ def test_damaged_entry_is_rebuilt_not_fatal(tiny_resnet18, fresh_cache):
     entry.write_bytes(b"garbage")
     again = archfit.trace(model, inputs, target="openvino")
     assert not any(t.cached for t in again.report.timings.values()) and again.report.validation.ok
+
+
+def test_entry_with_other_bytes_is_named_removed_and_rebuilt(tiny_resnet18, fresh_cache, caplog):
+    """Bytes that still look like an engine never load as `cached`: every entry carries its own digest."""
+    model, inputs = tiny_resnet18
+    archfit.trace(model, inputs, target="openvino", validate=False)
+    (entry,) = fresh_cache.glob("*.engine")
+    data = bytearray(entry.read_bytes())
+    data[len(cache.MAGIC) + 65 + 500] ^= 0xFF  # one byte of the engine blob, header intact
+    entry.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="archfit.cache"):
+        again = archfit.trace(model, inputs, target="openvino", validate=False)
+    assert not any(t.cached for t in again.report.timings.values())
+    assert f"compile cache entry {entry} fails its checksum; compiling again" in caplog.text
+    assert cache.get(entry.stem, archfit.get_target("openvino")) is not None  # rebuilt and stored again
+
+
+def test_read_only_cache_with_a_damaged_entry_compiles_without_writing(tiny_resnet18, fresh_cache, monkeypatch):
+    import pathlib
+
+    model, inputs = tiny_resnet18
+    archfit.trace(model, inputs, target="openvino", validate=False)
+    (entry,) = fresh_cache.glob("*.engine")
+    entry.write_bytes(b"garbage")
+
+    def refuse(*_a, **_k):
+        raise PermissionError("read-only file system")
+
+    # root ignores directory modes, so a read-only cache is simulated at the calls that write
+    monkeypatch.setattr(pathlib.Path, "unlink", refuse)
+    monkeypatch.setattr("tempfile.mkstemp", refuse)
+    again = archfit.trace(model, inputs, target="openvino")
+    assert again.report.validation.ok and not any(t.cached for t in again.report.timings.values())
+    assert entry.read_bytes() == b"garbage"
+
+
+def test_clear_removes_leftovers_of_interrupted_writes(fresh_cache):
+    fresh_cache.mkdir()
+    (fresh_cache / "tmpabc123.tmp").write_bytes(b"half an engine")
+    (fresh_cache / "k.engine").write_bytes(b"x")
+    assert cache.clear() == 1 and not list(fresh_cache.iterdir())
 
 
 def test_two_processes_compiling_at_once(fresh_cache):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import archfit
-from archfit.capture import capture
+from archfit.core.capture import capture
 
 SOURCE = open(__file__).read().splitlines()
 

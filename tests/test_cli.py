@@ -63,7 +63,7 @@ def test_compile_save_inspect_run_end_to_end(tmp_path):
     assert "target: onnxruntime on CPU, precision fp32" in r.stdout and "inputs: x[1, 3, 64, 64]:float32" in r.stdout
     assert "versions: archfit" in r.stdout and "verdict: FITS" in r.stdout
     meta = json.loads(run("inspect", str(out), "--json").stdout)
-    assert meta["engines"][0]["module"] == "target_0" and meta["buckets"] is None
+    assert meta["engines"][0]["module"] == "target_0" and meta["components"]["main"]["buckets"] is None
     x = torch.randn(1, 3, 64, 64)
     np.save(tmp_path / "x.npy", x.numpy())
     r = run("run", str(out), "--input", f"x={tmp_path / 'x.npy'}", "-d", str(tmp_path / "out"))
@@ -156,3 +156,45 @@ def test_seq2seq_compile_generate_end_to_end(tmp_path):
         assert r.stdout.strip() == ",".join(map(str, want[0].tolist()))
     r = run("run", str(f))
     assert r.returncode == 1 and "use `archfit generate" in r.stderr
+
+
+def cli(capsys, *args):
+    """The command in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    from archfit.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda d: ("compile", "bert-base", "--tiny", "--vary", "input_ids:1", "--vary", "attention_mask:1", "--buckets",
+                "10,5"), None),
+    (lambda d: ("compile", "bert-base", "--tiny", "--vary", "input_ids:1", "--buckets", "10,5"),
+     "error: capture: bert-base (tiny): "),  # the mask, left at 16, no longer fits: one line, not a traceback
+    (lambda d: ("compile", "bert-base", "--tiny", "--vary", "input_ids:5", "--buckets", "8"),
+     "error: archfit: buckets: input 'input_ids' has 2 dims, so dim 5 cannot vary"),
+    (lambda d: ("compile", "bert-base", "--tiny", "--vary", "input_ids:1", "--lengths", str(d / "huge.json")),
+     "error: run: bucket options: ValueError: sample must hold sizes from 1 to 1048576"),
+    (lambda d: ("compile", "resnet18", "--tiny", "-o", str(d / "missing" / "r.archfit")),
+     f"error: artifact: output {{d}}/missing/r.archfit: directory {{d}}/missing does not exist"),
+    (lambda d: ("compile", "resnet18", "--tiny", "-o", "/dev/null"), "error: artifact: output /dev/null is not a regular"),
+    (lambda d: ("compile", "resnet18", "--tiny", "-o", str(d)), "error: artifact: output {d} is a directory"),
+    (lambda d: ("analyze", f"{d / 'raises.py'}:build"), "error: model: {d}/raises.py:build raised ZeroDivisionError at"),
+    (lambda d: ("inspect", str(d / "deep.archfit")), "error: artifact: {d}/deep.archfit: manifest.json is nested too"),
+])
+def test_bad_options_and_files_are_one_line_with_exit_1(capsys, tmp_path, make_args, message):
+    (tmp_path / "huge.json").write_text("[1000000000]")
+    (tmp_path / "raises.py").write_text("def build():\n    return 1 / 0\n")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "deep.archfit", "w") as z:
+        z.writestr("manifest.json", "[" * 50_000 + "]" * 50_000)
+    code, out, err = cli(capsys, *make_args(tmp_path))
+    if message is None:  # sizes given in any order are sorted, as the API does
+        assert code in (0, None) and "buckets over input_ids[1], attention_mask[1]: 5, 10" in out, err
+        assert "latency: not compared, the example inputs do not fit: run: input 'input_ids' dim 1 has size 16" in out
+        return
+    assert code == 1 and err.startswith(message.format(d=tmp_path)), err
+    assert err.count("\n") == 1

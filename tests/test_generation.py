@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import archfit
-from archfit.compile import EngineModule
+from archfit.core.compile import EngineModule
 from archfit.errors import InputError, ModelError
 from archfit.zoo import build
 

@@ -1,16 +1,16 @@
 """Inferentia profiles: support from Neuron's published data, Neuron's partition policies,
 roofline estimates, and emulated execution with Inferentia's numerics."""
-import json
 
 import pytest
 import torch
 
 import archfit
 from archfit import zoo
-from archfit.capture import capture
+from archfit.core.capture import capture
 from archfit.regions import plan_regions
-from archfit.targets.neuron import _data, ts_name
-from conftest import SHARED, assert_close_to_eager
+from archfit.core.capture import CaptureFailure
+from archfit.targets.neuron import neuron_data, ts_name
+from conftest import assert_close_to_eager
 
 
 class CumsumMLP(torch.nn.Module):
@@ -35,8 +35,12 @@ class SortMLP(torch.nn.Module):
         return torch.relu(self.b(h))
 
 
-def test_shipped_inf1_list_is_the_shared_data():
-    assert _data("neuron_inf1_torch_ops.json") == json.loads((SHARED / "data/neuron_inf1_torch_ops.json").read_text())
+def test_shipped_inf1_list_names_its_source_and_torchscript_ops():
+    d = neuron_data("neuron_inf1_torch_ops.json")
+    assert d["source"].startswith("aws-neuron/aws-neuron-sdk")
+    entries = list(d["supported"]) + list(d["limited"]) + list(d["removed"])
+    assert len(entries) > 150 and all(e.startswith(("aten::", "prim::")) for e in entries), entries[:5]
+    assert "aten::embedding" in d["removed"]  # neuron_facts.md: removed from the list for performance
 
 
 def _graphs(model, inputs):
@@ -44,7 +48,7 @@ def _graphs(model, inputs):
     try:
         return [capture(model, inputs).graph_module]
     except archfit.CaptureError as e:
-        plan = plan_regions(model, inputs, (e.reason, e.where))
+        plan = plan_regions(model, inputs, CaptureFailure(e.reason, e.where))
         return [captured.graph_module for captured in plan.captured.values()]
 
 
@@ -53,7 +57,7 @@ def test_captured_ops_without_a_torch_neuron_entry():
     TorchScript-name aliases). gather, index and cumsum (RoBERTa's position ids) are truly absent,
     so they run on the CPU; scaled_dot_product_attention postdates torch-neuron and is judged by
     its decomposition."""
-    d = _data("neuron_inf1_torch_ops.json")
+    d = neuron_data("neuron_inf1_torch_ops.json")
     known = set(d["supported"]) | set(d["limited"]) | set(d["removed"])
     unmapped = set()
     for name in zoo.names():

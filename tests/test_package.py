@@ -12,7 +12,7 @@ import torch
 
 import archfit
 from archfit import zoo
-from archfit.package import FORMAT_VERSION
+from archfit.artifact.container import FORMAT_VERSION
 
 FRESH_RUN = textwrap.dedent("""
     import sys, numpy as np, torch, archfit
@@ -56,7 +56,7 @@ def test_custom_op_file_says_what_it_needs(mlp_custom, tmp_path):
     model, inputs = mlp_custom
     compiled = archfit.trace(model, inputs, target="openvino", check_payoff=False)
     path = archfit.save(compiled, tmp_path / "mlp.archfit")
-    manifest, _ = archfit.package.read_manifest(path)
+    manifest, _ = archfit.artifact.package.read_manifest(path)
     assert manifest["custom_ops"] == ["archfit_zoo::softclip"]
     # archfit's own example op is imported from the installed package; nothing from the file runs
     r = _fresh_process(path, inputs, tmp_path)
@@ -72,13 +72,13 @@ def test_unregistered_custom_op_is_named(mlp_custom, tmp_path):
             data = zin.read(item.filename)
             if item.filename == "manifest.json":
                 data = data.replace(b"archfit_zoo::softclip", b"userlib::softclip")
-            if item.filename == "host.json":
+            if item.filename == "main/host.json":
                 data = data.replace(b"archfit_zoo.softclip", b"userlib.softclip")
             zout.writestr(item, data)
     manifest = json.loads(zipfile.ZipFile(tmp_path / "other.archfit").read("manifest.json"))
     import hashlib
     with zipfile.ZipFile(tmp_path / "other.archfit") as z:
-        manifest["files"]["host.json"] = hashlib.sha256(z.read("host.json")).hexdigest()
+        manifest["files"]["main/host.json"] = hashlib.sha256(z.read("main/host.json")).hexdigest()
     _rewrite_manifest(tmp_path / "other.archfit", tmp_path / "user.archfit", files=manifest["files"])
     _one_line_error(tmp_path / "user.archfit", r"the file needs op userlib::softclip.default, which is not registered "
                                                r"here; import the module that defines it")
@@ -113,7 +113,7 @@ def test_truncated_file_is_refused(saved, tmp_path):
 def test_flipped_byte_is_refused(saved, tmp_path):
     data = bytearray(saved.read_bytes())
     with zipfile.ZipFile(saved) as z:
-        info = z.getinfo("engines/target_0.bin")
+        info = z.getinfo("main/engines/target_0.bin")
     data[info.header_offset + 30 + len(info.filename) + 1000] ^= 0xFF  # inside the engine blob
     bad = tmp_path / "flipped.archfit"
     bad.write_bytes(bytes(data))
@@ -164,7 +164,7 @@ def test_malicious_pickles_are_never_executed(saved, tmp_path):
         manifest = json.loads(zin.read("manifest.json"))
         for item in zin.infolist():
             data = zin.read(item.filename)
-            if item.filename == "engines/target_0.bin":
+            if item.filename == "main/engines/target_0.bin":
                 data = b'{"INFERENCE_PRECISION_HINT": "f32"}\n' + payload
                 import hashlib
                 manifest["files"][item.filename] = hashlib.sha256(data).hexdigest()

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import fx
 
-from archfit.partition import is_acyclic, plan_partitions, require_full
+from archfit.core.partition import is_acyclic, plan_partitions, require_full
 from archfit.errors import UnsupportedOpsError
-from archfit.support import NodeInfo, Reason, SupportTable
+from archfit.core.support import NodeInfo, Reason, SupportTable
 
 aten = torch.ops.aten
 

@@ -1,8 +1,8 @@
 """bf16 emulation pass: matmul/conv see bf16-rounded inputs and produce a bf16-rounded output."""
 import torch
 
-from archfit.capture import capture
-from archfit.precision import emulate_bf16
+from archfit.core.capture import capture
+from archfit.targets.precision import emulate_bf16
 
 
 class TwoLinears(torch.nn.Module):

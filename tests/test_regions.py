@@ -85,7 +85,7 @@ def test_save_load_attaches_to_the_model(tmp_path):
     images = _images(inputs, 7)
     with torch.no_grad():
         assert_same_detections(loaded(*images), model(*images), *archfit.TOLERANCES["fp32"])
-    assert loaded.manifest["attach"]["class"] == "archfit.zoo.yolo.Detector"
+    assert loaded.manifest["meta"]["class"] == "archfit.zoo.yolo.Detector"
 
 
 def test_region_engines_sleep_while_the_host_runs_nms():

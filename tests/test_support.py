@@ -2,8 +2,8 @@
 import torch
 
 import archfit
-from archfit.capture import capture
-from archfit.support import Reason, check_support
+from archfit.core.capture import capture
+from archfit.core.support import Reason, check_support
 from archfit.targets import get_target
 
 
@@ -25,7 +25,7 @@ def test_high_level_op_judged_by_its_decomposition(tiny_bert):
     supported because its decomposition is."""
     model, inputs = tiny_bert
     cap = capture(model, inputs)
-    from archfit.capture import CORE_OPS_KEY
+    from archfit.targets.base import CORE_OPS_KEY
 
     node = next(n for n in cap.graph_module.graph.nodes if n.target == torch.ops.aten.linear.default)
     assert torch.ops.aten.linear.default not in node.meta[CORE_OPS_KEY]

@@ -160,3 +160,21 @@ def test_cli_compile_with_lengths_then_run_any_length(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "archfit", "compile", "bert-base", "--tiny", "--buckets", "4,8"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "need --vary NAME:DIM" in bad.stderr
+
+
+def test_empty_wrong_rank_and_out_of_vocabulary_inputs_are_one_line_errors(bucketed_bert):
+    _, module = bucketed_bert
+    with pytest.raises(archfit.InputError, match=r"input 'input_ids' dim 1 has size 0; a bucketed module takes sizes "
+                                                 r"1..16"):
+        module(**_bert_inputs(0))
+    with pytest.raises(archfit.InputError, match=r"input 'input_ids': expected a 2-d tensor \(its dim 1 varies\), "
+                                                 r"got 1-d"):
+        module(input_ids=torch.ones(8, dtype=torch.long), attention_mask=torch.ones(8, dtype=torch.long))
+    vocab = module.inputs[0].index_limit
+    assert vocab == 512  # the tiny config's vocabulary, found in the graph
+    for bad_id in (-1, vocab):
+        inputs = _bert_inputs(8)
+        inputs["input_ids"][0, 3] = bad_id
+        with pytest.raises(archfit.InputError, match=rf"input 'input_ids' holds id {bad_id}, outside the embedding "
+                                                     rf"table's range 0..{vocab - 1}"):
+            module(**inputs)

@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """A dependency's exception as one line: its first non-empty line, else its type's name."""
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:limit]
+
+
 class ArchfitError(Exception):
     """Base class. `str(err)` is a single line meant for a person, never a dependency's traceback."""
 

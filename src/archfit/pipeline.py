@@ -1,29 +1,29 @@
 """The straight line through every stage: capture -> support -> partition -> compile ->
-validate -> run. `analyze` stops before compiling; `trace` goes all the way."""
+validate -> run. `analyze` stops before compiling; `trace` goes all the way; `trace_seq2seq`
+traces the two fixed-shape parts of an encoder-decoder. This module sits above the packages it
+calls (core, shapes, regions, seq2seq, report); none of them imports it."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from .capture import Captured, normalize_inputs
-from .buckets import Buckets
-from .compile import compile_plan
-from .dispatch import BucketedModule
+from .core.capture import Captured, CaptureFailure, capture_fixed, normalize_inputs
+from .core.compile import compile_plan
+from .core.module import ArchfitModule, CompiledModule
+from .core.partition import PartitionPlan, drop_partitions, is_acyclic, plan_partitions, require_full as check_full
+from .core.support import Reason, check_support
+from .core.validate import validate as run_validation
 from .errors import ArchfitError, CaptureError
-from .estimate import estimate_latency, measure_host_ms
-from .regions import (AttachedModule, RegionPlan, capture_fixed, plan_regions, plan_to_dict, render_regions,
-                      validate_attached)
-from .partition import PartitionPlan, drop_partitions, is_acyclic, plan_partitions, require_full as check_full
-from .report import FitReport, build_report
-from .runtime import CompiledModule
-from .support import Reason, check_support
+from .regions import AttachedModule, RegionPlan, plan_regions, plan_to_dict, render_regions, validate_attached
+from .report import FitReport, build_report, estimate_latency, measure_host_ms
+from .shapes import BucketedModule, Buckets, trace_buckets
 from .targets import Target, get_target
 from .targets.base import PRECISIONS
-from .validate import validate as run_validation
-from .variable import trace_buckets
 
 DEFAULT_TARGETS = ("openvino", "onnxruntime")
 
@@ -57,8 +57,24 @@ class Analysis:
         return self.to_text()
 
 
-def _name(model: torch.nn.Module, name: str | None) -> str:
-    return name or type(model).__name__
+@dataclass(frozen=True)
+class TraceOptions:
+    """What `trace` was asked for, handed unchanged to every graph it compiles (the whole model,
+    each bucket, each region)."""
+
+    target: Target
+    precision: str
+    force_cpu: tuple[str, ...] = ()
+    require_full: bool = False
+    min_partition_size: int | None = None
+    check_payoff: bool = True
+    validate: bool = True
+    cache: bool = True
+    progress: Callable[[str], None] | None = None
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
 
 
 def _precision(target: Target, precision: str | None) -> str:
@@ -93,27 +109,26 @@ def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str |
             min_partition_size: int | None = None, name: str | None = None) -> Analysis:
     """Fit report per target without compiling anything. A model that cannot be captured whole
     is analysed per compiled region, with its host regions listed (see archfit.regions)."""
+    name = name or type(model).__name__
     captured, why = capture_fixed(model, example_inputs)
-    options = (targets, precision, tuple(force_cpu), min_partition_size)
+
+    def reports(graph: Captured, label: str) -> list[FitReport]:
+        out = []
+        for t in targets:
+            target = get_target(t)
+            prec = _precision(target, precision)
+            plan = _plan(graph, target, force_cpu, min_partition_size)
+            out.append(build_report(label, plan, prec, target.emulated, estimate=_estimate(graph, plan, target, prec)))
+        return out
+
     if why is None:
-        return Analysis(_name(model, name), _reports(captured, _name(model, name), *options))
+        return Analysis(name, tuple(reports(captured, name)))
     regions = plan_regions(model, example_inputs, why)
     if not regions.regions and captured is not None:
         # no submodule to compile: the whole graph, its data-dependent nodes marked as host-only
-        return Analysis(_name(model, name), _reports(captured, _name(model, name), *options), regions)
-    reports = [r for path, graph in regions.captured.items()
-               for r in _reports(graph, f"{regions.model}.{path}", *options)]
-    return Analysis(_name(model, name), tuple(reports), regions)
-
-
-def _reports(captured: Captured, name: str, targets, precision, force_cpu: tuple, min_partition_size):
-    reports = []
-    for t in targets:
-        target = get_target(t)
-        prec = _precision(target, precision)
-        plan = _plan(captured, target, force_cpu, min_partition_size)
-        reports.append(build_report(name, plan, prec, target.emulated, estimate=_estimate(captured, plan, target, prec)))
-    return tuple(reports)
+        return Analysis(name, tuple(reports(captured, name)), regions)
+    return Analysis(name, tuple(r for path, graph in regions.captured.items()
+                                for r in reports(graph, f"{regions.model}.{path}")), regions)
 
 
 def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "openvino", *,
@@ -121,7 +136,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
           min_partition_size: int | None = None, check_payoff: bool = True,
           validate: bool = True, validation_inputs: Any = None, cache: bool = True, progress=None,
           name: str | None = None, buckets: Buckets | None = None, dynamic_batch: bool = False,
-          check_padding: bool = True) -> CompiledModule | BucketedModule | AttachedModule:
+          check_padding: bool = True) -> ArchfitModule:
     """Compile `model` for `target` at the example inputs' shapes; returns an nn.Module that
     takes the same inputs and returns the same output structure as `model`.
 
@@ -131,7 +146,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
         beats PyTorch including the boundary crossing.
     validate: compare with eager PyTorch on the example and one random input (see TOLERANCES).
     validation_inputs: more inputs to validate on, structured like example_inputs.
-    cache: reuse engines from the on-disk compile cache (see archfit.cache).
+    cache: reuse engines from the on-disk compile cache (see archfit.core.cache).
     progress: optional callable taking a one-line status, e.g. for a terminal spinner.
     buckets: archfit.Buckets naming the input dims that vary and the sizes to compile (or the
         sizes seen, to choose them from); returns a BucketedModule that pads, dispatches, unpads.
@@ -145,71 +160,107 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     """
     t0 = time.perf_counter()
     target = get_target(target)
-    precision = _precision(target, precision)
+    options = TraceOptions(target, _precision(target, precision), tuple(force_cpu), require_full, min_partition_size,
+                           check_payoff, validate, cache, progress)
+    name = name or type(model).__name__
     if buckets is not None or dynamic_batch:
-        def trace_one(inputs):
-            return trace(model, inputs, target, precision=precision, force_cpu=force_cpu, require_full=require_full,
-                         min_partition_size=min_partition_size, check_payoff=check_payoff, validate=validate,
-                         cache=cache, progress=progress, name=name)
+        def trace_one(inputs) -> ArchfitModule:
+            return _trace_model(model, inputs, options, name, None, time.perf_counter())
 
-        return trace_buckets(trace_one, model, example_inputs, buckets, dynamic_batch, precision,
+        return trace_buckets(trace_one, model, example_inputs, buckets, dynamic_batch, options.precision,
                              check_padding=check_padding, progress=progress)
+    return _trace_model(model, example_inputs, options, name, validation_inputs, t0)
+
+
+def _trace_model(model, example_inputs, options: TraceOptions, name: str, validation_inputs, t0: float):
+    """One fixed-shape graph, or, when the model cannot be captured whole, its regions."""
     captured, why = capture_fixed(model, example_inputs)
-    options = dict(force_cpu=tuple(force_cpu), require_full=require_full, min_partition_size=min_partition_size,
-                   check_payoff=check_payoff, cache=cache, validate=validate, progress=progress)
     if why is None:
-        return _trace_captured(model, captured, target, precision, name=name, validation_inputs=validation_inputs,
-                               t0=t0, **options)
-    # data-dependent: compile the submodules that are not, keep the rest in Python
-    if require_full:
-        raise CaptureError(f"{_name(model, name)}: {why[0]}{f' at {why[1]}' if why[1] else ''}; require_full "
-                           f"asks for the whole model on the target: move that code out of forward()")
-    return _trace_regions(model, example_inputs, why, target, precision, name, options)
+        return _trace_captured(model, captured, options, name, validation_inputs, t0)
+    if options.require_full:
+        raise CaptureError(f"{name}: {why}; require_full asks for the whole model on the target: move that code out "
+                           f"of forward()")
+    return _trace_regions(model, example_inputs, why, options, name)
 
 
-def _trace_captured(model: torch.nn.Module, captured: Captured, target: Target, precision: str, *, force_cpu: tuple,
-                    require_full: bool, min_partition_size, check_payoff: bool, cache: bool, validate: bool,
-                    progress, name, validation_inputs=None, t0: float | None = None) -> CompiledModule:
+def _trace_captured(model: torch.nn.Module, captured: Captured, options: TraceOptions, name: str,
+                    validation_inputs=None, t0: float | None = None) -> CompiledModule:
     """Partition, compile, validate and report a graph captured at fixed shapes."""
     t0 = time.perf_counter() if t0 is None else t0
-    plan = _plan(captured, target, force_cpu, min_partition_size)
-    if require_full:
+    target, precision = options.target, options.precision
+    plan = _plan(captured, target, options.force_cpu, options.min_partition_size)
+    if options.require_full:
         check_full(plan)
-    compiled = compile_plan(captured, plan, target, precision, check_payoff and target.measure_payoff,
-                            use_cache=cache, progress=progress)
-    module = CompiledModule(compiled.graph_module, captured.in_spec, captured.out_spec, captured.inputs,
-                            target.name, precision, emulated=target.emulated)
+    compiled = compile_plan(captured, plan, target, precision, options.check_payoff and target.measure_payoff,
+                            use_cache=options.cache, progress=options.progress)
+
+    def module(report=None) -> CompiledModule:
+        return CompiledModule(compiled.graph_module, captured.in_spec, captured.out_spec, captured.inputs,
+                              target.name, precision, report, target.emulated)
+
     validation = None
-    if validate:
-        extra = None
-        if validation_inputs is not None:
-            extra = normalize_inputs(validation_inputs)
-        validation = run_validation(model, module, captured, compiled, precision, extra_inputs=extra)
-    module.report = build_report(_name(model, name), compiled.plan, precision, target.emulated,
-                                 compiled.timings, validation, time.perf_counter() - t0,
-                                 estimate=_estimate(captured, compiled.plan, target, precision))
-    return module
+    if options.validate:
+        extra = normalize_inputs(validation_inputs) if validation_inputs is not None else None
+        validation = run_validation(model, module(), captured, compiled, precision, extra_inputs=extra)
+    return module(build_report(name, compiled.plan, precision, target.emulated, compiled.timings, validation,
+                               time.perf_counter() - t0, estimate=_estimate(captured, compiled.plan, target, precision)))
 
 
-def _trace_regions(model, example_inputs, why, target: Target, precision: str, name, options: dict) -> AttachedModule:
+def _trace_regions(model, example_inputs, why: CaptureFailure, options: TraceOptions, name: str) -> AttachedModule:
     """Compile the submodules that capture at fixed shapes; the rest stays the model's Python."""
     plan = plan_regions(model, example_inputs, why)
     if not plan.regions:
-        where = f" at {why[1]}" if why[1] else ""
-        raise CaptureError(f"{_name(model, name)}: {why[0]}{where}; no submodule holding enough of its FLOPs "
-                           f"captures at fixed shapes either, so nothing can be compiled: move that code out of "
-                           f"forward() or rewrite it with torch.where / torch.cond")
+        raise CaptureError(f"{name}: {why}; no submodule holding enough of its FLOPs captures at fixed shapes "
+                           f"either, so nothing can be compiled: move that code out of forward() or rewrite it with "
+                           f"torch.where / torch.cond")
     compiled = {}
     for i, (path, graph) in enumerate(plan.captured.items()):
-        if options["progress"] is not None:
-            options["progress"](f"region {path} ({i + 1}/{len(plan.captured)})")
-        module = _trace_captured(model.get_submodule(path), graph, target, precision, name=f"{plan.model}.{path}",
-                                 **options)
+        options.say(f"region {path} ({i + 1}/{len(plan.captured)})")
+        module = _trace_captured(model.get_submodule(path), graph, options, f"{plan.model}.{path}")
         if module.report.partitions:  # a region that runs wholly in PyTorch stays the model's own module
             compiled[path] = module
     if not compiled:
-        raise CaptureError(f"{_name(model, name)}: no compiled region pays off on {target.name}; run it in PyTorch")
+        raise CaptureError(f"{name}: no compiled region pays off on {options.target.name}; run it in PyTorch")
     attached = AttachedModule(model, compiled, plan)
-    if options["validate"]:
-        attached.validation = validate_attached(model, attached, example_inputs, precision)
-    return attached
+    if not options.validate:
+        return attached
+    validation = validate_attached(model, attached, example_inputs, options.precision)
+    return AttachedModule(model, compiled, plan, attached.digests, validation)
+
+
+def trace_seq2seq(model: torch.nn.Module, target="openvino", *, source_buckets=(16, 32, 64), batch_size: int = 1,
+                  num_beams: int = 1, max_new_tokens: int = 64, precision: str | None = None, cache: bool = True,
+                  check_payoff: bool = True, validate: bool = True, progress=None):
+    """Compile a transformers encoder-decoder for generation: the encoder (with the decoder's
+    cross-attention projections) once per source-length bucket, the decoder step once at the
+    largest source bucket with a `max_new_tokens`-long key/value cache, for `batch_size` rows
+    and, when num_beams > 1, also for batch_size * num_beams rows. `source_buckets` is a
+    tuple of lengths or an archfit.Buckets over input_ids dim 1 (e.g. chosen from a sample of
+    source lengths). Returns a Seq2SeqModule whose `generate` takes transformers' arguments."""
+    from .seq2seq import DecoderStep, EncodeCross, Seq2SeqModule, check_seq2seq, step_example
+
+    check_seq2seq(model)
+    model = model.eval()
+    config = model.config
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    if not isinstance(source_buckets, Buckets):
+        source_buckets = Buckets({"input_ids": 1, "attention_mask": 1}, sizes=tuple(source_buckets))
+    pads = {"input_ids": pad, "attention_mask": 0} | dict(source_buckets.pad_values)
+    source_buckets = dataclasses.replace(source_buckets, pad_values=pads)
+    common = dict(precision=precision, cache=cache, check_payoff=check_payoff, validate=validate, progress=progress)
+    top = source_buckets.top()
+    # varied ordinary tokens (no special ids: 0-3 and the last are pad/eos/unk in these vocabularies)
+    tokens = 4 + (torch.arange(batch_size * top) * 7) % (config.vocab_size - 5)
+    example = {"input_ids": tokens.view(batch_size, top),
+               "attention_mask": torch.ones(batch_size, top, dtype=torch.long)}
+    if progress is not None:
+        progress("compiling the encoder per source bucket")
+    encoder = trace(EncodeCross(model), example, target, buckets=source_buckets, dynamic_batch=True, name="encoder",
+                    **common)
+    steps = {}
+    for rows in sorted({batch_size, batch_size * num_beams}):
+        if progress is not None:
+            progress(f"compiling the decoder step for {rows} rows")
+        example = step_example(model, rows, encoder.sizes[-1], max_new_tokens, config.decoder_start_token_id)
+        steps[rows] = trace(DecoderStep(model), example, target, name="decoder step", **common)
+    return Seq2SeqModule(encoder, steps, copy.deepcopy(model.generation_config), max_new_tokens, encoder.sizes[-1])

@@ -1,5 +1,5 @@
-"""Compile targets, one small module per backend."""
-from .base import Engine, Target
+"""Compile targets, one small module per backend, found by name."""
+from .base import ChipSpec, Engine, Target
 from .registry import get_target, list_targets, register_target
 
-__all__ = ["Engine", "Target", "get_target", "list_targets", "register_target"]
+__all__ = ["ChipSpec", "Engine", "Target", "get_target", "list_targets", "register_target"]

@@ -2,20 +2,74 @@
 deciding which nodes go to a backend is separate from turning a subgraph into an engine)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+import json
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import fx
 
+from ..ops import op_name
+
+if TYPE_CHECKING:
+    from ..core.partition import PartitionPlan
+
 PRECISIONS = ("fp32", "bf16")
+CORE_OPS_KEY = "archfit.core_ops"  # node.meta key: the core ATen ops a node decomposes into
 
 
-class Engine(Protocol):
-    """A compiled subgraph at fixed shapes: flat tensors in, flat tensors out. Engines that can
-    be saved also have `serialize() -> bytes`, read back by their target's `load`."""
+class Engine:
+    """A compiled subgraph at fixed shapes: flat tensors in, flat tensors out.
 
-    def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]: ...
+    `run` is the one method every backend writes. The others have defaults that mean "not
+    offered": an engine that returns None from both serialize methods cannot be saved."""
+
+    def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def serialize(self) -> bytes | None:
+        """The whole engine as bytes, read back by its target's `load`."""
+        return None
+
+    def serialize_parts(self) -> dict[str, bytes] | None:
+        """The engine as named parts (weights apart from the graph) so that parts shared by
+        several engines are stored once; its target's `load` takes the dict back."""
+        return None
+
+    def run_alone(self) -> None:
+        """No host compute runs between this engine's calls: its workers may spin."""
+
+    def run_shared(self) -> None:
+        """The host computes between this engine's calls: its workers must sleep when idle."""
+
+
+@dataclass(frozen=True)
+class ChipSpec:
+    """An accelerator described for roofline latency estimates (the accelerator profiles)."""
+
+    name: str
+    cores: int
+    core_tflops: dict  # precision -> dense TFLOPS of one core ({"bf16": 16.0})
+    dram_gib_s: float  # per chip
+    dram_gib: float
+    host_link_gb_s: float  # host <-> device; an assumption, see `assumptions`
+    source: str
+    assumptions: str
+    utilisation: float = 1.0  # calibrated share of peak reached on real models
+    call_overhead_ms: float = 0.0  # calibrated fixed cost per device program call
+
+    def calibrated(self) -> "ChipSpec":
+        """This chip with utilisation and overhead from the shipped calibration, if present."""
+        path = resources.files("archfit.targets") / "data" / "neuron_calibration.json"
+        fit = json.loads(path.read_text()).get("chips", {}).get(self.name) if path.is_file() else None
+        if not fit:
+            return self
+        return replace(self, utilisation=fit["utilisation"], call_overhead_ms=fit["call_overhead_ms"])
+
+
+# A target's SDK may refuse partitions the partitioner made: plan -> {partition index: why}.
+PartitionPolicy = Callable[["PartitionPlan"], dict[int, str]]
 
 
 # A support rule returns None when the target lowers the node, else a short reason.
@@ -46,12 +100,12 @@ class Target:
     unavailable: Callable[[], "str | None"] = lambda: None
     emulated: bool = False  # runs on a CPU stand-in for hardware that is not here
     # Partitions this target's own SDK would not compile: plan -> {partition index: why}.
-    policy: "Callable[[object], dict[int, str]] | None" = None
+    policy: PartitionPolicy | None = None
     # Time partitions against PyTorch at compile time? Meaningless for emulated targets,
     # whose CPU stand-in says nothing about the chip's speed.
     measure_payoff: bool = True
     min_partition_size: int = 2  # compute ops; Neuron's minimum_segment_size default is 2 too
-    chip: "object | None" = None  # estimate.ChipSpec for roofline latency estimates
+    chip: ChipSpec | None = None  # for roofline latency estimates
     # bytes from engine.serialize() -> Engine, without compiling again; None: cannot be saved
     load: "Callable[[bytes], Engine] | None" = None
     versions: Callable[[], dict] = lambda: {}  # backend package versions, for the cache key and files
@@ -70,17 +124,9 @@ def to_numpy(t: torch.Tensor):
     return t.detach().contiguous().numpy()
 
 
-def op_label(op) -> str:
-    if isinstance(op, torch._ops.OpOverload):
-        return f"{op.namespace}.{op._opname}"
-    return getattr(op, "__name__", str(op))
-
-
 def listed_or_decomposed(is_listed: Callable[[object], bool], source: str) -> SupportRule:
     """Support rule from a backend's published op list: a node is supported when its op is
-    listed, or when every core ATen op it decomposes into is (see capture.CORE_OPS_KEY)."""
-    from ..capture import CORE_OPS_KEY
-
+    listed, or when every core ATen op it decomposes into is (see CORE_OPS_KEY)."""
     def rule(node: fx.Node) -> str | None:
         if not isinstance(node.target, torch._ops.OpOverload) or is_listed(node.target):
             return None
@@ -89,6 +135,6 @@ def listed_or_decomposed(is_listed: Callable[[object], bool], source: str) -> Su
             return None
         if missing == [node.target]:
             return f"not in {source}"
-        return f"not in {source}, nor is its decomposition's {', '.join(dict.fromkeys(map(op_label, missing)))}"
+        return f"not in {source}, nor is its decomposition's {', '.join(dict.fromkeys(map(op_name, missing)))}"
 
     return rule

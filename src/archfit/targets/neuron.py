@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from functools import lru_cache
 from importlib import resources
 from typing import Sequence
@@ -15,10 +16,9 @@ from typing import Sequence
 import torch
 from torch import fx
 
-from ..estimate import ChipSpec, calibrated
-from ..precision import emulate_bf16
 from . import openvino as ov_target
-from .base import Target, listed_or_decomposed
+from .base import ChipSpec, Target, listed_or_decomposed
+from .precision import emulate_bf16
 from .registry import register_target
 
 # The captured graph names ops as torch.export does; torch-neuron's list uses the TorchScript
@@ -45,7 +45,7 @@ def ts_name(op) -> str:
 
 
 @lru_cache(maxsize=None)
-def _data(name: str) -> dict:
+def neuron_data(name: str) -> dict:
     return json.loads((resources.files("archfit.targets") / "data" / name).read_text())
 
 
@@ -62,13 +62,13 @@ def _limited_ok(node: fx.Node, name: str) -> str | None:
         if p not in (1, 2, math.inf, -math.inf, "fro"):
             return f"torch-neuron supports norm only with p in (1, 2, inf, -inf, 'fro'), got {p!r}"
     if name == "aten::max_pool3d_with_indices":
-        if any(u.target is __import__("operator").getitem and u.args[1] == 1 for u in node.users):
+        if any(u.target is operator.getitem and u.args[1] == 1 for u in node.users):
             return "torch-neuron supports max_pool3d_with_indices only when the indices are unused"
     return None
 
 
 def _inf1_listed(op) -> bool:
-    d = _data("neuron_inf1_torch_ops.json")
+    d = neuron_data("neuron_inf1_torch_ops.json")
     name = ts_name(op)
     return (name in d["supported"] or name in d["limited"]) and name not in d["removed"]
 
@@ -77,7 +77,7 @@ _inf1_by_list = listed_or_decomposed(_inf1_listed, "torch-neuron's supported-ope
 
 
 def inf1_supports(node: fx.Node) -> str | None:
-    d = _data("neuron_inf1_torch_ops.json")
+    d = neuron_data("neuron_inf1_torch_ops.json")
     name = ts_name(node.target)
     if name in d["removed"]:
         return f"torch-neuron: {d['removed'][name]}"
@@ -108,14 +108,14 @@ def _single_fusion_policy(ratio: float):
 def _inf2_listed(op) -> bool:
     # torch-xla lowers ATen (and prims) ops; a user's custom op has no HLO lowering
     name = ts_name(op)
-    return name.split("::")[0] in ("aten", "prims") and name not in _data("neuron_inf2_torch_ops.json")["unsupported"]
+    return name.split("::")[0] in ("aten", "prims") and name not in neuron_data("neuron_inf2_torch_ops.json")["unsupported"]
 
 
 _inf2_by_lowering = listed_or_decomposed(_inf2_listed, "what torch-xla lowers for neuronx-cc")
 
 
 def inf2_supports(node: fx.Node) -> str | None:
-    unsupported = _data("neuron_inf2_torch_ops.json")["unsupported"]
+    unsupported = neuron_data("neuron_inf2_torch_ops.json")["unsupported"]
     name = ts_name(node.target)
     if name in unsupported:
         return f"torch-neuronx: {unsupported[name]}"
@@ -165,8 +165,8 @@ INF1 = register_target(Target(
                 "with bf16 matmul/conv (neuron-cc --fast-math default)",
     supports=inf1_supports, compile=emulated_compile, dtypes=_NEURON_DTYPES,
     precisions=("bf16",),  # Inferentia1 runs matmuls only in bf16 or fp16
-    default_precision="bf16", unavailable=ov_target._unavailable, emulated=True,
-    policy=_single_fusion_policy(0.6), measure_payoff=False, chip=calibrated(INF1_CHIP),
+    default_precision="bf16", unavailable=ov_target.unavailable, emulated=True,
+    policy=_single_fusion_policy(0.6), measure_payoff=False, chip=INF1_CHIP.calibrated(),
     load=ov_target.load_engine, versions=ov_target.versions,
 ))
 
@@ -175,8 +175,8 @@ INF2 = register_target(Target(
     description="AWS Inferentia2 via torch-neuronx: fit from torch-xla lowering minus Neuron's unsupported ops; "
                 "runs EMULATED on the CPU (fp32 by default: neuronx-cc --auto-cast none)",
     supports=inf2_supports, compile=emulated_compile, dtypes=_NEURON_DTYPES,
-    default_precision="fp32", unavailable=ov_target._unavailable, emulated=True,
-    policy=_support_threshold_policy(0.5), measure_payoff=False, chip=calibrated(INF2_CHIP),
+    default_precision="fp32", unavailable=ov_target.unavailable, emulated=True,
+    policy=_support_threshold_policy(0.5), measure_payoff=False, chip=INF2_CHIP.calibrated(),
     load=ov_target.load_engine, versions=ov_target.versions,
     min_partition_size=1,  # PartitionerConfig.min_subgraph_size=-1: no minimum
 ))

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import fx
 
-from ..precision import emulate_bf16
-from .base import Target, export_partition, listed_or_decomposed, to_numpy
+from .base import Engine, Target, export_partition, listed_or_decomposed, to_numpy
+from .precision import emulate_bf16
 from .registry import register_target
 
 
@@ -84,7 +84,7 @@ def _shared_array(name: str, data: bytes) -> np.ndarray:
     return array
 
 
-class OnnxRuntimeEngine:
+class OnnxRuntimeEngine(Engine):
     """An ONNX model whose large weights live outside it (see externalize), given as the parts
     dict or as a zip of those parts (the compile cache's form)."""
 
@@ -146,7 +146,7 @@ def _unzip(data: bytes) -> dict[str, bytes]:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """torch.onnx and onnxscript print progress and optimizer notes; archfit reports instead."""
     names = ("torch.onnx", "onnxscript", "onnx_ir", "torch.export")
     levels = {n: logging.getLogger(n).level for n in names}
@@ -166,7 +166,7 @@ def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]
         # ORT's CPU provider has no bf16 matmul/conv kernels: round their inputs and outputs to
         # bf16 instead, which gives the numerics of bf16 compute with fp32 accumulation.
         gm = emulate_bf16(gm)
-    with _quiet():
+    with quiet():
         program = torch.onnx.export(export_partition(gm, example_inputs), dynamo=True, optimize=True, verbose=False)
     return OnnxRuntimeEngine(externalize(program.model_proto))
 
@@ -179,7 +179,7 @@ def versions() -> dict:
     return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__}
 
 
-def _unavailable() -> str | None:
+def unavailable() -> str | None:
     try:
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
@@ -196,7 +196,7 @@ TARGET = register_target(
         description="ONNX Runtime CPU execution provider, via torch.onnx (dynamo exporter)",
         supports=supports,
         compile=compile_partition,
-        unavailable=_unavailable,
+        unavailable=unavailable,
         load=OnnxRuntimeEngine,
         versions=versions,
     )

@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import fx
 
-from .base import Target, export_partition, listed_or_decomposed, to_numpy
+from .base import Engine, Target, export_partition, listed_or_decomposed, to_numpy
 from .registry import register_target
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -32,7 +32,7 @@ def _listed(op) -> bool:
 supports = listed_or_decomposed(_listed, "OpenVINO's op list")
 
 
-class OpenVINOEngine:
+class OpenVINOEngine(Engine):
     """One infer request reused across calls; inputs are shared with torch, not copied."""
 
     def __init__(self, compiled_model, config: dict, blob: bytes | None = None):
@@ -88,7 +88,7 @@ def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]
     return OpenVINOEngine(core().compile_model(model, "CPU", config), config)
 
 
-def _unavailable() -> str | None:
+def unavailable() -> str | None:
     try:
         import openvino  # noqa: F401
     except ImportError as e:
@@ -104,7 +104,7 @@ TARGET = register_target(
         description="OpenVINO CPU plugin; bf16 runs on AVX512-BF16/AMX units where present",
         supports=supports,
         compile=compile_partition,
-        unavailable=_unavailable,
+        unavailable=unavailable,
         load=load_engine,
         versions=versions,
     )

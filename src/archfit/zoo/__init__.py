@@ -4,7 +4,9 @@ Each entry builds `(model, example_inputs)` at full size, or `tiny=True`: the sa
 architecture shrunk for tests."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Callable
 
 import torch
@@ -62,10 +64,17 @@ def get(name: str) -> ZooModel:
     return _ZOO[name]
 
 
+def squad_lengths() -> tuple[list[int], int]:
+    """Token-length histogram of SQuAD v1.1 (BERT uncased tokenizer, max 384), shipped with
+    archfit (see DATA.md): (counts, the length counts[0] is for)."""
+    data = json.loads((resources.files("archfit.zoo") / "data" / "squad_v1_bert_lengths.json").read_text())
+    return data["counts"], data["lengths_start_at"]
+
+
 def build(name: str, tiny: bool = False, seed: int = 0) -> tuple[torch.nn.Module, Any]:
     torch.manual_seed(seed)
     model, inputs = get(name).build(tiny)
     return model.eval(), inputs
 
 
-__all__ = ["ZooModel", "build", "get", "names"]
+__all__ = ["ZooModel", "build", "get", "names", "squad_lengths"]

@@ -1,0 +1,104 @@
+"""`archfit` command line: maps commands onto the pipeline, prints one line on error. The
+commands live in build.py (analyze, compile, bench) and files.py (run, generate, inspect)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make a PyTorch model fit an inference accelerator.")
+cache_app = typer.Typer(help="The on-disk compile cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+MODEL_HELP = ("A built-in model name (see `archfit models`), path/to/file.py:function returning "
+              "(model, example_inputs), or a torch.export program saved as .pt2.")
+
+
+def fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(1)
+
+
+def emit(data) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+@contextmanager
+def progress_line(enabled: bool):
+    """A status line with elapsed time on a terminal; silent in pipes and CI."""
+    if not (enabled and sys.stderr.isatty() and not os.environ.get("CI")):
+        yield None
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    with console.status("starting") as status:
+        yield lambda msg: status.update(f"{msg}  [{time.perf_counter() - start:.0f} s]")
+
+
+@app.command()
+def targets():
+    """Targets known to archfit and whether each is usable here."""
+    from ..targets import list_targets
+
+    for t in list_targets():
+        why = t.unavailable()
+        status = "available" if not why else f"unavailable: {why}"
+        typer.echo(f"{t.name:12} {t.device:12} {status}  - {t.description}")
+
+
+@app.command()
+def models():
+    """Built-in models (use --tiny for the test-size variant)."""
+    from .. import zoo
+
+    for n in zoo.names():
+        m = zoo.get(n)
+        typer.echo(f"{n:16} {m.family:10} {m.description}")
+
+
+@cache_app.command("clear")
+def cache_clear():
+    """Delete every cached engine."""
+    from ..core import cache
+
+    typer.echo(f"removed {cache.clear()} cached engine(s) from {cache.cache_dir()}")
+
+
+@cache_app.command("where")
+def cache_where():
+    """Print the cache directory (ARCHFIT_CACHE_DIR; ARCHFIT_CACHE=0 disables it)."""
+    from ..core import cache
+
+    typer.echo(str(cache.cache_dir() or "disabled (ARCHFIT_CACHE=0)"))
+
+
+def main(argv: Optional[list] = None) -> None:
+    from . import build, files  # noqa: F401 - their commands register on `app`
+
+    try:
+        app(args=argv, standalone_mode=True)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - a bug of ours still gets one line; the traceback on request
+        if os.environ.get("ARCHFIT_DEBUG"):
+            raise
+        from ..errors import first_line
+
+        first = first_line(e)
+        typer.echo(f"error: internal: {type(e).__name__}: {first} (run with ARCHFIT_DEBUG=1 for the traceback "
+                   f"and please report it)", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

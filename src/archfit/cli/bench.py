@@ -1,0 +1,262 @@
+"""archfit against its peers on one model, side by side in one process: the same inputs, the same
+thread count, arms interleaved over rounds so that drift (turbo, other load) hits all alike.
+
+Peers: eager PyTorch (fp32 and bf16 autocast), torch.compile (Inductor), ONNX Runtime and OpenVINO
+used directly on the whole model, OpenVINO's own torch.compile backend; archfit on each target and
+precision. Each arm is built lazily and an arm that fails to build is reported, not fatal."""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..core.capture import capture, normalize_inputs
+from ..core.cost import is_compute, node_flops
+from ..errors import CaptureError, first_line
+
+
+@dataclass
+class ArmResult:
+    name: str
+    precision: str
+    build_seconds: float | None = None
+    samples_ms: list[float] = field(default_factory=list)
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def p50(self) -> float:
+        return float(np.percentile(self.samples_ms, 50)) if self.samples_ms else float("nan")
+
+    @property
+    def p90(self) -> float:
+        return float(np.percentile(self.samples_ms, 90)) if self.samples_ms else float("nan")
+
+
+def model_flops(model: torch.nn.Module, inputs: Any) -> int:
+    """FLOPs of one forward pass, by archfit's own per-node count (torch's flop formulas); for
+    models that cannot be captured whole, torch's FLOP counter over an eager run."""
+    try:
+        gm = capture(model, inputs).graph_module
+    except CaptureError:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        args, kwargs = normalize_inputs(inputs)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*args, **kwargs)
+        return int(counter.get_total_flops())
+    return int(sum(node_flops(n) for n in gm.graph.nodes if is_compute(n)))
+
+
+def _call(fn: Callable, inputs: Any) -> Callable[[], object]:
+    args, kwargs = normalize_inputs(inputs)
+    return lambda: fn(*args, **kwargs)
+
+
+def _flat_numpy(inputs: Any) -> list[np.ndarray]:
+    args, kwargs = normalize_inputs(inputs)
+    return [t.numpy() for t in torch.utils._pytree.tree_flatten((args, kwargs))[0]]
+
+
+def _onnxruntime_direct(model, inputs):
+    """The whole model through torch.onnx into one session with ONNX Runtime's default options."""
+    import onnxruntime as ort
+
+    from ..targets.onnxruntime import OnnxRuntimeEngine, externalize, quiet
+
+    args, kwargs = normalize_inputs(inputs)
+    with quiet():
+        program = torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, optimize=True, verbose=False)
+    # externalize: models over protobuf's 2 GB (DLRM) cannot be serialised whole
+    engine = OnnxRuntimeEngine(externalize(program.model_proto), ort.SessionOptions())
+    flat = torch.utils._pytree.tree_flatten((args, kwargs))[0]
+    return lambda: engine.run(flat)
+
+
+def _openvino_direct(model, inputs, precision: str):
+    import openvino as ov
+
+    args, kwargs = normalize_inputs(inputs)
+    example = kwargs if kwargs else (args[0] if len(args) == 1 else args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(model, example_input=example)
+    config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16", "PERFORMANCE_HINT": "LATENCY"}
+    compiled = ov.Core().compile_model(converted, "CPU", config)
+    request = compiled.create_infer_request()
+    feeds = _flat_numpy(inputs)
+    return lambda: request.infer(feeds, share_inputs=True)
+
+
+def _torch_compile(model, inputs, backend: str, precision: str = "fp32"):
+    options = None
+    if backend == "openvino":
+        import openvino.torch  # noqa: F401 - registers the backend
+
+        # OpenVINO's default is bf16 on CPUs with bf16 units: say which precision is meant
+        options = {"device": "CPU", "config": {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16"}}
+    compiled = torch.compile(model, backend=backend, options=options)
+    fn = _call(compiled, inputs)
+    with torch.no_grad():
+        fn()  # compile now, not in the first timed call
+    return fn
+
+
+def _eager_bf16(model, inputs):
+    fn = _call(model, inputs)
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn()
+    return run
+
+
+def _archfit(model, inputs, target: str, precision: str, force_cpu=()):
+    from .. import trace
+
+    compiled = trace(model, inputs, target, precision=precision, force_cpu=force_cpu)
+    return _call(compiled, inputs), compiled
+
+
+def arms(model: torch.nn.Module, inputs: Any, targets=("openvino", "onnxruntime"),
+         precisions=("fp32", "bf16"), peers: bool = True) -> dict[str, tuple[str, Callable[[], Callable]]]:
+    """name -> (precision, builder returning a zero-argument call)."""
+    out: dict[str, tuple[str, Callable]] = {"eager PyTorch": ("fp32", lambda: _call(model, inputs))}
+    if peers:
+        out["eager PyTorch bf16 autocast"] = ("bf16", lambda: _eager_bf16(model, inputs))
+        out["torch.compile (Inductor)"] = ("fp32", lambda: _torch_compile(model, inputs, "inductor"))
+        out["ONNX Runtime direct"] = ("fp32", lambda: _onnxruntime_direct(model, inputs))
+        out["OpenVINO direct"] = ("fp32", lambda: _openvino_direct(model, inputs, "fp32"))
+        if "bf16" in precisions:
+            out["OpenVINO direct bf16"] = ("bf16", lambda: _openvino_direct(model, inputs, "bf16"))
+        out["torch.compile (OpenVINO backend)"] = ("fp32", lambda: _torch_compile(model, inputs, "openvino"))
+        if "bf16" in precisions:
+            out["torch.compile (OpenVINO backend) bf16"] = (
+                "bf16", lambda: _torch_compile(model, inputs, "openvino", "bf16"))
+    for t in targets:
+        for p in precisions:
+            out[f"archfit {t} {p}"] = (p, lambda t=t, p=p: _archfit(model, inputs, t, p)[0])
+    return out
+
+
+def run_arms(builders: dict[str, tuple[str, Callable]], rounds: int = 5, seconds_per_round: float = 1.0,
+             log: Callable[[str], None] | None = None) -> list[ArmResult]:
+    """Build every arm, then time them interleaved: each round runs each arm for about
+    `seconds_per_round` (at least 3 calls) and keeps every call's latency."""
+    results, calls = [], []
+    for name, (precision, build) in builders.items():
+        r = ArmResult(name, precision)
+        t0 = time.perf_counter()
+        try:
+            with torch.no_grad():
+                fn = build()
+                fn()  # first call (lazy initialisation) is not timed
+            r.build_seconds = time.perf_counter() - t0
+            calls.append((r, fn))
+        except Exception as e:  # noqa: BLE001 - a peer that cannot handle the model is a result
+            r.error = f"{type(e).__name__}: {first_line(e, 160)}"
+        if log:
+            log(f"built {name}: {r.error or f'{r.build_seconds:.1f} s'}")
+        results.append(r)
+    with torch.no_grad():
+        for _ in range(rounds):
+            for r, fn in calls:
+                start = time.perf_counter()
+                n = 0
+                while n < 3 or time.perf_counter() - start < seconds_per_round:
+                    t = time.perf_counter()
+                    fn()
+                    r.samples_ms.append((time.perf_counter() - t) * 1e3)
+                    n += 1
+    return results
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage: ru_maxrss survives exec, so a
+    child started by a large parent would report the parent's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    """Best square matmul rate PyTorch (oneDNN / MKL) reaches here, in GFLOP/s."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def openvino_matmul_peak_gflops(precision: str, n: int = 2048, seconds: float = 2.0) -> float:
+    """The same for OpenVINO's CPU plugin (a one-MatMul model with a constant weight)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([n, n], np.float32)
+    w = ops.constant(np.random.rand(n, n).astype(np.float32))
+    model = ov.Model([ops.matmul(x, w, False, False)], [x])
+    config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16", "PERFORMANCE_HINT": "LATENCY"}
+    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+    feed = [np.random.rand(n, n).astype(np.float32)]
+    for _ in range(3):
+        request.infer(feed)
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        request.infer(feed)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def table(results: list[ArmResult], flops: int, peaks: dict[str, float]) -> list[dict]:
+    """Rows with p50/p90, ratios to eager and to the best peer at the same precision, and the
+    achieved FLOP rate as a share of the machine's matmul peak at that precision."""
+    eager = next((r.p50 for r in results if r.name == "eager PyTorch" and r.samples_ms), float("nan"))
+    ok = [r for r in results if r.samples_ms]
+    rows = []
+    for r in results:
+        best_peer = min((p.p50 for p in ok if not p.name.startswith("archfit") and p.precision == r.precision),
+                        default=float("nan"))
+        gflops = flops / (r.p50 / 1e3) / 1e9 if r.samples_ms else float("nan")
+        rows.append({"arm": r.name, "precision": r.precision, "p50_ms": r.p50, "p90_ms": r.p90,
+                     "vs_eager": eager / r.p50 if r.samples_ms else float("nan"),
+                     "vs_best_peer": best_peer / r.p50 if r.samples_ms else float("nan"),
+                     "gflops": gflops, "share_of_peak": gflops / peaks[r.precision] if r.samples_ms else float("nan"),
+                     "build_s": r.build_seconds, "error": r.error, **r.extra})
+    return rows
+
+
+def render(rows: list[dict]) -> str:
+    lines = ["| arm | prec | p50 ms | p90 ms | vs eager | vs best peer (same prec) | GFLOP/s | of matmul peak | build s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["error"]:
+            lines.append(f"| {r['arm']} | {r['precision']} | failed: {r['error']} | | | | | | |")
+            continue
+        lines.append(f"| {r['arm']} | {r['precision']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {_x(r['vs_eager'])} "
+                     f"| {_x(r['vs_best_peer'])} | {_num(r['gflops'], '.0f')} | {_num(r['share_of_peak'], '.0%')} "
+                     f"| {r['build_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def _num(v: float, fmt: str) -> str:
+    return "-" if v != v or v in (float("inf"), 0.0) else format(v, fmt)  # v != v: NaN
+
+
+def _x(v: float) -> str:
+    return "-" if v != v else f"{v:.2f}x"

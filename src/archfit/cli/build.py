@@ -1,0 +1,237 @@
+"""Commands that build: analyze, compile (with buckets or for generation) and bench."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .app import MODEL_HELP, app, emit, fail, progress_line
+
+@app.command()
+def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
+            target: List[str] = typer.Option(["openvino", "onnxruntime"], "--target", "-t", help="Target(s) to check."),
+            precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (default: each target's own)."),
+            force_cpu: List[str] = typer.Option([], "--force-cpu", help="Op or node name to keep on the CPU."),
+            tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
+            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Fit report per target, without compiling."""
+    from .. import ArchfitError, analyze as run_analyze
+    from .models import load_model
+
+    try:
+        mod, inputs, name = load_model(model, tiny)
+        result = run_analyze(mod, inputs, targets=target, precision=precision, force_cpu=force_cpu, name=name)
+    except ArchfitError as e:
+        fail(e)
+    emit(result.to_dict()) if as_json else typer.echo(result.to_text())
+
+
+@app.command("compile")
+def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
+             output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the compiled model here."),
+             target: str = typer.Option("openvino", "--target", "-t"),
+             precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (auto-casts matmul and convolution); "
+                                                                "default: the target's own."),
+             force_cpu: List[str] = typer.Option([], "--force-cpu", help="Op or node name to keep on the CPU."),
+             require_full: bool = typer.Option(False, help="Fail unless every op runs on the target."),
+             min_partition_size: Optional[int] = typer.Option(None, help="Smallest partition, in compute ops "
+                                                                         "(default: the target's own)."),
+             no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the compile cache."),
+             tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
+             vary: List[str] = typer.Option([], "--vary", help="NAME:DIM of an input dim that varies (repeat for "
+                                                               "inputs tied to the same size)."),
+             buckets: Optional[str] = typer.Option(None, help="Bucket sizes to compile, e.g. 64,128,384."),
+             lengths: Optional[Path] = typer.Option(None, help="Sizes seen in production, to choose buckets from: a "
+                                                               "JSON list of sizes, or {\"counts\": [...], "
+                                                               "\"lengths_start_at\": 1}."),
+             max_buckets: int = typer.Option(4, help="With --lengths: how many buckets at most."),
+             pad: List[str] = typer.Option([], "--pad", help="NAME=VALUE: the pad value of an input (default 0)."),
+             dynamic_batch: bool = typer.Option(False, help="Accept any batch size in dim 0 (split / pad)."),
+             generate: bool = typer.Option(False, "--generate", help="Seq2seq models: compile for generation "
+                                                                     "(encoder per source bucket, decoder step "
+                                                                     "with a static key/value cache)."),
+             source_buckets: str = typer.Option("16,32,64", help="With --generate: source-length buckets."),
+             max_new_tokens: int = typer.Option(64, help="With --generate: length of the decoder cache."),
+             num_beams: int = typer.Option(1, help="With --generate: most beams generate will be asked for."),
+             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Compile for a target, validate against eager PyTorch, compare latency, optionally save."""
+    import torch
+
+    from .. import ArchfitError, save, trace
+    from ..artifact.container import check_output_path
+    from ..core.capture import normalize_inputs
+    from ..core.timing import median_seconds
+    from ..errors import InputError
+    from .models import load_model
+
+    try:
+        if output is not None:  # before any work: a bad path found after a long compile loses it
+            check_output_path(output)
+    except ArchfitError as e:
+        fail(e)
+    if generate:
+        return _compile_seq2seq(model, tiny, output, target, precision, source_buckets, max_new_tokens, num_beams,
+                                not no_cache, as_json)
+    try:
+        mod, inputs, name = load_model(model, tiny)
+        spec = _buckets(vary, buckets, lengths, max_buckets, pad)
+        with progress_line(not as_json) as progress:
+            compiled = trace(mod, inputs, target=target, precision=precision, force_cpu=force_cpu,
+                             require_full=require_full, min_partition_size=min_partition_size,
+                             cache=not no_cache, progress=progress, name=name, buckets=spec,
+                             dynamic_batch=dynamic_batch)
+        if output is not None:
+            save(compiled, output)
+    except ArchfitError as e:
+        fail(e)
+    args, kwargs = normalize_inputs(inputs)
+    try:
+        with torch.no_grad():
+            eager_ms = median_seconds(lambda: mod(*args, **kwargs), budget=1.0) * 1e3
+            compiled_ms = median_seconds(lambda: compiled(*args, **kwargs), budget=1.0) * 1e3
+        latency = {"eager": eager_ms, "compiled": compiled_ms}
+        line = (f"latency (median, batch as given): eager PyTorch {eager_ms:.3f} ms, archfit {compiled.target} "
+                f"{compiled_ms:.3f} ms, speedup {eager_ms / compiled_ms:.2f}x")
+    except InputError as e:  # buckets chosen below the example's size
+        latency, line = None, f"latency: not compared, the example inputs do not fit: {e}"
+    if as_json:
+        emit(compiled.report.to_dict() | {"latency_ms": latency, "output": str(output) if output else None})
+        return
+    typer.echo(compiled.report.to_text())
+    if compiled.summary():
+        typer.echo(compiled.summary())
+    typer.echo(line)
+    if output is not None:
+        typer.echo(f"saved {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+
+
+def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, source_buckets: str, max_new_tokens: int,
+                     num_beams: int, cache: bool, as_json: bool) -> None:
+    import torch
+
+    from .. import ArchfitError, save, trace_seq2seq
+    from ..errors import InputError
+    from .models import load_model
+    from ..core.timing import median_seconds
+
+    try:
+        mod, inputs, _name = load_model(model, tiny)
+        hf = getattr(mod, "model", mod)  # the zoo wraps seq2seq models as one decoder step
+        try:
+            buckets = tuple(int(x) for x in source_buckets.split(","))
+        except ValueError:
+            raise InputError(f"--source-buckets {source_buckets!r} must be sizes like 16,32,64") from None
+        with progress_line(not as_json) as progress:
+            compiled = trace_seq2seq(hf, target, source_buckets=buckets, num_beams=num_beams,
+                                     max_new_tokens=max_new_tokens, precision=precision, cache=cache,
+                                     progress=progress)
+        if output is not None:
+            save(compiled, output)
+    except ArchfitError as e:
+        fail(e)
+    ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs[0]
+    n = min(max_new_tokens, 32)
+    kw = dict(max_new_tokens=n, min_new_tokens=n)  # same work for both: every call makes n tokens
+    with torch.no_grad():
+        same = bool(torch.equal(compiled.generate(ids, **kw), hf.generate(ids, **kw)))
+        eager_ms = median_seconds(lambda: hf.generate(ids, **kw), budget=2.0) * 1e3
+        compiled_ms = median_seconds(lambda: compiled.generate(ids, **kw), budget=2.0) * 1e3
+    if as_json:
+        emit(compiled.report.to_dict() | {"greedy_ms": {"eager": eager_ms, "compiled": compiled_ms},
+                                           "same_tokens": same, "output": str(output) if output else None})
+        return
+    typer.echo(compiled.report.to_text())
+    typer.echo(compiled.summary())
+    typer.echo(f"greedy generation of {n} tokens from {ids.shape[1]} source tokens: eager transformers "
+               f"{eager_ms:.1f} ms, archfit {compiled.target} {compiled_ms:.1f} ms ({eager_ms / compiled_ms:.2f}x, "
+               f"{n / compiled_ms * 1e3:.0f} tokens/s), same tokens: {'yes' if same else 'NO'}")
+    if output is not None:
+        typer.echo(f"saved {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+
+
+def _buckets(vary: list, sizes: str | None, lengths: Path | None, max_buckets: int, pad: list):
+    """--vary/--buckets/--lengths/--pad as an archfit.Buckets (None when nothing varies)."""
+    from .. import Buckets
+    from ..errors import InputError, first_line
+
+    if not vary:
+        if sizes or lengths or pad:
+            raise InputError("--buckets, --lengths and --pad need --vary NAME:DIM naming the input dims that vary")
+        return None
+    dims, pad_values = {}, {}
+    for item in vary:
+        name, _, dim = item.rpartition(":")
+        if not name or not dim.lstrip("-").isdigit():
+            raise InputError(f"--vary {item!r} must be NAME:DIM, e.g. input_ids:1")
+        dims[name] = int(dim)
+    for item in pad:
+        name, _, value = item.partition("=")
+        try:
+            pad_values[name] = float(value)
+        except ValueError:
+            raise InputError(f"--pad {item!r} must be NAME=NUMBER") from None
+    if (sizes is None) == (lengths is None):
+        raise InputError("with --vary, give either --buckets SIZES or --lengths FILE")
+    try:
+        if sizes is not None:
+            return Buckets(dims, sizes=tuple(int(x) for x in sizes.split(",")), pad_values=pad_values)
+        if lengths.stat().st_size > 64 * 2**20:
+            raise InputError(f"--lengths {lengths}: over 64 MiB; give a histogram ({{\"counts\": [...]}}) instead")
+        data = json.loads(lengths.read_text())
+        if isinstance(data, list):
+            return Buckets(dims, sample=tuple(int(x) for x in data), max_buckets=max_buckets, pad_values=pad_values)
+        start = int(data.get("lengths_start_at", 1))
+        return Buckets(dims, histogram=(0.0,) * (start - 1) + tuple(data["counts"]), max_buckets=max_buckets,
+                       pad_values=pad_values)
+    except (ValueError, OSError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise InputError(f"bucket options: {type(e).__name__}: {first_line(e, 200)}") from None
+
+
+@app.command("bench")
+def bench_(model: str = typer.Argument(..., help=MODEL_HELP + " Or a file written by `archfit compile -o`."),
+           target: List[str] = typer.Option(["openvino", "onnxruntime"], "--target", "-t", help="archfit target(s)."),
+           precision: List[str] = typer.Option(["fp32", "bf16"], "--precision", help="Precision(s) to run archfit at."),
+           arm: List[str] = typer.Option([], "--arm", help="Only the arms whose name contains this (repeatable)."),
+           peers: bool = typer.Option(True, help="Also run the peers (torch.compile, ONNX Runtime and OpenVINO "
+                                                 "used directly, ...)."),
+           rounds: int = typer.Option(5, help="Rounds; every arm runs once per round, interleaved."),
+           tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
+           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """archfit against eager PyTorch and the other ways to run the model, side by side."""
+    import torch
+
+    from .. import ArchfitError, load
+    from . import bench
+    from .models import load_model
+
+    try:
+        if model.endswith(".archfit"):
+            module = load(model)
+            flat = [torch.zeros(s.shape, dtype=s.dtype) for s in module.inputs]
+            args, kwargs = torch.utils._pytree.tree_unflatten(flat, module.in_spec)
+            builders = {f"archfit {module.target} {module.precision} (loaded)":
+                        (module.precision, lambda: (lambda: module(*args, **kwargs)))}
+            flops, peaks = 0, {"fp32": float("nan"), "bf16": float("nan")}  # no model here to count or compare
+        else:
+            mod, inputs, _name = load_model(model, tiny)
+            mod.eval()
+            builders = bench.arms(mod, inputs, targets=target, precisions=precision, peers=peers)
+            flops = bench.model_flops(mod, inputs)
+            peaks = {"fp32": bench.matmul_peak_gflops(torch.float32), "bf16": bench.matmul_peak_gflops(torch.bfloat16)}
+        if arm:
+            builders = {k: v for k, v in builders.items() if k == "eager PyTorch" or any(a in k for a in arm)}
+        with progress_line(not as_json) as progress:
+            results = bench.run_arms(builders, rounds=rounds, log=progress)
+        rows = bench.table(results, flops, peaks)
+    except ArchfitError as e:
+        fail(e)
+    if as_json:
+        emit({"model": model, "gflop": flops / 1e9, "matmul_peak_gflops": peaks, "rows": rows})
+        return
+    typer.echo(f"{model}: {flops / 1e9:.3f} GFLOP per call; matmul peak here: fp32 {peaks['fp32']:.0f}, "
+               f"bf16 {peaks['bf16']:.0f} GFLOP/s; {torch.get_num_threads()} threads")
+    typer.echo(bench.render(rows))
+
+

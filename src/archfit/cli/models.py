@@ -1,0 +1,63 @@
+"""Resolve the MODEL argument of the CLI: a built-in zoo name or `path/to/file.py:function`."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import torch
+
+from .. import zoo
+from ..core.source import from_traceback
+from ..errors import ModelError, first_line
+
+
+def load_model(spec: str, tiny: bool = False) -> tuple[torch.nn.Module, Any, str]:
+    """Returns (model, example_inputs, display name)."""
+    if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
+        path, func = spec.rsplit(":", 1)
+        if not os.path.isfile(path):
+            raise ModelError(f"model file {path!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(f"archfit_user_{abs(hash(path))}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)  # the user's own file, run on purpose
+        except Exception as e:  # noqa: BLE001 - the user's code failing is named, with its line
+            raise ModelError(f"{path} raised {type(e).__name__} when imported{_where(e)}: {first_line(e, 200)}") from e
+        if not hasattr(module, func):
+            raise ModelError(f"{path} has no function {func!r}; it must return (model, example_inputs)")
+        try:
+            result = getattr(module, func)()
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"{spec} raised {type(e).__name__}{_where(e)}: {first_line(e, 200)}; it must return "
+                             f"(model, example_inputs)") from e
+        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)):
+            raise ModelError(f"{spec} must return (model, example_inputs), got {type(result).__name__}")
+        return result[0].eval(), result[1], func
+    if spec.endswith(".pt2"):
+        return _load_exported(spec)
+    model, inputs = zoo.build(spec, tiny=tiny)
+    return model, inputs, spec + (" (tiny)" if tiny else "")
+
+
+def _where(e: BaseException) -> str:
+    where = from_traceback(e.__traceback__)
+    return f" at {where}" if where else ""
+
+
+def _load_exported(path: str) -> tuple[torch.nn.Module, Any, str]:
+    """A program saved with torch.export.save; its example inputs travel with it."""
+    if not os.path.isfile(path):
+        raise ModelError(f"exported program {path!r} does not exist")
+    try:
+        ep = torch.export.load(path)
+    except Exception as e:  # noqa: BLE001 - torch's loader errors become one line
+        raise ModelError(f"{path} is not a loadable torch.export program ({type(e).__name__}: {e}); save it with "
+                         f"torch.export.save") from None
+    if ep.example_inputs is None:
+        raise ModelError(f"{path} holds no example inputs; export with example inputs and save again")
+    args, kwargs = ep.example_inputs
+    inputs = dict(kwargs) if kwargs and not args else args
+    if kwargs and args:
+        raise ModelError(f"{path} mixes positional and keyword example inputs; archfit's CLI needs one kind")
+    return ep.module(), inputs, os.path.basename(path)

@@ -1,0 +1,12 @@
+"""The stages every model goes through, each a function over frozen data: capture -> support ->
+partition -> compile -> validate, and the static-shape module that runs the result."""
+from .capture import Captured, CaptureFailure, TensorSpec, capture, capture_fixed
+from .compile import CompiledGraph, EngineModule, compile_plan
+from .module import ArchfitModule, CompiledModule
+from .partition import Partition, PartitionPlan, plan_partitions
+from .support import Reason, SupportTable, check_support
+from .validate import TOLERANCES, Validation, validate
+
+__all__ = ["ArchfitModule", "CaptureFailure", "Captured", "CompiledGraph", "CompiledModule", "EngineModule",
+           "Partition", "PartitionPlan", "Reason", "SupportTable", "TOLERANCES", "TensorSpec", "Validation", "capture",
+           "capture_fixed", "check_support", "compile_plan", "plan_partitions", "validate"]

@@ -1,0 +1,244 @@
+"""Stage 4: cut the graph into target partitions and host code, compile each partition, and keep
+a partition on the target only if its compiled run (boundary crossing included) beats PyTorch."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import torch
+from torch import fx
+from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
+
+from ..errors import CompileError, first_line
+from ..ops import op_name
+from ..targets.base import Engine, Target
+from . import cache
+from .capture import Captured
+from .cost import is_compute
+from .partition import PartitionPlan, drop_partitions
+from .support import Reason
+from .timing import median_seconds
+
+PREFIX = "target_"
+# Whole-model timings on this class of machine repeat within about 2%; a partition moves back to
+# PyTorch only when PyTorch is faster by more than that, not on a coin toss between equals.
+PAYOFF_NOISE = 0.02
+
+
+class EngineModule(torch.nn.Module):
+    """Stands in for a partition's submodule: calls the compiled engine."""
+
+    def __init__(self, engine: Engine, index: int, target: str, out_dtypes: Sequence[torch.dtype]):
+        super().__init__()
+        self.engine = engine
+        self.index = index
+        self.target = target
+        self.out_dtypes = tuple(out_dtypes)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = self.engine.run(inputs)
+        # Backends may narrow dtypes (e.g. int64 -> int32); hand PyTorch what it expects.
+        return tuple(o if o.dtype == d else o.to(d) for o, d in zip(outs, self.out_dtypes))
+
+    def extra_repr(self) -> str:
+        return f"partition={self.index}, target={self.target!r}"
+
+
+@dataclass(frozen=True)
+class PartitionTiming:
+    compile_seconds: float
+    compiled_ms: float  # engine run incl. crossing the boundary (tensor <-> backend)
+    eager_ms: float  # the same subgraph run by PyTorch
+    cached: bool = False  # engine loaded from the compile cache
+    # the whole model with this partition on the target / in PyTorch: what the payoff decides on
+    model_ms_on_target: float | None = None
+    model_ms_in_pytorch: float | None = None
+
+    @property
+    def pays_off(self) -> bool:
+        if self.model_ms_on_target is not None and self.model_ms_in_pytorch is not None:
+            return self.model_ms_in_pytorch >= self.model_ms_on_target * (1 - PAYOFF_NOISE)
+        return self.compiled_ms < self.eager_ms
+
+
+@dataclass
+class CompiledGraph:
+    graph_module: fx.GraphModule  # host code calling EngineModules
+    plan: PartitionPlan
+    timings: dict[int, PartitionTiming]
+    references: dict[int, fx.GraphModule] = field(repr=False)  # eager partitions, for validation
+    boundary_inputs: dict[int, tuple[torch.Tensor, ...]] = field(repr=False)
+
+
+def shared_copy(gm: torch.nn.Module) -> torch.nn.Module:
+    """Deep copy of a module (a graph's, or a model's tree) that shares, not duplicates, weight tensors."""
+    memo = {id(t): t for t in list(gm.parameters()) + list(gm.buffers())}
+    for name, value in vars(gm).items():
+        if isinstance(value, torch.Tensor):
+            memo[id(value)] = value
+    return copy.deepcopy(gm, memo)
+
+
+def split(captured: Captured, plan: PartitionPlan) -> fx.GraphModule:
+    """Host graph with one `target_i` submodule per partition; weights move into partitions."""
+    gm = shared_copy(captured.graph_module)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    groups = [dict.fromkeys(by_name[name] for name in p.nodes) for p in plan.partitions]
+    owner = {n: i for i, g in enumerate(groups) for n in g}
+    # Each partition gets its own get_attr for every weight it reads, so the backend sees
+    # weights as constants (folded and pre-packed) instead of runtime inputs.
+    for node in [n for n in gm.graph.nodes if n.op == "get_attr"]:
+        users_by_part: dict[int, list[fx.Node]] = {}
+        for u in list(node.users):
+            if u in owner:
+                users_by_part.setdefault(owner[u], []).append(u)
+        for i, users in users_by_part.items():
+            with gm.graph.inserting_after(node):
+                clone = gm.graph.get_attr(node.target)
+            clone.meta = dict(node.meta)
+            for u in users:
+                u.replace_input_with(node, clone)
+            groups[i][clone] = None
+        if not node.users:
+            gm.graph.erase_node(node)
+    if groups:
+        gm = fuse_by_partitions(gm, groups, prefix=PREFIX, always_return_tuple=True)
+    gm.recompile()
+    return gm
+
+
+def record_partition_inputs(gm: fx.GraphModule, count: int, inputs: Sequence[torch.Tensor]) -> dict[int, tuple]:
+    seen: dict[int, tuple] = {}
+    hooks = []
+    for i in range(count):
+        def hook(_mod, args, i=i):
+            seen[i] = tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args)
+        hooks.append(getattr(gm, f"{PREFIX}{i}").register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            gm(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _compile_one(target: Target, sub: fx.GraphModule, args: tuple, precision: str, index: int,
+                 use_cache: bool) -> tuple[Engine, float, bool]:
+    """(engine, seconds, came from the cache)."""
+    t0 = time.perf_counter()
+    key = cache.partition_key(target, sub, args, precision) if use_cache and target.load else None
+    if key is not None:
+        engine = cache.get(key, target)
+        if engine is not None:
+            return engine, time.perf_counter() - t0, True
+    try:
+        engine = target.compile(sub, args, precision)
+    except Exception as e:  # noqa: BLE001 - any backend failure becomes one readable line
+        msg = first_line(e)
+        ops = sorted({op_name(n) for n in sub.graph.nodes if n.op == "call_function"})
+        raise CompileError(
+            f"{target.name} failed to compile partition {index} ({len(ops)} op kinds: "
+            f"{', '.join(ops[:8])}{'...' if len(ops) > 8 else ''}): {type(e).__name__}: {msg}; "
+            f"force the op at fault to the CPU with force_cpu=[...] or try another target"
+        ) from None
+    if key is not None:
+        cache.put(key, engine)
+    return engine, time.perf_counter() - t0, False
+
+
+def _check_outputs(index: int, target: str, got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> None:
+    if len(got) != len(want) or any(tuple(g.shape) != tuple(w.shape) for g, w in zip(got, want)):
+        raise CompileError(
+            f"{target} engine for partition {index} returned shapes {[tuple(g.shape) for g in got]}, "
+            f"expected {[tuple(w.shape) for w in want]}; this is a backend conversion bug: "
+            f"force one of its ops to the CPU with force_cpu=[...]"
+        )
+
+
+def _model_ms(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> float:
+    with torch.no_grad():
+        return median_seconds(lambda: gm(*inputs), budget=0.3) * 1e3
+
+
+def _in_context_losers(gm: fx.GraphModule, engine_mods: dict[int, EngineModule], references: dict[int, fx.GraphModule],
+                       inputs: Sequence[torch.Tensor], timings: dict[int, PartitionTiming]) -> dict[int, str]:
+    """Partitions whose removal makes the whole model faster. Timing a partition alone misses
+    what crossing its boundary really costs: the hand-off between the backend's threads and
+    PyTorch's, cold caches, copies. So each is judged by the whole model, run both ways."""
+    for i, mod in engine_mods.items():
+        setattr(gm, f"{PREFIX}{i}", mod)
+    on_target = _model_ms(gm, inputs)
+    losers = {}
+    for i, mod in engine_mods.items():
+        setattr(gm, f"{PREFIX}{i}", references[i])
+        in_pytorch = _model_ms(gm, inputs)
+        setattr(gm, f"{PREFIX}{i}", mod)
+        timings[i] = replace(timings[i], model_ms_on_target=on_target, model_ms_in_pytorch=in_pytorch)
+        if in_pytorch < on_target * (1 - PAYOFF_NOISE):
+            t = timings[i]
+            losers[i] = (f"whole model {in_pytorch:.3f} ms with it in PyTorch vs {on_target:.3f} ms on the target "
+                         f"(alone: compiled {t.compiled_ms:.3f} ms vs PyTorch {t.eager_ms:.3f} ms)")
+    return losers
+
+
+def compile_plan(
+    captured: Captured, plan: PartitionPlan, target: Target, precision: str, check_payoff: bool = True,
+    use_cache: bool = True, progress=None,
+) -> CompiledGraph:
+    """Compile every partition; re-plan without the ones that do not pay off, until stable.
+    Engines are cached by the partition's node set, so re-planning never recompiles one."""
+    engines: dict[tuple[str, ...], tuple[Engine, PartitionTiming, list[torch.dtype]]] = {}
+    while True:
+        gm = split(captured, plan)
+        n = len(plan.partitions)
+        boundary = record_partition_inputs(gm, n, captured.example_inputs)
+        references = {i: getattr(gm, f"{PREFIX}{i}") for i in range(n)}
+        for i, part in enumerate(plan.partitions):
+            sub, args = references[i], boundary[i]
+            if part.nodes not in engines:
+                if progress is not None:
+                    progress(f"compiling partition {i + 1}/{n} on {target.name} ({part.compute_ops} ops)")
+                engine, seconds, cached = _compile_one(target, sub, args, precision, i, use_cache)
+                with torch.no_grad():
+                    want = sub(*args)
+                    _check_outputs(i, target.name, engine.run(args), want)
+                    eager = median_seconds(lambda: sub(*args)) if check_payoff else float("nan")
+                compiled = median_seconds(lambda: engine.run(args)) if check_payoff else float("nan")
+                timing = PartitionTiming(seconds, compiled * 1e3, eager * 1e3, cached)
+                engines[part.nodes] = (engine, timing, [t.dtype for t in want])
+        timings = {i: engines[p.nodes][1] for i, p in enumerate(plan.partitions)}
+        engine_mods = {i: EngineModule(engines[p.nodes][0], i, target.name, engines[p.nodes][2])
+                       for i, p in enumerate(plan.partitions)}
+        if check_payoff and n:
+            if progress is not None:
+                progress("timing each partition in the whole model, on the target and in PyTorch")
+            losers = _in_context_losers(gm, engine_mods, references, captured.example_inputs, timings)
+            if losers:
+                plan = drop_partitions(captured.graph_module, plan, losers, Reason.NO_PAYOFF)
+                continue
+        for i, mod in engine_mods.items():
+            setattr(gm, f"{PREFIX}{i}", mod)
+        gm.delete_all_unused_submodules()  # weights now owned by engines need not stay in PyTorch
+        hand_over_if_alone(gm)
+        return CompiledGraph(gm, plan, timings, references, boundary)
+
+
+def hand_over_if_alone(gm: fx.GraphModule) -> None:
+    """Engines keep their worker threads idle-waiting (not spinning) because PyTorch needs the
+    cores for the host ops between engine calls. With one engine and no host compute there is
+    nothing to share the cores with, so the engine may run as it would on its own."""
+    engines = [m for m in gm.modules() if isinstance(m, EngineModule)]
+    host_compute = any(is_compute(n) for n in gm.graph.nodes)
+    if len(engines) == 1 and not host_compute:
+        engines[0].engine.run_alone()
+
+
+def share_cores(root: torch.nn.Module) -> None:
+    """Undo hand_over_if_alone for engines called from host Python that computes between their
+    calls (a generation loop, a detector's NMS): spinning workers would take its cores."""
+    for m in root.modules():
+        if isinstance(m, EngineModule):
+            m.engine.run_shared()

@@ -1,0 +1,139 @@
+"""Stage 7: the modules users call. `ArchfitModule` is what every trace returns, whatever its
+shape (one static graph, buckets, regions attached to a model, a seq2seq generator): the target,
+precision and report it was compiled with, a summary, and the parts its file is made of.
+
+`CompiledModule` is the static-shape one: it checks inputs, runs the host graph (which calls
+the engines) and restores the model's output structure. The host graph is fx-generated Python,
+which frees every intermediate right after its last use (the jaxpr-interpreter discipline)."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import fx
+from torch.utils import _pytree as pytree
+
+from ..errors import InputError
+from .capture import TensorSpec
+
+
+class ArchfitModule(torch.nn.Module):
+    """Base of what archfit.trace / trace_seq2seq return and archfit.load gives back.
+
+    Subclasses name their file `kind` and say which static or bucketed modules their file holds
+    (`file_components`), plus the plain data needed to rebuild them (`file_meta`); `from_file`
+    is the way back."""
+
+    kind: ClassVar[str] = "module"
+
+    def __init__(self, target: str, precision: str, emulated: bool, report=None, manifest: dict | None = None):
+        super().__init__()
+        self.target = target
+        self.precision = precision
+        self.emulated = emulated  # target partitions run on a CPU stand-in for the named chip
+        self.report = report  # FitReport; None for modules loaded from a file
+        self.manifest = manifest  # the file's manifest, for modules loaded from one
+        self._check_finite = False
+
+    @property
+    def check_finite(self) -> bool:
+        """Refuse NaN/Inf inputs (see check_values); off by default, on in `archfit run`."""
+        return self._check_finite
+
+    @check_finite.setter
+    def check_finite(self, on: bool) -> None:
+        for m in self.modules():  # the static modules inside buckets, regions and generators too
+            if isinstance(m, ArchfitModule):
+                m._check_finite = bool(on)
+
+    def summary(self) -> str:
+        """What is particular to this module's shape (buckets, regions, generation), as text lines."""
+        return ""
+
+    def file_components(self) -> dict[str, "ArchfitModule"]:
+        """Static or bucketed modules to store, by name."""
+        return {"main": self}
+
+    def file_meta(self) -> dict[str, Any]:
+        """JSON-able data, besides the components, that `from_file` needs."""
+        return {}
+
+    @classmethod
+    def from_file(cls, components: dict[str, "ArchfitModule"], meta: dict, manifest: dict,
+                  model: torch.nn.Module | None = None, source: str = "the file") -> "ArchfitModule":
+        """Rebuild from what `file_components` and `file_meta` stored (`source`: the file, for errors)."""
+        return components["main"]
+
+    def extra_repr(self) -> str:
+        emulated = ", EMULATED on the CPU" if self.emulated else ""
+        return f"target={self.target!r}, precision={self.precision!r}{emulated}"
+
+
+def check_values(spec: TensorSpec, value: torch.Tensor, finite: bool) -> None:
+    """Values a compiled engine would answer silently and wrongly: ids outside the embedding
+    table (eager PyTorch raises; an engine reads another row), and, when asked, NaN or Inf
+    (backends propagate them differently: OpenVINO may return finite outputs where eager gives NaN)."""
+    if spec.index_limit is not None and value.numel():
+        low, high = int(value.min()), int(value.max())
+        if low < 0 or high >= spec.index_limit:
+            bad = low if low < 0 else high
+            raise InputError(f"input {spec.name!r} holds id {bad}, outside the embedding table's range 0.."
+                             f"{spec.index_limit - 1}; eager PyTorch would raise IndexError: fix the ids")
+    if finite and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        count = int((~torch.isfinite(value)).sum())
+        raise InputError(f"input {spec.name!r} holds {count} NaN/Inf value(s); targets differ in how they propagate "
+                         f"them, so archfit refuses them (check_finite=True): clean the input, or set "
+                         f"module.check_finite = False to pass them through")
+
+
+def describe(shape, dtype) -> str:
+    return f"{tuple(shape)} {str(dtype).replace('torch.', '')}"
+
+
+def flatten_call(module, args: tuple, kwargs: dict, in_spec: pytree.TreeSpec,
+                 inputs: tuple[TensorSpec, ...]) -> list:
+    """The call's flat inputs, refused when not structured as the example inputs were."""
+    flat, spec = pytree.tree_flatten((args, kwargs))
+    if spec != in_spec:
+        names = ", ".join(i.name for i in inputs)
+        raise InputError(f"called with {len(flat)} input(s) in another structure than traced; expected the "
+                         f"inputs ({names}) passed the same way (positional/keyword) as the example inputs")
+    return flat
+
+
+class CompiledModule(ArchfitModule):
+    """Returned by `archfit.trace`: same inputs, same output structure as the traced model."""
+
+    def __init__(self, graph_module: fx.GraphModule, in_spec: pytree.TreeSpec, out_spec: pytree.TreeSpec,
+                 inputs: tuple[TensorSpec, ...], target: str, precision: str, report=None, emulated: bool = False,
+                 manifest: dict | None = None):
+        super().__init__(target, precision, emulated, report, manifest)
+        self.graph_module = graph_module
+        self.in_spec = in_spec
+        self.out_spec = out_spec
+        self.inputs = inputs
+
+    def check(self, flat: list) -> None:
+        for spec, value in zip(self.inputs, flat):
+            if not isinstance(value, torch.Tensor):
+                raise InputError(f"input {spec.name!r}: expected a tensor {describe(spec.shape, spec.dtype)}, "
+                                 f"got {type(value).__name__}")
+            if value.device.type != "cpu":
+                raise InputError(f"input {spec.name!r} is on the {value.device.type} device; archfit runs CPU "
+                                 f"tensors holding values: move it with .cpu()")
+            if tuple(value.shape) != spec.shape or value.dtype != spec.dtype:
+                raise InputError(
+                    f"input {spec.name!r}: expected {describe(spec.shape, spec.dtype)}, got "
+                    f"{describe(value.shape, value.dtype)}; shapes are fixed at compile time: pad or "
+                    f"resize the input, or trace again with an example of this shape"
+                )
+            check_values(spec, value, self._check_finite)
+
+    def run_flat(self, flat: list) -> list:
+        self.check(flat)
+        with torch.no_grad():
+            return list(self.graph_module(*flat))
+
+    def forward(self, *args, **kwargs):
+        flat = flatten_call(self, args, kwargs, self.in_spec, self.inputs)
+        return pytree.tree_unflatten(self.run_flat(flat), self.out_spec)

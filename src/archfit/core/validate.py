@@ -1,0 +1,163 @@
+"""Stage 5: compare the compiled module with eager PyTorch, on the example inputs and on one
+fresh random input of the same shapes and dtypes; name the partition at fault when it fails."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch.utils import _pytree as pytree
+
+from .capture import Captured
+from .compile import PREFIX, CompiledGraph, record_partition_inputs
+from ..errors import ValidationError, first_line
+
+# Pass when max|got - want| <= atol + rtol * max|want|, per output. Relative to the output's
+# largest magnitude, because elementwise relative error is meaningless near zero.
+TOLERANCES = {
+    "fp32": (1e-5, 1e-3),  # reordered fp32 sums (tiled matmuls, fused ops) stay well inside
+    "bf16": (1e-3, 5e-2),  # bf16 keeps 8 mantissa bits (~0.4% per rounding), compounded by depth
+}
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    output: str
+    max_abs: float
+    max_rel: float  # max_abs / max|reference|
+    tolerance: float  # the bound max_abs had to stay under
+    ok: bool
+
+
+@dataclass(frozen=True)
+class InputCheck:
+    label: str  # "example inputs" / "random inputs"
+    outputs: tuple[OutputCheck, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outputs)
+
+
+@dataclass(frozen=True)
+class Validation:
+    precision: str
+    atol: float
+    rtol: float
+    checks: tuple[InputCheck, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def max_rel(self) -> float:
+        return max((o.max_rel for c in self.checks for o in c.outputs), default=0.0)
+
+
+def random_like(inputs: Sequence[torch.Tensor], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Fresh inputs that stay in the example's value range, so token ids stay valid indices."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in inputs:
+        if t.dtype.is_floating_point:
+            std = float(t.float().std()) if t.numel() > 1 else 1.0
+            r = torch.randn(t.shape, generator=g) * (std or 1.0) + float(t.float().mean())
+            out.append(r.to(t.dtype))
+        elif t.dtype == torch.bool:
+            out.append(torch.rand(t.shape, generator=g) < 0.5 if t.any() and not t.all() else t.clone())
+        else:
+            lo, hi = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
+            if t.dim() >= 2 and t.shape[0] > 1:
+                # columns may index different tables (recommenders): stay below every column's max
+                hi = int(t.reshape(-1, t.shape[-1]).max(dim=0).values.min())
+            out.append(torch.randint(lo, max(lo, hi) + 1, t.shape, generator=g, dtype=t.dtype))
+    return tuple(out)
+
+
+def _compare(name: str, got, want, atol: float, rtol: float) -> OutputCheck:
+    if not isinstance(want, torch.Tensor):
+        ok = got == want
+        return OutputCheck(name, 0.0 if ok else float("inf"), 0.0 if ok else float("inf"), 0.0, ok)
+    if got.shape != want.shape:
+        return OutputCheck(name, float("inf"), float("inf"), 0.0, False)
+    if not want.dtype.is_floating_point:
+        ok = bool(torch.equal(got.to(want.dtype), want))
+        return OutputCheck(name, 0.0 if ok else float("inf"), 0.0 if ok else float("inf"), 0.0, ok)
+    diff = (got.double() - want.double()).abs()
+    diff[torch.isnan(got) & torch.isnan(want)] = 0.0  # NaN where eager has NaN is a match
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    scale = float(want.double().abs().max()) if want.numel() else 0.0
+    bound = atol + rtol * scale
+    ok = max_abs <= bound and bool(torch.equal(torch.isnan(got), torch.isnan(want)))
+    return OutputCheck(name, max_abs, max_abs / scale if scale else max_abs, bound, ok)
+
+
+def compare_outputs(names: Sequence[str], got: Sequence, want: Sequence, precision: str, *,
+                    unordered: bool = False) -> tuple[OutputCheck, ...]:
+    """Each compiled output against eager PyTorch's, within the precision's tolerance. The one
+    comparison behind validation, padding safety and detector validation. unordered: compare
+    each output's values as a multiset (detections whose scores tie within rounding may leave
+    NMS in another order, which is not an error; another count is)."""
+    atol, rtol = TOLERANCES[precision]
+    if len(got) != len(want):
+        return (OutputCheck(f"{len(got)} outputs (eager: {len(want)})", float("inf"), float("inf"), 0.0, False),)
+    checks = []
+    for name, g, w in zip(names, got, want):
+        if unordered and isinstance(w, torch.Tensor) and isinstance(g, torch.Tensor) and g.shape == w.shape:
+            g, w = g.flatten().sort().values, w.flatten().sort().values
+        checks.append(_compare(name, g, w, atol, rtol))
+    return tuple(checks)
+
+
+def flat_outputs(out) -> list:
+    return pytree.tree_flatten(out)[0]
+
+
+def _partition_errors(compiled: CompiledGraph, flat_inputs: Sequence[torch.Tensor], atol: float, rtol: float):
+    """Per-partition error: each engine against its eager subgraph on the boundary values it sees."""
+    seen = record_partition_inputs(compiled.graph_module, len(compiled.references), flat_inputs)
+    worst = []
+    for i, ref in compiled.references.items():
+        engine_mod = getattr(compiled.graph_module, f"{PREFIX}{i}")
+        with torch.no_grad():
+            got, want = engine_mod(*seen[i]), ref(*seen[i])
+        checks = [_compare(f"partition {i} output {k}", g, w, atol, rtol) for k, (g, w) in enumerate(zip(got, want))]
+        worst.append((max(c.max_rel for c in checks) if checks else 0.0, i, all(c.ok for c in checks)))
+    return sorted(worst, reverse=True)
+
+
+def validate(
+    eager: Callable, compiled_call: Callable, captured: Captured, compiled: CompiledGraph, precision: str,
+    raise_on_failure: bool = True, extra_inputs=None,
+) -> Validation:
+    atol, rtol = TOLERANCES[precision]
+    checks = []
+    sets = [("example inputs", captured.example_inputs), ("random inputs", random_like(captured.example_inputs))]
+    if extra_inputs is not None:
+        sets.append(("validation inputs", tuple(pytree.tree_flatten(extra_inputs)[0])))
+    for label, flat in sets:
+        args, kwargs = pytree.tree_unflatten(list(flat), captured.in_spec)
+        with torch.no_grad():
+            try:
+                want = flat_outputs(eager(*args, **kwargs))
+            except Exception as e:  # noqa: BLE001 - the model itself rejects generated inputs
+                raise ValidationError(
+                    f"eager PyTorch fails on the {label} ({type(e).__name__}: {first_line(e, 120)}); the random "
+                    f"values may be invalid for this model: pass validation_inputs=... or validate=False"
+                ) from None
+            got = flat_outputs(compiled_call(*args, **kwargs))
+        outs = compare_outputs(captured.output_names, got, want, precision)
+        checks.append(InputCheck(label, outs))
+        if raise_on_failure and not checks[-1].ok:
+            bad = next(o for o in outs if not o.ok)
+            blame = ""
+            if compiled.references:
+                rel, idx, _ok = _partition_errors(compiled, flat, atol, rtol)[0]
+                blame = f"; partition {idx} ({compiled.plan.target}) is at fault (max rel error {rel:.2e})"
+            raise ValidationError(
+                f"output {bad.output!r} differs from eager PyTorch on {label}: max abs error "
+                f"{bad.max_abs:.3e} > tolerance {bad.tolerance:.3e} ({precision}){blame}; force that "
+                f"partition's ops to the CPU with force_cpu=[...] or use precision='fp32'"
+            )
+    return Validation(precision, atol, rtol, tuple(checks))

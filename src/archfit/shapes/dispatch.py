@@ -1,0 +1,162 @@
+"""Variable input sizes at run time: pick the smallest bucket that fits, pad each input with its
+own pad value, run that bucket's static-shape module, slice the outputs back; split batches larger
+than the compiled batch into chunks (torch.neuron's dynamic batch) and concatenate the results."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils import _pytree as pytree
+
+from ..core.module import ArchfitModule, CompiledModule, flatten_call
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class Padding:
+    """How inputs are padded and outputs unpadded; saved with the module."""
+
+    dims: dict[str, int]  # varying input -> dim (all tied to one size)
+    pad_values: dict[str, float]  # input -> pad value (default 0)
+    follow: tuple[tuple[int, ...], ...]  # per flat output: dims that follow the varying size
+    batch_follow: tuple[tuple[int, ...], ...] | None = None  # per flat output: batch dims (dynamic batch)
+
+    def to_dict(self) -> dict:
+        return {"dims": self.dims, "pad_values": self.pad_values, "follow": [list(f) for f in self.follow],
+                "batch_follow": None if self.batch_follow is None else [list(f) for f in self.batch_follow]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Padding":
+        bf = d.get("batch_follow")
+        return cls({k: int(v) for k, v in d["dims"].items()}, {k: float(v) for k, v in d["pad_values"].items()},
+                   tuple(tuple(f) for f in d["follow"]), None if bf is None else tuple(tuple(f) for f in bf))
+
+
+def resize(t: torch.Tensor, dim: int, size: int, pad_value: float) -> torch.Tensor:
+    """Cut or pad `t` along `dim` to `size`."""
+    have = t.shape[dim]
+    if have >= size:
+        return t.narrow(dim, 0, size)
+    shape = list(t.shape)
+    shape[dim] = size - have
+    return torch.cat([t, torch.full(shape, pad_value, dtype=t.dtype)], dim=dim)
+
+
+def cut(t: torch.Tensor, dims: tuple[int, ...], size: int) -> torch.Tensor:
+    for d in dims:
+        t = t.narrow(d, 0, size)
+    return t
+
+
+class BucketedModule(ArchfitModule):
+    """Returned by `archfit.trace(..., buckets=...)` or `dynamic_batch=True`: one static-shape
+    CompiledModule per bucket, called like the original model with any size up to the largest
+    bucket (and any batch size when dynamic_batch). Its report is the largest bucket's (every
+    bucket is partitioned alike)."""
+
+    def __init__(self, modules: dict[int, CompiledModule], padding: Padding, choice=None, safety=None,
+                 manifest: dict | None = None):
+        sizes = tuple(sorted(modules))
+        top = modules[sizes[-1]]
+        super().__init__(top.target, top.precision, top.emulated, top.report, manifest)
+        self.sizes = sizes
+        self.buckets = torch.nn.ModuleDict({str(s): modules[s] for s in self.sizes})
+        self.padding = padding
+        self.choice = choice  # shapes.choose.BucketChoice when chosen from a histogram
+        self.safety = safety  # padding-safety checks made at compile time: [(length, bucket, max error)]
+        self.in_spec, self.out_spec, self.inputs = top.in_spec, top.out_spec, top.inputs
+        index = {s.name: i for i, s in enumerate(self.inputs)}
+        self._varying = [(index[name], dim) for name, dim in padding.dims.items()]
+
+    @property
+    def batch(self) -> int | None:
+        return self.inputs[0].shape[0] if self.padding.batch_follow is not None else None
+
+    def _size(self, flat: list[torch.Tensor]) -> int:
+        if not self._varying:
+            return self.sizes[-1]
+        for i, d in self._varying:
+            spec, value = self.inputs[i], flat[i]
+            if not isinstance(value, torch.Tensor) or value.dim() != len(spec.shape):
+                got = f"{value.dim()}-d" if isinstance(value, torch.Tensor) else type(value).__name__
+                raise InputError(f"input {spec.name!r}: expected a {len(spec.shape)}-d tensor (its dim {d} varies), "
+                                 f"got {got}")
+            if value.shape[d] == 0:
+                raise InputError(f"input {spec.name!r} dim {d} has size 0; a bucketed module takes sizes 1.."
+                                 f"{self.sizes[-1]}")
+        sizes = {self.inputs[i].name: flat[i].shape[d] for i, d in self._varying}
+        size = next(iter(sizes.values()))
+        if len(set(sizes.values())) > 1:
+            raise InputError(f"inputs {', '.join(f'{k!r} (dim {self.padding.dims[k]}) = {v}' for k, v in sizes.items())} "
+                             f"vary together and must have the same size")
+        if size > self.sizes[-1]:
+            name, dim = next(iter(self.padding.dims.items()))
+            raise InputError(f"input {name!r} dim {dim} has size {size}, larger than the largest bucket "
+                             f"{self.sizes[-1]}; cut the input or trace with a larger bucket")
+        return size
+
+    def _run_bucket(self, flat: list[torch.Tensor]) -> list[torch.Tensor]:
+        size = self._size(flat)
+        bucket = next(s for s in self.sizes if s >= size)
+        module = self.buckets[str(bucket)]
+        if self._varying:
+            flat = list(flat)
+            for i, d in self._varying:
+                name = self.inputs[i].name
+                flat[i] = resize(flat[i], d, bucket, self.padding.pad_values.get(name, 0))
+        out = module.run_flat(flat)
+        if size == bucket:
+            return out
+        return [cut(o, f, size) if f else o for o, f in zip(out, self.padding.follow)]
+
+    def _run_batched(self, flat: list[torch.Tensor]) -> list[torch.Tensor]:
+        if not all(isinstance(t, torch.Tensor) for t in flat):
+            raise InputError(f"dynamic batch: every input must be a tensor, got "
+                             f"{', '.join(type(t).__name__ for t in flat)}")
+        n = flat[0].shape[0] if flat[0].dim() else 0
+        if n == 0:
+            raise InputError(f"dynamic batch: input {self.inputs[0].name!r} has batch size 0")
+        if any(t.dim() == 0 or t.shape[0] != n for t in flat):
+            raise InputError(f"dynamic batch: every input must have the batch size {n} in dim 0, got "
+                             f"{', '.join(f'{s.name!r} {tuple(t.shape)}' for s, t in zip(self.inputs, flat))}")
+        b = self.batch
+        if n == b:
+            return self._run_bucket(flat)
+        chunks = []
+        for start in range(0, n, b):
+            part = [t[start:start + b] for t in flat]
+            m = part[0].shape[0]
+            if m < b:  # pad with copies of the last row: real values keep every op well-defined
+                part = [torch.cat([t, t[-1:].expand(b - m, *t.shape[1:])]) for t in part]
+            out = self._run_bucket(part)
+            chunks.append([cut(o, f, m) for o, f in zip(out, self.padding.batch_follow)])
+        return [torch.cat(list(parts), dim=f[0]) for parts, f in zip(zip(*chunks), self.padding.batch_follow)]
+
+    def forward(self, *args, **kwargs):
+        flat = flatten_call(self, args, kwargs, self.in_spec, self.inputs)
+        with torch.no_grad():
+            out = self._run_batched(flat) if self.padding.batch_follow is not None else self._run_bucket(flat)
+        return pytree.tree_unflatten(out, self.out_spec)
+
+    def summary(self) -> str:
+        """Bucket table, chosen boundaries and their expected gain, as text lines."""
+        lines = []
+        if self._varying:
+            dims = ", ".join(f"{k}[{v}]" for k, v in self.padding.dims.items())
+            lines.append(f"buckets over {dims}: {', '.join(map(str, self.sizes))}")
+        if self.choice is not None:
+            c = self.choice
+            lines.append(f"  chosen from the size histogram: expected padding waste {c.padding_waste:.1%}, expected "
+                         f"speedup over pad-to-max {c.speedup:.2f}x ({c.share_of_ideal:.0%} of the "
+                         f"{c.ideal_speedup:.2f}x that exact sizes would give)")
+        if self.safety:
+            worst = max(self.safety, key=lambda s: s[2])
+            lines.append(f"  padding-safe: outputs at real positions match eager at {len(self.safety)} padded "
+                         f"length(s) (worst max abs error {worst[2]:.2e}, length {worst[0]} in bucket {worst[1]})")
+        if self.batch is not None:
+            lines.append(f"dynamic batch: compiled at batch {self.batch}; larger batches run in chunks, smaller "
+                         f"ones are padded")
+        return "\n".join(lines)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, buckets={self.sizes}"

@@ -1,0 +1,27 @@
+"""The module users call: inputs it refuses rather than answer wrongly."""
+import pytest
+import torch
+
+import archfit
+
+
+def test_nan_and_inf_are_refused_when_asked(saved_mlp, mlp_custom):
+    _, (x,) = mlp_custom
+    module = archfit.load(saved_mlp)
+    bad = x.clone()
+    bad[0, 0], bad[0, 1] = float("nan"), float("inf")
+    module(bad)  # off by default: passed through as the target propagates them
+    module.check_finite = True
+    assert all(m.check_finite for m in module.modules() if isinstance(m, archfit.ArchfitModule))
+    with pytest.raises(archfit.InputError, match=r"input 'x' holds 2 NaN/Inf value\(s\)"):
+        module(bad)
+    assert torch.isfinite(module(x)).all()
+
+
+def test_tensors_without_values_are_refused(saved_mlp, mlp_custom):
+    _, (x,) = mlp_custom
+    module = archfit.load(saved_mlp)
+    with pytest.raises(archfit.InputError, match=r"input 'x' is on the meta device"):
+        module(torch.empty(x.shape, device="meta"))
+    with pytest.raises(archfit.InputError, match=r"called with 2 input\(s\) in another structure"):
+        module(x, x)
