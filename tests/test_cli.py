@@ -198,3 +198,15 @@ def test_bad_options_and_files_are_one_line_with_exit_1(capsys, tmp_path, make_a
         return
     assert code == 1 and err.startswith(message.format(d=tmp_path)), err
     assert err.count("\n") == 1
+
+
+def test_ctrl_c_while_importing_is_one_line():
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "archfit", "analyze", "resnet18", "--tiny"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(0.8)  # past interpreter start-up, inside torch's import
+    p.send_signal(signal.SIGINT)
+    _out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err and err.count("\n") <= 1, err

@@ -3,26 +3,50 @@
 The public API is the straight line (`analyze`, `trace`, `trace_seq2seq`), the deployable file
 (`save`, `load`), targets, bucket choice and a few types; the rest lives in subpackages named
 after what they do (core, shapes, regions, seq2seq, artifact, report, targets, cli, zoo)."""
+from typing import TYPE_CHECKING
+
 from ._version import __version__
-from .artifact import load, save
-from .core.module import ArchfitModule, CompiledModule
-from .core.validate import TOLERANCES
-from .errors import (ArchfitError, ArtifactError, CaptureError, CompileError, InputError, ModelError, TargetError,
-                     UnsupportedOpsError, ValidationError)
-from .pipeline import Analysis, TraceOptions, analyze, trace, trace_seq2seq
-from .regions import AttachedModule, HostRegion
-from .report import FitReport
-from .shapes import BucketChoice, BucketedModule, Buckets, choose_buckets
-from .targets import ChipSpec, Engine, Target, get_target, list_targets, register_target
+
+# Public names and the module each lives in, imported on first use: `import archfit` (and the
+# `archfit` command, whose Ctrl-C must not land inside torch's import) stays light.
+_LAZY = {
+    "load": "artifact", "save": "artifact", "ArchfitModule": "core.module", "CompiledModule": "core.module",
+    "TOLERANCES": "core.validate", "Analysis": "pipeline", "TraceOptions": "pipeline", "analyze": "pipeline",
+    "trace": "pipeline", "trace_seq2seq": "pipeline", "AttachedModule": "regions", "HostRegion": "regions",
+    "FitReport": "report", "BucketChoice": "shapes", "BucketedModule": "shapes", "Buckets": "shapes",
+    "choose_buckets": "shapes", "ChipSpec": "targets", "Engine": "targets", "Target": "targets",
+    "get_target": "targets", "list_targets": "targets", "register_target": "targets", "Seq2SeqModule": "seq2seq",
+    **{name: "errors" for name in ("ArchfitError", "ArtifactError", "CaptureError", "CompileError", "InputError",
+                                   "ModelError", "TargetError", "UnsupportedOpsError", "ValidationError")},
+}
+_SUBPACKAGES = {"artifact", "cli", "core", "regions", "report", "seq2seq", "shapes", "targets", "zoo", "pipeline",
+                "errors", "ops"}
 
 
 def __getattr__(name: str):
-    # Seq2SeqModule imports transformers: loaded on first use so `import archfit` stays light.
-    if name == "Seq2SeqModule":
-        from .seq2seq import Seq2SeqModule
+    import importlib
 
-        return Seq2SeqModule
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'archfit' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # what the names above are, for type checkers and editors
+    from .artifact import load, save  # noqa: F401
+    from .core.module import ArchfitModule, CompiledModule  # noqa: F401
+    from .core.validate import TOLERANCES  # noqa: F401
+    from .errors import (ArchfitError, ArtifactError, CaptureError, CompileError, InputError,  # noqa: F401
+                         ModelError, TargetError, UnsupportedOpsError, ValidationError)
+    from .pipeline import Analysis, TraceOptions, analyze, trace, trace_seq2seq  # noqa: F401
+    from .regions import AttachedModule, HostRegion  # noqa: F401
+    from .report import FitReport  # noqa: F401
+    from .seq2seq import Seq2SeqModule  # noqa: F401
+    from .shapes import BucketChoice, BucketedModule, Buckets, choose_buckets  # noqa: F401
+    from .targets import ChipSpec, Engine, Target, get_target, list_targets, register_target  # noqa: F401
 
 
 __all__ = [

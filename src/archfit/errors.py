@@ -29,29 +29,11 @@ class CaptureError(ArchfitError):
         self.where = where  # 'file:line (code)' it stopped at, when known
 
 
-class TargetError(ArchfitError):
-    stage = "target"
-
-
-class UnsupportedOpsError(ArchfitError):
-    stage = "partition"
-
-
-class CompileError(ArchfitError):
-    stage = "compile"
-
-
-class ValidationError(ArchfitError):
-    stage = "validate"
-
-
-class InputError(ArchfitError):
-    stage = "run"
-
-
-class ModelError(ArchfitError):
-    stage = "model"
-
-
-class ArtifactError(ArchfitError):
-    stage = "artifact"
+# One class per stage, so callers can catch a stage; the stage prefixes every message.
+class TargetError(ArchfitError): stage = "target"  # noqa: E701
+class UnsupportedOpsError(ArchfitError): stage = "partition"  # noqa: E701
+class CompileError(ArchfitError): stage = "compile"  # noqa: E701
+class ValidationError(ArchfitError): stage = "validate"  # noqa: E701
+class InputError(ArchfitError): stage = "run"  # noqa: E701
+class ModelError(ArchfitError): stage = "model"  # noqa: E701
+class ArtifactError(ArchfitError): stage = "artifact"  # noqa: E701

@@ -82,9 +82,9 @@ def cache_where():
 
 
 def main(argv: Optional[list] = None) -> None:
-    from . import build, files  # noqa: F401 - their commands register on `app`
-
     try:
+        from . import build, files  # noqa: F401 - their commands register on `app`
+
         app(args=argv, standalone_mode=True)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from importlib import resources
+from importlib import import_module, resources
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
@@ -112,6 +112,19 @@ class Target:
 
     def __repr__(self) -> str:
         return f"Target({self.name!r}, backend={self.backend!r}, device={self.device!r})"
+
+
+def requires(*modules: str) -> Callable[[], "str | None"]:
+    """A Target.unavailable that names the first of `modules` that does not import."""
+    def unavailable() -> str | None:
+        for name in modules:
+            try:
+                import_module(name)
+            except ImportError as e:
+                return f"{name} does not import ({e}); pip install {' '.join(modules)}"
+        return None
+
+    return unavailable
 
 
 def export_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> torch.export.ExportedProgram:

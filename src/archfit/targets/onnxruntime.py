@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from .base import Engine, Target, export_partition, listed_or_decomposed, to_numpy
+from .base import Engine, Target, export_partition, listed_or_decomposed, requires, to_numpy
 from .precision import emulate_bf16
 from .registry import register_target
 
@@ -179,25 +179,10 @@ def versions() -> dict:
     return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__}
 
 
-def unavailable() -> str | None:
-    try:
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as e:
-        return f"a package does not import ({e}); pip install onnxruntime onnxscript"
-    return None
+unavailable = requires("onnxruntime", "onnxscript")
 
 
-TARGET = register_target(
-    Target(
-        name="onnxruntime",
-        backend="onnxruntime",
-        device="CPU",
-        description="ONNX Runtime CPU execution provider, via torch.onnx (dynamo exporter)",
-        supports=supports,
-        compile=compile_partition,
-        unavailable=unavailable,
-        load=OnnxRuntimeEngine,
-        versions=versions,
-    )
-)
+TARGET = register_target(Target(
+    "onnxruntime", backend="onnxruntime", device="CPU", supports=supports, compile=compile_partition,
+    load=OnnxRuntimeEngine, description="ONNX Runtime CPU execution provider, via torch.onnx (dynamo exporter)",
+    unavailable=unavailable, versions=versions))

@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import fx
 
-from .base import Engine, Target, export_partition, listed_or_decomposed, to_numpy
+from .base import Engine, Target, export_partition, listed_or_decomposed, requires, to_numpy
 from .registry import register_target
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -88,24 +88,10 @@ def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]
     return OpenVINOEngine(core().compile_model(model, "CPU", config), config)
 
 
-def unavailable() -> str | None:
-    try:
-        import openvino  # noqa: F401
-    except ImportError as e:
-        return f"the openvino package does not import ({e}); pip install openvino"
-    return None
+unavailable = requires("openvino")
 
 
-TARGET = register_target(
-    Target(
-        name="openvino",
-        backend="openvino",
-        device="CPU",
-        description="OpenVINO CPU plugin; bf16 runs on AVX512-BF16/AMX units where present",
-        supports=supports,
-        compile=compile_partition,
-        unavailable=unavailable,
-        load=load_engine,
-        versions=versions,
-    )
-)
+TARGET = register_target(Target(
+    "openvino", backend="openvino", device="CPU", supports=supports, compile=compile_partition, load=load_engine,
+    description="OpenVINO CPU plugin; bf16 runs on AVX512-BF16/AMX units where present",
+    unavailable=unavailable, versions=versions))

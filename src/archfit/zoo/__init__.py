@@ -22,34 +22,32 @@ class ZooModel:
     build: Callable[[bool], tuple[torch.nn.Module, Any]]  # build(tiny) -> (model, example_inputs)
 
 
-_ZOO: dict[str, ZooModel] = {}
-
-
-def _add(name: str, family: str, description: str, build) -> None:
-    _ZOO[name] = ZooModel(name, family, description, build)
-
-
-_add("bert-base", "language", "BERT-base uncased, seq 128", hf.bert_base)
-_add("distilbert-base", "language", "DistilBERT-base uncased, seq 128", hf.distilbert_base)
-_add("roberta-base", "language", "RoBERTa-base, seq 128", hf.roberta_base)
-_add("xlm-roberta-base", "language", "XLM-RoBERTa-base (250k vocabulary), seq 128", hf.xlm_roberta_base)
-_add("biobert-base", "language", "BioBERT v1.1 (BERT-base, BioBERT's cased vocabulary), seq 128", hf.biobert_base)
-_add("marian-en-de", "seq2seq", "MarianMT en-de (opus-mt-en-de config): encoder + one decoder step, src 64",
-     hf.marian_en_de)
-_add("pegasus", "seq2seq", "Pegasus-large: encoder + one decoder step, src 64", hf.pegasus)
-_add("bart-base", "seq2seq", "BART-base: encoder + one decoder step, src 64", hf.bart_base)
-_add("resnet18", "vision", "ResNet-18, 224x224", vision.resnet18)
-_add("resnet50", "vision", "ResNet-50, 224x224", vision.resnet50)
-_add("resnext50_32x4d", "vision", "ResNeXt-50 32x4d, 224x224", vision.resnext50_32x4d)
-_add("vgg16", "vision", "VGG16, 224x224", vision.vgg16)
-_add("ssd300_vgg16", "detection", "torchvision SSD300-VGG16 end to end (NMS on the host), 300x300", vision.ssd300_vgg16)
-_add("retinanet_resnet50_fpn", "detection", "torchvision RetinaNet ResNet-50 FPN end to end (NMS on the host), 800x800",
-     vision.retinanet_resnet50_fpn)
-_add("yolov3", "detection", "YOLOv3 (Darknet-53) with NMS on the host, 416x416", yolo.yolov3)
-_add("yolov4", "detection", "YOLOv4 (CSPDarknet53, SPP, PANet) with NMS on the host, 608x608", yolo.yolov4)
-_add("yolov5s", "detection", "YOLOv5s (v6.0) with NMS on the host, 640x640", yolo.yolov5s)
-_add("dlrm", "recommender", "DLRM, Criteo Kaggle config (26 tables x 16, 2.2 GB), batch 128", dlrm.dlrm)
-_add("mlp-custom-op", "toy", "MLP with a custom op no target lowers, in the middle", toy.mlp_custom_op)
+# name, family, description, build(tiny) -> (model, example_inputs)
+_ENTRIES = (
+    ("bert-base", "language", "BERT-base uncased, seq 128", hf.bert_base),
+    ("distilbert-base", "language", "DistilBERT-base uncased, seq 128", hf.distilbert_base),
+    ("roberta-base", "language", "RoBERTa-base, seq 128", hf.roberta_base),
+    ("xlm-roberta-base", "language", "XLM-RoBERTa-base (250k vocabulary), seq 128", hf.xlm_roberta_base),
+    ("biobert-base", "language", "BioBERT v1.1 (BERT-base, BioBERT's cased vocabulary), seq 128", hf.biobert_base),
+    ("marian-en-de", "seq2seq", "MarianMT en-de (opus-mt-en-de config): encoder + one decoder step, src 64",
+     hf.marian_en_de),
+    ("pegasus", "seq2seq", "Pegasus-large: encoder + one decoder step, src 64", hf.pegasus),
+    ("bart-base", "seq2seq", "BART-base: encoder + one decoder step, src 64", hf.bart_base),
+    ("resnet18", "vision", "ResNet-18, 224x224", vision.resnet18),
+    ("resnet50", "vision", "ResNet-50, 224x224", vision.resnet50),
+    ("resnext50_32x4d", "vision", "ResNeXt-50 32x4d, 224x224", vision.resnext50_32x4d),
+    ("vgg16", "vision", "VGG16, 224x224", vision.vgg16),
+    ("ssd300_vgg16", "detection", "torchvision SSD300-VGG16 end to end (NMS on the host), 300x300",
+     vision.ssd300_vgg16),
+    ("retinanet_resnet50_fpn", "detection",
+     "torchvision RetinaNet ResNet-50 FPN end to end (NMS on the host), 800x800", vision.retinanet_resnet50_fpn),
+    ("yolov3", "detection", "YOLOv3 (Darknet-53) with NMS on the host, 416x416", yolo.yolov3),
+    ("yolov4", "detection", "YOLOv4 (CSPDarknet53, SPP, PANet) with NMS on the host, 608x608", yolo.yolov4),
+    ("yolov5s", "detection", "YOLOv5s (v6.0) with NMS on the host, 640x640", yolo.yolov5s),
+    ("dlrm", "recommender", "DLRM, Criteo Kaggle config (26 tables x 16, 2.2 GB), batch 128", dlrm.dlrm),
+    ("mlp-custom-op", "toy", "MLP with a custom op no target lowers, in the middle", toy.mlp_custom_op),
+)
+_ZOO: dict[str, ZooModel] = {e[0]: ZooModel(*e) for e in _ENTRIES}
 
 
 def names() -> list[str]:

@@ -96,13 +96,18 @@ def _seq2seq(config_cls, model_cls, full: dict, tiny: bool, src_len: int = 64):
     return Seq2SeqStep(model_cls(config)), inputs
 
 
+def _dims(vocab: int, d_model: int, layers: int, heads: int, ffn: int, positions: int) -> dict:
+    """The published sizes of an encoder-decoder whose encoder and decoder are alike."""
+    return dict(vocab_size=vocab, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+                encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
+                max_position_embeddings=positions)
+
+
 def marian_en_de(tiny: bool):
     """Helsinki-NLP/opus-mt-en-de's configuration."""
     from transformers import MarianConfig, MarianMTModel
 
-    return _seq2seq(MarianConfig, MarianMTModel, dict(
-        vocab_size=58101, d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
-        decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048, max_position_embeddings=512,
+    return _seq2seq(MarianConfig, MarianMTModel, _dims(58101, 512, 6, 8, 2048, 512) | dict(
         pad_token_id=58100, decoder_start_token_id=58100, eos_token_id=0, scale_embedding=True,
         activation_function="swish"), tiny)
 
@@ -111,9 +116,7 @@ def pegasus(tiny: bool):
     """google/pegasus-large's configuration."""
     from transformers import PegasusConfig, PegasusForConditionalGeneration
 
-    return _seq2seq(PegasusConfig, PegasusForConditionalGeneration, dict(
-        vocab_size=96103, d_model=1024, encoder_layers=16, decoder_layers=16, encoder_attention_heads=16,
-        decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096, max_position_embeddings=1024,
+    return _seq2seq(PegasusConfig, PegasusForConditionalGeneration, _dims(96103, 1024, 16, 16, 4096, 1024) | dict(
         pad_token_id=0, decoder_start_token_id=0, eos_token_id=1, scale_embedding=True,
         activation_function="relu"), tiny)
 
@@ -122,7 +125,5 @@ def bart_base(tiny: bool):
     """facebook/bart-base's configuration."""
     from transformers import BartConfig, BartForConditionalGeneration
 
-    return _seq2seq(BartConfig, BartForConditionalGeneration, dict(
-        vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-        decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024,
+    return _seq2seq(BartConfig, BartForConditionalGeneration, _dims(50265, 768, 6, 12, 3072, 1024) | dict(
         pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2), tiny)
