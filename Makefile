@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/archfit compile bert-base --target openvino
 
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

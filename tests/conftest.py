@@ -1,7 +1,14 @@
+import os
+
 import pytest
 import torch
 
 from archfit import zoo
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on two cores: each keeps to one thread instead of fighting over both
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +48,33 @@ def saved_mlp(mlp_custom, tmp_path_factory):
     model, inputs = mlp_custom
     compiled = archfit.trace(model, inputs, target="openvino", check_payoff=False, validate=False)
     return archfit.save(compiled, tmp_path_factory.mktemp("saved") / "mlp.archfit")
+
+
+@pytest.fixture(scope="session")
+def zoo_analyses():
+    """Every tiny zoo model analysed once on both Inferentia profiles (one capture per model)."""
+    import archfit
+
+    return {name: archfit.analyze(*zoo.build(name, tiny=True), targets=["inf1", "inf2"]) for name in zoo.names()}
+
+
+def cli(*args):
+    """The `archfit` command in this process, no interpreter start-up per call (a fresh process is
+    tested where it matters): an object with returncode, stdout and stderr, like subprocess.run's."""
+    import contextlib
+    import io
+    import types
+
+    from archfit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def flat_outputs(out):

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -12,6 +13,14 @@ from archfit.core import cache
 from conftest import assert_close_to_eager
 
 
+@pytest.fixture(scope="module")
+def small():
+    """The smallest model with one partition: each trace here is about the cache, not the model."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16)).eval()
+    return model, (torch.randn(4, 32),)
+
+
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHFIT_CACHE_DIR", str(tmp_path / "cache"))
@@ -19,12 +28,12 @@ def fresh_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("target", ["openvino", "onnxruntime"])
-def test_second_trace_hits_the_cache(tiny_resnet18, fresh_cache, target):
-    model, inputs = tiny_resnet18
-    first = archfit.trace(model, inputs, target=target)
+def test_second_trace_hits_the_cache(small, fresh_cache, target):
+    model, inputs = small
+    first = archfit.trace(model, inputs, target=target, check_payoff=False)
     assert not any(t.cached for t in first.report.timings.values())
     assert len(list(fresh_cache.glob("*.engine"))) == 1
-    second = archfit.trace(model, inputs, target=target)
+    second = archfit.trace(model, inputs, target=target, check_payoff=False)
     assert all(t.cached for t in second.report.timings.values())
     assert "engines from the compile cache" in second.report.to_text()
     assert torch.equal(first(*inputs), second(*inputs))
@@ -43,57 +52,66 @@ def test_changed_weights_or_precision_miss_the_cache(fresh_cache):
     assert not any(t.cached for t in bf16.report.timings.values())
 
 
-def test_disable_and_clear(tiny_resnet18, fresh_cache, monkeypatch):
-    model, inputs = tiny_resnet18
-    archfit.trace(model, inputs, target="onnxruntime", cache=False, validate=False)
+def test_disable_and_clear(small, fresh_cache, monkeypatch):
+    model, inputs = small
+    archfit.trace(model, inputs, target="onnxruntime", cache=False, validate=False, check_payoff=False)
     assert not fresh_cache.exists()
     monkeypatch.setenv("ARCHFIT_CACHE", "0")
-    archfit.trace(model, inputs, target="onnxruntime", validate=False)
+    archfit.trace(model, inputs, target="onnxruntime", validate=False, check_payoff=False)
     assert not fresh_cache.exists()
     monkeypatch.delenv("ARCHFIT_CACHE")
-    archfit.trace(model, inputs, target="onnxruntime", validate=False)
+    archfit.trace(model, inputs, target="onnxruntime", validate=False, check_payoff=False)
     assert cache.clear() == 1 and not list(fresh_cache.glob("*.engine"))
 
 
-def test_damaged_entry_is_rebuilt_not_fatal(tiny_resnet18, fresh_cache):
-    model, inputs = tiny_resnet18
-    archfit.trace(model, inputs, target="openvino", validate=False)
+def test_damaged_entry_is_rebuilt_not_fatal(small, fresh_cache):
+    model, inputs = small
+    archfit.trace(model, inputs, target="openvino", validate=False, check_payoff=False)
     (entry,) = fresh_cache.glob("*.engine")
     entry.write_bytes(b"garbage")
-    again = archfit.trace(model, inputs, target="openvino")
+    again = archfit.trace(model, inputs, target="openvino", check_payoff=False)
     assert not any(t.cached for t in again.report.timings.values()) and again.report.validation.ok
 
 
-def test_entry_with_other_bytes_is_named_removed_and_rebuilt(tiny_resnet18, fresh_cache, caplog):
+def test_entry_with_other_bytes_is_named_removed_and_rebuilt(small, fresh_cache, caplog):
     """Bytes that still look like an engine never load as `cached`: every entry carries its own digest."""
-    model, inputs = tiny_resnet18
-    archfit.trace(model, inputs, target="openvino", validate=False)
+    model, inputs = small
+    archfit.trace(model, inputs, target="openvino", validate=False, check_payoff=False)
     (entry,) = fresh_cache.glob("*.engine")
     data = bytearray(entry.read_bytes())
     data[len(cache.MAGIC) + 65 + 500] ^= 0xFF  # one byte of the engine blob, header intact
     entry.write_bytes(bytes(data))
     with caplog.at_level("WARNING", logger="archfit.cache"):
-        again = archfit.trace(model, inputs, target="openvino", validate=False)
+        again = archfit.trace(model, inputs, target="openvino", validate=False, check_payoff=False)
     assert not any(t.cached for t in again.report.timings.values())
     assert f"compile cache entry {entry} fails its checksum; compiling again" in caplog.text
     assert cache.get(entry.stem, archfit.get_target("openvino")) is not None  # rebuilt and stored again
 
 
-def test_read_only_cache_with_a_damaged_entry_compiles_without_writing(tiny_resnet18, fresh_cache, monkeypatch):
+def test_read_only_cache_with_a_damaged_entry_compiles_without_writing(small, fresh_cache, monkeypatch):
     import pathlib
 
-    model, inputs = tiny_resnet18
-    archfit.trace(model, inputs, target="openvino", validate=False)
+    model, inputs = small
+    archfit.trace(model, inputs, target="openvino", validate=False, check_payoff=False)
     (entry,) = fresh_cache.glob("*.engine")
     entry.write_bytes(b"garbage")
 
-    def refuse(*_a, **_k):
-        raise PermissionError("read-only file system")
+    unlink, mkstemp = pathlib.Path.unlink, tempfile.mkstemp
+
+    def unlink_outside(path, *a, **k):  # only the cache is read-only; torch's own files are not
+        if fresh_cache in path.parents:
+            raise PermissionError("read-only file system")
+        return unlink(path, *a, **k)
+
+    def mkstemp_outside(*a, dir=None, **k):
+        if dir is not None and pathlib.Path(dir) == fresh_cache:
+            raise PermissionError("read-only file system")
+        return mkstemp(*a, dir=dir, **k)
 
     # root ignores directory modes, so a read-only cache is simulated at the calls that write
-    monkeypatch.setattr(pathlib.Path, "unlink", refuse)
-    monkeypatch.setattr("tempfile.mkstemp", refuse)
-    again = archfit.trace(model, inputs, target="openvino")
+    monkeypatch.setattr(pathlib.Path, "unlink", unlink_outside)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_outside)
+    again = archfit.trace(model, inputs, target="openvino", check_payoff=False)
     assert again.report.validation.ok and not any(t.cached for t in again.report.timings.values())
     assert entry.read_bytes() == b"garbage"
 
@@ -108,9 +126,10 @@ def test_clear_removes_leftovers_of_interrupted_writes(fresh_cache):
 def test_two_processes_compiling_at_once(fresh_cache):
     script = textwrap.dedent("""
         import archfit
-        from archfit import zoo
-        m, x = zoo.build("resnet18", tiny=True)
-        c = archfit.trace(m, x, target="onnxruntime", check_payoff=False)
+        import torch
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16)).eval()
+        c = archfit.trace(m, (torch.randn(4, 32),), target="onnxruntime", check_payoff=False)
         print(sum(t.cached for t in c.report.timings.values()))
     """)
     env = dict(os.environ, ARCHFIT_CACHE_DIR=str(fresh_cache))
@@ -124,12 +143,12 @@ def test_two_processes_compiling_at_once(fresh_cache):
 
 
 @pytest.mark.parametrize("target", ["openvino", "onnxruntime"])
-def test_engine_from_cache_saves_and_loads(tiny_resnet18, fresh_cache, tmp_path, target):
+def test_engine_from_cache_saves_and_loads(small, fresh_cache, tmp_path, target):
     """An engine imported from the cache must serialize again (OpenVINO cannot re-export an
     imported model, so the engine keeps its blob)."""
-    model, inputs = tiny_resnet18
-    archfit.trace(model, inputs, target=target, validate=False)
-    cached = archfit.trace(model, inputs, target=target, validate=False)
+    model, inputs = small
+    archfit.trace(model, inputs, target=target, validate=False, check_payoff=False)
+    cached = archfit.trace(model, inputs, target=target, validate=False, check_payoff=False)
     assert all(t.cached for t in cached.report.timings.values())
     loaded = archfit.load(archfit.save(cached, tmp_path / "m.archfit"))
     assert torch.equal(loaded(*inputs), cached(*inputs))

@@ -91,7 +91,7 @@ def test_backend_failure_is_one_line_naming_partition(mlp_custom):
 
 
 def _spins(module) -> set[str]:
-    engines = [m.engine for m in module.graph_module.children() if hasattr(m, "engine")]
+    engines = [m.engine for m in module.graph_module.modules() if hasattr(m, "engine")]  # traced or loaded
     return {e.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
             for e in engines}
 

@@ -38,7 +38,7 @@ def _sources(length: int, seed: int):
 
 def _uses_engines(module) -> bool:
     steps = [m for m in module.steps.values()]
-    return all(any(isinstance(c, EngineModule) for c in s.graph_module.children()) for s in steps)
+    return all(any(isinstance(c, EngineModule) for c in s.graph_module.modules()) for s in steps)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -2,8 +2,6 @@
 as an attacker would) are refused at load and by `inspect` with one line naming the node."""
 import hashlib
 import json
-import subprocess
-import sys
 import zipfile
 
 import pytest
@@ -11,6 +9,7 @@ import torch
 
 import archfit
 from archfit.artifact.host_program import refusal, resolve_op
+from conftest import cli
 
 
 def craft(src, dst, edit_nodes):
@@ -97,18 +96,23 @@ def test_cli_refuses_crafted_file_with_exit_1(saved_mlp, tmp_path):
     marker = tmp_path / "pwned"
     bad = craft(saved_mlp, tmp_path / "bad.archfit", lambda nodes: before_output(nodes, *WRITE_FILE(marker)))
     for command in (["inspect", str(bad)], ["run", str(bad)]):
-        r = subprocess.run([sys.executable, "-m", "archfit", *command], capture_output=True, text=True, timeout=120)
+        r = cli(*command)
         assert r.returncode == 1, r.stderr
         assert r.stderr.count("\n") == 1 and "aten::from_file.default" in r.stderr and "Traceback" not in r.stderr
     assert not marker.exists()
 
 
 def test_the_vocabulary_keeps_what_captured_graphs_compute():
+    aten, add = torch.ops.aten, torch.ops.aten.add.Tensor
     for op in (torch.ops.aten.linear.default, torch.ops.aten._softmax.default, torch.ops.aten.embedding.default,
                torch.ops.aten.cumsum.default, torch.ops.aten._to_copy.default, torch.ops.aten.index.Tensor,
                torch.ops.aten.scaled_dot_product_attention.default, torch.ops.aten.view.default):
         assert refusal(op) is None, op
     assert resolve_op("aten.add.Tensor") is torch.ops.aten.add.Tensor
+    resolve_op.cache_clear()
+    resolve_op("aten.mul.Tensor")
+    # looking ops up by name leaves torch's registry as it was (a second torch.ops.aten broke exporters)
+    assert torch.ops.aten is aten and torch.ops.aten.add.Tensor is add
 
 
 def test_loaded_program_equals_traced_outputs(saved_mlp, mlp_custom):

@@ -6,9 +6,6 @@ import torch
 
 import archfit
 from archfit import zoo
-from archfit.core.capture import capture
-from archfit.regions import plan_regions
-from archfit.core.capture import CaptureFailure
 from archfit.targets.neuron import neuron_data, ts_name
 from conftest import assert_close_to_eager
 
@@ -43,29 +40,20 @@ def test_shipped_inf1_list_names_its_source_and_torchscript_ops():
     assert "aten::embedding" in d["removed"]  # neuron_facts.md: removed from the list for performance
 
 
-def _graphs(model, inputs):
-    """The graphs archfit compiles: the whole model, or its regions (detectors with NMS)."""
-    try:
-        return [capture(model, inputs).graph_module]
-    except archfit.CaptureError as e:
-        plan = plan_regions(model, inputs, CaptureFailure(e.reason, e.where))
-        return [captured.graph_module for captured in plan.captured.values()]
-
-
-def test_captured_ops_without_a_torch_neuron_entry():
-    """Which ops of the zoo's captured graphs have no entry in torch-neuron's list (after the
-    TorchScript-name aliases). gather, index and cumsum (RoBERTa's position ids) are truly absent,
-    so they run on the CPU; scaled_dot_product_attention postdates torch-neuron and is judged by
-    its decomposition."""
+def test_captured_ops_without_a_torch_neuron_entry(zoo_analyses):
+    """Which ops of the zoo's captured graphs (whole models, or the regions of detectors with
+    NMS) have no entry in torch-neuron's list (after the TorchScript-name aliases). gather, index
+    and cumsum (RoBERTa's position ids) are truly absent, so they run on the CPU;
+    scaled_dot_product_attention postdates torch-neuron and is judged by its decomposition."""
     d = neuron_data("neuron_inf1_torch_ops.json")
     known = set(d["supported"]) | set(d["limited"]) | set(d["removed"])
     unmapped = set()
-    for name in zoo.names():
-        model, inputs = zoo.build(name, tiny=True)
-        for node in (n for gm in _graphs(model, inputs) for n in gm.graph.nodes):
-            if node.op == "call_function" and ts_name(node.target).startswith("aten::"):
-                if ts_name(node.target) not in known:
-                    unmapped.add(ts_name(node.target))
+    for analysis in zoo_analyses.values():
+        for captured in analysis.captured.values():
+            for node in captured.graph_module.graph.nodes:
+                if node.op == "call_function" and ts_name(node.target).startswith("aten::"):
+                    if ts_name(node.target) not in known:
+                        unmapped.add(ts_name(node.target))
     assert unmapped == {"aten::gather", "aten::index", "aten::cumsum", "aten::scaled_dot_product_attention"}
 
 
@@ -111,9 +99,8 @@ def test_inf2_sort_falls_back_and_everything_else_fits():
 
 
 @pytest.mark.parametrize("name", zoo.names())
-def test_inf2_analysis_of_tiny_zoo_models(name):
-    model, inputs = zoo.build(name, tiny=True)
-    report = archfit.analyze(model, inputs, targets=["inf2"])["inf2"]
+def test_inf2_analysis_of_tiny_zoo_models(zoo_analyses, name):
+    report = zoo_analyses[name]["inf2"]
     assert report.total_ops > 0 and report.partitions
     e = report.estimate
     assert e.chip == "inf2" and e.total_ms == pytest.approx(e.device_ms + e.transfer_ms + e.host_ms)

@@ -11,7 +11,8 @@ from archfit.errors import ArtifactError, CaptureError
 from archfit.regions import AttachedModule
 from conftest import assert_same_detections
 
-DETECTORS = ["ssd300_vgg16", "retinanet_resnet50_fpn", "yolov3", "yolov4", "yolov5s"]
+# YOLOv4 (the slowest to capture) runs end to end on onnxruntime in test_zoo.py instead
+DETECTORS = ["ssd300_vgg16", "retinanet_resnet50_fpn", "yolov3", "yolov5s"]
 NMS_BRANCH = "torchvision/ops/boxes.py:86"  # batched_nms: `if boxes.numel() > ...` on a data-dependent size
 
 

@@ -25,10 +25,10 @@ def test_high_level_op_judged_by_its_decomposition(tiny_bert):
     supported because its decomposition is."""
     model, inputs = tiny_bert
     cap = capture(model, inputs)
-    from archfit.targets.base import CORE_OPS_KEY
+    from archfit.targets.base import core_ops
 
     node = next(n for n in cap.graph_module.graph.nodes if n.target == torch.ops.aten.linear.default)
-    assert torch.ops.aten.linear.default not in node.meta[CORE_OPS_KEY]
+    assert torch.ops.aten.linear.default not in core_ops(node)
     table = check_support(cap, get_target("openvino"))
     assert all(n.supported for n in table.nodes if n.op == "aten.linear")
 

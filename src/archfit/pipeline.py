@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -36,6 +36,8 @@ class Analysis:
     reports: tuple[FitReport, ...]
     # models that cannot be captured whole: the compiled and host regions (reports are per region)
     regions: RegionPlan | None = None
+    # the graphs analysed, by the name their reports carry (the model, or "Model.region")
+    captured: dict[str, Captured] = field(default_factory=dict, compare=False, repr=False)
 
     def __getitem__(self, target: str) -> FitReport:
         for r in self.reports:
@@ -122,13 +124,13 @@ def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str |
         return out
 
     if why is None:
-        return Analysis(name, tuple(reports(captured, name)))
+        return Analysis(name, tuple(reports(captured, name)), captured={name: captured})
     regions = plan_regions(model, example_inputs, why)
     if not regions.regions and captured is not None:
         # no submodule to compile: the whole graph, its data-dependent nodes marked as host-only
-        return Analysis(name, tuple(reports(captured, name)), regions)
-    return Analysis(name, tuple(r for path, graph in regions.captured.items()
-                                for r in reports(graph, f"{regions.model}.{path}")), regions)
+        return Analysis(name, tuple(reports(captured, name)), regions, {name: captured})
+    graphs = {f"{regions.model}.{path}": graph for path, graph in regions.captured.items()}
+    return Analysis(name, tuple(r for label, graph in graphs.items() for r in reports(graph, label)), regions, graphs)
 
 
 def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "openvino", *,

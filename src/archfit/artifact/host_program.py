@@ -106,8 +106,9 @@ def resolve_op(name: str):
             f"module that defines it (torch.library) before archfit.load (CLI: archfit run --import MODULE)"
         ) from None
     del handle
-    packet = torch._ops.ops.__getattr__(namespace).__getattr__(op)  # both names checked as registered above
-    target = packet.__getattr__(overload)
+    # Plain getattr (never the namespaces' own __getattr__, which would build a second, different
+    # torch.ops.aten): the names are identifiers without dunders, registered as checked above.
+    target = getattr(getattr(getattr(torch.ops, namespace), op), overload)
     if not isinstance(target, torch._ops.OpOverload):
         raise ArtifactError(f"host program names {name!r}, which is not an op; the file is not from archfit")
     why = refusal(target)

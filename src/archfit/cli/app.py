@@ -81,6 +81,16 @@ def cache_where():
     typer.echo(str(cache.cache_dir() or "disabled (ARCHFIT_CACHE=0)"))
 
 
+def _interrupted(err: BaseException) -> bool:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def main(argv: Optional[list] = None) -> None:
     try:
         from . import build, files  # noqa: F401 - their commands register on `app`
@@ -90,6 +100,9 @@ def main(argv: Optional[list] = None) -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - a bug of ours still gets one line; the traceback on request
+        if _interrupted(e):  # Ctrl-C inside an import can surface as another error raised while unwinding
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
         if os.environ.get("ARCHFIT_DEBUG"):
             raise
         from ..errors import first_line

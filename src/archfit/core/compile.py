@@ -143,7 +143,7 @@ def _compile_one(target: Target, sub: fx.GraphModule, args: tuple, precision: st
             f"{target.name} failed to compile partition {index} ({len(ops)} op kinds: "
             f"{', '.join(ops[:8])}{'...' if len(ops) > 8 else ''}): {type(e).__name__}: {msg}; "
             f"force the op at fault to the CPU with force_cpu=[...] or try another target"
-        ) from None
+        ) from e
     if key is not None:
         cache.put(key, engine)
     return engine, time.perf_counter() - t0, False

@@ -16,7 +16,14 @@ if TYPE_CHECKING:
     from ..core.partition import PartitionPlan
 
 PRECISIONS = ("fp32", "bf16")
-CORE_OPS_KEY = "archfit.core_ops"  # node.meta key: the core ATen ops a node decomposes into
+CORE_OPS_KEY = "archfit.core_ops"  # node.meta key: what tells the core ATen ops a node decomposes into
+
+
+def core_ops(node: fx.Node) -> tuple:
+    """The core ATen ops `node` decomposes into (itself when unknown). Capture leaves an object
+    with `of(node)` under CORE_OPS_KEY that decomposes the whole program on first use only."""
+    source = node.meta.get(CORE_OPS_KEY)
+    return source.of(node) if source is not None else (node.target,)
 
 
 class Engine:
@@ -143,7 +150,7 @@ def listed_or_decomposed(is_listed: Callable[[object], bool], source: str) -> Su
     def rule(node: fx.Node) -> str | None:
         if not isinstance(node.target, torch._ops.OpOverload) or is_listed(node.target):
             return None
-        missing = [op for op in node.meta.get(CORE_OPS_KEY, (node.target,)) if not is_listed(op)]
+        missing = [op for op in core_ops(node) if not is_listed(op)]
         if not missing:
             return None
         if missing == [node.target]:
