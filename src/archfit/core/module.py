@@ -74,7 +74,7 @@ def check_values(spec: TensorSpec, value: torch.Tensor, finite: bool) -> None:
     table (eager PyTorch raises; an engine reads another row), and, when asked, NaN or Inf
     (backends propagate them differently: OpenVINO may return finite outputs where eager gives NaN)."""
     if spec.index_limit is not None and value.numel():
-        low, high = int(value.min()), int(value.max())
+        low, high = (int(v) for v in torch.aminmax(value))  # one pass over the ids, on every call
         if low < 0 or high >= spec.index_limit:
             bad = low if low < 0 else high
             raise InputError(f"input {spec.name!r} holds id {bad}, outside the embedding table's range 0.."
@@ -90,8 +90,7 @@ def describe(shape, dtype) -> str:
     return f"{tuple(shape)} {str(dtype).replace('torch.', '')}"
 
 
-def flatten_call(module, args: tuple, kwargs: dict, in_spec: pytree.TreeSpec,
-                 inputs: tuple[TensorSpec, ...]) -> list:
+def flatten_call(args: tuple, kwargs: dict, in_spec: pytree.TreeSpec, inputs: tuple[TensorSpec, ...]) -> list:
     """The call's flat inputs, refused when not structured as the example inputs were."""
     flat, spec = pytree.tree_flatten((args, kwargs))
     if spec != in_spec:
@@ -135,5 +134,5 @@ class CompiledModule(ArchfitModule):
             return list(self.graph_module(*flat))
 
     def forward(self, *args, **kwargs):
-        flat = flatten_call(self, args, kwargs, self.in_spec, self.inputs)
+        flat = flatten_call(args, kwargs, self.in_spec, self.inputs)
         return pytree.tree_unflatten(self.run_flat(flat), self.out_spec)

@@ -133,7 +133,7 @@ class BucketedModule(ArchfitModule):
         return [torch.cat(list(parts), dim=f[0]) for parts, f in zip(zip(*chunks), self.padding.batch_follow)]
 
     def forward(self, *args, **kwargs):
-        flat = flatten_call(self, args, kwargs, self.in_spec, self.inputs)
+        flat = flatten_call(args, kwargs, self.in_spec, self.inputs)
         with torch.no_grad():
             out = self._run_batched(flat) if self.padding.batch_follow is not None else self._run_bucket(flat)
         return pytree.tree_unflatten(out, self.out_spec)
