@@ -16,7 +16,6 @@ from torch.utils import _pytree as pytree
 
 from ..errors import CaptureError, first_line
 from ..ops import op_name
-from ..targets.base import CORE_OPS_KEY
 from .source import from_stack_trace, from_traceback
 
 # Pure checks torch.export leaves behind; they carry no compute and no data.
@@ -141,43 +140,6 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.export.E
         ) from None
 
 
-def _core_ops(ep: torch.export.ExportedProgram) -> dict[str, tuple]:
-    """For each node, the core ATen ops torch's own decomposition table turns it into.
-
-    Backends publish support as lists of core ATen ops (OpenVINO's torch.compile list, ONNX's
-    torchlib), while export keeps high-level ops (linear, layer_norm, sdpa) that backends lower
-    better whole. A high-level op counts as supported when the op itself or all of its
-    decomposition is listed. Provenance comes from `from_node`, recorded by torch.fx passes."""
-    try:
-        core = ep.run_decompositions()
-    except Exception:  # noqa: BLE001 - no decomposition available: judge nodes as they are
-        return {}
-    out: dict[str, list] = {}
-    for node in core.graph.nodes:
-        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
-            continue
-        sources = node.meta.get("from_node") or []
-        origin = sources[-1].name if sources else node.name
-        out.setdefault(origin, []).append(node.target)
-    return {k: tuple(dict.fromkeys(v)) for k, v in out.items()}
-
-
-class CoreOps:
-    """Each node's core ATen ops, from one decomposition of the whole program made on first use:
-    it costs about a third of a capture, and targets that list a node's op never ask."""
-
-    def __init__(self, ep: torch.export.ExportedProgram):
-        self._ep, self._map = ep, None
-
-    def of(self, node: fx.Node) -> tuple:
-        if self._map is None:
-            self._map, self._ep = _core_ops(self._ep), None
-        return self._map.get(node.name, (node.target,))
-
-    def __deepcopy__(self, memo) -> "CoreOps":
-        return self  # graph copies (partitions, bf16 passes) share it: it is immutable once computed
-
-
 def _flat_graph_module(ep: torch.export.ExportedProgram) -> fx.GraphModule:
     """Unlifted module (weights as get_attr) that takes and returns flat tensor lists."""
     gm = ep.module()
@@ -229,10 +191,6 @@ def capture(model: torch.nn.Module, example_inputs: Any) -> Captured:
             pass
     ep = _export(model, args, kwargs)
     gm = _flat_graph_module(ep)
-    core = CoreOps(ep)
-    for node in gm.graph.nodes:
-        if node.op == "call_function":
-            node.meta[CORE_OPS_KEY] = core
     out_spec = ep.call_spec.out_spec
     names = leaf_names(model, args, kwargs)
     limits = index_limits(gm)

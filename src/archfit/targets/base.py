@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from importlib import import_module, resources
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import fx
+from torch.utils import _pytree as pytree
 
 from ..ops import op_name
 
@@ -16,14 +18,60 @@ if TYPE_CHECKING:
     from ..core.partition import PartitionPlan
 
 PRECISIONS = ("fp32", "bf16")
-CORE_OPS_KEY = "archfit.core_ops"  # node.meta key: what tells the core ATen ops a node decomposes into
+_DECOMPOSED: dict[tuple, tuple] = {}  # (op, argument signature) -> core ATen ops, for the process
 
 
 def core_ops(node: fx.Node) -> tuple:
-    """The core ATen ops `node` decomposes into (itself when unknown). Capture leaves an object
-    with `of(node)` under CORE_OPS_KEY that decomposes the whole program on first use only."""
-    source = node.meta.get(CORE_OPS_KEY)
-    return source.of(node) if source is not None else (node.target,)
+    """The core ATen ops `node` decomposes into under torch's default decomposition table (the
+    node's own op when it has none).
+
+    Backends publish support as lists of core ATen ops (OpenVINO's torch.compile list, ONNX's
+    torchlib), while export keeps high-level ops (linear, layer_norm, sdpa) that backends lower
+    better whole. Why per node and not `ExportedProgram.run_decompositions()`: that re-traces
+    the whole program (a third of a capture); one op traced alone at its argument shapes gives
+    the same ops in milliseconds, and repeats (every layer's linear) come from the cache."""
+    if not isinstance(node.target, torch._ops.OpOverload):
+        return (node.target,)
+    leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
+    values = [leaf.meta.get("val") if isinstance(leaf, fx.Node) else leaf for leaf in leaves]
+    key = (node.target, tuple((tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else repr(v) for v in values))
+    if key not in _DECOMPOSED:
+        if len(_DECOMPOSED) > 4096:
+            _DECOMPOSED.clear()
+        _DECOMPOSED[key] = _decompose(node.target, values, spec)
+    return _DECOMPOSED[key]
+
+
+@lru_cache(maxsize=1)
+def _default_table() -> dict:
+    return dict(torch.export.default_decompositions().items())
+
+
+def _decompose(op, values: list, spec) -> tuple:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    tensors = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
+    static = all(isinstance(d, int) for i in tensors for d in (*values[i].shape, *values[i].stride()))
+    if not static or any(isinstance(v, (fx.Node, torch.SymInt)) for v in values):
+        return (op,)  # an argument with no recorded value, or a data-dependent size: judge the op itself
+
+    def call(*ts):
+        filled = list(values)
+        for i, t in zip(tensors, ts):
+            filled[i] = t
+        args, kwargs = pytree.tree_unflatten(filled, spec)
+        return op(*args, **kwargs)
+
+    # empty tensors of the recorded shapes: make_fx fakes them, so nothing is computed
+    inputs = [torch.empty_strided(tuple(values[i].shape), tuple(values[i].stride()), dtype=values[i].dtype)
+              for i in tensors]
+    try:
+        gm = make_fx(call, decomposition_table=_default_table(), tracing_mode="fake")(*inputs)
+    except Exception:  # noqa: BLE001 - no decomposition (custom ops, symbolic shapes): judge the op itself
+        return (op,)
+    found = [n.target for n in gm.graph.nodes
+             if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)]
+    return tuple(dict.fromkeys(found)) or (op,)
 
 
 class Engine:
@@ -65,6 +113,7 @@ class ChipSpec:
     assumptions: str
     utilisation: float = 1.0  # calibrated share of peak reached on real models
     call_overhead_ms: float = 0.0  # calibrated fixed cost per device program call
+    calibration_error: float | None = None  # rms log error of that fit against published latencies
 
     def calibrated(self) -> "ChipSpec":
         """This chip with utilisation and overhead from the shipped calibration, if present."""
@@ -72,7 +121,8 @@ class ChipSpec:
         fit = json.loads(path.read_text()).get("chips", {}).get(self.name) if path.is_file() else None
         if not fit:
             return self
-        return replace(self, utilisation=fit["utilisation"], call_overhead_ms=fit["call_overhead_ms"])
+        return replace(self, utilisation=fit["utilisation"], call_overhead_ms=fit["call_overhead_ms"],
+                       calibration_error=fit.get("rms_log_error"))
 
 
 # A target's SDK may refuse partitions the partitioner made: plan -> {partition index: why}.
@@ -146,7 +196,7 @@ def to_numpy(t: torch.Tensor):
 
 def listed_or_decomposed(is_listed: Callable[[object], bool], source: str) -> SupportRule:
     """Support rule from a backend's published op list: a node is supported when its op is
-    listed, or when every core ATen op it decomposes into is (see CORE_OPS_KEY)."""
+    listed, or when every core ATen op it decomposes into is (see core_ops)."""
     def rule(node: fx.Node) -> str | None:
         if not isinstance(node.target, torch._ops.OpOverload) or is_listed(node.target):
             return None
