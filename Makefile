@@ -2,6 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo test bench clean
 
@@ -10,6 +11,8 @@ install: $(VENV)/.installed
 # torch and torchvision are pinned to the builds that lie on this machine's disk;
 # pip installs them first so the rest of the resolve never asks for another torch.
 $(VENV)/.installed: pyproject.toml
+	@# the HTML report's tests drive Debian's Chromium (Playwright's own browser download needs the internet)
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1

@@ -163,7 +163,7 @@ def test_seq2seq_compile_generate_end_to_end(tmp_path):
     (lambda d: ("compile", "bert-base", "--tiny", "--vary", "input_ids:1", "--lengths", str(d / "huge.json")),
      "error: run: bucket options: ValueError: sample must hold sizes from 1 to 1048576"),
     (lambda d: ("compile", "resnet18", "--tiny", "-o", str(d / "missing" / "r.archfit")),
-     f"error: artifact: output {{d}}/missing/r.archfit: directory {{d}}/missing does not exist"),
+     "error: artifact: output {d}/missing/r.archfit: directory {d}/missing does not exist"),
     (lambda d: ("compile", "resnet18", "--tiny", "-o", "/dev/null"), "error: artifact: output /dev/null is not a regular"),
     (lambda d: ("compile", "resnet18", "--tiny", "-o", str(d)), "error: artifact: output {d} is a directory"),
     (lambda d: ("analyze", f"{d / 'raises.py'}:build"), "error: model: {d}/raises.py:build raised ZeroDivisionError at"),

@@ -76,6 +76,23 @@ def test_analyze_names_custom_op_with_source_line_on_every_target(mlp_custom):
         assert report.to_dict()["fallback"][0]["op"] == "archfit_zoo.softclip"
 
 
+def test_analysis_compiles_its_own_graph_without_capturing_again(mlp_custom, monkeypatch):
+    import archfit.pipeline
+
+    model, inputs = mlp_custom
+    analysis = archfit.analyze(model, inputs, targets=["openvino"])
+
+    def no_capture(*_a, **_k):
+        raise AssertionError("captured again")
+
+    monkeypatch.setattr(archfit.pipeline, "capture_fixed", no_capture)
+    compiled = analysis.compile("openvino", check_payoff=False)
+    assert [p.nodes for p in compiled.report.partitions] == [p.nodes for p in analysis["openvino"].partitions]
+    assert_close_to_eager(model, compiled, inputs)
+    with pytest.raises(archfit.ArchfitError, match="holds no model to compile"):
+        archfit.Analysis("m", ()).compile()
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_bf16_matches_eager_within_bf16_tolerance_and_differs_from_fp32(tiny_resnet18, target):
     model, inputs = tiny_resnet18

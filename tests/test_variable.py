@@ -37,6 +37,16 @@ def test_every_length_matches_eager_at_that_exact_length(bucketed_bert):
         assert_close_to_eager(model, module, inputs)
 
 
+def test_html_page_has_the_bucket_table(bucketed_bert):
+    _, module = bucketed_bert
+    page = module.page()
+    rows = page["buckets"]["rows"]
+    assert [r["size"] for r in rows] == list(SIZES) and all(r["ok"] for r in rows)
+    assert all(r["partitions"] == len(module.report.partitions) for r in rows)
+    html = module.to_html()
+    assert '"buckets":{"rows":[{"size":%d' % SIZES[0] in html and html.startswith("<!DOCTYPE html>")
+
+
 def test_oversize_and_untied_sizes_are_one_line_errors(bucketed_bert):
     _, module = bucketed_bert
     with pytest.raises(archfit.InputError, match=r"input 'input_ids' dim 1 has size 17, larger than the largest "

@@ -19,9 +19,10 @@ from .core.partition import PartitionPlan, drop_partitions, is_acyclic, plan_par
 from .core.support import Reason, check_support
 from .core.validate import validate as run_validation
 from .errors import ArchfitError, CaptureError
-from .regions import AttachedModule, RegionPlan, plan_regions, plan_to_dict, render_regions, validate_attached
+from .regions import (AttachedModule, RegionPlan, plan_regions, plan_to_dict, regions_page, render_regions,
+                      validate_attached)
 from .report import FitReport, build_report, estimate_latency, measure_host_ms
-from .shapes import BucketedModule, Buckets, trace_buckets
+from .shapes import Buckets, trace_buckets
 from .targets import Target, get_target
 from .targets.base import PRECISIONS
 
@@ -38,6 +39,18 @@ class Analysis:
     regions: RegionPlan | None = None
     # the graphs analysed, by the name their reports carry (the model, or "Model.region")
     captured: dict[str, Captured] = field(default_factory=dict, compare=False, repr=False)
+    module: torch.nn.Module | None = field(default=None, compare=False, repr=False)  # the model analysed
+    example_inputs: Any = field(default=None, compare=False, repr=False)
+    failure: CaptureFailure | None = field(default=None, compare=False, repr=False)  # why it was not captured whole
+
+    def compile(self, target: str | Target = "openvino", **options) -> ArchfitModule:
+        """`archfit.trace` of the analysed model on the graphs this analysis captured: analyse on
+        several targets, then compile for the one you pick without capturing again (seconds to
+        minutes on large models). Options are trace's. The graphs are those of the model when it
+        was analysed: after changing its weights or code, call archfit.trace instead."""
+        if self.module is None:
+            raise ArchfitError("this analysis holds no model to compile; call archfit.trace(model, inputs, ...)")
+        return trace(self.module, self.example_inputs, target, name=self.model, _analysis=self, **options)
 
     def __getitem__(self, target: str) -> FitReport:
         for r in self.reports:
@@ -54,6 +67,17 @@ class Analysis:
         if self.regions is not None:
             d["regions"] = plan_to_dict(self.regions)
         return d
+
+    def to_html(self) -> str:
+        """One self-contained HTML page: every target side by side, the graph coloured by where
+        each node runs, the CPU nodes with reasons and source lines."""
+        from .report.html import render_page
+
+        sections: dict[str, list[FitReport]] = {}
+        for r in self.reports:
+            sections.setdefault(r.model, []).append(r)
+        return render_page(self.model, list(sections.items()),
+                           regions=regions_page(self.regions) if self.regions is not None else None)
 
     def __str__(self) -> str:
         return self.to_text()
@@ -120,17 +144,20 @@ def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str |
             target = get_target(t)
             prec = _precision(target, precision)
             plan = _plan(graph, target, force_cpu, min_partition_size)
-            out.append(build_report(label, plan, prec, target.emulated, estimate=_estimate(graph, plan, target, prec)))
+            out.append(build_report(label, plan, prec, target.emulated, estimate=_estimate(graph, plan, target, prec),
+                                    graph_module=graph.graph_module))
         return out
 
+    kept = dict(module=model, example_inputs=example_inputs, failure=why)
     if why is None:
-        return Analysis(name, tuple(reports(captured, name)), captured={name: captured})
+        return Analysis(name, tuple(reports(captured, name)), captured={name: captured}, **kept)
     regions = plan_regions(model, example_inputs, why)
     if not regions.regions and captured is not None:
         # no submodule to compile: the whole graph, its data-dependent nodes marked as host-only
-        return Analysis(name, tuple(reports(captured, name)), regions, {name: captured})
+        return Analysis(name, tuple(reports(captured, name)), regions, {name: captured}, **kept)
     graphs = {f"{regions.model}.{path}": graph for path, graph in regions.captured.items()}
-    return Analysis(name, tuple(r for label, graph in graphs.items() for r in reports(graph, label)), regions, graphs)
+    return Analysis(name, tuple(r for label, graph in graphs.items() for r in reports(graph, label)), regions, graphs,
+                    **kept)
 
 
 def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "openvino", *,
@@ -138,7 +165,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
           min_partition_size: int | None = None, check_payoff: bool = True,
           validate: bool = True, validation_inputs: Any = None, cache: bool = True, progress=None,
           name: str | None = None, buckets: Buckets | None = None, dynamic_batch: bool = False,
-          check_padding: bool = True) -> ArchfitModule:
+          check_padding: bool = True, _analysis: Analysis | None = None) -> ArchfitModule:
     """Compile `model` for `target` at the example inputs' shapes; returns an nn.Module that
     takes the same inputs and returns the same output structure as `model`.
 
@@ -171,18 +198,24 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
 
         return trace_buckets(trace_one, model, example_inputs, buckets, dynamic_batch, options.precision,
                              check_padding=check_padding, progress=progress)
-    return _trace_model(model, example_inputs, options, name, validation_inputs, t0)
+    return _trace_model(model, example_inputs, options, name, validation_inputs, t0, _analysis)
 
 
-def _trace_model(model, example_inputs, options: TraceOptions, name: str, validation_inputs, t0: float):
-    """One fixed-shape graph, or, when the model cannot be captured whole, its regions."""
-    captured, why = capture_fixed(model, example_inputs)
+def _trace_model(model, example_inputs, options: TraceOptions, name: str, validation_inputs, t0: float,
+                 analysis: Analysis | None = None):
+    """One fixed-shape graph, or, when the model cannot be captured whole, its regions (those an
+    analysis captured already when given one)."""
+    if analysis is None:
+        captured, why = capture_fixed(model, example_inputs)
+    else:
+        captured, why = analysis.captured.get(analysis.model), analysis.failure
     if why is None:
         return _trace_captured(model, captured, options, name, validation_inputs, t0)
     if options.require_full:
         raise CaptureError(f"{name}: {why}; require_full asks for the whole model on the target: move that code out "
                            f"of forward()")
-    return _trace_regions(model, example_inputs, why, options, name)
+    plan = analysis.regions if analysis is not None else None
+    return _trace_regions(model, example_inputs, why, options, name, plan)
 
 
 def _trace_captured(model: torch.nn.Module, captured: Captured, options: TraceOptions, name: str,
@@ -205,12 +238,15 @@ def _trace_captured(model: torch.nn.Module, captured: Captured, options: TraceOp
         extra = normalize_inputs(validation_inputs) if validation_inputs is not None else None
         validation = run_validation(model, module(), captured, compiled, precision, extra_inputs=extra)
     return module(build_report(name, compiled.plan, precision, target.emulated, compiled.timings, validation,
-                               time.perf_counter() - t0, estimate=_estimate(captured, compiled.plan, target, precision)))
+                               time.perf_counter() - t0, estimate=_estimate(captured, compiled.plan, target, precision),
+                               graph_module=captured.graph_module))
 
 
-def _trace_regions(model, example_inputs, why: CaptureFailure, options: TraceOptions, name: str) -> AttachedModule:
-    """Compile the submodules that capture at fixed shapes; the rest stays the model's Python."""
-    plan = plan_regions(model, example_inputs, why)
+def _trace_regions(model, example_inputs, why: CaptureFailure, options: TraceOptions, name: str,
+                   plan: RegionPlan | None = None) -> AttachedModule:
+    """Compile the submodules that capture at fixed shapes; the rest stays the model's Python
+    (the regions an analysis planned already, when given its plan)."""
+    plan = plan if plan is not None else plan_regions(model, example_inputs, why)
     if not plan.regions:
         raise CaptureError(f"{name}: {why}; no submodule holding enough of its FLOPs captures at fixed shapes "
                            f"either, so nothing can be compiled: move that code out of forward() or rewrite it with "

@@ -7,8 +7,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 

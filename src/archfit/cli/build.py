@@ -9,23 +9,42 @@ import typer
 
 from .app import MODEL_HELP, app, emit, fail, progress_line
 
+HTML_HELP = "Also write the report as one self-contained HTML page here (opens offline in any browser)."
+
+
+def write_page(path: Path, page: str, say: bool) -> None:
+    """Write the HTML report (its path was checked before any work)."""
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as e:
+        fail(OSError(f"--html {path}: {e.strerror or e}; choose another path"))
+    if say:
+        typer.echo(f"wrote {path} ({len(page.encode()) / 1024:.0f} KiB): open it in a browser")
+
 @app.command()
 def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
             target: List[str] = typer.Option(["openvino", "onnxruntime"], "--target", "-t", help="Target(s) to check."),
             precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (default: each target's own)."),
             force_cpu: List[str] = typer.Option([], "--force-cpu", help="Op or node name to keep on the CPU."),
             tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
+            html: Optional[Path] = typer.Option(None, "--html", help=HTML_HELP),
             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Fit report per target, without compiling."""
     from .. import ArchfitError, analyze as run_analyze
     from .models import load_model
 
+    from ..artifact.container import check_output_path
+
     try:
+        if html is not None:
+            check_output_path(html)
         mod, inputs, name = load_model(model, tiny)
         result = run_analyze(mod, inputs, targets=target, precision=precision, force_cpu=force_cpu, name=name)
     except ArchfitError as e:
         fail(e)
     emit(result.to_dict()) if as_json else typer.echo(result.to_text())
+    if html is not None:
+        write_page(html, result.to_html(), not as_json)
 
 
 @app.command("compile")
@@ -55,6 +74,7 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
              source_buckets: str = typer.Option("16,32,64", help="With --generate: source-length buckets."),
              max_new_tokens: int = typer.Option(64, help="With --generate: length of the decoder cache."),
              num_beams: int = typer.Option(1, help="With --generate: most beams generate will be asked for."),
+             html: Optional[Path] = typer.Option(None, "--html", help=HTML_HELP),
              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Compile for a target, validate against eager PyTorch, compare latency, optionally save."""
     import torch
@@ -67,13 +87,14 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
     from .models import load_model
 
     try:
-        if output is not None:  # before any work: a bad path found after a long compile loses it
-            check_output_path(output)
+        for path in (output, html):  # before any work: a bad path found after a long compile loses it
+            if path is not None:
+                check_output_path(path)
     except ArchfitError as e:
         fail(e)
     if generate:
         return _compile_seq2seq(model, tiny, output, target, precision, source_buckets, max_new_tokens, num_beams,
-                                not no_cache, as_json)
+                                not no_cache, as_json, html)
     try:
         mod, inputs, name = load_model(model, tiny)
         spec = _buckets(vary, buckets, lengths, max_buckets, pad)
@@ -96,6 +117,8 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
                 f"{compiled_ms:.3f} ms, speedup {eager_ms / compiled_ms:.2f}x")
     except InputError as e:  # buckets chosen below the example's size
         latency, line = None, f"latency: not compared, the example inputs do not fit: {e}"
+    if html is not None:
+        write_page(html, compiled.to_html(latency=line), not as_json)
     if as_json:
         emit(compiled.report.to_dict() | {"latency_ms": latency, "output": str(output) if output else None})
         return
@@ -108,7 +131,7 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
 
 
 def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, source_buckets: str, max_new_tokens: int,
-                     num_beams: int, cache: bool, as_json: bool) -> None:
+                     num_beams: int, cache: bool, as_json: bool, html: Path | None = None) -> None:
     import torch
 
     from .. import ArchfitError, save, trace_seq2seq
@@ -139,15 +162,18 @@ def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, sou
         same = bool(torch.equal(compiled.generate(ids, **kw), hf.generate(ids, **kw)))
         eager_ms = median_seconds(lambda: hf.generate(ids, **kw), budget=2.0) * 1e3
         compiled_ms = median_seconds(lambda: compiled.generate(ids, **kw), budget=2.0) * 1e3
+    summary = (f"greedy generation of {n} tokens from {ids.shape[1]} source tokens: eager transformers "
+               f"{eager_ms:.1f} ms, archfit {compiled.target} {compiled_ms:.1f} ms ({eager_ms / compiled_ms:.2f}x, "
+               f"{n / compiled_ms * 1e3:.0f} tokens/s), same tokens: {'yes' if same else 'NO'}")
+    if html is not None:
+        write_page(html, compiled.to_html(latency=summary), not as_json)
     if as_json:
         emit(compiled.report.to_dict() | {"greedy_ms": {"eager": eager_ms, "compiled": compiled_ms},
                                            "same_tokens": same, "output": str(output) if output else None})
         return
     typer.echo(compiled.report.to_text())
     typer.echo(compiled.summary())
-    typer.echo(f"greedy generation of {n} tokens from {ids.shape[1]} source tokens: eager transformers "
-               f"{eager_ms:.1f} ms, archfit {compiled.target} {compiled_ms:.1f} ms ({eager_ms / compiled_ms:.2f}x, "
-               f"{n / compiled_ms * 1e3:.0f} tokens/s), same tokens: {'yes' if same else 'NO'}")
+    typer.echo(summary)
     if output is not None:
         typer.echo(f"saved {output} ({output.stat().st_size / 2**20:.1f} MiB)")
 

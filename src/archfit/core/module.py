@@ -50,6 +50,20 @@ class ArchfitModule(torch.nn.Module):
         """What is particular to this module's shape (buckets, regions, generation), as text lines."""
         return ""
 
+    def page(self) -> dict[str, Any]:
+        """What the HTML page shows (keyword arguments of report.html.render_page): sections of
+        reports side by side, plus what is particular to this module's shape."""
+        return {"sections": [(self.report.model, [self.report])] if self.report is not None else []}
+
+    def to_html(self, latency: str | None = None) -> str:
+        """The report as one self-contained HTML page, with what is particular to this module
+        (bucket table, regions, the generator's parts)."""
+        from ..report.html import render_page  # the report sits above core; only this method needs it
+
+        page = self.page()
+        title = page["sections"][0][0] if page["sections"] else type(self).__name__
+        return render_page(f"{title} on {self.target}", latency=latency, **page)
+
     def file_components(self) -> dict[str, "ArchfitModule"]:
         """Static or bucketed modules to store, by name."""
         return {"main": self}

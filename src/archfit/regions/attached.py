@@ -14,7 +14,7 @@ from ..core.compile import share_cores, shared_copy
 from ..core.module import ArchfitModule
 from ..core.validate import TOLERANCES, InputCheck, Validation, compare_outputs, flat_outputs, random_like
 from ..errors import ArtifactError, ValidationError
-from .plan import RegionPlan, plan_from_dict, plan_to_dict, render_regions
+from .plan import RegionPlan, plan_from_dict, plan_to_dict, regions_page, render_regions
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -72,6 +72,10 @@ class AttachedModule(ArchfitModule):
 
     def summary(self) -> str:
         return render_regions(self.plan, list(self.regions))
+
+    def page(self) -> dict:
+        sections = [(f"{self.plan.model}.{p}", [r]) for p, r in self.reports.items() if r is not None]
+        return {"sections": sections, "regions": regions_page(self.plan, list(self.regions))}
 
     def file_components(self) -> dict[str, ArchfitModule]:
         return {f"region_{i}": part for i, part in enumerate(self.regions.values())}

@@ -9,7 +9,7 @@ named with the reason and the source line capture stopped at, and its children a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch.utils import _pytree as pytree
@@ -137,6 +137,19 @@ def render_regions(plan: RegionPlan, compiled: list[str] | None = None) -> str:
 def plan_to_dict(plan: RegionPlan) -> dict:
     return {"model": plan.model, "regions": list(plan.regions), "region_flops": plan.region_flops,
             "host": [h.__dict__ for h in plan.host], "total_flops": plan.total_flops}
+
+
+def regions_page(plan: RegionPlan, compiled: Sequence[str] | None = None) -> dict:
+    """The region table of the HTML page: compiled regions and host regions, with why."""
+    total = plan.total_flops or 1
+    names = list(plan.regions) if compiled is None else list(compiled)
+    rows = [{"path": f"{plan.model}.{p}", "compiled": True, "share": plan.region_flops.get(p, 0) / total,
+             "why": f"{plan.region_flops.get(p, 0) / total:.1%} of FLOPs"} for p in names]
+    rows += [{"path": h.module, "compiled": False, "share": h.flops / total,
+              "why": f"{h.reason}" + (f" at {h.source}" if h.source else "") + f"; {h.flops / total:.1%} of FLOPs"}
+             for h in plan.host]
+    return {"reason": f"{plan.model} cannot be captured whole at fixed shapes: archfit compiles its submodules and runs "
+                      f"the rest of its Python on the host CPU", "regions": rows}
 
 
 def plan_from_dict(d: dict) -> RegionPlan:

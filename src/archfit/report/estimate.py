@@ -39,6 +39,7 @@ class LatencyEstimate:
     host_ms: float  # fallback nodes, measured on this machine's CPU
     utilisation: float
     call_overhead_ms: float
+    calibration_error: float | None = None  # rms log error of the calibration fit (0.23: typically x1.26 off)
 
     @property
     def device_ms(self) -> float:
@@ -115,4 +116,5 @@ def estimate_latency(gm: fx.GraphModule, plan: PartitionPlan, chip: ChipSpec, pr
             overhead_ms=chip.call_overhead_ms,
             transfer_ms=p.boundary_bytes / link * 1e3,
         ))
-    return LatencyEstimate(chip.name, precision, tuple(parts), host_ms, chip.utilisation, chip.call_overhead_ms)
+    return LatencyEstimate(chip.name, precision, tuple(parts), host_ms, chip.utilisation, chip.call_overhead_ms,
+                           chip.calibration_error)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..core.compile import PartitionTiming
 from ..core.partition import Partition, PartitionPlan
 from ..core.support import Reason
 from ..core.validate import Validation
 from .estimate import LatencyEstimate
+from .graph import GraphView, graph_view
 
 # Verdict thresholds, stated so users can argue with them.
 FITS_WITH_FALLBACK_MIN_FLOP_SHARE = 0.80  # below this share of FLOPs on the target: poor fit
@@ -46,6 +47,8 @@ class FitReport:
     validation: Validation | None = None
     compile_seconds: float | None = None
     estimate: LatencyEstimate | None = None  # roofline, for accelerator profiles; not a measurement
+    # every node and where it runs, for the HTML page; left out of to_dict (it is the graph, not the fit)
+    graph: GraphView | None = field(default=None, compare=False, repr=False)
 
     @property
     def op_share(self) -> float:
@@ -56,7 +59,8 @@ class FitReport:
         return self.supported_flops / self.total_flops if self.total_flops else 1.0
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, graph=None))
+        del d["graph"]
         d["op_share"], d["flop_share"] = self.op_share, self.flop_share
         d["timings"] = {str(k): asdict(v) | {"pays_off": v.pays_off} for k, v in self.timings.items()}
         if self.validation is not None:
@@ -74,6 +78,12 @@ class FitReport:
         from .render import render_report
 
         return render_report(self)
+
+    def to_html(self) -> str:
+        """One self-contained HTML page: the fit, the graph by module coloured by where each node runs."""
+        from .html import render_page
+
+        return render_page(f"{self.model} on {self.target}", [(self.model, [self])])
 
     def __str__(self) -> str:
         return self.to_text()
@@ -111,7 +121,7 @@ def _fallback_groups(plan: PartitionPlan) -> tuple[FallbackGroup, ...]:
 
 
 def build_report(model_name: str, plan: PartitionPlan, precision: str, emulated: bool = False,
-                 timings=None, validation=None, compile_seconds=None, estimate=None) -> FitReport:
+                 timings=None, validation=None, compile_seconds=None, estimate=None, graph_module=None) -> FitReport:
     # Views and getitems are free and would inflate coverage; count ops that compute.
     nodes = [n for n in plan.table.nodes if n.compute]
     supported = [n for n in nodes if n.supported]
@@ -125,4 +135,5 @@ def build_report(model_name: str, plan: PartitionPlan, precision: str, emulated:
         supported_flops=supported_flops, partitions=plan.partitions, fallback=_fallback_groups(plan),
         verdict=verdict, verdict_reason=why, timings=dict(timings or {}), validation=validation,
         compile_seconds=compile_seconds, estimate=estimate,
+        graph=graph_view(graph_module, plan) if graph_module is not None else None,
     )

@@ -138,6 +138,19 @@ class BucketedModule(ArchfitModule):
             out = self._run_batched(flat) if self.padding.batch_follow is not None else self._run_bucket(flat)
         return pytree.tree_unflatten(out, self.out_spec)
 
+    def page(self) -> dict:
+        rows = []
+        for size in self.sizes:
+            r = self.buckets[str(size)].report
+            v = r.validation if r is not None else None
+            rows.append({"size": size, "partitions": len(r.partitions) if r else None,
+                         "cpu_ops": r.total_ops - r.supported_ops if r else None,
+                         "ok": v.ok if v is not None else None, "max_rel": v.max_rel if v is not None else None})
+        c = self.choice
+        choice = None if c is None else {"padding_waste": c.padding_waste, "speedup": c.speedup,
+                                         "ideal_speedup": c.ideal_speedup}
+        return super().page() | {"buckets": {"rows": rows, "choice": choice, "batch": self.batch}}
+
     def summary(self) -> str:
         """Bucket table, chosen boundaries and their expected gain, as text lines."""
         lines = []

@@ -89,8 +89,6 @@ class OnnxRuntimeEngine(Engine):
     dict or as a zip of those parts (the compile cache's form)."""
 
     def __init__(self, data: bytes | dict[str, bytes], options=None):
-        import onnxruntime as ort
-
         parts = data if isinstance(data, dict) else _unzip(data)
         self.model = parts[MODEL]
         # Only the shared arrays are kept, not the bytes they came from: holding both would
