@@ -50,14 +50,6 @@ def saved_mlp(mlp_custom, tmp_path_factory):
     return archfit.save(compiled, tmp_path_factory.mktemp("saved") / "mlp.archfit")
 
 
-@pytest.fixture(scope="session")
-def zoo_analyses():
-    """Every tiny zoo model analysed once on both Inferentia profiles (one capture per model)."""
-    import archfit
-
-    return {name: archfit.analyze(*zoo.build(name, tiny=True), targets=["inf1", "inf2"]) for name in zoo.names()}
-
-
 def cli(*args):
     """The `archfit` command in this process, no interpreter start-up per call (a fresh process is
     tested where it matters): an object with returncode, stdout and stderr, like subprocess.run's."""

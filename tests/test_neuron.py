@@ -1,12 +1,12 @@
 """Inferentia profiles: support from Neuron's published data, Neuron's partition policies,
-roofline estimates, and emulated execution with Inferentia's numerics."""
+roofline estimates, and emulated execution with Inferentia's numerics. Every zoo model on both
+profiles: test_zoo.py (one analysis per model, shared with its compile test)."""
 
 import pytest
 import torch
 
 import archfit
-from archfit import zoo
-from archfit.targets.neuron import neuron_data, ts_name
+from archfit.targets.neuron import neuron_data
 from conftest import assert_close_to_eager
 
 
@@ -38,23 +38,6 @@ def test_shipped_inf1_list_names_its_source_and_torchscript_ops():
     entries = list(d["supported"]) + list(d["limited"]) + list(d["removed"])
     assert len(entries) > 150 and all(e.startswith(("aten::", "prim::")) for e in entries), entries[:5]
     assert "aten::embedding" in d["removed"]  # neuron_facts.md: removed from the list for performance
-
-
-def test_captured_ops_without_a_torch_neuron_entry(zoo_analyses):
-    """Which ops of the zoo's captured graphs (whole models, or the regions of detectors with
-    NMS) have no entry in torch-neuron's list (after the TorchScript-name aliases). gather, index
-    and cumsum (RoBERTa's position ids) are truly absent, so they run on the CPU;
-    scaled_dot_product_attention postdates torch-neuron and is judged by its decomposition."""
-    d = neuron_data("neuron_inf1_torch_ops.json")
-    known = set(d["supported"]) | set(d["limited"]) | set(d["removed"])
-    unmapped = set()
-    for analysis in zoo_analyses.values():
-        for captured in analysis.captured.values():
-            for node in captured.graph_module.graph.nodes:
-                if node.op == "call_function" and ts_name(node.target).startswith("aten::"):
-                    if ts_name(node.target) not in known:
-                        unmapped.add(ts_name(node.target))
-    assert unmapped == {"aten::gather", "aten::index", "aten::cumsum", "aten::scaled_dot_product_attention"}
 
 
 def test_inf1_bert_embedding_falls_back_with_neuron_reason(tiny_bert):
@@ -96,16 +79,6 @@ def test_inf2_sort_falls_back_and_everything_else_fits():
     (group,) = report.fallback
     assert group.op == "aten.sort" and "torch-neuronx: named unsupported by Neuron" in group.detail
     assert len(report.partitions) == 2 and report.precision == "fp32"
-
-
-@pytest.mark.parametrize("name", zoo.names())
-def test_inf2_analysis_of_tiny_zoo_models(zoo_analyses, name):
-    report = zoo_analyses[name]["inf2"]
-    assert report.total_ops > 0 and report.partitions
-    e = report.estimate
-    assert e.chip == "inf2" and e.total_ms == pytest.approx(e.device_ms + e.transfer_ms + e.host_ms)
-    text = report.to_text()
-    assert "ESTIMATED latency on inf2" in text and "not a measurement" in text
 
 
 @pytest.mark.parametrize("target", ["inf1", "inf2"])
