@@ -49,7 +49,7 @@ def test_run_arms_interleaves_and_reports_a_peer_that_fails():
 def test_cli_bench_compares_chosen_arms_on_a_tiny_model():
     # a process of its own: the peers (torch.compile with OpenVINO's backend) change torch's global state
     cmd = [sys.executable, "-m", "archfit", "bench", "resnet18", "--tiny", "--arm", "OpenVINO direct",
-           "--arm", "archfit openvino fp32", "--rounds", "1", "--json"]
+           "--arm", "archfit openvino fp32", "--rounds", "1", "--seconds", "0.1", "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)

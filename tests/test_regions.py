@@ -1,6 +1,10 @@
 """Detectors end to end: what cannot be captured at fixed shapes (NMS behind a branch on a tensor's
-size) stays the model's Python on the host; the rest is compiled; outputs equal eager PyTorch."""
+size) stays the model's Python on the host; the rest is compiled; outputs equal eager PyTorch.
+Each detector is analysed once (openvino and both Inferentia profiles) and compiled from that
+analysis; YOLOv5s on onnxruntime, the others on openvino."""
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
@@ -9,7 +13,7 @@ import archfit
 from archfit import zoo
 from archfit.errors import ArtifactError, CaptureError
 from archfit.regions import AttachedModule
-from conftest import assert_same_detections
+from conftest import assert_same_detections, cli
 
 # YOLOv4 (the slowest to capture) runs end to end on onnxruntime in test_zoo.py instead
 DETECTORS = ["ssd300_vgg16", "retinanet_resnet50_fpn", "yolov3", "yolov5s"]
@@ -23,14 +27,32 @@ def _images(inputs, seed: int):
     return (torch.rand(inputs[0].shape, generator=g),)
 
 
+TARGET = {"yolov5s": "onnxruntime"}  # the rest on openvino
+
+
+@functools.cache
+def _detector(name: str):
+    """Analysed and compiled once per test process, whichever fixture asks first."""
+    model, inputs = zoo.build(name, tiny=True)
+    target = TARGET.get(name, "openvino")
+    analysis = archfit.analyze(model, inputs, ["inf1", "inf2", target])
+    return name, model, inputs, analysis.compile(target, check_payoff=False), analysis
+
+
 @pytest.fixture(scope="module", params=DETECTORS)
 def detector(request):
-    model, inputs = zoo.build(request.param, tiny=True)
-    return request.param, model, inputs, archfit.trace(model, inputs, "openvino", check_payoff=False)
+    return _detector(request.param)
+
+
+@pytest.fixture(scope="module")
+def yolov5s(tmp_path_factory):
+    """The compiled YOLOv5s (on onnxruntime), saved."""
+    found = _detector("yolov5s")
+    return found, archfit.save(found[3], tmp_path_factory.mktemp("yolo") / "det.archfit")
 
 
 def test_detector_matches_eager_on_several_images(detector):
-    _name, model, inputs, compiled = detector
+    _name, model, inputs, compiled, _analysis = detector
     assert isinstance(compiled, AttachedModule) and compiled.validation.ok
     boxes = 0
     for seed in range(3):
@@ -43,7 +65,7 @@ def test_detector_matches_eager_on_several_images(detector):
 
 
 def test_detector_regions_are_the_network_and_nms_is_on_the_host(detector):
-    name, model, _inputs, compiled = detector
+    name, model, _inputs, compiled, _analysis = detector
     plan = compiled.plan
     root = type(model).__name__
     expected = {"ssd300_vgg16": {"backbone", "head"}, "retinanet_resnet50_fpn": {"backbone", "head"}}
@@ -54,15 +76,19 @@ def test_detector_regions_are_the_network_and_nms_is_on_the_host(detector):
     assert f"{root}: control flow depends on tensor values" in compiled.summary()
 
 
-def test_analyze_lists_host_regions_with_source_lines():
-    model, inputs = zoo.build("ssd300_vgg16", tiny=True)
-    analysis = archfit.analyze(model, inputs, ["openvino", "inf2"])
+def test_analysis_lists_host_regions_with_source_lines(detector):
+    name, model, _inputs, compiled, analysis = detector
     text = analysis.to_text()
     assert "host regions" in text and NMS_BRANCH in text and "of FLOPs" in text
-    assert {r.model for r in analysis.reports} == {"SSD.backbone", "SSD.head"}
-    assert {r.target for r in analysis.reports} == {"openvino", "inf2"}
+    root = type(model).__name__
+    assert {r.model for r in analysis.reports} == {f"{root}.{path}" for path in compiled.regions}
+    assert {r.target for r in analysis.reports} == {"inf1", "inf2", TARGET.get(name, "openvino")}
     d = analysis.to_dict()["regions"]
-    assert d["host"][0]["source"].startswith(NMS_BRANCH) and set(d["regions"]) == {"backbone", "head"}
+    assert d["host"][0]["source"].startswith(NMS_BRANCH) and set(d["regions"]) == set(compiled.regions)
+    for r in analysis.reports:  # Inferentia's estimate per region
+        if r.target in ("inf1", "inf2"):
+            e = r.estimate
+            assert e.chip == r.target and e.total_ms == pytest.approx(e.device_ms + e.transfer_ms + e.host_ms)
 
 
 def test_require_full_refuses_with_the_branch_named():
@@ -71,10 +97,8 @@ def test_require_full_refuses_with_the_branch_named():
         archfit.trace(model, inputs, "openvino", require_full=True)
 
 
-def test_save_load_attaches_to_the_model(tmp_path):
-    model, inputs = zoo.build("yolov5s", tiny=True)  # the round trip is alike for every detector
-    compiled = archfit.trace(model, inputs, "openvino", check_payoff=False)
-    path = archfit.save(compiled, tmp_path / "det.archfit")
+def test_save_load_attaches_to_the_model(yolov5s):
+    (_name, model, inputs, _compiled, _analysis), path = yolov5s  # the round trip is alike for every detector
     with pytest.raises(ArtifactError, match="holds compiled regions of archfit.zoo.yolo.Detector.*model="):
         archfit.load(path)
     with pytest.raises(ArtifactError, match="compiled from a archfit.zoo.yolo.Detector, not the"):
@@ -89,12 +113,27 @@ def test_save_load_attaches_to_the_model(tmp_path):
     assert loaded.manifest["meta"]["class"] == "archfit.zoo.yolo.Detector"
 
 
-def test_region_engines_sleep_while_the_host_runs_nms():
+def test_region_engines_sleep_while_the_host_runs_nms(yolov5s):
     """A region alone in its graph would spin its ONNX Runtime workers; the detector's own NMS
     runs between its calls, so they must sleep (spinning workers took the host's cores)."""
-    model, inputs = zoo.build("yolov5s", tiny=True)
-    attached = archfit.trace(model, inputs, "onnxruntime", check_payoff=False)
+    (_name, _model, _inputs, attached, _analysis), _path = yolov5s
     engines = [m.engine for m in attached.modules() if hasattr(m, "engine")]
     assert engines and all(
         e.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
         for e in engines)
+
+
+def test_detector_file_needs_and_takes_its_model(yolov5s, tmp_path):
+    (_name, model, inputs, _compiled, _analysis), f = yolov5s
+    r = cli("inspect", str(f))
+    assert r.returncode == 0 and "needs the model's Python code: archfit.zoo.yolo.Detector" in r.stdout
+    r = cli("run", str(f), "-d", str(tmp_path))
+    assert r.returncode == 1 and "pass the model to attach to" in r.stderr
+    r = cli("run", str(f), "--model", "yolov5s", "--tiny", "-d", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    import numpy as np
+
+    with torch.no_grad():
+        want = model(*inputs)[0]
+    got = np.load(tmp_path / "out" / "0.labels.npy")
+    assert got.shape == tuple(want["labels"].shape)  # the CLI ran the model's own example input

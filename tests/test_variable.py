@@ -129,7 +129,7 @@ class _Tagger(torch.nn.Module):
 def test_saved_buckets_store_weights_once_and_load_identical(tmp_path):
     model, ids = _Tagger().eval(), (torch.randint(0, 2000, (1, 32)),)
     one = archfit.trace(model, ids, "onnxruntime", check_payoff=False)
-    four = archfit.trace(model, ids, "onnxruntime", check_payoff=False, buckets=Buckets({"ids": 1}, sizes=(4, 8, 16, 32)))
+    four = archfit.trace(model, ids, "onnxruntime", check_payoff=False, buckets=Buckets({"ids": 1}, sizes=(8, 16, 32)))
     archfit.save(one, tmp_path / "one.archfit")
     archfit.save(four, tmp_path / "four.archfit")
     assert (tmp_path / "four.archfit").stat().st_size < 1.2 * (tmp_path / "one.archfit").stat().st_size
@@ -149,7 +149,7 @@ def test_cli_compile_with_lengths_then_run_any_length(tmp_path):
     lengths.write_text(json.dumps([3, 4, 4, 5, 9, 9, 10, 16, 16]))
     out = tmp_path / "bert.archfit"
     done = cli("compile", "bert-base", "--tiny", "-t", "onnxruntime", "-o", str(out), "--vary", "input_ids:1",
-               "--vary", "attention_mask:1", "--lengths", str(lengths), "--max-buckets", "2")
+               "--vary", "attention_mask:1", "--lengths", str(lengths), "--max-buckets", "2", "--no-compare")
     assert done.returncode == 0, done.stderr
     assert "buckets over input_ids[1], attention_mask[1]:" in done.stdout and "padding-safe" in done.stdout
     shown = cli("inspect", str(out))

@@ -75,15 +75,12 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
              max_new_tokens: int = typer.Option(64, help="With --generate: length of the decoder cache."),
              num_beams: int = typer.Option(1, help="With --generate: most beams generate will be asked for."),
              html: Optional[Path] = typer.Option(None, "--html", help=HTML_HELP),
+             compare: bool = typer.Option(True, help="Time the compiled model against eager PyTorch after compiling "
+                                                     "(about 2 s; 4 s with --generate)."),
              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Compile for a target, validate against eager PyTorch, compare latency, optionally save."""
-    import torch
-
     from .. import ArchfitError, save, trace
     from ..artifact.container import check_output_path
-    from ..core.capture import normalize_inputs
-    from ..core.timing import median_seconds
-    from ..errors import InputError
     from .models import load_model
 
     try:
@@ -94,7 +91,7 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
         fail(e)
     if generate:
         return _compile_seq2seq(model, tiny, output, target, precision, source_buckets, max_new_tokens, num_beams,
-                                not no_cache, as_json, html)
+                                not no_cache, as_json, html, compare)
     try:
         mod, inputs, name = load_model(model, tiny)
         spec = _buckets(vary, buckets, lengths, max_buckets, pad)
@@ -107,16 +104,9 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
             save(compiled, output)
     except ArchfitError as e:
         fail(e)
-    args, kwargs = normalize_inputs(inputs)
-    try:
-        with torch.no_grad():
-            eager_ms = median_seconds(lambda: mod(*args, **kwargs), budget=1.0) * 1e3
-            compiled_ms = median_seconds(lambda: compiled(*args, **kwargs), budget=1.0) * 1e3
-        latency = {"eager": eager_ms, "compiled": compiled_ms}
-        line = (f"latency (median, batch as given): eager PyTorch {eager_ms:.3f} ms, archfit {compiled.target} "
-                f"{compiled_ms:.3f} ms, speedup {eager_ms / compiled_ms:.2f}x")
-    except InputError as e:  # buckets chosen below the example's size
-        latency, line = None, f"latency: not compared, the example inputs do not fit: {e}"
+    latency, line = None, "latency: not compared (--no-compare)"
+    if compare:
+        latency, line = _compare(mod, compiled, inputs)
     if html is not None:
         write_page(html, compiled.to_html(latency=line), not as_json)
     if as_json:
@@ -130,8 +120,28 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
         typer.echo(f"saved {output} ({output.stat().st_size / 2**20:.1f} MiB)")
 
 
+def _compare(mod, compiled, inputs) -> tuple[dict | None, str]:
+    """Median latency of eager PyTorch and of the compiled model on the example inputs."""
+    import torch
+
+    from ..core.capture import normalize_inputs
+    from ..core.timing import median_seconds
+    from ..errors import InputError
+
+    args, kwargs = normalize_inputs(inputs)
+    try:
+        with torch.no_grad():
+            eager_ms = median_seconds(lambda: mod(*args, **kwargs), budget=1.0) * 1e3
+            compiled_ms = median_seconds(lambda: compiled(*args, **kwargs), budget=1.0) * 1e3
+    except InputError as e:  # buckets chosen below the example's size
+        return None, f"latency: not compared, the example inputs do not fit: {e}"
+    return ({"eager": eager_ms, "compiled": compiled_ms},
+            f"latency (median, batch as given): eager PyTorch {eager_ms:.3f} ms, archfit {compiled.target} "
+            f"{compiled_ms:.3f} ms, speedup {eager_ms / compiled_ms:.2f}x")
+
+
 def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, source_buckets: str, max_new_tokens: int,
-                     num_beams: int, cache: bool, as_json: bool, html: Path | None = None) -> None:
+                     num_beams: int, cache: bool, as_json: bool, html: Path | None = None, compare: bool = True) -> None:
     import torch
 
     from .. import ArchfitError, save, trace_seq2seq
@@ -158,17 +168,20 @@ def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, sou
     ids = ids[:, :compiled.source_len]  # the comparison runs within the largest source bucket
     n = min(max_new_tokens, 32)
     kw = dict(max_new_tokens=n, min_new_tokens=n)  # same work for both: every call makes n tokens
+    eager_ms = compiled_ms = None
     with torch.no_grad():
         same = bool(torch.equal(compiled.generate(ids, **kw), hf.generate(ids, **kw)))
-        eager_ms = median_seconds(lambda: hf.generate(ids, **kw), budget=2.0) * 1e3
-        compiled_ms = median_seconds(lambda: compiled.generate(ids, **kw), budget=2.0) * 1e3
-    summary = (f"greedy generation of {n} tokens from {ids.shape[1]} source tokens: eager transformers "
-               f"{eager_ms:.1f} ms, archfit {compiled.target} {compiled_ms:.1f} ms ({eager_ms / compiled_ms:.2f}x, "
-               f"{n / compiled_ms * 1e3:.0f} tokens/s), same tokens: {'yes' if same else 'NO'}")
+        if compare:
+            eager_ms = median_seconds(lambda: hf.generate(ids, **kw), budget=2.0) * 1e3
+            compiled_ms = median_seconds(lambda: compiled.generate(ids, **kw), budget=2.0) * 1e3
+    timed = (f"eager transformers {eager_ms:.1f} ms, archfit {compiled.target} {compiled_ms:.1f} ms "
+             f"({eager_ms / compiled_ms:.2f}x, {n / compiled_ms * 1e3:.0f} tokens/s)" if compare else "not timed (--no-compare)")
+    summary = (f"greedy generation of {n} tokens from {ids.shape[1]} source tokens: {timed}, "
+               f"same tokens: {'yes' if same else 'NO'}")
     if html is not None:
         write_page(html, compiled.to_html(latency=summary), not as_json)
     if as_json:
-        emit(compiled.report.to_dict() | {"greedy_ms": {"eager": eager_ms, "compiled": compiled_ms},
+        emit(compiled.report.to_dict() | {"greedy_ms": {"eager": eager_ms, "compiled": compiled_ms} if compare else None,
                                            "same_tokens": same, "output": str(output) if output else None})
         return
     typer.echo(compiled.report.to_text())
@@ -224,6 +237,8 @@ def bench_(model: str = typer.Argument(..., help=MODEL_HELP + " Or a file writte
            peers: bool = typer.Option(True, help="Also run the peers (torch.compile, ONNX Runtime and OpenVINO "
                                                  "used directly, ...)."),
            rounds: int = typer.Option(5, help="Rounds; every arm runs once per round, interleaved."),
+           seconds: float = typer.Option(1.0, help="Seconds each arm runs per round (the matmul peak is measured "
+                                                   "for twice that)."),
            tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """archfit against eager PyTorch and the other ways to run the model, side by side."""
@@ -246,11 +261,12 @@ def bench_(model: str = typer.Argument(..., help=MODEL_HELP + " Or a file writte
             mod.eval()
             builders = bench.arms(mod, inputs, targets=target, precisions=precision, peers=peers)
             flops = bench.model_flops(mod, inputs)
-            peaks = {"fp32": bench.matmul_peak_gflops(torch.float32), "bf16": bench.matmul_peak_gflops(torch.bfloat16)}
+            peaks = {p: bench.matmul_peak_gflops(dtype, seconds=2 * seconds)
+                     for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
         if arm:
             builders = {k: v for k, v in builders.items() if k == "eager PyTorch" or any(a in k for a in arm)}
         with progress_line(not as_json) as progress:
-            results = bench.run_arms(builders, rounds=rounds, log=progress)
+            results = bench.run_arms(builders, rounds=rounds, seconds_per_round=seconds, log=progress)
         rows = bench.table(results, flops, peaks)
     except ArchfitError as e:
         fail(e)
