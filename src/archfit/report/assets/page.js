@@ -128,7 +128,8 @@
     host.replaceChildren();
     if (!g) { host.append(el("p", { class: "note", text: "no graph recorded for this report" })); return; }
     const H = hierarchy(g);
-    const places = [...new Set(g.nodes.map((n) => n[3]))].sort((a, b) => b - a);
+    const rank = (p) => p >= 0 ? p : 1e6 - p;  // partitions in order, then the CPU, then inputs/outputs
+    const places = [...new Set(g.nodes.map((n) => n[3]))].sort((a, b) => rank(a) - rank(b));
     host.append(el("div", { class: "legend" }, places.map((p) => el("span", {}, el("i", { style: "background:" + colour(p) }), placeName(p))),
       el("span", {}, el("span", { class: "cross", text: "\u2192 P1 3 KiB" }), " a tensor crossing to another place, with its size")));
     const strip = el("canvas", { class: "strip", title: "every node in graph order; red ticks: tensors crossing a boundary; click to find a node" });
@@ -250,7 +251,7 @@
     });
     filter.addEventListener("input", fillBody);
     fillBody();
-    host.append(el("p", { class: "note", text: `${rows.length} nodes run in PyTorch on the CPU; click a header to sort, a node to find it in the graph` }),
+    host.append(el("p", { class: "note", text: `${rows.length} node${rows.length === 1 ? "" : "s"} run${rows.length === 1 ? "s" : ""} in PyTorch on the CPU; click a header to sort, a node to find it in the graph` }),
       filter, el("div", { class: "scroll" }, table));
   }
 
