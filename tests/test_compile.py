@@ -1,5 +1,6 @@
 """Compile stage: third-party targets plug in, partitions that do not pay off go back to the
 CPU with both timings reported, and a wrong engine is caught by validation and named."""
+import re
 import time
 
 import pytest
@@ -88,6 +89,45 @@ def test_backend_failure_is_one_line_naming_partition(mlp_custom):
     with pytest.raises(archfit.CompileError, match=r"explode-test failed to compile partition 0 .*backend said no;") as e:
         archfit.trace(model, inputs, target=target)
     assert "\n" not in str(e.value)
+
+
+class GeluInTheMiddle(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (torch.nn.Linear(16, 16) for _ in range(3))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h = torch.nn.functional.gelu(self.b(h))  # the op the picky backend rejects
+        return self.c(h).sigmoid()
+
+
+def test_backend_rejecting_one_op_mid_graph_keeps_the_rest_compiled(caplog):
+    from archfit.targets import get_target
+
+    ort = get_target("onnxruntime")
+
+    def picky(gm, inputs, precision):
+        if any(n.target is torch.ops.aten.gelu.default for n in gm.graph.nodes):
+            raise RuntimeError("picky: no gelu here\nand a traceback")
+        return ort.compile(gm, inputs, precision)
+
+    target = archfit.Target(name="picky-test", backend="x", device="CPU", description="", supports=ort.supports,
+                            compile=picky)
+    model, x = GeluInTheMiddle().eval(), (torch.randn(4, 16),)
+    with caplog.at_level("WARNING", logger="archfit.compile"):
+        compiled = archfit.trace(model, x, target=target, check_payoff=False, cache=False)
+    (group,) = compiled.report.fallback
+    assert group.op == "aten.gelu" and group.reason == "the target's compiler rejected it"
+    assert re.search(r"picky-test could not compile aten.gelu at tests/test_compile.py:\d+ .*gelu\(self.b\(h\)\).*\): "
+                     r"RuntimeError: picky: no gelu here; it runs on the CPU", group.detail), group.detail
+    assert len(compiled.report.partitions) == 2  # before and after the GELU, both compiled
+    assert any("picky-test could not compile aten.gelu" in r.getMessage() for r in caplog.records)
+    assert "the target's compiler rejected it" in compiled.report.to_text()
+    assert_close_to_eager(model, compiled, x)
+    with pytest.raises(archfit.ArchfitError, match=r"require_full=True but 1 node\(s\) would run on the CPU.*gelu.*"
+                                                   r"the target's compiler rejected it"):
+        archfit.trace(model, x, target=target, check_payoff=False, cache=False, require_full=True)
 
 
 def _spins(module) -> set[str]:

@@ -228,6 +228,8 @@ def _trace_captured(model: torch.nn.Module, captured: Captured, options: TraceOp
         check_full(plan)
     compiled = compile_plan(captured, plan, target, precision, options.check_payoff and target.measure_payoff,
                             use_cache=options.cache, progress=options.progress)
+    if options.require_full:  # nodes the backend rejected at compile time went to the CPU
+        check_full(compiled.plan)
 
     def module(report=None) -> CompiledModule:
         return CompiledModule(compiled.graph_module, captured.in_spec, captured.out_spec, captured.inputs,

@@ -3,6 +3,7 @@ a partition on the target only if its compiled run (boundary crossing included) 
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Sequence
@@ -17,10 +18,12 @@ from ..targets.base import Engine, Target
 from . import cache
 from .capture import Captured
 from .cost import is_compute
-from .partition import PartitionPlan, drop_partitions
+from .narrow import rejected_nodes
+from .partition import PartitionPlan, drop_partitions, plan_partitions
 from .support import Reason
 from .timing import median_seconds
 
+log = logging.getLogger("archfit.compile")
 PREFIX = "target_"
 # Whole-model timings on this class of machine repeat within about 2%; a partition moves back to
 # PyTorch only when PyTorch is faster by more than that, not on a coin toss between equals.
@@ -188,27 +191,39 @@ def compile_plan(
     captured: Captured, plan: PartitionPlan, target: Target, precision: str, check_payoff: bool = True,
     use_cache: bool = True, progress=None,
 ) -> CompiledGraph:
-    """Compile every partition; re-plan without the ones that do not pay off, until stable.
-    Engines are cached by the partition's node set, so re-planning never recompiles one."""
+    """Compile every partition; re-plan without the nodes the backend rejects and without the
+    partitions that do not pay off, until stable. Engines are cached by the partition's node
+    set, so re-planning never recompiles one."""
     engines: dict[tuple[str, ...], tuple[Engine, PartitionTiming, list[torch.dtype]]] = {}
     while True:
         gm = split(captured, plan)
         n = len(plan.partitions)
         boundary = record_partition_inputs(gm, n, captured.example_inputs)
         references = {i: getattr(gm, f"{PREFIX}{i}") for i in range(n)}
+        replanned = None
         for i, part in enumerate(plan.partitions):
             sub, args = references[i], boundary[i]
-            if part.nodes not in engines:
-                if progress is not None:
-                    progress(f"compiling partition {i + 1}/{n} on {target.name} ({part.compute_ops} ops)")
+            if part.nodes in engines:
+                continue
+            if progress is not None:
+                progress(f"compiling partition {i + 1}/{n} on {target.name} ({part.compute_ops} ops)")
+            try:
                 engine, seconds, cached = _compile_one(target, sub, args, precision, i, use_cache)
-                with torch.no_grad():
-                    want = sub(*args)
-                    _check_outputs(i, target.name, engine.run(args), want)
-                    eager = median_seconds(lambda: sub(*args)) if check_payoff else float("nan")
-                compiled = median_seconds(lambda: engine.run(args)) if check_payoff else float("nan")
-                timing = PartitionTiming(seconds, compiled * 1e3, eager * 1e3, cached)
-                engines[part.nodes] = (engine, timing, [t.dtype for t in want])
+            except CompileError as e:
+                if progress is not None:
+                    progress(f"partition {i + 1}/{n} failed on {target.name}: finding the nodes it rejects")
+                replanned = _without_rejected(captured, plan, target, sub, args, precision, e)
+                break
+            with torch.no_grad():
+                want = sub(*args)
+                _check_outputs(i, target.name, engine.run(args), want)
+                eager = median_seconds(lambda: sub(*args)) if check_payoff else float("nan")
+            compiled = median_seconds(lambda: engine.run(args)) if check_payoff else float("nan")
+            timing = PartitionTiming(seconds, compiled * 1e3, eager * 1e3, cached)
+            engines[part.nodes] = (engine, timing, [t.dtype for t in want])
+        if replanned is not None:
+            plan = replanned
+            continue
         timings = {i: engines[p.nodes][1] for i, p in enumerate(plan.partitions)}
         engine_mods = {i: EngineModule(engines[p.nodes][0], i, target.name, engines[p.nodes][2])
                        for i, p in enumerate(plan.partitions)}
@@ -224,6 +239,27 @@ def compile_plan(
         gm.delete_all_unused_submodules()  # weights now owned by engines need not stay in PyTorch
         hand_over_if_alone(gm)
         return CompiledGraph(gm, plan, timings, references, boundary)
+
+
+def _without_rejected(captured: Captured, plan: PartitionPlan, target: Target, sub: fx.GraphModule,
+                      args: tuple, precision: str, error: CompileError) -> PartitionPlan:
+    """The plan with the nodes the backend rejects on the CPU, each named on stderr (never a
+    silent fallback); `error` itself when bisection cannot pin the failure on some nodes."""
+    found = rejected_nodes(target, sub, args, precision)
+    names = {n.name for n in captured.graph_module.graph.nodes}
+    found = [r for r in found if r.name in names]  # partition graphs keep the captured names
+    compute = {n.name for n in sub.graph.nodes if is_compute(n)}
+    if not found or compute <= {r.name for r in found}:
+        raise error  # nothing to pin it on, or the backend takes none of it: a broken backend, not an op
+    info = plan.table.by_name()
+    table = plan.table
+    for r in found:
+        node = info[r.name]
+        where = f" at {node.source}" if node.source else ""
+        detail = f"{target.name} could not compile {node.op}{where}: {r.error}; it runs on the CPU"
+        log.warning("archfit: %s (node %s)", detail, r.name)
+        table = table.with_reason([r.name], Reason.COMPILE_FAILED, detail)
+    return plan_partitions(captured.graph_module, table, plan.min_size)
 
 
 def hand_over_if_alone(gm: fx.GraphModule) -> None:

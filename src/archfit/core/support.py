@@ -27,6 +27,7 @@ class Reason(str, Enum):
     TOO_SMALL = "partition too small"
     NO_PAYOFF = "does not pay off"
     POLICY = "target's partition policy"
+    COMPILE_FAILED = "the target's compiler rejected it"
 
 
 @dataclass(frozen=True)
