@@ -74,7 +74,7 @@ def test_partition_that_pays_off_stays_with_both_timings(tiny_bert):
 def test_wrong_engine_fails_validation_naming_the_partition(mlp_custom):
     model, inputs = mlp_custom
     broken = _target("broken-test", offset=1.0)
-    with pytest.raises(archfit.ValidationError, match=r"output 'output' differs from eager PyTorch on example "
+    with pytest.raises(archfit.ValidationError, match=r"output 'output' differs from eager PyTorch: max abs error .* on the example "
                                                       r"inputs.*partition \d \(broken-test\) is at fault"):
         archfit.trace(model, inputs, target=broken, check_payoff=False)
 

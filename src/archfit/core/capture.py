@@ -129,15 +129,19 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.export.E
             f"(data-dependent branch; a fixed-shape graph cannot hold it); "
             f"move the branch out of forward() or rewrite it with torch.where / torch.cond",
             reason="control flow depends on tensor values", where=where,
-        ) from None
+        ) from e
     except Exception as e:  # noqa: BLE001 - any exporter failure becomes one readable line
         where = from_traceback(e.__traceback__)
         first = first_line(e)
+        advice = "check that forward() runs on the example inputs and avoids Python-side effects"
+        reason = f"torch.export cannot capture it: {first[:200]}"
+        if "cache_utils" in first or "Cache'>" in first:  # transformers returns its KV cache as an object
+            advice = "set model.config.use_cache = False to compile it without one"
+            reason = f"it returns a transformers KV-cache object, not tensors ({advice})"
         raise CaptureError(
             f"{name}: torch.export could not capture the model at {where or 'an unknown line'}: {first[:300]}; "
-            f"check that forward() runs on the example inputs and avoids Python-side effects",
-            reason=f"torch.export cannot capture it: {first[:200]}", where=where,
-        ) from None
+            f"{advice}", reason=reason, where=where,
+        ) from e
 
 
 def _flat_graph_module(ep: torch.export.ExportedProgram) -> fx.GraphModule:

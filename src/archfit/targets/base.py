@@ -185,7 +185,15 @@ def requires(*modules: str) -> Callable[[], "str | None"]:
 
 
 def export_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> torch.export.ExportedProgram:
-    """Re-capture a partition (already ATen) as an ExportedProgram, the form backends convert."""
+    """Re-capture a partition (already ATen) as an ExportedProgram, the form backends convert.
+
+    Views become reshapes first: the graph is functional (no aliasing to keep), and a view that
+    was valid at capture may meet an input of other strides here (T5's attention: `clone` keeps
+    a transposed layout, then `view` refuses it), where reshape copies when it must."""
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.view.default:
+            node.target = torch.ops.aten.reshape.default
+    gm.recompile()
     return torch.export.export(gm, tuple(example_inputs), strict=False)
 
 
