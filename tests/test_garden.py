@@ -16,8 +16,9 @@ def test_gpt2_with_its_cache_object_is_named_and_without_it_compiles():
     config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=64, bos_token_id=0,
                         eos_token_id=0)
     model, ids = GPT2Model(config).eval(), {"input_ids": torch.randint(0, 512, (1, 16))}
-    text = archfit.analyze(model, ids, targets=["openvino"]).to_text()  # its blocks, as regions
-    assert "returns a transformers KV-cache object, not tensors (set model.config.use_cache = False" in text
+    with pytest.raises(archfit.ArchfitError, match=r"returns a transformers KV-cache object, not tensors \(set "
+                                                   r"model.config.use_cache = False"):
+        archfit.trace(model, ids, "openvino", require_full=True)  # refused whole, before any region is tried
     model.config.use_cache = False
     compiled = archfit.trace(model, ids, "openvino", check_payoff=False)
     assert len(compiled.report.partitions) == 1
