@@ -85,6 +85,11 @@ def test_analysis_lists_host_regions_with_source_lines(detector):
     assert {r.target for r in analysis.reports} == {"inf1", "inf2", TARGET.get(name, "openvino")}
     d = analysis.to_dict()["regions"]
     assert d["host"][0]["source"].startswith(NMS_BRANCH) and set(d["regions"]) == set(compiled.regions)
+    # the HTML page lists the regions too: compiled ones and the host region with its source line
+    rows = compiled.page()["regions"]["regions"]
+    assert {r["path"] for r in rows if r["compiled"]} == {f"{root}.{p}" for p in compiled.regions}
+    assert any(not r["compiled"] and NMS_BRANCH in r["why"] for r in rows)
+    assert NMS_BRANCH in analysis.to_html()
     for r in analysis.reports:  # Inferentia's estimate per region
         if r.target in ("inf1", "inf2"):
             e = r.estimate

@@ -1,10 +1,15 @@
 """User-facing errors: one line naming the stage, the input/op/node, what was expected, what to do."""
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
 
 def first_line(err: BaseException, limit: int = 300) -> str:
-    """A dependency's exception as one line: its first non-empty line, else its type's name."""
-    lines = str(err).strip().splitlines()
+    """A dependency's exception as one line: its first non-empty line (terminal colour codes
+    removed: torch.onnx colours its messages), else its type's name."""
+    lines = _ANSI.sub("", str(err)).strip().splitlines()
     return (lines[0] if lines else type(err).__name__)[:limit]
 
 
