@@ -81,7 +81,7 @@ def test_buckets_and_dynamic_batch_together(tiny_bert):
 def test_buckets_chosen_from_a_sample(tiny_bert):
     model, inputs = tiny_bert
     sample = (2, 3, 3, 4, 5, 5, 5, 6, 7, 12, 15, 16, 16)
-    module = archfit.trace(model, inputs, "openvino", check_payoff=False,
+    module = archfit.trace(model, inputs, "openvino", check_payoff=False, check_padding=False,  # the fixture checks it
                            buckets=Buckets(SEQ, sample=sample, max_buckets=3))
     choice = module.choice
     assert len(module.sizes) <= 3 and module.sizes[-1] == 16 and module.sizes == choice.boundaries
