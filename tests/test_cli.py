@@ -173,7 +173,14 @@ def test_ctrl_c_while_importing_is_one_line():
 
     p = subprocess.Popen([sys.executable, "-m", "archfit", "analyze", "resnet18", "--tiny"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    time.sleep(1.2)  # past interpreter start-up, inside torch's import
+    # wait until torch's libraries are mapped (inside its import, or past it), however slow the
+    # machine: a fixed sleep could land in the interpreter's own start-up, where no code can catch it
+    maps, deadline = f"/proc/{p.pid}/maps", time.monotonic() + 60
+    while time.monotonic() < deadline and p.poll() is None:
+        with open(maps) as f:
+            if "libtorch" in f.read():
+                break
+        time.sleep(0.02)
     p.send_signal(signal.SIGINT)
     _out, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "Traceback" not in err and err.count("\n") <= 1, err
