@@ -79,9 +79,10 @@ def rejected_nodes(target: Target, sub: fx.GraphModule, args: Sequence[torch.Ten
         return None
 
     def visit(nodes: list[fx.Node], error: str) -> None:
-        if len(nodes) == 1 or budget[0] <= 0:  # out of budget: blame the slice's compute nodes
-            compute = [n for n in nodes if is_compute(n)]
-            found.extend(Rejected(n.name, error) for n in (compute if len(nodes) > 1 and compute else nodes))
+        if len(nodes) == 1 or budget[0] <= 0:
+            # one node is the answer; out of budget, the slice's compute nodes are blamed
+            blamed = nodes if len(nodes) == 1 else [n for n in nodes if is_compute(n)] or nodes
+            found.extend(Rejected(n.name, error) for n in blamed)
             return
         mid = len(nodes) // 2
         for half in (nodes[:mid], nodes[mid:]):

@@ -84,7 +84,7 @@ def random_like(inputs: Sequence[torch.Tensor], seed: int = 0) -> tuple[torch.Te
                 lo, hi = rows.min().expand(rows.shape[-1]), rows.max().expand(rows.shape[-1])
             u = torch.rand(rows.shape, generator=g, dtype=torch.float64)
             drawn = lo + (u * (hi - lo + 1).double()).floor().to(t.dtype).clamp(max=(hi - lo))
-            out.append(drawn.reshape(t.shape).to(t.dtype))
+            out.append(drawn.reshape(t.shape))
     return tuple(out)
 
 

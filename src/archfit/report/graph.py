@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
+from ..core.cost import node_bytes
 from ..core.partition import PartitionPlan, partition_of
 from ..ops import op_name
 
@@ -88,16 +89,6 @@ def _shape(val) -> str:
     return type(val).__name__ if val is not None else ""
 
 
-def _nbytes(val) -> int:
-    if isinstance(val, torch.Tensor):
-        if not all(isinstance(d, int) for d in val.shape):
-            return 0  # data-dependent size: unknown before it runs
-        return int(val.numel()) * val.dtype.itemsize
-    if isinstance(val, (tuple, list)):
-        return sum(_nbytes(v) for v in val)
-    return 0
-
-
 def graph_view(gm: fx.GraphModule, plan: PartitionPlan) -> GraphView:
     where = partition_of(plan)
     info = plan.table.by_name()
@@ -123,7 +114,7 @@ def graph_view(gm: fx.GraphModule, plan: PartitionPlan) -> GraphView:
             src_place = nodes[index[p]].place
             if src_place != place and not (src_place in (HOST, IO) and place in (HOST, IO)):
                 key = (index[p], HOST if place == IO else place)
-                crossings.setdefault(key, Crossing(key[0], key[1], _nbytes(p.meta.get("val"))))
+                crossings.setdefault(key, Crossing(key[0], key[1], node_bytes(p)))
         nodes.append(GraphNode(
             name=node.name, op=op, module=_module_chain(node), place=place,
             flops=ni.flops if ni is not None else 0, shape=_shape(node.meta.get("val")),
