@@ -14,6 +14,7 @@ _LAZY = {
     "TOLERANCES": "core.validate", "Analysis": "pipeline", "TraceOptions": "pipeline", "analyze": "pipeline",
     "trace": "pipeline", "trace_seq2seq": "pipeline", "AttachedModule": "regions", "HostRegion": "regions",
     "FitReport": "report", "BucketChoice": "shapes", "BucketedModule": "shapes", "Buckets": "shapes",
+    "PackedModule": "shapes", "Packing": "shapes",
     "choose_buckets": "shapes", "ChipSpec": "targets", "Engine": "targets", "Target": "targets",
     "get_target": "targets", "list_targets": "targets", "register_target": "targets", "Seq2SeqModule": "seq2seq",
     **{name: "errors" for name in ("ArchfitError", "ArtifactError", "CaptureError", "CompileError", "InputError",
@@ -45,14 +46,14 @@ if TYPE_CHECKING:  # what the names above are, for type checkers and editors
     from .regions import AttachedModule, HostRegion  # noqa: F401
     from .report import FitReport  # noqa: F401
     from .seq2seq import Seq2SeqModule  # noqa: F401
-    from .shapes import BucketChoice, BucketedModule, Buckets, choose_buckets  # noqa: F401
+    from .shapes import BucketChoice, BucketedModule, Buckets, PackedModule, Packing, choose_buckets  # noqa: F401
     from .targets import ChipSpec, Engine, Target, get_target, list_targets, register_target  # noqa: F401
 
 
 __all__ = [
     "Analysis", "ArchfitError", "ArchfitModule", "ArtifactError", "AttachedModule", "BucketChoice", "BucketedModule",
     "Buckets", "CaptureError", "ChipSpec", "CompileError", "CompiledModule", "Engine", "FitReport", "HostRegion",
-    "InputError", "ModelError", "Seq2SeqModule", "TOLERANCES", "Target", "TargetError", "TraceOptions",
+    "InputError", "ModelError", "PackedModule", "Packing", "Seq2SeqModule", "TOLERANCES", "Target", "TargetError", "TraceOptions",
     "UnsupportedOpsError", "ValidationError", "__version__", "analyze", "choose_buckets", "get_target",
     "list_targets", "load", "register_target", "save", "trace", "trace_seq2seq",
 ]

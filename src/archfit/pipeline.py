@@ -22,7 +22,8 @@ from .errors import ArchfitError, CaptureError
 from .regions import (AttachedModule, RegionPlan, plan_regions, plan_to_dict, regions_page, render_regions,
                       validate_attached)
 from .report import FitReport, build_report, estimate_latency, measure_host_ms
-from .shapes import Buckets, trace_buckets
+from .shapes import Buckets, Packing, trace_buckets
+from .shapes.packed import trace_packed
 from .targets import Target, get_target
 from .targets.base import PRECISIONS
 
@@ -165,7 +166,8 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
           min_partition_size: int | None = None, check_payoff: bool = True,
           validate: bool = True, validation_inputs: Any = None, cache: bool = True, progress=None,
           name: str | None = None, buckets: Buckets | None = None, dynamic_batch: bool = False,
-          check_padding: bool = True, _analysis: Analysis | None = None) -> ArchfitModule:
+          check_padding: bool = True, packing: Packing | None = None,
+          _analysis: Analysis | None = None) -> ArchfitModule:
     """Compile `model` for `target` at the example inputs' shapes; returns an nn.Module that
     takes the same inputs and returns the same output structure as `model`.
 
@@ -182,6 +184,10 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     dynamic_batch: accept any batch size in dim 0: larger batches run in chunks of the example's
         batch size, smaller ones are padded.
     check_padding: with buckets, verify at compile time that padding leaves real positions unchanged.
+    packing: archfit.Packing: compile an encoder over rows that hold several variable-length
+        sequences each (block-diagonal attention, positions restarting per sequence); returns a
+        PackedModule whose run/map take lists of sequences. Refused, naming the reason, for a model
+        whose outputs for a packed sequence differ from the model run on it alone.
 
     A model that cannot be captured whole at fixed shapes (a branch on a tensor's value, an op
     whose output size depends on data, such as NMS) comes back as an AttachedModule: its
@@ -192,6 +198,12 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     options = TraceOptions(target, _precision(target, precision), tuple(force_cpu), require_full, min_partition_size,
                            check_payoff, validate, cache, progress)
     name = name or type(model).__name__
+    if packing is not None:
+        if buckets is not None or dynamic_batch:
+            raise ArchfitError("packing takes its row lengths from Packing(sizes=/sample=/histogram=) and its batch "
+                               "from Packing(rows=); pass neither buckets nor dynamic_batch with it")
+        return trace_packed(lambda module, inputs: _trace_model(module, inputs, options, name, None, time.perf_counter()),
+                            model, example_inputs, packing, options.precision, progress)
     if buckets is not None or dynamic_batch:
         def trace_one(inputs) -> ArchfitModule:
             return _trace_model(model, inputs, options, name, None, time.perf_counter())

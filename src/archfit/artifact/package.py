@@ -265,8 +265,9 @@ def _load_component(path: Path, manifest: dict, entry: dict, blobs: dict[str, by
 def _kinds() -> dict[str, type[ArchfitModule]]:
     """The module class behind each kind of file. Seq2seq imports transformers: only when needed."""
     from ..regions.attached import AttachedModule
+    from ..shapes.packed import PackedModule
 
-    kinds = {"module": ArchfitModule, "attached": AttachedModule}
+    kinds = {"module": ArchfitModule, "attached": AttachedModule, "packed": PackedModule}
     try:
         from ..seq2seq.generate import Seq2SeqModule
     except ImportError:  # transformers missing: such files are refused below, by kind

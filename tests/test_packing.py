@@ -1,0 +1,179 @@
+"""Sequence packing (shapes/packing.py, shapes/packed.py): the algorithm against the SQuAD
+lengths, and tiny encoders packed several sequences per row, each sequence's outputs equal to
+the model run on it alone (fp32 tolerance of core.validate.TOLERANCES)."""
+import functools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import archfit
+from archfit import zoo
+from archfit.core.validate import TOLERANCES
+from archfit.errors import InputError, ModelError
+from archfit.shapes.packing import lengths_from_histogram, pack, pack_stream, packing_stats
+
+ATOL, RTOL = TOLERANCES["fp32"]
+
+
+def _squad():
+    counts, start = zoo.squad_lengths()
+    return lengths_from_histogram(counts, start)
+
+
+@pytest.mark.parametrize("method", ["spfhp", "bfd"])
+def test_every_sequence_packed_once_within_capacity(method):
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 100, 500)
+    packs = pack(lengths, 100, max_per_pack=3, method=method)
+    members = sorted(i for p in packs for i in p.members)
+    assert members == list(range(500))
+    assert all(p.used == sum(lengths[i] for i in p.members) <= 100 and len(p.members) <= 3 for p in packs)
+
+
+def test_squad_packs_as_the_paper_reports():
+    """Krell et al. 2021: SPFHP on SQuAD v1.1 at 384 packs into 2.18x fewer rows (bound 2.23x)."""
+    lengths = _squad()
+    stats = packing_stats(lengths, 384, pack(lengths, 384))
+    assert stats.speedup == pytest.approx(2.18, abs=0.005) and stats.bound == pytest.approx(2.23, abs=0.005)
+    assert stats.fill > 0.975
+    # a bounded look-ahead of 256 sequences keeps most of it
+    sample = np.random.default_rng(0).permutation(lengths)[:1000]
+    packs = [p for w in pack_stream(sample, 384, 256) for p in w]
+    assert sorted(i for p in packs for i in p.members) == list(range(1000))
+    assert packing_stats(sample, 384, packs).speedup > 0.95 * 2.18
+
+
+def test_too_long_or_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="length 9 cannot be packed into rows of 8"):
+        pack([3, 9], 8)
+    with pytest.raises(ValueError, match="choose 'spfhp' or 'bfd'"):
+        pack([3], 8, method="ffd")
+
+
+def _bert_example(model_name: str):
+    model, example = zoo.build(model_name, tiny=True)
+    example["token_type_ids"] = torch.zeros_like(example["input_ids"])
+    return model, example
+
+
+@functools.cache
+def _packed(model_name: str, target: str):
+    model, example = _bert_example(model_name)
+    packing = archfit.Packing(max_len=32, rows=2, outputs=("last_hidden_state",), pool="mean", lookahead=5)
+    return model, archfit.trace(model, example, target, packing=packing)
+
+
+def _sequences(n=11, vocab=500, seed=0, segments=2):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 33, (n,), generator=g).tolist()
+    return [{"input_ids": torch.randint(3, vocab, (k,), generator=g),
+             "token_type_ids": (torch.arange(k) >= k // 2).long() * (segments - 1)} for k in lengths]
+
+
+def _eager(model, s):
+    with torch.no_grad():
+        return model(input_ids=s["input_ids"][None], token_type_ids=s["token_type_ids"][None]).last_hidden_state
+
+
+@pytest.mark.parametrize("model_name,target", [("bert-base", "onnxruntime"), ("roberta-base", "inf1")])
+def test_each_packed_sequence_equals_the_model_on_it_alone(model_name, target):
+    model, packed = _packed(model_name, target)
+    assert packed.checks is not None and packed.checks[1] < packed.checks[0]  # the check packed several per row
+    atol, rtol = TOLERANCES[packed.precision]  # inf1 runs bf16 by default, as Neuron auto-casts there
+    seqs = _sequences(segments=model.config.type_vocab_size)
+    for s, got in zip(seqs, packed.run(seqs)):
+        want = _eager(model, s)
+        assert got["last_hidden_state"].shape == want.shape
+        torch.testing.assert_close(got["last_hidden_state"], want, atol=atol, rtol=rtol)
+        torch.testing.assert_close(got["pooled"], want.mean(dim=1), atol=atol, rtol=rtol)
+    assert "no cross-contamination" in packed.summary()
+
+
+def test_map_keeps_order_across_windows_and_padded_batches_come_back_padded():
+    model, packed = _packed("bert-base", "onnxruntime")
+    seqs = _sequences(13, seed=1)  # look-ahead 5: three windows
+    mapped = list(packed.map(iter(seqs), progress=False))
+    assert [m["last_hidden_state"].shape[1] for m in mapped] == [s["input_ids"].shape[0] for s in seqs]
+    for s, got in zip(seqs, mapped):
+        torch.testing.assert_close(got["last_hidden_state"], _eager(model, s), atol=ATOL, rtol=RTOL)
+    ids = torch.randint(3, 500, (2, 10))
+    mask = torch.tensor([[1] * 6 + [0] * 4, [1] * 10])
+    out = packed(input_ids=ids, attention_mask=mask)
+    assert out["last_hidden_state"].shape == (2, 10, 64) and out["pooled"].shape == (2, 64)
+    assert bool((out["last_hidden_state"][0, 6:] == 0).all())
+    with torch.no_grad():
+        want = model(input_ids=ids[:1, :6]).last_hidden_state[0]
+    torch.testing.assert_close(out["last_hidden_state"][0, :6], want, atol=ATOL, rtol=RTOL)
+
+
+def test_a_sequence_longer_than_a_row_is_refused_by_index():
+    _, packed = _packed("bert-base", "onnxruntime")
+    with pytest.raises(InputError, match=r"sequence #1 has 40 tokens, more than the packed rows' 32"):
+        packed.run([torch.arange(3, 8), torch.arange(3, 43)])
+    with pytest.raises(InputError, match="sequence #0: input 'position_ids' is not taken"):
+        packed.run([{"input_ids": torch.arange(3, 8), "position_ids": torch.arange(5)}])
+
+
+def test_packed_file_runs_in_a_fresh_process(tmp_path):
+    _, packed = _packed("bert-base", "onnxruntime")
+    path = archfit.save(packed, tmp_path / "packed.archfit")
+    seqs = [[5, 6, 7], list(range(3, 30)), [9] * 12]
+    want = [r["pooled"][0].tolist() for r in packed.run(seqs)]
+    code = ("import json, sys, archfit; m = archfit.load(sys.argv[1]); "
+            "print(json.dumps([r['pooled'][0].tolist() for r in m.run(json.loads(sys.argv[2]))]))")
+    out = subprocess.run([sys.executable, "-c", code, str(path), json.dumps(seqs)], capture_output=True, text=True,
+                         check=True)
+    np.testing.assert_allclose(json.loads(out.stdout), want, atol=1e-6)
+
+
+def test_outputs_with_one_value_per_row_are_refused_before_compiling():
+    model, example = _bert_example("bert-base")
+    with pytest.raises(ModelError, match=r"output 'pooler_output' has one value per row.*outputs=\('last_hidden_state',\)"):
+        archfit.trace(model, example, "onnxruntime", packing=archfit.Packing(max_len=32))
+
+
+class _RowNorm(torch.nn.Module):
+    """Takes position ids and a 4-D mask, but normalises over the whole row: mixes sequences."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(100, 8)
+        self.pos = torch.nn.Embedding(64, 8)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1])[None]
+        h = self.emb(input_ids) + self.pos(position_ids)
+        return {"hidden": h - h.mean(dim=1, keepdim=True)}
+
+
+def test_a_model_that_mixes_positions_is_refused_by_the_contamination_check():
+    example = {"input_ids": torch.randint(0, 100, (1, 16))}
+    with pytest.raises(ModelError, match=r"_RowNorm cannot be packed: output 'hidden' of sequence #0 .* differs from "
+                                         r"the model run on that sequence alone"):
+        archfit.trace(_RowNorm(), example, "onnxruntime", packing=archfit.Packing(max_len=32))
+
+
+class _NoPositions(torch.nn.Module):
+    def forward(self, input_ids, attention_mask=None):
+        return {"hidden": input_ids.float()}
+
+
+def test_a_model_without_position_ids_is_refused():
+    with pytest.raises(ModelError, match="_NoPositions cannot be packed: its forward.. takes no position_ids, so "
+                                         "positions cannot restart"):
+        archfit.trace(_NoPositions(), {"input_ids": torch.ones(1, 4, dtype=torch.long)}, "onnxruntime",
+                      packing=archfit.Packing(max_len=32))
+
+
+def test_row_lengths_chosen_from_the_lengths_seen():
+    from archfit.shapes.packed import _row_sizes
+
+    counts, start = zoo.squad_lengths()
+    hist = [0.0] * (start - 1) + list(counts)
+    sizes = _row_sizes(archfit.Packing(max_len=384, histogram=tuple(hist), max_sizes=3))
+    assert len(sizes) == 3 and sizes[-1] == 384 and sizes[0] < 384
