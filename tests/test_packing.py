@@ -63,7 +63,9 @@ def _bert_example(model_name: str):
 @functools.cache
 def _packed(model_name: str, target: str):
     model, example = _bert_example(model_name)
-    packing = archfit.Packing(max_len=32, rows=2, outputs=("last_hidden_state",), pool="mean", lookahead=5)
+    # BERT names its output; RoBERTa keeps the default, which leaves pooler_output (one value per row) out
+    outputs = ("last_hidden_state",) if model_name == "bert-base" else None
+    packing = archfit.Packing(max_len=32, rows=2, outputs=outputs, pool="mean", lookahead=5)
     return model, archfit.trace(model, example, target, packing=packing)
 
 
@@ -91,6 +93,7 @@ def test_each_packed_sequence_equals_the_model_on_it_alone(model_name, target):
         torch.testing.assert_close(got["last_hidden_state"], want, atol=atol, rtol=rtol)
         torch.testing.assert_close(got["pooled"], want.mean(dim=1), atol=atol, rtol=rtol)
     assert "no cross-contamination" in packed.summary()
+    assert "left out (one value per row): pooler_output" in packed.summary()
 
 
 def test_map_keeps_order_across_windows_and_padded_batches_come_back_padded():
@@ -118,22 +121,36 @@ def test_a_sequence_longer_than_a_row_is_refused_by_index():
         packed.run([{"input_ids": torch.arange(3, 8), "position_ids": torch.arange(5)}])
 
 
-def test_packed_file_runs_in_a_fresh_process(tmp_path):
-    _, packed = _packed("bert-base", "onnxruntime")
-    path = archfit.save(packed, tmp_path / "packed.archfit")
+def test_cli_packs_saves_and_runs_a_batch_file_in_a_fresh_process(tmp_path):
+    """compile --pack -o in this process; run --batch-file in a fresh one; pooled equal to eager."""
+    from conftest import cli
+
+    path = tmp_path / "packed.archfit"
+    r = cli("compile", "bert-base", "--tiny", "-t", "onnxruntime", "--pack", "32", "--pool", "mean", "--no-compare",
+            "-o", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "left out (one value per row): pooler_output" in r.stdout and "no cross-contamination" in r.stdout
     seqs = [[5, 6, 7], list(range(3, 30)), [9] * 12]
-    want = [r["pooled"][0].tolist() for r in packed.run(seqs)]
-    code = ("import json, sys, archfit; m = archfit.load(sys.argv[1]); "
-            "print(json.dumps([r['pooled'][0].tolist() for r in m.run(json.loads(sys.argv[2]))]))")
-    out = subprocess.run([sys.executable, "-c", code, str(path), json.dumps(seqs)], capture_output=True, text=True,
-                         check=True)
-    np.testing.assert_allclose(json.loads(out.stdout), want, atol=1e-6)
+    batch = tmp_path / "seqs.jsonl"
+    batch.write_text("\n".join(json.dumps({"input_ids": s}) for s in seqs[:2]) + "\n" + json.dumps(seqs[2]) + "\n")
+    out = subprocess.run([sys.executable, "-m", "archfit", "run", str(path), "--batch-file", str(batch), "-d",
+                          str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "pooled.npy  (3, 64) float32" in out.stdout and "last_hidden_state.npz" in out.stdout
+    model, _ = zoo.build("bert-base", tiny=True)
+    with torch.no_grad():
+        want = [model(input_ids=torch.tensor([s])).last_hidden_state.mean(dim=1)[0].numpy() for s in seqs]
+    np.testing.assert_allclose(np.load(tmp_path / "pooled.npy"), np.stack(want), atol=ATOL, rtol=RTOL)
+    hidden = np.load(tmp_path / "last_hidden_state.npz")
+    assert [hidden[f"arr_{i}"].shape for i in range(3)] == [(len(s), 64) for s in seqs]
 
 
 def test_outputs_with_one_value_per_row_are_refused_before_compiling():
     model, example = _bert_example("bert-base")
-    with pytest.raises(ModelError, match=r"output 'pooler_output' has one value per row.*outputs=\('last_hidden_state',\)"):
-        archfit.trace(model, example, "onnxruntime", packing=archfit.Packing(max_len=32))
+    with pytest.raises(ModelError, match=r"output 'pooler_output' has one value per row.*keep the token outputs "
+                                         r"\('last_hidden_state'\)"):
+        archfit.trace(model, example, "onnxruntime",
+                      packing=archfit.Packing(max_len=32, outputs=("last_hidden_state", "pooler_output")))
 
 
 class _RowNorm(torch.nn.Module):

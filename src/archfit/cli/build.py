@@ -68,6 +68,13 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
              max_buckets: int = typer.Option(4, help="With --lengths: how many buckets at most."),
              pad: List[str] = typer.Option([], "--pad", help="NAME=VALUE: the pad value of an input (default 0)."),
              dynamic_batch: bool = typer.Option(False, help="Accept any batch size in dim 0 (split / pad)."),
+             pack: Optional[int] = typer.Option(None, "--pack", help="Encoders: pack several sequences into rows of "
+                                                "this many tokens (row lengths: --buckets, or chosen from --lengths)."),
+             pack_rows: int = typer.Option(1, help="With --pack: rows per engine call."),
+             pack_output: List[str] = typer.Option([], "--pack-output", help="With --pack: a model output to keep "
+                                                   "(repeat; default: every output with one value per token)."),
+             pool: Optional[str] = typer.Option(None, help="With --pack: add a per-sequence 'pooled' output: mean or "
+                                                "first."),
              generate: bool = typer.Option(False, "--generate", help="Seq2seq models: compile for generation "
                                                                      "(encoder per source bucket, decoder step "
                                                                      "with a static key/value cache)."),
@@ -94,12 +101,15 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
                                 not no_cache, as_json, html, compare)
     try:
         mod, inputs, name = load_model(model, tiny)
-        spec = _buckets(vary, buckets, lengths, max_buckets, pad)
+        if pack is not None:
+            spec, packing = None, _packing(pack, pack_rows, pack_output, pool, vary, buckets, lengths, max_buckets)
+        else:
+            spec, packing = _buckets(vary, buckets, lengths, max_buckets, pad), None
         with progress_line(not as_json) as progress:
             compiled = trace(mod, inputs, target=target, precision=precision, force_cpu=force_cpu,
                              require_full=require_full, min_partition_size=min_partition_size,
                              cache=not no_cache, progress=progress, name=name, buckets=spec,
-                             dynamic_batch=dynamic_batch)
+                             dynamic_batch=dynamic_batch, packing=packing)
         if output is not None:
             save(compiled, output)
     except ArchfitError as e:
@@ -191,6 +201,36 @@ def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, sou
         typer.echo(f"saved {output} ({output.stat().st_size / 2**20:.1f} MiB)")
 
 
+def _read_lengths(lengths: Path) -> dict:
+    """--lengths FILE: a JSON list of sizes seen ({"sample": ...}) or a histogram ({"histogram": ...})."""
+    from ..errors import InputError
+
+    if lengths.stat().st_size > 64 * 2**20:
+        raise InputError(f"--lengths {lengths}: over 64 MiB; give a histogram ({{\"counts\": [...]}}) instead")
+    data = json.loads(lengths.read_text())
+    if isinstance(data, list):
+        return {"sample": tuple(int(x) for x in data)}
+    start = int(data.get("lengths_start_at", 1))
+    return {"histogram": (0.0,) * (start - 1) + tuple(float(x) for x in data["counts"])}
+
+
+def _packing(max_len: int, rows: int, outputs: list, pool, vary: list, sizes: str | None, lengths: Path | None,
+             max_sizes: int):
+    """--pack and its options as an archfit.Packing."""
+    from .. import Packing
+    from ..errors import InputError, first_line
+
+    if vary:
+        raise InputError("--pack makes its own row lengths: give --buckets or --lengths for them, not --vary")
+    try:
+        kw = {"sizes": tuple(sorted({int(x) for x in sizes.split(",")} | {max_len}))} if sizes else {}
+        if lengths is not None:
+            kw |= _read_lengths(lengths)
+        return Packing(max_len, rows, outputs=tuple(outputs) or None, pool=pool, max_sizes=max_sizes, **kw)
+    except (ValueError, OSError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise InputError(f"packing options: {type(e).__name__}: {first_line(e, 200)}") from None
+
+
 def _buckets(vary: list, sizes: str | None, lengths: Path | None, max_buckets: int, pad: list):
     """--vary/--buckets/--lengths/--pad as an archfit.Buckets (None when nothing varies)."""
     from .. import Buckets
@@ -217,14 +257,7 @@ def _buckets(vary: list, sizes: str | None, lengths: Path | None, max_buckets: i
     try:
         if sizes is not None:
             return Buckets(dims, sizes=tuple(int(x) for x in sizes.split(",")), pad_values=pad_values)
-        if lengths.stat().st_size > 64 * 2**20:
-            raise InputError(f"--lengths {lengths}: over 64 MiB; give a histogram ({{\"counts\": [...]}}) instead")
-        data = json.loads(lengths.read_text())
-        if isinstance(data, list):
-            return Buckets(dims, sample=tuple(int(x) for x in data), max_buckets=max_buckets, pad_values=pad_values)
-        start = int(data.get("lengths_start_at", 1))
-        return Buckets(dims, histogram=(0.0,) * (start - 1) + tuple(data["counts"]), max_buckets=max_buckets,
-                       pad_values=pad_values)
+        return Buckets(dims, max_buckets=max_buckets, pad_values=pad_values, **_read_lengths(lengths))
     except (ValueError, OSError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise InputError(f"bucket options: {type(e).__name__}: {first_line(e, 200)}") from None
 

@@ -1,6 +1,7 @@
 """Commands on saved files: run, generate, inspect."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import List, Optional
@@ -42,7 +43,10 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
                                                                    "Without --input, runs its example inputs."),
         tiny: bool = typer.Option(False, help="With --model: its tiny variant."),
         check_finite: bool = typer.Option(True, help="Refuse inputs holding NaN or Inf (targets propagate them "
-                                                     "differently).")):
+                                                     "differently)."),
+        batch_file: Optional[Path] = typer.Option(None, "--batch-file", help="Packed files: JSON lines, one sequence "
+                                                  "per line ({\"input_ids\": [...], ...} or a list of ids); "
+                                                  "outputs are written per output name, in line order.")):
     """Run a saved model on inputs from files; writes one file per output."""
     import importlib
 
@@ -74,6 +78,10 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
         module.check_finite = check_finite
         if getattr(module, "manifest", {}).get("kind") == "seq2seq":
             raise InputError(f"{file} is a seq2seq generator: use `archfit generate {file} --ids ...`")
+        if batch_file is not None:
+            return _run_batch_file(module, file, batch_file, output_dir, fmt)
+        if module.kind == "packed":
+            raise InputError(f"{file} is packed: give its sequences with --batch-file FILE, one per line")
         if example is not None:  # the model's own input structure; leaves named as capture names them
             args, kwargs = normalize_inputs(example)
             leaves, in_spec = pytree.tree_flatten((args, kwargs))
@@ -102,6 +110,38 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
         else:
             np.save(dest, tensor.numpy())
         typer.echo(f"{dest}  {tuple(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}")
+
+
+def _run_batch_file(module, file: Path, batch_file: Path, output_dir: Path, fmt: str) -> None:
+    """Every line's outputs, packed as they go: per output name one array [lines, ...] when all
+    lines' outputs have one shape (pooled vectors), else one archive of per-line arrays."""
+    import numpy as np
+
+    from ..errors import InputError
+
+    if module.kind != "packed":
+        raise InputError(f"--batch-file needs a packed file (archfit compile --pack); {file} is a {module.kind!r} one")
+    if fmt != "npy":
+        raise InputError("--batch-file writes .npy/.npz files: leave --format at npy")
+    try:
+        lines = [json.loads(line) for line in batch_file.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError, RecursionError) as e:
+        raise InputError(f"--batch-file {batch_file}: {type(e).__name__}: {str(e)[:120]}") from None
+    results = list(module.map(lines))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name in (results[0] if results else {}):
+        arrays = [r[name][0].numpy() for r in results]
+        if len({a.shape for a in arrays}) == 1:
+            dest = output_dir / f"{name}.npy"
+            np.save(dest, np.stack(arrays))
+            shape = (len(arrays), *arrays[0].shape)
+        else:
+            dest = output_dir / f"{name}.npz"
+            np.savez(dest, *arrays)  # arr_0, arr_1, ...: one per line
+            shape = (len(arrays), "n", *arrays[0].shape[1:])
+        typer.echo(f"{dest}  {tuple(shape)} {str(results[0][name].dtype).removeprefix('torch.')}")
+    if not results:
+        typer.echo(f"{batch_file}: no sequences")
 
 
 @app.command("generate")

@@ -14,6 +14,7 @@ cross-contamination check), in eager PyTorch before compiling and on the compile
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -31,6 +32,7 @@ from .dispatch import BucketedModule
 from .packing import Pack, pack, pack_stream
 from .trace import trace_buckets
 
+log = logging.getLogger("archfit.packing")
 ROW_INPUTS = ("input_ids", "token_type_ids", "position_ids", "sequence_ids")
 POOLS = ("mean", "first")
 
@@ -43,8 +45,9 @@ class Packing:
     sizes: row lengths to compile (default: max_len alone); or give the sequence lengths seen,
     as `sample` or `histogram` (histogram[i] sequences of length i + 1), and up to `max_sizes`
     row lengths are chosen from the fill of packed rows. outputs: model outputs to keep (by name;
-    default all; outputs with one value per row, such as BERT's pooler_output, mix the sequences
-    of a row and must be left out). pool: "mean" (over each sequence's own tokens) or "first"
+    default: every output with one value per token; outputs with one value per row, such as
+    BERT's pooler_output, mix the sequences of a row: they are left out, with a warning, and
+    refused when named). pool: "mean" (over each sequence's own tokens) or "first"
     adds a per-sequence `pooled` output from the first kept output. lookahead: sequences packed
     together by `map` and `run` (larger packs tighter, smaller answers sooner)."""
 
@@ -82,6 +85,7 @@ class PackSpec:
     lookahead: int
     max_per_row: int | None
     method: str
+    left_out: tuple[str, ...] = ()  # model outputs not kept (one value per row)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,7 +97,8 @@ class PackSpec:
         try:
             spec = cls(tuple(int(s) for s in d["sizes"]), tuple(str(o) for o in d["outputs"]), bool(d["token_types"]),
                        int(d["position_offset"]), d["pool"], int(d["lookahead"]),
-                       None if d["max_per_row"] is None else int(d["max_per_row"]), str(d["method"]))
+                       None if d["max_per_row"] is None else int(d["max_per_row"]), str(d["method"]),
+                       tuple(str(o) for o in d.get("left_out", ())))
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{source}: packing table is malformed ({type(e).__name__})") from None
         if (not spec.sizes or min(spec.sizes) < 1 or spec.pool not in (None, *POOLS) or spec.method not in ("spfhp", "bfd")
@@ -313,7 +318,8 @@ class PackedModule(ArchfitModule):
         s = self.spec
         lines = [f"packed rows: {self.inner.batch} x {', '.join(map(str, s.sizes))} positions ({s.method}, "
                  f"look-ahead {s.lookahead}); outputs {', '.join(s.outputs)}"
-                 + (f", pooled by {s.pool}" if s.pool else "")]
+                 + (f", pooled by {s.pool}" if s.pool else "")
+                 + (f"; left out (one value per row): {', '.join(s.left_out)}" if s.left_out else "")]
         if self.checks:
             n, rows, worst = self.checks
             lines.append(f"  no cross-contamination: {n} sequences packed into {rows} row(s) equal the model run on "
@@ -446,21 +452,28 @@ def trace_packed(trace_one: Callable[[torch.nn.Module, Any], ArchfitModule], mod
                            "'token_type_ids' where the model takes them)")
     example = {k: torch.as_tensor(v) for k, v in example_inputs.items()}
     token_types = "token_type_ids" in takes and "token_type_ids" in example
-    sample = _alone(model, _sequence({"input_ids": example["input_ids"][0][:8]}, 0, token_types), token_types)
-    keep = tuple(packing.outputs) if packing.outputs is not None else tuple(sample)
+    ids = example["input_ids"].reshape(-1)
+    probe = ids.repeat(-(-7 // ids.numel()))[:7]  # 7 tokens: a length no other dim of a tiny model has
+    sample = _alone(model, _sequence({"input_ids": probe}, 0, token_types), token_types)
+    per_token = [k for k, v in sample.items() if v.dim() >= 2 and v.shape[1] == 7]
+    keep = tuple(packing.outputs) if packing.outputs is not None else tuple(per_token)
     missing = [k for k in keep if k not in sample]
     if missing:
         raise ArchfitError(f"packing: the model has no output {missing[0]!r}; its outputs are {', '.join(sample)}")
-    per_row = [k for k in keep if sample[k].dim() < 2 or sample[k].shape[1] != 8]
-    if per_row:
-        raise ModelError(f"{name}: output {per_row[0]!r} has one value per row, not per token, so it would mix the "
-                         f"sequences packed into a row; keep the token outputs with Packing(outputs=("
-                         f"{', '.join(repr(k) for k in keep if k not in per_row)},)) and pool per sequence with "
-                         f"pool='first' or 'mean'")
+    per_row = [k for k in keep if k not in per_token]
+    if per_row or not keep:
+        raise ModelError(f"{name}: output {(per_row or list(sample))[0]!r} has one value per row, not per token, so it "
+                         f"would mix the sequences packed into a row; keep the token outputs "
+                         f"({', '.join(map(repr, per_token)) or 'none'}) and pool per sequence with pool='first' or "
+                         f"'mean'")
+    left_out = tuple(k for k in sample if k not in keep)
     offset = packing.position_offset if packing.position_offset is not None else _position_offset(model)
     sizes = _row_sizes(packing)
     spec = PackSpec(sizes, keep, token_types, offset, packing.pool, packing.lookahead, packing.max_per_row,
-                    packing.method)
+                    packing.method, left_out)
+    if left_out:
+        log.warning(f"packing {name}: left out {', '.join(left_out)} (one value per row mixes the sequences packed "
+                    f"into it); kept {', '.join(keep)}")
     wrapper = PackedRows(model, keep, token_types).eval()
     seqs = _check_sequences(example, spec.max_len, packing.rows)
 
