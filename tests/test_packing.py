@@ -1,6 +1,7 @@
 """Sequence packing (shapes/packing.py, shapes/packed.py): the algorithm against the SQuAD
 lengths, and tiny encoders packed several sequences per row, each sequence's outputs equal to
 the model run on it alone (fp32 tolerance of core.validate.TOLERANCES)."""
+import dataclasses
 import functools
 import json
 import subprocess
@@ -192,5 +193,36 @@ def test_row_lengths_chosen_from_the_lengths_seen():
 
     counts, start = zoo.squad_lengths()
     hist = [0.0] * (start - 1) + list(counts)
-    sizes = _row_sizes(archfit.Packing(max_len=384, histogram=tuple(hist), max_sizes=3))
-    assert len(sizes) == 3 and sizes[-1] == 384 and sizes[0] < 384
+    packing = archfit.Packing(max_len=384, histogram=tuple(hist), max_sizes=3)
+    packed, buckets = _row_sizes(packing, None), _row_sizes(packing, 1)
+    assert len(packed) == len(buckets) == 3 and packed[-1] == buckets[-1] == 384
+    assert packed[0] > buckets[0]  # packed rows come out fuller than single sequences
+
+
+def _auto_packing(**kw):
+    sample = tuple(np.random.default_rng(0).integers(1, 33, 64).tolist())
+    return archfit.Packing(max_len=32, outputs=("last_hidden_state",), sample=sample, max_sizes=1, measure_seconds=0.2,
+                           **kw)
+
+
+def test_auto_measures_packing_buckets_and_dynamic_and_keeps_the_fastest():
+    """One row length (max_sizes=1): packing and buckets share one engine; plus one dynamic."""
+    model, example = zoo.build("bert-base", tiny=True)
+    auto = archfit.trace(model, example, "openvino", packing=_auto_packing(strategy="auto"))
+    measured = auto.spec.measured
+    assert set(measured) == {"pack", "buckets", "dynamic"} and auto.spec.strategy == max(measured, key=measured.get)
+    assert "strategy chosen by measurement" in auto.summary() and "(chosen)" in auto.summary()
+
+
+def test_dynamic_lengths_run_exact_sizes_through_a_file(tmp_path):
+    model, example = zoo.build("bert-base", tiny=True)
+    dynamic = archfit.trace(model, example, "openvino", packing=_auto_packing(strategy="dynamic", rows=2))
+    assert dynamic.spec.strategy == "dynamic" and dynamic.inner.high == 32 and dynamic.rows == 2
+    loaded = archfit.load(archfit.save(dynamic, tmp_path / "dynamic.archfit"))
+    seqs = [torch.arange(3, 3 + n) for n in (1, 2, 17, 32, 17)]  # two of one length: one call, both rows
+    for s, got in zip(seqs, loaded.run(seqs)):
+        with torch.no_grad():
+            want = model(input_ids=s[None]).last_hidden_state
+        torch.testing.assert_close(got["last_hidden_state"], want, atol=ATOL, rtol=RTOL)
+    with pytest.raises(archfit.ArchfitError, match="dynamic lengths: target 'onnxruntime' compiles fixed shapes only"):
+        archfit.trace(model, example, "onnxruntime", packing=_auto_packing(strategy="dynamic"))

@@ -203,7 +203,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
             raise ArchfitError("packing takes its row lengths from Packing(sizes=/sample=/histogram=) and its batch "
                                "from Packing(rows=); pass neither buckets nor dynamic_batch with it")
         return trace_packed(lambda module, inputs: _trace_model(module, inputs, options, name, None, time.perf_counter()),
-                            model, example_inputs, packing, options.precision, progress)
+                            model, example_inputs, packing, target, options.precision, progress)
     if buckets is not None or dynamic_batch:
         def trace_one(inputs) -> ArchfitModule:
             return _trace_model(model, inputs, options, name, None, time.perf_counter())

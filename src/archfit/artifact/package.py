@@ -21,6 +21,8 @@ from ..errors import ArtifactError, TargetError, first_line
 from ..ops import library_name
 from ..shapes.choose import BucketChoice
 from ..shapes.dispatch import BucketedModule, Padding
+from ..shapes.dynamic import DynamicModule, dynamic_entry
+from ..shapes.dynamic import from_entry as dynamic_from_entry
 from ..targets import get_target
 from . import container
 from .host_program import DTYPES, HostProgram, graph_from_json, graph_to_json
@@ -89,16 +91,28 @@ def _module_files(module: CompiledModule, target, prefix: str) -> tuple[dict[str
     engines = [_engine_files(name, mod, target, prefix, files) for name, mod in _engine_modules(gm)]
     files[f"{prefix}host.json"] = json.dumps(graph_to_json(gm.graph)).encode()
     files[f"{prefix}host_weights.safetensors"] = save_tensors(_host_weights(gm))
-    entry = {
-        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": _dtype_name(s.dtype), "index_limit": s.index_limit}
-                   for s in module.inputs],
-        "engines": engines, "custom_ops": _custom_ops(gm), "prefix": prefix,
-    }
+    entry = {"inputs": _input_entries(module.inputs), "engines": engines, "custom_ops": _custom_ops(gm),
+             "prefix": prefix}
     return files, entry
+
+
+def _input_entries(inputs) -> list[dict]:
+    return [{"name": s.name, "shape": list(s.shape), "dtype": _dtype_name(s.dtype), "index_limit": s.index_limit}
+            for s in inputs]
+
+
+def _dynamic_component(module: DynamicModule, target, prefix: str) -> tuple[dict[str, bytes], dict]:
+    """A dynamic-length module: its one engine and its input bounds, no host program."""
+    files: dict[str, bytes] = {}
+    engine = _engine_files("dynamic", module.engine, target, prefix, files)
+    entry = {"inputs": _input_entries(module.inputs), "engines": [engine], "custom_ops": [], "prefix": prefix}
+    return files, {"inputs": entry["inputs"], "modules": [entry], "buckets": None, "dynamic": dynamic_entry(module)}
 
 
 def _component(module: ArchfitModule, target, prefix: str) -> tuple[dict[str, bytes], dict]:
     """Files and manifest entry of one static or bucketed module (all its buckets)."""
+    if isinstance(module, DynamicModule):
+        return _dynamic_component(module, target, prefix)
     if isinstance(module, BucketedModule):
         parts = [(module.buckets[str(s)], f"{prefix}bucket_{s}/") for s in module.sizes]
         choice = module.choice
@@ -156,7 +170,7 @@ def read_manifest(path: str | os.PathLike) -> tuple[dict, str]:
     try:
         _import_own_ops(manifest)
         for component in manifest["components"].values():
-            for entry in component["modules"]:
+            for entry in component["modules"] if not component.get("dynamic") else ():
                 name = f"{entry['prefix']}host.json"
                 graph_from_json(container.parse_json(blobs[name], name, path), None)
     except (KeyError, TypeError, AttributeError) as e:
@@ -215,6 +229,16 @@ def _load_engine(path: Path, manifest: dict, e: dict, blobs: dict[str, bytes], t
     return EngineModule(engine, int(e["index"]), target.name, dtypes)
 
 
+def _once(manifest: dict, blobs: dict[str, bytes], shared: dict):
+    """once(member, make): what make(bytes) gave for a member with these contents before, else make it."""
+    def once(name: str, make):
+        digest = manifest["files"][name]
+        if digest not in shared:
+            shared[digest] = make(blobs[name])
+        return shared[digest]
+    return once
+
+
 def _load_module(path: Path, manifest: dict, entry: dict, blobs: dict[str, bytes], target, shared: dict,
                  in_spec, out_spec) -> CompiledModule:
     """One static-shape module. `shared` maps file digests to what was already loaded from them,
@@ -224,12 +248,7 @@ def _load_module(path: Path, manifest: dict, entry: dict, blobs: dict[str, bytes
 
     prefix = entry["prefix"]
 
-    def once(name: str, make):
-        digest = manifest["files"][name]
-        if digest not in shared:
-            shared[digest] = make(blobs[name])
-        return shared[digest]
-
+    once = _once(manifest, blobs, shared)
     try:
         weights = dict(once(f"{prefix}host_weights.safetensors", load_tensors))
     except SafetensorError as e:
@@ -246,7 +265,20 @@ def _load_module(path: Path, manifest: dict, entry: dict, blobs: dict[str, bytes
                           str(manifest["precision"]), emulated=bool(manifest["emulated"]), manifest=manifest)
 
 
+def _load_dynamic(path: Path, manifest: dict, entry: dict, blobs: dict[str, bytes], target, shared: dict):
+    module = entry["modules"][0]
+    if len(module["engines"]) != 1 or not isinstance(module["inputs"], list) or len(module["inputs"]) > MAX_INPUTS:
+        raise ArtifactError(f"{path}: dynamic module table is malformed")
+
+    once = _once(manifest, blobs, shared)
+    engine = _load_engine(path, manifest, module["engines"][0], blobs, target, once)
+    inputs = [_tensor_spec(i, path) for i in module["inputs"]]
+    return dynamic_from_entry(engine, inputs, entry["dynamic"], manifest, str(path))
+
+
 def _load_component(path: Path, manifest: dict, entry: dict, blobs: dict[str, bytes], target, shared: dict):
+    if entry.get("dynamic"):
+        return _load_dynamic(path, manifest, entry, blobs, target, shared)
     in_spec, out_spec = _treespec(entry["in_spec"], path), _treespec(entry["out_spec"], path)
     modules = [_load_module(path, manifest, e, blobs, target, shared, in_spec, out_spec) for e in entry["modules"]]
     buckets = entry.get("buckets")

@@ -13,9 +13,11 @@ outputs from packed rows must equal the model run on that sequence alone (the
 cross-contamination check), in eager PyTorch before compiling and on the compiled module after."""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import sys
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -29,12 +31,14 @@ from ..core.validate import compare_outputs
 from ..errors import ArchfitError, InputError, ModelError, ValidationError, first_line
 from .choose import Buckets, choose_buckets
 from .dispatch import BucketedModule
+from .dynamic import DynamicModule, trace_dynamic
 from .packing import Pack, pack, pack_stream
 from .trace import trace_buckets
 
 log = logging.getLogger("archfit.packing")
 ROW_INPUTS = ("input_ids", "token_type_ids", "position_ids", "sequence_ids")
 POOLS = ("mean", "first")
+STRATEGIES = ("pack", "buckets", "dynamic", "auto")
 
 
 @dataclass(frozen=True)
@@ -63,12 +67,18 @@ class Packing:
     max_per_row: int | None = None
     method: str = "spfhp"
     position_offset: int | None = None  # first position id of each sequence; default: found from the model
+    strategy: str = "pack"
+    measure_seconds: float = 2.0
 
     def __post_init__(self):
         if self.max_len < 2 or self.rows < 1 or self.lookahead < 1 or self.max_sizes < 1:
             raise ValueError("Packing needs max_len >= 2, rows >= 1, lookahead >= 1 and max_sizes >= 1")
         if self.pool is not None and self.pool not in POOLS:
             raise ValueError(f"Packing pool={self.pool!r}: choose one of {', '.join(POOLS)}, or None")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"Packing strategy={self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        if self.strategy == "auto" and self.sample is None and self.histogram is None:
+            raise ValueError("Packing strategy='auto' measures on the lengths seen: give sample= or histogram=")
         if self.sizes is not None and (not self.sizes or min(self.sizes) < 1 or max(self.sizes) != self.max_len):
             raise ValueError(f"Packing sizes {self.sizes} must be positive and end at max_len {self.max_len}")
 
@@ -86,6 +96,10 @@ class PackSpec:
     max_per_row: int | None
     method: str
     left_out: tuple[str, ...] = ()  # model outputs not kept (one value per row)
+    # "pack"; "buckets": one sequence per row (max_per_row 1); "dynamic": one sequence per row at its
+    # exact length, one engine with a bounded dynamic length (shapes/dynamic.py)
+    strategy: str = "pack"
+    measured: dict[str, float] | None = None  # sequences/s of each strategy measured by strategy="auto"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,10 +112,12 @@ class PackSpec:
             spec = cls(tuple(int(s) for s in d["sizes"]), tuple(str(o) for o in d["outputs"]), bool(d["token_types"]),
                        int(d["position_offset"]), d["pool"], int(d["lookahead"]),
                        None if d["max_per_row"] is None else int(d["max_per_row"]), str(d["method"]),
-                       tuple(str(o) for o in d.get("left_out", ())))
+                       tuple(str(o) for o in d.get("left_out", ())), str(d.get("strategy", "pack")),
+                       None if d.get("measured") is None else {str(k): float(v) for k, v in d["measured"].items()})
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{source}: packing table is malformed ({type(e).__name__})") from None
         if (not spec.sizes or min(spec.sizes) < 1 or spec.pool not in (None, *POOLS) or spec.method not in ("spfhp", "bfd")
+                or spec.strategy not in ("pack", "buckets", "dynamic")
                 or not 0 <= spec.position_offset < 2**31 or not 0 < spec.lookahead < 2**31):
             raise ArtifactError(f"{source}: packing table is malformed")
         return spec
@@ -217,7 +233,8 @@ def run_packed(sequences: Sequence[Any], spec: PackSpec, call: Callable[..., dic
                          f"{spec.max_len}; cut it or trace with a larger Packing(max_len=...)")
     groups: dict[int, list[Pack]] = {}
     for p in pack(lengths, spec.max_len, spec.max_per_row, spec.method):
-        groups.setdefault(next(s for s in spec.sizes if s >= p.used), []).append(p)
+        size = p.used if spec.strategy == "dynamic" else next(s for s in spec.sizes if s >= p.used)
+        groups.setdefault(size, []).append(p)
     results: dict[int, dict] = {}
     with torch.no_grad():
         for size, packs in sorted(groups.items()):
@@ -235,7 +252,7 @@ class PackedModule(ArchfitModule):
 
     kind = "packed"
 
-    def __init__(self, inner: BucketedModule, spec: PackSpec, manifest: dict | None = None, checks=None):
+    def __init__(self, inner: BucketedModule | DynamicModule, spec: PackSpec, manifest: dict | None = None, checks=None):
         super().__init__(inner.target, inner.precision, inner.emulated, inner.report, manifest)
         self.inner = inner
         self.spec = spec
@@ -310,16 +327,25 @@ class PackedModule(ArchfitModule):
 
         inner = components.get("main")
         spec = PackSpec.from_dict(meta.get("packing") if isinstance(meta, dict) else None, source)
-        if not isinstance(inner, BucketedModule) or tuple(inner.sizes) != spec.sizes or inner.batch is None:
+        if spec.strategy == "dynamic":
+            ok = isinstance(inner, DynamicModule) and inner.high == spec.max_len
+        else:
+            ok = isinstance(inner, BucketedModule) and tuple(inner.sizes) == spec.sizes and inner.batch is not None
+        if not ok:
             raise ArtifactError(f"{source}: packed rows do not match its packing table")
         return cls(inner, spec, manifest)
 
     def summary(self) -> str:
         s = self.spec
-        lines = [f"packed rows: {self.inner.batch} x {', '.join(map(str, s.sizes))} positions ({s.method}, "
-                 f"look-ahead {s.lookahead}); outputs {', '.join(s.outputs)}"
+        how = {"pack": f"packed rows ({s.method}, look-ahead {s.lookahead})", "buckets": "buckets (one sequence per row)",
+               "dynamic": "dynamic lengths (one sequence per row at its exact length, one engine)"}[s.strategy]
+        sizes = (f"{self.inner.low}..{self.inner.high}" if s.strategy == "dynamic" else ", ".join(map(str, s.sizes)))
+        lines = [f"{how}: {self.rows} x {sizes} positions; outputs {', '.join(s.outputs)}"
                  + (f", pooled by {s.pool}" if s.pool else "")
                  + (f"; left out (one value per row): {', '.join(s.left_out)}" if s.left_out else "")]
+        if s.measured:
+            lines.append("  strategy chosen by measurement on lengths drawn from those seen: " + ", ".join(
+                f"{k} {v:.1f} seq/s" + (" (chosen)" if k == s.strategy else "") for k, v in s.measured.items()))
         if self.checks:
             n, rows, worst = self.checks
             lines.append(f"  no cross-contamination: {n} sequences packed into {rows} row(s) equal the model run on "
@@ -329,8 +355,12 @@ class PackedModule(ArchfitModule):
     def page(self) -> dict:
         return self.inner.page()
 
+    @property
+    def rows(self) -> int:
+        return self.inner.rows if isinstance(self.inner, DynamicModule) else self.inner.batch
+
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, packed rows={self.inner.batch}x{self.spec.sizes}"
+        return f"{super().extra_repr()}, {self.spec.strategy}, rows={self.rows}x{self.spec.sizes}"
 
 
 # --- compile time ---------------------------------------------------------------------------
@@ -417,29 +447,68 @@ def check_contamination(run: Callable[[list], list[dict]], model, seqs: list[dic
     return worst
 
 
-def _row_sizes(packing: Packing) -> tuple[int, ...]:
-    if packing.sizes is not None:
-        return tuple(sorted(set(packing.sizes)))
-    counts = None
-    if packing.histogram is not None:
-        counts = np.asarray(packing.histogram, dtype=np.float64)
-    elif packing.sample is not None:
-        counts = np.bincount(np.asarray(packing.sample, dtype=np.int64) - 1).astype(np.float64)
-    if counts is None or packing.max_sizes == 1:
-        return (packing.max_len,)
+def _lengths_seen(packing: Packing) -> np.ndarray | None:
     from .packing import lengths_from_histogram
 
-    lengths = np.minimum(lengths_from_histogram(counts), packing.max_len)
-    packs = [p for w in pack_stream(lengths, packing.max_len, packing.lookahead, packing.max_per_row, packing.method)
-             for p in w]
-    used = np.bincount([p.used for p in packs], minlength=packing.max_len + 1)[1:]
+    if packing.histogram is not None:
+        return np.minimum(lengths_from_histogram(packing.histogram), packing.max_len)
+    if packing.sample is not None:
+        return np.minimum(np.asarray(packing.sample, dtype=np.int64), packing.max_len)
+    return None
+
+
+def _row_sizes(packing: Packing, per_row: int | None) -> tuple[int, ...]:
+    """Row lengths to compile: given, or chosen from the lengths seen (per_row=1: as buckets of
+    the lengths themselves; else from how full the packed rows come out)."""
+    if packing.sizes is not None:
+        return tuple(sorted(set(packing.sizes)))
+    lengths = _lengths_seen(packing)
+    if lengths is None or packing.max_sizes == 1:
+        return (packing.max_len,)
+    if per_row != 1:
+        packs = [p for w in pack_stream(lengths, packing.max_len, packing.lookahead, per_row, packing.method) for p in w]
+        lengths = np.asarray([p.used for p in packs])
+    used = np.bincount(lengths, minlength=packing.max_len + 1)[1:]
     # cost linear in positions: BERT-size encoders at <= 512 tokens spend most FLOPs in per-token layers
     return choose_buckets(used, packing.max_sizes, start=1, max_length=packing.max_len).boundaries
 
 
+def _measure(modules: dict[str, "PackedModule"], packing: Packing, example: dict, seconds: float) -> dict[str, float]:
+    """Sequences per second of each candidate on lengths drawn from those seen (fixed seed), the
+    candidates interleaved, best of the rounds that fit in about `seconds` each."""
+    g = np.random.default_rng(0)
+    lengths = g.choice(_lengths_seen(packing), size=min(packing.lookahead, 128))
+    tokens = example["input_ids"].reshape(-1)
+    seqs = [tokens[torch.from_numpy(g.integers(0, tokens.numel(), int(n)))] for n in lengths]
+    best = {k: float("inf") for k in modules}
+    spent = 0.0
+    for m in modules.values():
+        m.run(seqs[:8])  # warm every row length's engine
+    while spent < seconds * len(modules) or any(v == float("inf") for v in best.values()):
+        for k, m in modules.items():
+            t0 = time.perf_counter()
+            m.run(seqs)
+            took = time.perf_counter() - t0
+            best[k], spent = min(best[k], took), spent + took
+    return {k: len(seqs) / v for k, v in best.items()}
+
+
+def _why_not_dynamic(inner: BucketedModule, target) -> str | None:
+    """None when one dynamic-length engine can run the whole model on `target`, else why not."""
+    if target.compile_dynamic is None:
+        return f"target {target.name!r} compiles fixed shapes only"
+    report = inner.report
+    if report is None or len(report.partitions) != 1 or report.supported_ops != report.total_ops:
+        cpu = report.total_ops - report.supported_ops if report is not None else "?"
+        return (f"the model does not run whole on {target.name} ({len(report.partitions) if report else '?'} "
+                f"partition(s), {cpu} op(s) on the CPU), and one engine must take every length")
+    return None
+
+
 def trace_packed(trace_one: Callable[[torch.nn.Module, Any], ArchfitModule], model: torch.nn.Module,
-                 example_inputs: Any, packing: Packing, precision: str, progress=None) -> PackedModule:
-    """Compile `model` over packed rows (trace_one(module, inputs): archfit.trace's static path)."""
+                 example_inputs: Any, packing: Packing, target, precision: str, progress=None) -> PackedModule:
+    """Compile `model` over packed rows for `target` (trace_one(module, inputs): archfit.trace's
+    static path on it)."""
     name = type(model).__name__
     takes = _takes(model)
     if "position_ids" not in takes:
@@ -452,6 +521,9 @@ def trace_packed(trace_one: Callable[[torch.nn.Module, Any], ArchfitModule], mod
                            "'token_type_ids' where the model takes them)")
     example = {k: torch.as_tensor(v) for k, v in example_inputs.items()}
     token_types = "token_type_ids" in takes and "token_type_ids" in example
+    if packing.strategy == "dynamic" and target.compile_dynamic is None:
+        raise ArchfitError(f"dynamic lengths: target {target.name!r} compiles fixed shapes only; use strategy='pack' "
+                           f"or 'buckets', or a target with bounded dynamic shapes (openvino)")
     ids = example["input_ids"].reshape(-1)
     probe = ids.repeat(-(-7 // ids.numel()))[:7]  # 7 tokens: a length no other dim of a tiny model has
     sample = _alone(model, _sequence({"input_ids": probe}, 0, token_types), token_types)
@@ -468,12 +540,15 @@ def trace_packed(trace_one: Callable[[torch.nn.Module, Any], ArchfitModule], mod
                          f"'mean'")
     left_out = tuple(k for k in sample if k not in keep)
     offset = packing.position_offset if packing.position_offset is not None else _position_offset(model)
-    sizes = _row_sizes(packing)
-    spec = PackSpec(sizes, keep, token_types, offset, packing.pool, packing.lookahead, packing.max_per_row,
-                    packing.method, left_out)
     if left_out:
         log.warning(f"packing {name}: left out {', '.join(left_out)} (one value per row mixes the sequences packed "
                     f"into it); kept {', '.join(keep)}")
+    static = {"pack": {"pack": packing.max_per_row}, "buckets": {"buckets": 1}, "dynamic": {"pack": packing.max_per_row},
+              "auto": {"pack": packing.max_per_row, "buckets": 1}}[packing.strategy]
+    specs = {k: PackSpec(_row_sizes(packing, n) if packing.strategy != "dynamic" else (packing.max_len,), keep,
+                         token_types, offset, packing.pool, packing.lookahead, n, packing.method, left_out, k)
+             for k, n in static.items()}
+    spec = next(iter(specs.values()))
     wrapper = PackedRows(model, keep, token_types).eval()
     seqs = _check_sequences(example, spec.max_len, packing.rows)
 
@@ -491,12 +566,41 @@ def trace_packed(trace_one: Callable[[torch.nn.Module, Any], ArchfitModule], mod
                          f"instead") from e
     packs = pack([s["input_ids"].shape[0] for s in seqs], spec.max_len)
     rows_example = build_rows(seqs, [packs[i % len(packs)] for i in range(packing.rows)], spec.max_len, offset)
-    inner = trace_buckets(lambda inputs: trace_one(wrapper, inputs), wrapper, rows_example,
-                          Buckets({k: 1 for k in ROW_INPUTS}, sizes=sizes), True, precision,
-                          check_padding=len(sizes) > 1, progress=progress)
+    modules, compiled = {}, {}
+    for k, candidate in specs.items():
+        if candidate.sizes not in compiled:  # candidates with the same row lengths share their engines
+            # bucket padding gets a sequence id of its own (-1): never the group of a row's own padding (0)
+            buckets = Buckets({n: 1 for n in ROW_INPUTS}, sizes=candidate.sizes, pad_values={"sequence_ids": -1})
+            compiled[candidate.sizes] = trace_buckets(lambda inputs: trace_one(wrapper, inputs), wrapper, rows_example,
+                                                      buckets, True, precision, check_padding=len(candidate.sizes) > 1,
+                                                      progress=progress)
+        modules[k] = PackedModule(compiled[candidate.sizes], candidate)
+    if packing.strategy in ("dynamic", "auto"):
+        fits = _why_not_dynamic(modules["pack"].inner, target)
+        if fits is None:
+            dyn_spec = dataclasses.replace(specs["pack"], sizes=(spec.max_len,), max_per_row=1, strategy="dynamic")
+            if progress is not None:
+                progress(f"dynamic lengths 2..{spec.max_len}")
+            inner = trace_dynamic(wrapper, {k: v[:, :spec.max_len] for k, v in rows_example.items()},
+                                  target, precision, spec.max_len, {"sequence_ids": -1},
+                                  modules["pack"].report)
+            if packing.strategy == "dynamic":
+                modules = {}
+            modules["dynamic"] = PackedModule(inner, dyn_spec)
+        elif packing.strategy == "dynamic":
+            raise ArchfitError(f"dynamic lengths: {fits}; use strategy='pack' or 'buckets'")
+    measured = None
+    if len(modules) > 1:
+        if progress is not None:
+            progress(f"measuring {', '.join(modules)} on lengths drawn from those seen")
+        measured = _measure(modules, packing, example, packing.measure_seconds)
+    chosen = max(modules, key=lambda k: measured[k]) if measured else next(iter(modules))
+    spec = dataclasses.replace(modules[chosen].spec, strategy=chosen, measured=measured)
+    inner = modules[chosen].inner
     module = PackedModule(inner, spec)
     worst = check_contamination(module.run, model, seqs, spec, precision, f"on {inner.target}")
-    return PackedModule(inner, spec, checks=(len(seqs), len(packs), worst))
+    return PackedModule(inner, spec, checks=(len(seqs), len(pack([len(s["input_ids"]) for s in seqs], spec.max_len,
+                                                                   spec.max_per_row)), worst))
 
 
 __all__ = ["PackSpec", "PackedModule", "PackedRows", "Packing", "run_packed", "trace_packed"]

@@ -166,6 +166,9 @@ class Target:
     # bytes from engine.serialize() -> Engine, without compiling again; None: cannot be saved
     load: "Callable[[bytes], Engine] | None" = None
     versions: Callable[[], dict] = lambda: {}  # backend package versions, for the cache key and files
+    # (program exported with symbolic dims, per input each dim a size or a (low, high) range,
+    # precision) -> one Engine taking any size within the bounds; None: fixed shapes only
+    compile_dynamic: "Callable[[torch.export.ExportedProgram, Sequence, str], Engine] | None" = None
 
     def __repr__(self) -> str:
         return f"Target({self.name!r}, backend={self.backend!r}, device={self.device!r})"

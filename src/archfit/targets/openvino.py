@@ -73,6 +73,11 @@ def core():
     return ov.Core()
 
 
+def _config(precision: str) -> dict:
+    # OpenVINO defaults to bf16 on CPUs with bf16 units; fp32 must be asked for explicitly.
+    return {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
+
+
 def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], precision: str) -> OpenVINOEngine:
     import openvino as ov
 
@@ -80,11 +85,20 @@ def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]
     model = ov.convert_model(ep)
     # Fixed shapes: the whole point of compiling per shape bucket is to let the backend specialise.
     model.reshape({i: ov.PartialShape(list(t.shape)) for i, t in enumerate(example_inputs)})
-    config = {
-        # OpenVINO defaults to bf16 on CPUs with bf16 units; fp32 must be asked for explicitly.
-        "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
-        "PERFORMANCE_HINT": "LATENCY",
-    }
+    config = _config(precision)
+    return OpenVINOEngine(core().compile_model(model, "CPU", config), config)
+
+
+def compile_dynamic(ep: torch.export.ExportedProgram, shapes: Sequence[Sequence[int | tuple[int, int]]],
+                    precision: str) -> OpenVINOEngine:
+    """One engine for every size within the bounds (OpenVINO's bounded dynamic shapes): per
+    input, each dim a fixed size or a (low, high) range."""
+    import openvino as ov
+
+    model = ov.convert_model(ep)
+    model.reshape({i: ov.PartialShape([ov.Dimension(*d) if isinstance(d, tuple) else ov.Dimension(d) for d in shape])
+                   for i, shape in enumerate(shapes)})
+    config = _config(precision)
     return OpenVINOEngine(core().compile_model(model, "CPU", config), config)
 
 
@@ -94,4 +108,4 @@ unavailable = requires("openvino")
 TARGET = register_target(Target(
     "openvino", backend="openvino", device="CPU", supports=supports, compile=compile_partition, load=load_engine,
     description="OpenVINO CPU plugin; bf16 runs on AVX512-BF16/AMX units where present",
-    unavailable=unavailable, versions=versions))
+    unavailable=unavailable, versions=versions, compile_dynamic=compile_dynamic))
