@@ -38,41 +38,33 @@ def pack(lengths: Sequence[int], capacity: int, max_per_pack: int | None = None,
     bad = next((n for n in lengths if not 1 <= n <= capacity), None)
     if bad is not None:
         raise ValueError(f"a sequence of length {bad} cannot be packed into rows of {capacity}")
+    if method not in ("spfhp", "bfd"):
+        raise ValueError(f"packing method {method!r}: choose 'spfhp' or 'bfd'")
     limit = max_per_pack or capacity
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     packs: list[list[int]] = []
     used: list[int] = []
-    if method == "spfhp":
-        heap: list[tuple[int, int]] = []  # (-room, pack index) of packs still open
-        for i in order:
-            n = lengths[i]
-            if heap and -heap[0][0] >= n:
-                _, p = heapq.heappop(heap)
-            else:  # the pack with the most room cannot take it: none can
-                p = len(packs)
-                packs.append([])
-                used.append(0)
-            packs[p].append(i)
-            used[p] += n
-            if len(packs[p]) < limit and used[p] < capacity:
-                heapq.heappush(heap, (-(capacity - used[p]), p))
-    elif method == "bfd":
-        rooms: list[tuple[int, int]] = []  # (room, pack index), sorted
-        for i in order:
-            n = lengths[i]
-            k = bisect.bisect_left(rooms, (n, -1))
-            if k < len(rooms):
-                _, p = rooms.pop(k)
+    # open packs by room left: a heap of (-room, pack) for SPFHP (most room on top), a sorted
+    # list of (room, pack) for best fit (least room that fits, by bisection)
+    open_: list[tuple[int, int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
+        if method == "spfhp":
+            p = heapq.heappop(open_)[1] if open_ and -open_[0][0] >= n else None
+        else:
+            k = bisect.bisect_left(open_, (n, -1))
+            p = open_.pop(k)[1] if k < len(open_) else None
+        if p is None:  # no open pack has room for it: a new one
+            p = len(packs)
+            packs.append([])
+            used.append(0)
+        packs[p].append(i)
+        used[p] += n
+        if len(packs[p]) < limit and used[p] < capacity:
+            room = capacity - used[p]
+            if method == "spfhp":
+                heapq.heappush(open_, (-room, p))
             else:
-                p = len(packs)
-                packs.append([])
-                used.append(0)
-            packs[p].append(i)
-            used[p] += n
-            if len(packs[p]) < limit and used[p] < capacity:
-                bisect.insort(rooms, (capacity - used[p], p))
-    else:
-        raise ValueError(f"packing method {method!r}: choose 'spfhp' or 'bfd'")
+                bisect.insort(open_, (room, p))
     return [Pack(tuple(m), u) for m, u in zip(packs, used)]
 
 
