@@ -109,6 +109,9 @@ def _precision(target: Target, precision: str | None) -> str:
     if precision not in PRECISIONS or precision not in target.precisions:
         raise ArchfitError(f"precision {precision!r} is not offered by target {target.name!r}; "
                            f"choose one of {', '.join(target.precisions)}")
+    why = target.precision_unavailable(precision)
+    if why is not None:
+        raise ArchfitError(f"precision {precision!r} on target {target.name!r}: {why}")
     return precision
 
 

@@ -145,3 +145,24 @@ def read(path: str | os.PathLike) -> tuple[dict, dict[str, bytes]]:
         if sha256(blobs[name]) != digest:
             raise ArtifactError(f"{path} is corrupted: {name[:80]} fails its checksum; save it again with archfit.save")
     return manifest, blobs
+
+
+def read_member(path: str | os.PathLike, name: str, digest: str) -> bytes:
+    """One file's bytes read again from a saved file, checked against the digest it had when
+    loaded: for engines a backend cannot export again once imported (OpenVINO)."""
+    path = Path(path)
+    changed = ArtifactError(f"{path} changed or went away since it was loaded ({name[:80]}); load it again before "
+                            f"saving this module")
+    try:
+        with zipfile.ZipFile(path) as z:
+            _check_directory(z, path)
+            names = set(z.namelist())
+            stored = name if name in names else next(  # identical contents are stored once, under the first name
+                (n for n, d in parse_json(z.read("manifest.json"), "manifest.json", path, MAX_MANIFEST_BYTES)
+                 .get("files", {}).items() if d == digest and n in names), None)
+            data = z.read(stored) if stored is not None else b""
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, ArtifactError) as e:
+        raise changed from e
+    if sha256(data) != digest:
+        raise changed
+    return data

@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -217,6 +218,7 @@ def _load_engine(path: Path, manifest: dict, e: dict, blobs: dict[str, bytes], t
             engine = target.load({str(part): blobs[file] for part, file in e["parts"].items()})
         else:
             engine = once(e["file"], target.load)
+            engine.origin = partial(container.read_member, path, e["file"], manifest["files"][e["file"]])
     except KeyError:
         raise ArtifactError(f"{path}: engine {str(e.get('module'))[:60]} names a member the file does not "
                             f"hold") from None

@@ -124,10 +124,13 @@ def _archfit(model, inputs, target: str, precision: str, force_cpu=()):
 
 def arms(model: torch.nn.Module, inputs: Any, targets=("openvino", "onnxruntime"),
          precisions=("fp32", "bf16"), peers: bool = True) -> dict[str, tuple[str, Callable[[], Callable]]]:
-    """name -> (precision, builder returning a zero-argument call)."""
+    """name -> (precision, builder returning a zero-argument call). bf16 arms only on a CPU with
+    bf16 units: elsewhere they would time fp32 (OpenVINO) or a slow emulation (PyTorch)."""
+    precisions = tuple(p for p in precisions if p != "bf16" or bf16_units())
     out: dict[str, tuple[str, Callable]] = {"eager PyTorch": ("fp32", lambda: _call(model, inputs))}
     if peers:
-        out["eager PyTorch bf16 autocast"] = ("bf16", lambda: _eager_bf16(model, inputs))
+        if "bf16" in precisions:
+            out["eager PyTorch bf16 autocast"] = ("bf16", lambda: _eager_bf16(model, inputs))
         out["torch.compile (Inductor)"] = ("fp32", lambda: _torch_compile(model, inputs, "inductor"))
         out["ONNX Runtime direct"] = ("fp32", lambda: _onnxruntime_direct(model, inputs))
         out["OpenVINO direct"] = ("fp32", lambda: _openvino_direct(model, inputs, "fp32"))
@@ -187,6 +190,12 @@ def peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bf16_units() -> bool:
+    from ..targets.openvino import bf16_units as units
+
+    return units()
 
 
 def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:

@@ -294,7 +294,8 @@ def bench_(model: str = typer.Argument(..., help=MODEL_HELP + " Or a file writte
             mod.eval()
             builders = bench.arms(mod, inputs, targets=target, precisions=precision, peers=peers)
             flops = bench.model_flops(mod, inputs)
-            peaks = {p: bench.matmul_peak_gflops(dtype, seconds=2 * seconds)
+            peaks = {p: bench.matmul_peak_gflops(dtype, seconds=2 * seconds) if p == "fp32" or bench.bf16_units()
+                     else float("nan")  # no bf16 units: PyTorch's bf16 matmul is a slow emulation, not a peak
                      for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
         if arm:
             builders = {k: v for k, v in builders.items() if k == "eager PyTorch" or any(a in k for a in arm)}
@@ -306,8 +307,9 @@ def bench_(model: str = typer.Argument(..., help=MODEL_HELP + " Or a file writte
     if as_json:
         emit({"model": model, "gflop": flops / 1e9, "matmul_peak_gflops": peaks, "rows": rows})
         return
+    bf16 = f"bf16 {peaks['bf16']:.0f}" if peaks["bf16"] == peaks["bf16"] else "bf16 - (no bf16 units)"
     typer.echo(f"{model}: {flops / 1e9:.3f} GFLOP per call; matmul peak here: fp32 {peaks['fp32']:.0f}, "
-               f"bf16 {peaks['bf16']:.0f} GFLOP/s; {torch.get_num_threads()} threads")
+               f"{bf16} GFLOP/s; {torch.get_num_threads()} threads")
     typer.echo(bench.render(rows))
 
 

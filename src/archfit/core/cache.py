@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +20,7 @@ import torch
 from torch import fx
 
 from .._version import __version__
-from ..errors import first_line
+from ..errors import ArtifactError, first_line
 from ..targets.base import Engine, Target
 from .capture import attr_of
 
@@ -75,10 +76,25 @@ def get(key: str, target: Target) -> Engine | None:
         _drop(path, "fails its checksum")
         return None
     try:
-        return target.load(body)
+        engine = target.load(body)
     except Exception as e:  # noqa: BLE001 - a stale entry (other backend build) is rebuilt, never fatal
         _drop(path, f"does not load ({first_line(e, 120)})")
         return None
+    engine.origin = partial(_reread, path, digest.decode("ascii"))
+    return engine
+
+
+def _reread(path: Path, digest: str) -> bytes:
+    """An entry's body read again (for engines their backend cannot export once imported)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"compile cache entry {path} went away after it was loaded; trace the model again "
+                           f"to save it") from e
+    body = data[len(MAGIC) + 65:]
+    if data[:len(MAGIC)] != MAGIC or hashlib.sha256(body).hexdigest() != digest:
+        raise ArtifactError(f"compile cache entry {path} changed after it was loaded; trace the model again to save it")
+    return body
 
 
 def put(key: str, engine: Engine) -> None:

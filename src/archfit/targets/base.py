@@ -80,6 +80,11 @@ class Engine:
     `run` is the one method every backend writes. The others have defaults that mean "not
     offered": an engine that returns None from both serialize methods cannot be saved."""
 
+    # Reads again the bytes this engine was loaded from (set by the file or cache loader), for
+    # backends that cannot export an imported engine: holding those bytes instead would double
+    # the resident memory of every loaded engine.
+    origin: Callable[[], bytes] | None = None
+
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         raise NotImplementedError
 
@@ -155,6 +160,9 @@ class Target:
     default_precision: str = "fp32"
     # returns None when usable on this machine, else why not (missing package, ...)
     unavailable: Callable[[], "str | None"] = lambda: None
+    # precision -> None when this machine computes in it, else why not (a backend that would
+    # quietly run another precision must say so here)
+    precision_unavailable: Callable[[str], "str | None"] = lambda precision: None
     emulated: bool = False  # runs on a CPU stand-in for hardware that is not here
     # Partitions this target's own SDK would not compile: plan -> {partition index: why}.
     policy: PartitionPolicy | None = None

@@ -2,6 +2,7 @@
 lowers (the one its torch.compile backend partitions by), not a guess of ours."""
 from __future__ import annotations
 
+import io
 import json
 import threading
 from functools import lru_cache
@@ -10,6 +11,7 @@ from typing import Sequence
 import torch
 from torch import fx
 
+from ..errors import ArtifactError
 from .base import Engine, Target, export_partition, listed_or_decomposed, requires, to_numpy
 from .registry import register_target
 
@@ -35,10 +37,10 @@ supports = listed_or_decomposed(_listed, "OpenVINO's op list")
 class OpenVINOEngine(Engine):
     """One infer request reused across calls; inputs are shared with torch, not copied."""
 
-    def __init__(self, compiled_model, config: dict, blob: bytes | None = None):
+    def __init__(self, compiled_model, config: dict, imported: bool = False):
         self.compiled_model = compiled_model
         self.config = config
-        self.blob = blob  # set when imported: OpenVINO cannot export an imported model again
+        self.imported = imported  # OpenVINO cannot export an imported model again: see serialize
         self.request = compiled_model.create_infer_request()
         self.lock = threading.Lock()  # one infer request: callers on several threads take turns
 
@@ -49,15 +51,21 @@ class OpenVINOEngine(Engine):
 
     def serialize(self) -> bytes:
         """One JSON line of the compile config, then OpenVINO's compiled blob. The config must go
-        along: imported without it, OpenVINO falls back to its default (bf16 on bf16 CPUs)."""
-        blob = self.blob if self.blob is not None else self.compiled_model.export_model().getvalue()
-        return json.dumps(self.config).encode() + b"\n" + blob
+        along: imported without it, OpenVINO falls back to its default (bf16 on bf16 CPUs).
+        An imported engine's bytes are read again from where they were loaded."""
+        if not self.imported:
+            return json.dumps(self.config).encode() + b"\n" + self.compiled_model.export_model().getvalue()
+        if self.origin is None:
+            raise ArtifactError("an OpenVINO engine imported from bytes cannot be exported again; save the module "
+                               "traced or loaded from a file")
+        return self.origin()
 
 
 def load_engine(data: bytes) -> OpenVINOEngine:
-    header, blob = data.split(b"\n", 1)
-    config = json.loads(header)
-    return OpenVINOEngine(core().import_model(blob, "CPU", config), config, blob)
+    cut = data.index(b"\n")
+    config = json.loads(data[:cut])
+    return OpenVINOEngine(core().import_model(io.BytesIO(memoryview(data)[cut + 1:]), "CPU", config), config,
+                          imported=True)
 
 
 def versions() -> dict:
@@ -71,6 +79,21 @@ def core():
     import openvino as ov
 
     return ov.Core()
+
+
+@lru_cache(maxsize=1)
+def bf16_units() -> bool:
+    """Does this CPU compute in bf16 (AVX512_BF16 or AMX)? Without, OpenVINO takes the bf16 hint
+    and quietly runs fp32."""
+    return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def precision_unavailable(precision: str) -> str | None:
+    if precision == "bf16" and not bf16_units():
+        return ("this CPU has no bf16 units (OpenVINO lists "
+                f"{', '.join(core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))}), so OpenVINO would run fp32; "
+                "use fp32 here, or target inf1/inf2 to emulate Inferentia's bf16 numerics")
+    return None
 
 
 def _config(precision: str) -> dict:
@@ -107,5 +130,6 @@ unavailable = requires("openvino")
 
 TARGET = register_target(Target(
     "openvino", backend="openvino", device="CPU", supports=supports, compile=compile_partition, load=load_engine,
+    precision_unavailable=precision_unavailable,
     description="OpenVINO CPU plugin; bf16 runs on AVX512-BF16/AMX units where present",
     unavailable=unavailable, versions=versions, compile_dynamic=compile_dynamic))
