@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ import torch
 
 import archfit
 from archfit import Buckets, zoo
+from fresh import load_and_run  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ = {"input_ids": 1, "attention_mask": 1}
@@ -46,16 +46,9 @@ def requests(n: int, seed: int = 0) -> list[dict]:
 
 def loaded_peak_rss_mib(path: Path, lengths: list[int]) -> float:
     """Peak resident memory of a fresh process that loads the file and runs every bucket once."""
-    code = (
-        "import torch, archfit\n"
-        f"m = archfit.load({str(path)!r})\n"
-        f"for L in {lengths}:\n"
-        "    m(input_ids=torch.ones(1, L, dtype=torch.long), attention_mask=torch.ones(1, L, dtype=torch.long))\n"
-        "from archfit.cli.bench import peak_rss_mib\n"
-        "print(peak_rss_mib())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return load_and_run(path, f"for L in {lengths}:\n"
+                              "    m(input_ids=torch.ones(1, L, dtype=torch.long), "
+                              "attention_mask=torch.ones(1, L, dtype=torch.long))")["peak_rss_mib"]
 
 
 def main() -> None:

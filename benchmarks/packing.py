@@ -25,7 +25,6 @@ import argparse
 import gc
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from archfit.shapes.packing import pack, packing_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bucketing import MAX, SEQ, requests, squad  # noqa: E402 - same requests as the bucketing benchmark
+from fresh import load_and_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,20 +80,10 @@ def ov_dynamic(model, example):
 
 
 def rss_mib(path: Path) -> tuple[float, float]:
-    """Resident memory of a fresh process that loads the file and runs one full row: (after the
-    run, peak). Both include the interpreter with torch and OpenVINO imported."""
-    code = (
-        "import torch, archfit\n"
-        f"m = archfit.load({str(path)!r})\n"
-        "ids = torch.ones(1, 384, dtype=torch.long)\n"
-        "m.run([ids[0]]) if m.kind == 'packed' else m(input_ids=ids, attention_mask=torch.ones_like(ids))\n"
-        "from archfit.cli.bench import peak_rss_mib\n"
-        "now = int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20\n"
-        "print(now, peak_rss_mib())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    now, peak = out.stdout.strip().splitlines()[-1].split()
-    return float(now), float(peak)
+    """(resident MiB after loading the file and running one full row, peak) in a fresh process."""
+    m = load_and_run(path, "ids = torch.ones(1, 384, dtype=torch.long)\n"
+                           "m.run([ids[0]]) if m.kind == 'packed' else m(input_ids=ids, attention_mask=torch.ones_like(ids))")
+    return m["rss_mib"], m["peak_rss_mib"]
 
 
 def main() -> None:
@@ -104,6 +94,8 @@ def main() -> None:
     ap.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the target-independent arms (OpenVINO direct dynamic, eager)")
     ap.add_argument("--buckets", action=argparse.BooleanOptionalAction, default=True, help="also the 8-bucket arm")
+    ap.add_argument("--auto", action=argparse.BooleanOptionalAction, default=True, help="also the strategy-auto arm")
+    ap.add_argument("--rows", action=argparse.BooleanOptionalAction, default=True, help="also the packed-rows arm")
     args = ap.parse_args()
     model, _ = zoo.build("bert-base")
     example = {"input_ids": torch.randint(1000, 30000, (1, MAX)), "attention_mask": torch.ones(1, MAX, dtype=torch.long)}
@@ -116,9 +108,12 @@ def main() -> None:
     if args.buckets:
         builds["8 buckets"] = dict(buckets=Buckets(SEQ, histogram=tuple(hist), max_buckets=8))
     builds["packed 384"] = dict(packing=Packing(MAX, outputs=keep, lookahead=args.chunk))
-    builds["packed rows"] = dict(packing=Packing(MAX, outputs=keep, lookahead=args.chunk, histogram=tuple(hist)))
-    builds["strategy auto"] = dict(packing=Packing(MAX, outputs=keep, lookahead=args.chunk, histogram=tuple(hist),
-                                                   strategy="auto"))
+    if args.rows:
+        builds["packed rows"] = dict(packing=Packing(MAX, outputs=keep, lookahead=args.chunk,
+                                                     histogram=tuple(hist)))
+    if args.auto:
+        builds["strategy auto"] = dict(packing=Packing(MAX, outputs=keep, lookahead=args.chunk, histogram=tuple(hist),
+                                                       strategy="auto"))
     arms, info = {}, {}
     for label, options in builds.items():
         t0 = time.perf_counter()
@@ -158,7 +153,7 @@ def main() -> None:
     errors = {}
     with torch.no_grad():
         want = [model(**r).last_hidden_state for r in reqs[:16]]
-    for label in ("packed 384", "packed rows"):
+    for label in [k for k in ("packed 384", "packed rows") if k in arms]:
         got = arms[label](reqs[:16])
         errors[label] = max(float((g["last_hidden_state"] - w).abs().max()) for g, w in zip(got, want))
     print("max abs error vs eager, 16 sequences:", errors, flush=True)

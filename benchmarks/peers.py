@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from fresh import load_and_run  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -57,20 +58,8 @@ def _mid_graph_node(model, inputs) -> str:
 
 
 def _load_in_fresh_process(path: Path, inputs_file: Path) -> dict:
-    code = (
-        "import time, torch, archfit\n"
-        "t = time.perf_counter()\n"
-        f"m = archfit.load({str(path)!r})\n"
-        "load = time.perf_counter() - t\n"
-        f"args, kwargs = torch.load({str(inputs_file)!r}, weights_only=True)\n"
-        "with torch.no_grad():\n"
-        "    m(*args, **kwargs)\n"
-        "from archfit.cli.bench import peak_rss_mib\n"
-        "print(load, peak_rss_mib())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    load, rss = out.stdout.strip().splitlines()[-1].split()
-    return {"load_s": float(load), "load_peak_rss_mib": float(rss)}
+    m = load_and_run(path, f"args, kwargs = torch.load({str(inputs_file)!r}, weights_only=True)\nm(*args, **kwargs)")
+    return {"load_s": m["load_s"], "load_peak_rss_mib": m["peak_rss_mib"]}
 
 
 def one_model(name: str) -> dict:

@@ -2,9 +2,11 @@
 files or new paths, written with the user's umask."""
 import json
 import os
+import shutil
 import zipfile
 
 import pytest
+import torch
 
 import archfit
 from archfit.artifact import container
@@ -78,6 +80,22 @@ def test_saved_file_follows_the_umask(saved_mlp, tmp_path):
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_loaded_module_saves_again_from_its_file_and_refuses_once_the_file_changed(saved_mlp, mlp_custom, tmp_path):
+    # loaded OpenVINO engines do not keep their bytes in memory: saving again re-reads them from
+    # the file, checked against the digest it had when loaded
+    model, inputs = mlp_custom
+    source = tmp_path / "source.archfit"
+    shutil.copy(saved_mlp, source)
+    module = archfit.load(source)
+    again = archfit.load(archfit.save(module, tmp_path / "again.archfit"))
+    torch.testing.assert_close(again(*inputs), module(*inputs), rtol=0, atol=0)
+    source.write_bytes(b"not the same file")
+    with pytest.raises(archfit.ArtifactError, match="source.archfit changed or went away since it was loaded .*; "
+                                                    "load it again before saving this module"):
+        archfit.save(module, tmp_path / "third.archfit")
+    assert not (tmp_path / "third.archfit").exists()
 
 
 def test_inspect_drops_terminal_escapes():

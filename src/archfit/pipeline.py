@@ -176,6 +176,10 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
 
     force_cpu: op names ('aten.gelu', 'gelu') or node names to keep in PyTorch.
     require_full: fail, listing every node, unless the whole model runs on the target.
+    target: a target name, or "auto": compile on every real target here, measure the whole model
+        with each on the example inputs and keep the fastest (the report lists the alternatives).
+    precision: "fp32", "bf16", the target's default (None) or "auto": each precision the target
+        computes in here and that passes validation, measured like target="auto".
     check_payoff: time each partition at compile time and keep it on the target only if it
         beats PyTorch including the boundary crossing.
     validate: compare with eager PyTorch on the example and one random input (see TOLERANCES).
@@ -196,6 +200,14 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     whose output size depends on data, such as NMS) comes back as an AttachedModule: its
     submodules that can be captured are compiled, the rest of its Python runs on the host.
     """
+    if target == "auto" or precision == "auto":  # every candidate compiled, measured, the fastest kept
+        from .choose import trace_auto
+
+        return trace_auto(trace, model, example_inputs, target, precision, force_cpu=force_cpu,
+                          require_full=require_full, min_partition_size=min_partition_size, check_payoff=check_payoff,
+                          validate=validate, validation_inputs=validation_inputs, cache=cache, progress=progress,
+                          name=name, buckets=buckets, dynamic_batch=dynamic_batch, check_padding=check_padding,
+                          packing=packing)
     t0 = time.perf_counter()
     target = get_target(target)
     options = TraceOptions(target, _precision(target, precision), tuple(force_cpu), require_full, min_partition_size,

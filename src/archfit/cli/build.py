@@ -50,8 +50,11 @@ def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
 @app.command("compile")
 def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
              output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the compiled model here."),
-             target: str = typer.Option("openvino", "--target", "-t"),
-             precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (auto-casts matmul and convolution); "
+             target: str = typer.Option("openvino", "--target", "-t",
+                                        help="A target, or auto: compile on every real target here, measure each, "
+                                             "keep the fastest."),
+             precision: Optional[str] = typer.Option(None, help="fp32, bf16 (auto-casts matmul and convolution) or "
+                                                                "auto (each precision this CPU computes in, measured); "
                                                                 "default: the target's own."),
              force_cpu: List[str] = typer.Option([], "--force-cpu", help="Op or node name to keep on the CPU."),
              require_full: bool = typer.Option(False, help="Fail unless every op runs on the target."),

@@ -47,6 +47,8 @@ class FitReport:
     validation: Validation | None = None
     compile_seconds: float | None = None
     estimate: LatencyEstimate | None = None  # roofline, for accelerator profiles; not a measurement
+    # target/precision="auto": every candidate measured (choose.Alternative), the chosen one marked
+    alternatives: tuple = ()
     # every node and where it runs, for the HTML page; left out of to_dict (it is the graph, not the fit)
     graph: GraphView | None = field(default=None, compare=False, repr=False)
 

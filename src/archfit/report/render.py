@@ -58,6 +58,14 @@ def render_report(r: "FitReport", width: int = 120) -> str:
                 row += [f"{tm.compiled_ms:.3f} / {tm.eager_ms:.3f}", in_model]
             t.add_row(*row)
         con.print(t)
+    if r.alternatives:
+        t = Table(title="chosen by measurement on this CPU (median ms on the example inputs)", title_justify="left")
+        for col in ("target", "precision", "ms", ""):
+            t.add_column(col)
+        for a in r.alternatives:
+            t.add_row(a.target, a.precision, f"{a.ms:.3f}" if a.ms is not None else "-",
+                      "chosen" if a.chosen else (a.why or ""))
+        con.print(t)
     if r.fallback:
         t = Table(title="runs on the CPU (PyTorch)", title_justify="left")
         for col in ("op", "count", "FLOPs", "reason", "where"):

@@ -1,0 +1,93 @@
+"""target="auto" and precision="auto": compile on every real target this machine runs (and, for
+precision="auto", each precision a target computes in here), measure the whole model with each
+on the example inputs, keep the fastest. Which backend wins depends on the model and the CPU
+(OpenVINO on BERT, ONNX Runtime on DLRM fp32 in BENCHMARKS.md), so it is measured, not guessed.
+
+Every candidate passes the same validation as a plain trace (a precision that fails its
+tolerance is not a candidate); the report lists every alternative with its time or the reason
+it was left out."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from .core.capture import normalize_inputs
+from .core.module import ArchfitModule
+from .errors import ArchfitError, first_line
+from .report.fit import FitReport
+from .targets.registry import get_target, list_targets
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """One (target, precision) tried: its median time on the example inputs, or why it is out."""
+
+    target: str
+    precision: str
+    ms: float | None = None
+    why: str | None = None
+    chosen: bool = False
+
+
+def candidates(target: str, precision: str | None) -> tuple[list[tuple[str, str]], list[Alternative]]:
+    """(target, precision) pairs to compile, and those left out with the reason."""
+    targets = [t for t in list_targets() if not t.emulated] if target == AUTO else [get_target(target)]
+    pairs, out = [], []
+    for t in targets:
+        name, why_not = t.name, t.unavailable()
+        if why_not is not None:
+            out.append(Alternative(name, precision or t.default_precision, why=why_not))
+            continue
+        wanted = t.precisions if precision == AUTO else (precision or t.default_precision,)
+        for p in wanted:
+            if p not in t.precisions:
+                out.append(Alternative(name, p, why=f"not offered by {name}"))
+            elif (why := t.precision_unavailable(p)) is not None:
+                out.append(Alternative(name, p, why=why))
+            else:
+                pairs.append((name, p))
+    return pairs, out
+
+
+def measure(calls: dict[Any, Callable[[], object]], seconds: float) -> dict[Any, float]:
+    """Median ms of each call, interleaved call by call (so a machine slowing down mid-way costs
+    every candidate alike), within about `seconds` per candidate, at least 5 calls each."""
+    for call in calls.values():
+        call()  # warm-up: first-call allocations are not the model's speed
+    times: dict[Any, list[float]] = {k: [] for k in calls}
+    deadline = time.perf_counter() + seconds * len(calls)
+    while min(len(v) for v in times.values()) < 5 or time.perf_counter() < deadline:
+        for k, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[k].append(time.perf_counter() - t0)
+    return {k: 1e3 * sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def trace_auto(trace: Callable[..., ArchfitModule], model, example_inputs: Any, target: str, precision: str | None,
+               seconds: float = 1.0, **options) -> ArchfitModule:
+    """Compile every candidate with trace(model, example_inputs, target, precision=..., **options),
+    measure them, return the fastest with the alternatives in its report."""
+    pairs, left_out = candidates(target, precision)
+    built: dict[tuple[str, str], ArchfitModule] = {}
+    for name, p in pairs:
+        try:
+            built[(name, p)] = trace(model, example_inputs, name, precision=p, **options)
+        except ArchfitError as e:  # a candidate that fails to compile or validate is out, with why
+            left_out.append(Alternative(name, p, why=first_line(e, 200)))
+    if not built:
+        raise ArchfitError(f"target={target!r}, precision={precision!r}: no candidate compiled: "
+                           + "; ".join(f"{a.target} {a.precision}: {a.why}" for a in left_out))
+    args, kwargs = normalize_inputs(example_inputs)
+    ms = measure({k: (lambda m=m: m(*args, **kwargs)) for k, m in built.items()}, seconds)
+    best = min(ms, key=ms.get)
+    alternatives = tuple(sorted((Alternative(t, p, ms[(t, p)], chosen=(t, p) == best) for t, p in built),
+                                key=lambda a: a.ms) + left_out)
+    module = built[best]
+    module.alternatives = alternatives
+    if isinstance(module.report, FitReport):
+        module.report = replace(module.report, alternatives=alternatives)
+    return module

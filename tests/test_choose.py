@@ -1,0 +1,67 @@
+"""target="auto" / precision="auto": every real target (and precision) here compiled, measured on
+the example inputs, the fastest kept; the report lists every alternative with its time or why
+it was left out."""
+import pytest
+import torch
+
+import archfit
+from archfit.choose import Alternative, measure
+from archfit.targets.openvino import bf16_units
+from conftest import assert_close_to_eager, cli
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 32)).eval()
+    return model, (torch.randn(4, 64),)
+
+
+def test_auto_target_compiles_every_real_target_and_keeps_the_fastest(mlp):
+    model, inputs = mlp
+    compiled = archfit.trace(model, inputs, target="auto", check_payoff=False)
+    alts = {(a.target, a.precision): a for a in compiled.report.alternatives}
+    assert {("openvino", "fp32"), ("onnxruntime", "fp32")} <= set(alts)
+    assert not {"inf1", "inf2"} & {t for t, _ in alts}  # accelerator profiles only emulate: their speed says nothing
+    timed = [a for a in alts.values() if a.ms is not None]
+    chosen = [a for a in alts.values() if a.chosen]
+    assert len(chosen) == 1 and chosen[0].ms == min(a.ms for a in timed)
+    assert compiled.target == chosen[0].target and compiled.report.target == chosen[0].target
+    assert_close_to_eager(model, compiled, inputs)
+    text = compiled.report.to_text()
+    assert "chosen by measurement on this CPU" in text and "onnxruntime" in text and "openvino" in text
+
+
+def test_auto_precision_measures_what_this_cpu_computes_in(mlp):
+    model, inputs = mlp
+    compiled = archfit.trace(model, inputs, target="openvino", precision="auto", check_payoff=False)
+    alts = {a.precision: a for a in compiled.report.alternatives}
+    assert set(alts) == {"fp32", "bf16"}
+    if bf16_units():
+        assert alts["bf16"].ms is not None
+    else:  # left out, saying why, rather than timing fp32 under a bf16 label
+        assert alts["bf16"].ms is None and "no bf16 units" in alts["bf16"].why
+        assert compiled.precision == "fp32" and alts["fp32"].chosen
+
+
+def test_a_candidate_that_fails_is_left_out_with_its_reason(mlp):
+    model, inputs = mlp
+    # one op kept on the CPU with require_full: every target refuses, and the error names each one's reason
+    with pytest.raises(archfit.ArchfitError, match=r"target='auto', precision=None: no candidate compiled: "
+                                                   r"openvino fp32: .*onnxruntime fp32: "):
+        archfit.trace(model, inputs, target="auto", force_cpu=["aten.gelu"], require_full=True)
+
+
+def test_measure_interleaves_and_takes_the_median():
+    calls = []
+    ms = measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, seconds=0.0)
+    assert calls[:2] == ["a", "b"] and calls[2:12] == ["a", "b"] * 5  # warm-up, then alternating
+    assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
+    assert Alternative("x", "fp32").ms is None
+
+
+def test_cli_compile_auto_prints_the_measured_alternatives(mlp, tmp_path):
+    out = cli("compile", "mlp-custom-op", "--tiny", "-t", "auto", "--no-compare", "-o", str(tmp_path / "m.archfit"))
+    assert out.returncode == 0, out.stderr
+    assert "chosen by measurement on this CPU" in out.stdout and "chosen" in out.stdout
+    assert archfit.load(tmp_path / "m.archfit").target in ("openvino", "onnxruntime")
