@@ -131,6 +131,8 @@ def test_cli_packs_saves_and_runs_a_batch_file_in_a_fresh_process(tmp_path):
             "-o", str(path))
     assert r.returncode == 0, r.stderr
     assert "left out (one value per row): pooler_output" in r.stdout and "no cross-contamination" in r.stdout
+    shown = cli("inspect", str(path))
+    assert "packed: several sequences per row, rows of [32], strategy pack" in shown.stdout, shown.stderr
     seqs = [[5, 6, 7], list(range(3, 30)), [9] * 12]
     batch = tmp_path / "seqs.jsonl"
     batch.write_text("\n".join(json.dumps({"input_ids": s}) for s in seqs[:2]) + "\n" + json.dumps(seqs[2]) + "\n")

@@ -213,6 +213,11 @@ def _describe(file: Path, manifest: dict) -> list[str]:
                          else f"buckets: none{batch}")
         else:
             lines.append("buckets: none (fixed shapes)")
+        if kind == "packed":
+            p = meta.get("packing") if isinstance(meta.get("packing"), dict) else {}
+            lines.append(f"packed: several sequences per row, rows of {str(p.get('sizes'))[:80]}, strategy "
+                         f"{str(p.get('strategy'))[:20]}, outputs {str(p.get('outputs'))[:120]}, pool "
+                         f"{str(p.get('pool'))[:20]} (archfit run FILE --batch-file seqs.jsonl -d out/)")
     lines.append(f"engines: {len(manifest['engines'])} ({', '.join(e['module'] for e in manifest['engines'])})")
     lines.append(f"custom ops needed at load: {', '.join(manifest['custom_ops']) or 'none'}")
     return lines
