@@ -191,7 +191,7 @@ def test_a_model_without_position_ids_is_refused():
 
 
 def test_row_lengths_chosen_from_the_lengths_seen():
-    from archfit.shapes.packed import _row_sizes
+    from archfit.shapes.pack_trace import _row_sizes
 
     counts, start = zoo.squad_lengths()
     hist = [0.0] * (start - 1) + list(counts)

@@ -23,7 +23,7 @@ from .regions import (AttachedModule, RegionPlan, plan_regions, plan_to_dict, re
                       validate_attached)
 from .report import FitReport, build_report, estimate_latency, measure_host_ms
 from .shapes import Buckets, Packing, trace_buckets
-from .shapes.packed import trace_packed
+from .shapes.pack_trace import trace_packed
 from .targets import Target, get_target
 from .targets.base import PRECISIONS
 

@@ -71,8 +71,8 @@ def get(key: str, target: Target) -> Engine | None:
         data = path.read_bytes()
     except OSError:
         return None
-    head, digest, body = data[:len(MAGIC)], data[len(MAGIC):len(MAGIC) + 64], data[len(MAGIC) + 65:]
-    if head != MAGIC or digest.decode("ascii", "replace") != hashlib.sha256(body).hexdigest():
+    digest, body = _entry(data)
+    if body is None:
         _drop(path, "fails its checksum")
         return None
     try:
@@ -80,8 +80,15 @@ def get(key: str, target: Target) -> Engine | None:
     except Exception as e:  # noqa: BLE001 - a stale entry (other backend build) is rebuilt, never fatal
         _drop(path, f"does not load ({first_line(e, 120)})")
         return None
-    engine.origin = partial(_reread, path, digest.decode("ascii"))
+    engine.origin = partial(_reread, path, digest)
     return engine
+
+
+def _entry(data: bytes) -> tuple[str, bytes | None]:
+    """(digest, body) of an entry's bytes; body None when the header or checksum is wrong."""
+    digest, body = data[len(MAGIC):len(MAGIC) + 64].decode("ascii", "replace"), data[len(MAGIC) + 65:]
+    ok = data[:len(MAGIC)] == MAGIC and digest == hashlib.sha256(body).hexdigest()
+    return digest, body if ok else None
 
 
 def _reread(path: Path, digest: str) -> bytes:
@@ -91,8 +98,8 @@ def _reread(path: Path, digest: str) -> bytes:
     except OSError as e:
         raise ArtifactError(f"compile cache entry {path} went away after it was loaded; trace the model again "
                            f"to save it") from e
-    body = data[len(MAGIC) + 65:]
-    if data[:len(MAGIC)] != MAGIC or hashlib.sha256(body).hexdigest() != digest:
+    seen, body = _entry(data)
+    if body is None or seen != digest:
         raise ArtifactError(f"compile cache entry {path} changed after it was loaded; trace the model again to save it")
     return body
 
