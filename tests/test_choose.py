@@ -47,9 +47,11 @@ def test_auto_precision_measures_what_this_cpu_computes_in(mlp):
 def test_a_candidate_that_fails_is_left_out_with_its_reason(mlp):
     model, inputs = mlp
     # one op kept on the CPU with require_full: every target refuses, and the error names each one's reason
-    with pytest.raises(archfit.ArchfitError, match=r"target='auto', precision=None: no candidate compiled: "
-                                                   r"openvino fp32: .*onnxruntime fp32: "):
+    # (targets other test files register in this process are candidates too: order is not fixed)
+    with pytest.raises(archfit.ArchfitError, match=r"target='auto', precision=None: no candidate compiled: ") as e:
         archfit.trace(model, inputs, target="auto", force_cpu=["aten.gelu"], require_full=True)
+    assert "openvino fp32: partition: require_full=True" in str(e.value)
+    assert "onnxruntime fp32: partition: require_full=True" in str(e.value)
 
 
 def test_measure_interleaves_and_takes_the_median():
@@ -64,4 +66,4 @@ def test_cli_compile_auto_prints_the_measured_alternatives(mlp, tmp_path):
     out = cli("compile", "mlp-custom-op", "--tiny", "-t", "auto", "--no-compare", "-o", str(tmp_path / "m.archfit"))
     assert out.returncode == 0, out.stderr
     assert "chosen by measurement on this CPU" in out.stdout and "chosen" in out.stdout
-    assert archfit.load(tmp_path / "m.archfit").target in ("openvino", "onnxruntime")
+    assert archfit.load(tmp_path / "m.archfit").target not in ("inf1", "inf2")  # never an emulation

@@ -78,6 +78,8 @@ def trace_auto(trace: Callable[..., ArchfitModule], model, example_inputs: Any, 
             built[(name, p)] = trace(model, example_inputs, name, precision=p, **options)
         except ArchfitError as e:  # a candidate that fails to compile or validate is out, with why
             left_out.append(Alternative(name, p, why=first_line(e, 200)))
+        except Exception as e:  # noqa: BLE001 - a plug-in target's own bug costs only that candidate, named
+            left_out.append(Alternative(name, p, why=f"{type(e).__name__}: {first_line(e, 200)}"))
     if not built:
         raise ArchfitError(f"target={target!r}, precision={precision!r}: no candidate compiled: "
                            + "; ".join(f"{a.target} {a.precision}: {a.why}" for a in left_out))
