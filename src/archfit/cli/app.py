@@ -92,7 +92,7 @@ def _interrupted(err: BaseException) -> bool:
 
 def main(argv: Optional[list] = None) -> None:
     try:
-        from . import build, files  # noqa: F401 - their commands register on `app`
+        from . import build, files, serving  # noqa: F401 - their commands register on `app`
 
         app(args=argv, standalone_mode=True)
     except KeyboardInterrupt:

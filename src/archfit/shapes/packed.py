@@ -215,9 +215,11 @@ def _unpack(out: dict[str, torch.Tensor], seqs, packs: Sequence[Pack], pool: str
             start += n
 
 
-def run_packed(sequences: Sequence[Any], spec: PackSpec, call: Callable[..., dict]) -> list[dict[str, torch.Tensor]]:
+def run_packed(sequences: Sequence[Any], spec: PackSpec, call: Callable[..., dict],
+               positions: list | None = None) -> list[dict[str, torch.Tensor]]:
     """Pack, run each group of rows through call(**rows) at the smallest row length that holds
-    them, and cut every sequence's outputs back out, in the order given."""
+    them, and cut every sequence's outputs back out, in the order given. `positions`, when
+    given, receives (row length, rows, real tokens) per engine call group (the server's padding metric)."""
     seqs = [_sequence(s, i, spec.token_types) for i, s in enumerate(sequences)]
     lengths = [s["input_ids"].shape[0] for s in seqs]
     too_long = next((i for i, n in enumerate(lengths) if n > spec.max_len), None)
@@ -232,8 +234,27 @@ def run_packed(sequences: Sequence[Any], spec: PackSpec, call: Callable[..., dic
     with torch.no_grad():
         for size, packs in sorted(groups.items()):
             out = call(**build_rows(seqs, packs, size, spec.position_offset))
+            if positions is not None:
+                positions.append((size, len(packs), sum(p.used for p in packs)))
             _unpack(out, seqs, packs, spec.pool, spec.outputs[0], results)
     return [results[i] for i in range(len(seqs))]
+
+
+def repad(per: Sequence[dict[str, torch.Tensor]], batch: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Per-sequence outputs (from run_packed) as one padded batch [B, n, ...] (zeros at padding);
+    pooled outputs [B, ...]."""
+    out = {}
+    for k in per[0]:
+        tok = per[0][k].dim() >= 2 and k != "pooled"
+        shape = (batch[0], batch[1], *per[0][k].shape[2:]) if tok else (batch[0], *per[0][k].shape[1:])
+        full = torch.zeros(shape, dtype=per[0][k].dtype)
+        for b, res in enumerate(per):
+            if tok:
+                full[b, :res[k].shape[1]] = res[k][0]
+            else:
+                full[b] = res[k][0]
+        out[k] = full
+    return out
 
 
 class PackedModule(ArchfitModule):
@@ -251,8 +272,8 @@ class PackedModule(ArchfitModule):
         self.spec = spec
         self.checks = checks  # (sequences, rows, worst abs error) of the compile-time cross-contamination check
 
-    def run(self, sequences: Sequence[Any]) -> list[dict[str, torch.Tensor]]:
-        return run_packed(sequences, self.spec, self.inner)
+    def run(self, sequences: Sequence[Any], positions: list | None = None) -> list[dict[str, torch.Tensor]]:
+        return run_packed(sequences, self.spec, self.inner, positions)
 
     def map(self, inputs: Iterable[Any], progress: bool | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Outputs per input, in order, packing `lookahead` inputs at a time; a progress bar on a
@@ -294,19 +315,7 @@ class PackedModule(ArchfitModule):
             if token_type_ids is not None:
                 item["token_type_ids"] = torch.as_tensor(token_type_ids)[b]
             items.append(item)
-        per = self.run(items)
-        out = {}
-        for k in per[0]:
-            tok = per[0][k].dim() >= 2 and k != "pooled"
-            shape = (ids.shape[0], ids.shape[1], *per[0][k].shape[2:]) if tok else (ids.shape[0], *per[0][k].shape[1:])
-            full = torch.zeros(shape, dtype=per[0][k].dtype)
-            for b, res in enumerate(per):
-                if tok:
-                    full[b, :res[k].shape[1]] = res[k][0]
-                else:
-                    full[b] = res[k][0]
-            out[k] = full
-        return out
+        return repad(self.run(items), tuple(ids.shape))
 
     def file_components(self) -> dict[str, ArchfitModule]:
         return {"main": self.inner}

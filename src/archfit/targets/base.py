@@ -3,6 +3,7 @@ deciding which nodes go to a backend is separate from turning a subgraph into an
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import import_module, resources
@@ -206,6 +207,13 @@ def export_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor])
             node.target = torch.ops.aten.reshape.default
     gm.recompile()
     return torch.export.export(gm, tuple(example_inputs), strict=False)
+
+
+def thread_limit() -> int | None:
+    """ARCHFIT_THREADS: threads each engine may use, read when an engine is loaded (set by
+    `archfit serve --threads` so replicas on one machine share its cores instead of fighting)."""
+    value = os.environ.get("ARCHFIT_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def to_numpy(t: torch.Tensor):

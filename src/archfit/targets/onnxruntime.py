@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from .base import Engine, Target, export_partition, listed_or_decomposed, requires, to_numpy
+from .base import Engine, Target, export_partition, listed_or_decomposed, requires, thread_limit, to_numpy
 from .precision import emulate_bf16
 from .registry import register_target
 
@@ -47,6 +47,8 @@ def _session_options(spinning: bool = False):
     # (OnnxRuntimeEngine.run_alone).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+    if thread_limit():
+        opts.intra_op_num_threads = thread_limit()
     return opts
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import fx
 
 from ..errors import ArtifactError
-from .base import Engine, Target, export_partition, listed_or_decomposed, requires, to_numpy
+from .base import Engine, Target, export_partition, listed_or_decomposed, requires, thread_limit, to_numpy
 from .registry import register_target
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -64,7 +64,8 @@ class OpenVINOEngine(Engine):
 def load_engine(data: bytes) -> OpenVINOEngine:
     cut = data.index(b"\n")
     config = json.loads(data[:cut])
-    return OpenVINOEngine(core().import_model(io.BytesIO(memoryview(data)[cut + 1:]), "CPU", config), config,
+    limit = {"INFERENCE_NUM_THREADS": thread_limit()} if thread_limit() else {}
+    return OpenVINOEngine(core().import_model(io.BytesIO(memoryview(data)[cut + 1:]), "CPU", config | limit), config,
                           imported=True)
 
 

@@ -1,0 +1,51 @@
+"""`archfit serve`: compiled files behind the Open Inference Protocol, here or on Ray Serve."""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import typer
+
+from .app import app, fail
+
+
+@app.command()
+def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit compile -o`; NAME=PATH names the "
+                                                      "model (default: the file's stem)."),
+          host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+          port: int = typer.Option(8000, help="Port to listen on."),
+          max_delay_ms: float = typer.Option(5.0, help="Longest a request waits for others to fill its batch."),
+          max_queue: int = typer.Option(256, help="Rows queued per model before requests get 503 + Retry-After."),
+          max_body_mb: float = typer.Option(64.0, help="Largest request body (413 beyond)."),
+          threads: Optional[int] = typer.Option(None, help="Threads per engine (default: all cores; with --ray, 1 "
+                                                           "per replica)."),
+          ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve (pip install 'archfit[serve]')."),
+          replicas: int = typer.Option(2, help="With --ray: replicas of the server."),
+          address: Optional[str] = typer.Option(None, help="With --ray: the cluster to join ('auto' after `ray "
+                                                           "start`); default: a local Ray instance.")):
+    """Serve files over HTTP (KServe v2 / Open Inference Protocol: Triton's and KServe's clients work
+    unchanged) with dynamic batching per bucket and Prometheus metrics at /metrics."""
+    from ..errors import ArchfitError
+
+    try:
+        if ray:
+            from ..serve import ray as on_ray
+
+            on_ray.run(files, host=host, port=port, address=address, replicas=replicas, threads=threads or 1,
+                       max_delay_ms=max_delay_ms, max_queue=max_queue, max_body=int(max_body_mb * (1 << 20)))
+            return
+        if threads:
+            import torch
+
+            os.environ["ARCHFIT_THREADS"] = str(threads)
+            torch.set_num_threads(threads)
+        from ..serve import run
+
+        def ready(server):
+            names = ", ".join(f"{n} ({s.kind})" for n, s in server.models.items())
+            typer.echo(f"serving {names} on http://{host}:{port}/v2 (metrics at /metrics)", err=True)
+
+        run(files, host=host, port=port, max_delay_ms=max_delay_ms, max_queue=max_queue, max_body_mb=max_body_mb,
+            on_ready=ready)
+    except ArchfitError as e:
+        fail(e)

@@ -1,0 +1,211 @@
+"""`archfit serve`: compiled files behind the Open Inference Protocol (KServe v2) on Starlette and
+uvicorn. `Server.handle` answers one HTTP request whatever carries it: the Starlette app here, or
+a Ray Serve replica (ray.py), so both run the same routes, checks and batcher."""
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+from typing import Mapping
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .._version import __version__
+from ..errors import ArchfitError, InputError, first_line
+from .batcher import Batcher, Overloaded
+from .metrics import Metrics
+from .protocol import HEADER, RequestError, decode, encode
+from .servable import Servable, servable
+
+_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class TooLarge(Exception):
+    pass
+
+
+def model_files(specs: list[str]) -> dict[str, Path]:
+    """`path` or `name=path` -> {name: path}; the name defaults to the file's stem."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).stem, spec
+        if not NAME.match(name):
+            raise InputError(f"model name {name!r} ({spec}): use letters, digits, '_', '.' or '-' (name=path)")
+        if name in out:
+            raise InputError(f"two files are served as {name!r}; name them: name=path/to/file.archfit")
+        out[name] = Path(path)
+    return out
+
+
+def load_models(specs: list[str]) -> dict[str, Servable]:
+    from ..artifact import load
+
+    return {name: servable(name, load(path)) for name, path in model_files(specs).items()}
+
+
+class Server:
+    def __init__(self, models: Mapping[str, Servable], max_delay_ms: float = 5.0, max_queue: int = 256,
+                 max_body: int = 64 << 20):
+        self.models = dict(models)
+        self.metrics = Metrics()
+        self.max_delay = max_delay_ms / 1000
+        self.max_queue = max_queue
+        self.max_body = max_body
+        self.batchers: dict[str, Batcher] = {}
+        self.ready = False
+
+    async def start(self) -> None:
+        for name, s in self.models.items():
+            self.batchers[name] = b = Batcher(s, self.metrics, self.max_delay, self.max_queue)
+            b.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Answer what is queued, then stop the batchers."""
+        self.ready = False
+        await asyncio.gather(*(b.close() for b in self.batchers.values()))
+
+    # -- routes --------------------------------------------------------------------------------
+    async def handle(self, request: Request) -> Response:
+        path, method = request.url.path.rstrip("/") or "/", request.method
+        if path == "/v2/health/live":
+            return Response(status_code=200)
+        if path == "/v2/health/ready":
+            return Response(status_code=200 if self.ready else 503)
+        if path == "/v2":
+            return JSONResponse({"name": "archfit", "version": __version__, "extensions": ["binary_tensor_data"]})
+        if path == "/metrics":
+            return Response(self.metrics.text(), media_type="text/plain; version=0.0.4")
+        if path == "/v2/repository/index" and method == "POST":
+            return JSONResponse([{"name": n, "version": "1", "state": "READY" if self.ready else "UNAVAILABLE"}
+                                 for n in self.models])
+        m = _MODEL.match(path)
+        if m is None:
+            return error(404, f"no route {method} {path}; archfit serves the Open Inference Protocol under /v2")
+        name, version, rest = m["name"], m["version"], m["rest"]
+        if name not in self.models:
+            return error(404, f"no model {name!r}; served here: {', '.join(self.models)}")
+        if version not in (None, "1"):
+            return error(404, f"model {name!r} has version 1 only, not {version!r}")
+        if rest == "/ready":
+            return Response(status_code=200 if self.ready else 503)
+        if rest == "/infer":
+            if method != "POST":
+                return error(405, "infer takes POST")
+            return await self.infer(name, request)
+        return JSONResponse(self.models[name].metadata())
+
+    async def _body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise TooLarge(int(length))
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise TooLarge(size)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def infer(self, name: str, request: Request) -> Response:
+        start = time.perf_counter()
+        bucket, status = "-", 200
+        try:
+            try:
+                body = await self._body(request)
+            except TooLarge as e:
+                status = 413
+                return error(413, f"request: the body has {e.args[0]} bytes or more, over the server's limit of "
+                                  f"{self.max_body} (--max-body-mb); send smaller requests")
+            try:
+                req = decode(body, request.headers.get(HEADER))
+                model = self.models[name]
+                item = model.prepare(req.inputs, req.parameters)
+                if req.outputs is not None:
+                    known = {o.name for o in model.outputs}
+                    unknown = [o for o in req.outputs if o not in known]
+                    if unknown:
+                        raise RequestError(f"model {name!r} has no output {unknown[0]!r}; it has {', '.join(sorted(known))}")
+            except InputError as e:
+                status = 400
+                return error(400, str(e))
+            try:
+                future = self.batchers[name].submit(item)
+            except Overloaded as e:
+                status = 503
+                return error(503, f"overloaded: {e}", headers={"Retry-After": "1"})
+            gone = asyncio.ensure_future(_disconnected(request))
+            try:
+                await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if not future.done():  # the client went away: its request is dropped from the queue
+                future.cancel()
+                status = 499
+                return Response(status_code=499)
+            try:
+                outputs, bucket = future.result()
+            except InputError as e:
+                status = 400
+                return error(400, str(e))
+            except ArchfitError as e:
+                status = 500
+                return error(500, str(e))
+            except Exception as e:  # noqa: BLE001 - a bug of ours or a backend's: one line, the server goes on
+                status = 500
+                return error(500, f"internal: {type(e).__name__}: {first_line(e)}")
+            content, headers = encode(name, req, outputs)
+            ctype = "application/octet-stream" if headers else "application/json"
+            return Response(content, headers=headers, media_type=ctype)
+        finally:
+            self.metrics.answered(name, bucket, status, time.perf_counter() - start if status == 200 else None)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read already)."""
+    message = await request.receive()
+    if message["type"] != "http.disconnect":
+        # a carrier that does not report disconnects this way (Ray Serve's proxy): never returns
+        await asyncio.Event().wait()
+
+
+def create_app(server: Server):
+    """The Starlette app: every path goes to Server.handle; the batchers live as long as the app."""
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    route = Route("/{path:path}", server.handle, methods=["GET", "POST", "PUT", "DELETE"])
+    return Starlette(routes=[route], lifespan=lifespan)
+
+
+def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, max_delay_ms: float = 5.0,
+        max_queue: int = 256, max_body_mb: float = 64, log_level: str = "warning", on_ready=None) -> None:
+    """Load the files and serve them until SIGINT/SIGTERM (in-flight requests are answered first)."""
+    import uvicorn
+
+    server = Server(load_models(specs), max_delay_ms, max_queue, int(max_body_mb * (1 << 20)))
+    config = uvicorn.Config(create_app(server), host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=30, lifespan="on")
+    if on_ready is not None:
+        on_ready(server)
+    uvicorn.Server(config).run()
+

@@ -1,0 +1,129 @@
+"""Dynamic batching that knows the file: requests queue per model; a group of requests that may
+share an engine call (same bucket, same exact length, or any for packed files) is sent as soon as
+it fills the file's batch capacity, or when its oldest request has waited `max_delay`. The engine
+runs on a worker thread, so the event loop keeps answering while it computes, and the next batch
+forms meanwhile (under load, batches fill by themselves; the delay only matters when idle).
+
+The queue is bounded: past `max_queue` queued rows, `submit` raises Overloaded (503). A request
+whose client went away is dropped before it reaches an engine."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .metrics import Metrics
+from .servable import Item, Servable
+
+
+class Overloaded(Exception):
+    """The model's queue is full; the client should retry later."""
+
+
+@dataclass
+class Pending:
+    item: Item
+    future: asyncio.Future
+    since: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(self, servable: Servable, metrics: Metrics, max_delay: float = 0.005, max_queue: int = 256):
+        self.servable = servable
+        self.metrics = metrics
+        self.max_delay = max_delay
+        self.max_queue = max_queue
+        self.pending: deque[Pending] = deque()
+        self.queued_rows = 0
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"archfit-{servable.name}")
+        self.wake = asyncio.Event()
+        self.closing = False
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.servable.name}")
+
+    async def close(self) -> None:
+        """Answer everything queued, then stop."""
+        self.closing = True
+        self.wake.set()
+        if self.task is not None:
+            await self.task
+        self.executor.shutdown(wait=True)
+
+    def submit(self, item: Item) -> asyncio.Future:
+        if self.closing:
+            raise Overloaded(f"model {self.servable.name!r} is shutting down")
+        if self.queued_rows + item.rows > self.max_queue and self.pending:
+            raise Overloaded(f"model {self.servable.name!r} has {self.queued_rows} rows queued (limit "
+                             f"{self.max_queue}); retry shortly")
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append(Pending(item, fut))
+        self.queued_rows += item.rows
+        self.metrics.queue.labels(self.servable.name).set(self.queued_rows)
+        self.wake.set()
+        return fut
+
+    def _take(self, now: float) -> list[Pending] | float:
+        """The next group to run, or how long to wait for one to fill."""
+        while self.pending and self.pending[0].future.done():  # dropped: the client went away
+            self._forget(self.pending.popleft())
+        if not self.pending:
+            return -1.0
+        cap = self.servable.capacity
+        rows: dict = {}
+        for p in self.pending:
+            if not p.future.done():
+                rows[p.item.key] = rows.get(p.item.key, 0) + p.item.rows
+        full = next((k for k, n in rows.items() if n >= cap), None)
+        oldest = self.pending[0]
+        wait = oldest.since + self.max_delay - now
+        if full is None and wait > 0 and not self.closing:
+            return wait
+        key = oldest.item.key if full is None else full
+        group, filled, keep = [], 0, deque()
+        for p in self.pending:
+            if p.future.done():
+                self._forget(p)
+            elif p.item.key == key and (not group or filled + p.item.rows <= cap):
+                group.append(p)
+                filled += p.item.rows
+            else:
+                keep.append(p)
+        self.pending = keep
+        return group
+
+    def _forget(self, p: Pending) -> None:
+        self.queued_rows -= p.item.rows
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            got = self._take(time.perf_counter())
+            if isinstance(got, float):
+                if got < 0 and self.closing:
+                    return
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), None if got < 0 else got)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            for p in got:
+                self._forget(p)
+            self.metrics.queue.labels(self.servable.name).set(self.queued_rows)
+            items = [p.item for p in got]
+            start = time.perf_counter()
+            try:
+                answers, stats = await loop.run_in_executor(self.executor, self.servable.run, items)
+            except Exception as e:  # noqa: BLE001 - every request of the batch gets the error, the loop goes on
+                for p in got:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                continue
+            self.metrics.batch(self.servable.name, stats, time.perf_counter() - start)
+            for p, a in zip(got, answers):
+                if not p.future.done():
+                    p.future.set_result((a, stats.bucket))

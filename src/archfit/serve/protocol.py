@@ -1,0 +1,152 @@
+"""The Open Inference Protocol (KServe v2, as Triton, OpenVINO Model Server and MLServer speak
+it): an infer request's JSON body, and the binary tensor data extension where a JSON header of
+`Inference-Header-Content-Length` bytes is followed by the raw tensors that carry
+`parameters.binary_data_size`, in the order the JSON names them.
+
+Written by hand because it is archfit's boundary: every malformed body becomes one
+`RequestError` line naming the input and what was expected (the HTTP layer answers 400)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import InputError
+
+DTYPES = {
+    "BOOL": torch.bool, "UINT8": torch.uint8, "INT8": torch.int8, "INT16": torch.int16, "INT32": torch.int32,
+    "INT64": torch.int64, "UINT16": torch.uint16, "UINT32": torch.uint32, "UINT64": torch.uint64,
+    "FP16": torch.float16, "FP32": torch.float32, "FP64": torch.float64, "BF16": torch.bfloat16,
+}
+NAMES = {v: k for k, v in DTYPES.items()}
+HEADER = "inference-header-content-length"
+
+
+class RequestError(InputError):
+    """A request the server cannot take; answered with 400 and this line."""
+
+    stage = "request"
+
+
+def datatype(dtype: torch.dtype) -> str:
+    try:
+        return NAMES[dtype]
+    except KeyError:
+        raise RequestError(f"dtype {dtype} has no Open Inference Protocol datatype") from None
+
+
+@dataclass
+class InferRequest:
+    inputs: dict[str, torch.Tensor]
+    id: str | None = None
+    outputs: dict[str, bool] | None = None  # requested outputs -> binary; None: all
+    binary: bool = False  # binary_data_output: every output as binary unless one says otherwise
+    parameters: dict = field(default_factory=dict)
+
+
+def _tensor(entry: dict, index: int, raw: memoryview | None, offset: int) -> tuple[str, torch.Tensor, int]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise RequestError(f"inputs[{index}] must be an object with a 'name'")
+    name = entry["name"]
+    shape, dt = entry.get("shape"), entry.get("datatype")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise RequestError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    if dt not in DTYPES:
+        raise RequestError(f"input {name!r}: datatype {dt!r} is not one archfit serves "
+                           f"({', '.join(DTYPES)}); BYTES tensors need a tokenizer in front of the model")
+    dtype, numel = DTYPES[dt], 1
+    for d in shape:
+        numel *= d
+    params = entry.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        nbytes = numel * dtype.itemsize
+        if raw is None:
+            raise RequestError(f"input {name!r} says it has binary data, but the request has no "
+                               f"Inference-Header-Content-Length header")
+        if type(size) is not int or size != nbytes:
+            raise RequestError(f"input {name!r}: binary_data_size {size!r}, but shape {shape} {dt} takes {nbytes} bytes")
+        if offset + size > len(raw):
+            raise RequestError(f"input {name!r}: the body ends {offset + size - len(raw)} bytes before its binary data does")
+        # one copy out of the request body: the tensor must own writable memory
+        t = torch.frombuffer(bytearray(raw[offset:offset + size]), dtype=dtype) if size else torch.empty(0, dtype=dtype)
+        return name, t.reshape(shape), offset + size
+    data = entry.get("data")
+    if data is None:
+        raise RequestError(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+    try:
+        t = torch.tensor(data, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise RequestError(f"input {name!r}: 'data' is not a list of {dt} values ({type(e).__name__})") from e
+    if t.numel() != numel:
+        raise RequestError(f"input {name!r}: 'data' holds {t.numel()} values, shape {shape} takes {numel}")
+    return name, t.reshape(shape), offset
+
+
+def decode(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse an infer request body (JSON, or JSON header plus binary tensors)."""
+    raw = None
+    if header_length is not None:
+        try:
+            cut = int(header_length)
+        except ValueError:
+            raise RequestError(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
+        if not 0 < cut <= len(body):
+            raise RequestError(f"Inference-Header-Content-Length {cut} does not fit a body of {len(body)} bytes")
+        head, raw = memoryview(body)[:cut], memoryview(body)[cut:]
+    else:
+        head = body
+    try:
+        doc = json.loads(bytes(head))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(f"the body is not valid JSON ({e}); send an Open Inference Protocol infer request") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise RequestError("the request must be a JSON object with a non-empty 'inputs' list")
+    inputs, offset = {}, 0
+    for i, entry in enumerate(doc["inputs"]):
+        name, t, offset = _tensor(entry, i, raw, offset)
+        if name in inputs:
+            raise RequestError(f"input {name!r} is given twice")
+        inputs[name] = t
+    if raw is not None and offset != len(raw):
+        raise RequestError(f"{len(raw) - offset} bytes of binary data follow the last input's")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise RequestError("'parameters' must be an object")
+    outputs = None
+    if doc.get("outputs") is not None:
+        if not isinstance(doc["outputs"], list):
+            raise RequestError("'outputs' must be a list")
+        outputs = {}
+        for o in doc["outputs"]:
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise RequestError("each requested output must be an object with a 'name'")
+            p = o.get("parameters") or {}
+            outputs[o["name"]] = bool(p.get("binary_data", params.get("binary_data_output", False)))
+    rid = doc.get("id")
+    return InferRequest(inputs, None if rid is None else str(rid), outputs, bool(params.get("binary_data_output")),
+                        params)
+
+
+def encode(model: str, request: InferRequest, outputs: dict[str, torch.Tensor]) -> tuple[bytes, dict[str, str]]:
+    """The response body and its extra headers; outputs asked as binary follow the JSON."""
+    wanted = request.outputs if request.outputs is not None else {k: request.binary for k in outputs}
+    entries, chunks = [], []
+    for name, binary in wanted.items():
+        t = outputs[name].detach().contiguous()
+        entry = {"name": name, "datatype": datatype(t.dtype), "shape": list(t.shape)}
+        if binary:
+            data = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        else:
+            entry["data"] = (t.float() if t.dtype == torch.bfloat16 else t).flatten().tolist()
+        entries.append(entry)
+    doc = {"model_name": model, "model_version": "1", "outputs": entries}
+    if request.id is not None:
+        doc["id"] = request.id
+    head = json.dumps(doc, separators=(",", ":")).encode()
+    if not chunks:
+        return head, {}
+    return b"".join([head, *chunks]), {"Inference-Header-Content-Length": str(len(head))}

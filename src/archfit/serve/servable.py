@@ -1,0 +1,391 @@
+"""What the server needs of a loaded file, whatever its kind: the signature it advertises, how a
+request is checked (before it queues, so one bad request never fails a batch), which requests may
+share an engine call (`key`: the bucket, the exact length, or one group) and how many rows a call
+takes (`capacity`), and how a group runs and is cut back into one answer per request.
+
+One subclass per module kind; `servable(name, module)` picks it."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..core.capture import TensorSpec, output_names
+from ..core.module import ArchfitModule, CompiledModule, check_values
+from ..errors import InputError
+from .protocol import RequestError, datatype
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 where any size is taken
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass
+class Item:
+    """One checked request: its inputs, the batch rows it fills, the group it may share an engine
+    call with, and its real size along the varying dim (for unpadding and the padding metric)."""
+
+    inputs: Any
+    rows: int
+    key: Any
+    size: int = 1
+    parameters: dict | None = None
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """One engine call group, for the metrics: rows filled of the capacity, positions that held
+    real data and positions computed in all (padding included)."""
+
+    bucket: str
+    rows: int
+    capacity: int
+    real: int
+    computed: int
+
+
+class Servable:
+    kind: ClassVar[str] = "static"
+
+    def __init__(self, name: str, module: ArchfitModule):
+        self.name = name
+        self.module = module
+        module.check_finite = True  # a server refuses NaN/Inf inputs instead of answering targets' disagreement
+
+    # -- the signature -------------------------------------------------------------------------
+    @property
+    def inputs(self) -> list[TensorMeta]:
+        raise NotImplementedError
+
+    @property
+    def outputs(self) -> list[TensorMeta]:
+        raise NotImplementedError
+
+    capacity: int = 1  # rows per engine call
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "versions": ["1"], "platform": f"archfit_{self.module.target}",
+                "inputs": [i.to_dict() for i in self.inputs], "outputs": [o.to_dict() for o in self.outputs],
+                "parameters": {"kind": self.kind, "precision": self.module.precision, "max_batch": self.capacity,
+                               "emulated": self.module.emulated}}
+
+    def label(self, key) -> str:
+        return "all" if key is None else str(key)
+
+    # -- a request ---------------------------------------------------------------------------
+    def names(self, given: dict[str, torch.Tensor], optional: tuple[str, ...] = ()) -> None:
+        """Missing or unknown inputs, named."""
+        want = [m.name for m in self.inputs]
+        missing = [n for n in want if n not in given and n not in optional]
+        extra = [n for n in given if n not in want]
+        if missing or extra:
+            what = "; ".join(filter(None, [missing and f"missing {', '.join(map(repr, missing))}",
+                                           extra and f"unknown {', '.join(map(repr, extra))}"]))
+            raise RequestError(f"model {self.name!r} takes inputs {', '.join(want)}: {what}")
+
+    def check(self, meta: TensorMeta, t: torch.Tensor, tied: dict[int, int]) -> None:
+        """dtype, rank and every fixed dim; dims marked -1 must agree across inputs (`tied`: dim -> size)."""
+        if datatype(t.dtype) != meta.datatype or t.dim() != len(meta.shape):
+            raise RequestError(f"input {meta.name!r}: expected {meta.datatype} {list(meta.shape)} (-1: any size), got "
+                               f"{datatype(t.dtype)} {list(t.shape)}")
+        for d, (want, have) in enumerate(zip(meta.shape, t.shape)):
+            if want >= 0 and want != have:
+                raise RequestError(f"input {meta.name!r}: dim {d} must be {want}, got {have} (shape {list(t.shape)})")
+            if want < 0:
+                if have == 0:
+                    raise RequestError(f"input {meta.name!r}: dim {d} is empty")
+                if tied.setdefault(d, have) != have:
+                    raise RequestError(f"input {meta.name!r}: dim {d} is {have}, but another input's is {tied[d]}; "
+                                       f"they must agree")
+
+    def prepare(self, given: dict[str, torch.Tensor], parameters: dict | None = None) -> Item:
+        raise NotImplementedError
+
+    def run(self, items: list[Item]) -> tuple[list[dict[str, torch.Tensor]], BatchStats]:
+        raise NotImplementedError
+
+
+class StaticServable(Servable):
+    """One static-shape module: requests of exactly the compiled shapes, one per engine call."""
+
+    kind = "static"
+
+    def __init__(self, name: str, module: CompiledModule):
+        super().__init__(name, module)
+        self.specs = list(module.inputs)
+        self.output_names = output_names(module.out_spec, module.out_spec.num_leaves)
+        self._outputs = self._probe_outputs()
+
+    def meta_shape(self, spec: TensorSpec) -> tuple[int, ...]:
+        return tuple(spec.shape)
+
+    @property
+    def inputs(self) -> list[TensorMeta]:
+        return [TensorMeta(s.name, datatype(s.dtype), self.meta_shape(s)) for s in self.specs]
+
+    @property
+    def outputs(self) -> list[TensorMeta]:
+        return self._outputs
+
+    def _probe_outputs(self) -> list[TensorMeta]:
+        """Output dtypes and shapes are not stored in the file; the engines' own output specs would
+        do, but the host graph between them may change them: read them off one run on zeros."""
+        flat = [torch.zeros(s.shape, dtype=s.dtype) for s in self.specs]
+        with torch.no_grad():
+            out = self.module.run_flat(flat)
+        return [TensorMeta(n, datatype(o.dtype), self.out_shape(i, tuple(o.shape)))
+                for i, (n, o) in enumerate(zip(self.output_names, out))]
+
+    def out_shape(self, index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape
+
+    def prepare(self, given, parameters=None) -> Item:
+        self.names(given)
+        tied: dict[int, int] = {}
+        flat = [given[s.name] for s in self.specs]
+        for meta, spec, t in zip(self.inputs, self.specs, flat):
+            self.check(meta, t, tied)
+            check_values(spec, t, True)
+        return self.item(flat)
+
+    def item(self, flat: list[torch.Tensor]) -> Item:
+        return Item(flat, 1, None)
+
+    def run(self, items):
+        with torch.no_grad():
+            out = [dict(zip(self.output_names, self.module.run_flat(it.inputs))) for it in items]
+        return out, BatchStats("all", len(items), 1, len(items), len(items))
+
+
+class BucketedServable(StaticServable):
+    """Buckets over one varying size and/or a dynamic batch: requests are grouped by bucket, padded
+    to it and stacked along the batch up to the compiled batch (partial batches padded as the file
+    does), then each answer is cut back to its own rows and length."""
+
+    kind = "bucketed"
+
+    def __init__(self, name: str, module):
+        self.padding = module.padding
+        self.varying = dict(module.padding.dims)
+        self.batched = module.padding.batch_follow is not None
+        super().__init__(name, module)
+        self.capacity = module.batch if self.batched else 1
+
+    def meta_shape(self, spec):
+        shape = list(spec.shape)
+        if spec.name in self.varying:
+            shape[self.varying[spec.name]] = -1
+        if self.batched:
+            shape[0] = -1
+        return tuple(shape)
+
+    def out_shape(self, index, shape):
+        shape = list(shape)
+        for d in self.padding.follow[index]:
+            shape[d] = -1
+        if self.batched:
+            for d in self.padding.batch_follow[index]:
+                shape[d] = -1
+        return tuple(shape)
+
+    def _probe_outputs(self):
+        sizes = self.module.sizes
+        flat = [torch.zeros(s.shape, dtype=s.dtype) for s in self.specs]
+        with torch.no_grad():
+            out = self.module.buckets[str(sizes[-1])].run_flat(flat)
+        return [TensorMeta(n, datatype(o.dtype), self.out_shape(i, tuple(o.shape)))
+                for i, (n, o) in enumerate(zip(self.output_names, out))]
+
+    def item(self, flat):
+        size = self.module._size(flat)  # refuses lengths over the largest bucket, in one line
+        bucket = next(s for s in self.module.sizes if s >= size)
+        return Item(flat, flat[0].shape[0] if self.batched else 1, bucket, size)
+
+    def run(self, items):
+        from ..shapes.dispatch import cut, resize
+
+        bucket, m = items[0].key, self.module
+        rows = sum(it.rows for it in items)
+        stats = BatchStats(str(bucket), rows, self.capacity, sum(it.rows * it.size for it in items),
+                           math.ceil(rows / self.capacity) * self.capacity * bucket)
+        with torch.no_grad():
+            if not self.batched or len(items) == 1:
+                out = [m._run_batched(it.inputs) if self.batched else m._run_bucket(it.inputs) for it in items]
+                return [dict(zip(self.output_names, o)) for o in out], stats
+            index = {s.name: i for i, s in enumerate(self.specs)}
+            padded = [list(it.inputs) for it in items]
+            for name, dim in self.varying.items():
+                pad = self.padding.pad_values.get(name, 0)
+                for p in padded:
+                    p[index[name]] = resize(p[index[name]], dim, bucket, pad)
+            out = m._run_batched([torch.cat(ts) for ts in zip(*padded)])
+        answers, start = [], 0
+        for it in items:
+            answers.append({n: cut(o.narrow(bf[0], start, it.rows), f, it.size)
+                            for n, o, f, bf in zip(self.output_names, out, self.padding.follow,
+                                                   self.padding.batch_follow)})
+            start += it.rows
+        return answers, stats
+
+
+class DynamicServable(Servable):
+    """Bounded dynamic length (OpenVINO): requests of one exact length share an engine call."""
+
+    kind = "dynamic"
+
+    def __init__(self, name, module):
+        super().__init__(name, module)
+        self.capacity = module.rows
+        given = {s.name: torch.zeros((1, module.low), dtype=s.dtype) for s in module.inputs}
+        with torch.no_grad():
+            out = module(**given)
+        self._outputs = [TensorMeta(k, datatype(v.dtype), (-1, -1, *v.shape[2:])) for k, v in out.items()]
+
+    @property
+    def inputs(self):
+        return [TensorMeta(s.name, datatype(s.dtype), (-1, -1)) for s in self.module.inputs]
+
+    @property
+    def outputs(self):
+        return self._outputs
+
+    def prepare(self, given, parameters=None):
+        self.names(given)
+        tied: dict[int, int] = {}
+        for meta, spec in zip(self.inputs, self.module.inputs):
+            self.check(meta, given[meta.name], tied)
+            check_values(spec, given[meta.name], True)
+        length = tied[1]
+        if length > self.module.high:
+            raise RequestError(f"input {self.module.inputs[0].name!r} has length {length}, more than the compiled "
+                               f"{self.module.high}; cut it")
+        return Item(given, tied[0], length, length)
+
+    def run(self, items):
+        rows = sum(it.rows for it in items)
+        length = items[0].key
+        with torch.no_grad():
+            out = self.module(**{k: torch.cat([it.inputs[k] for it in items]) for k in items[0].inputs})
+        answers, start = [], 0
+        for it in items:
+            answers.append({k: v[start:start + it.rows] for k, v in out.items()})
+            start += it.rows
+        return answers, BatchStats(str(length), rows, self.capacity, rows * length,
+                                   math.ceil(rows / self.capacity) * self.capacity * length)
+
+
+class PackedServable(Servable):
+    """Packed encoder: every queued sequence, whatever its length, shares the packed rows of one
+    run (the server packs across requests, which is where packing pays most)."""
+
+    kind = "packed"
+
+    def __init__(self, name, module):
+        super().__init__(name, module)
+        self.capacity = module.spec.lookahead
+        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if module.spec.token_types else [])
+        self._inputs = [TensorMeta(n, "INT64", (-1, -1)) for n in names]
+        per = module.run([torch.ones(2, dtype=torch.long)])
+        self._outputs = [TensorMeta(k, datatype(v.dtype), (-1, -1, *v.shape[2:]) if k != "pooled" else (-1, *v.shape[1:]))
+                         for k, v in per[0].items()]
+
+    @property
+    def inputs(self):
+        return self._inputs
+
+    @property
+    def outputs(self):
+        return self._outputs
+
+    def prepare(self, given, parameters=None):
+        from ..shapes.packed import _sequence
+
+        self.names(given, optional=("attention_mask", "token_type_ids"))
+        tied: dict[int, int] = {}
+        for meta in self.inputs:
+            if meta.name in given:
+                self.check(meta, given[meta.name], tied)
+        ids = given["input_ids"]
+        seqs = []
+        for b in range(ids.shape[0]):
+            seq = {k: v[b] for k, v in given.items()}
+            s = _sequence(seq, b, self.module.spec.token_types)
+            n = s["input_ids"].shape[0]
+            if n > self.module.spec.max_len:
+                raise RequestError(f"input 'input_ids' row {b} has {n} tokens, more than the packed rows' "
+                                   f"{self.module.spec.max_len}; cut it")
+            seqs.append(s)
+        return Item(seqs, len(seqs), None, sum(s["input_ids"].shape[0] for s in seqs),
+                    parameters={"shape": tuple(ids.shape)})
+
+    def run(self, items):
+        from ..shapes.packed import repad
+
+        positions: list = []
+        per = self.module.run([s for it in items for s in it.inputs], positions)
+        answers, start = [], 0
+        for it in items:
+            answers.append(repad(per[start:start + it.rows], it.parameters["shape"]))
+            start += it.rows
+        return answers, BatchStats("packed", sum(n for _, n, _ in positions), sum(n for _, n, _ in positions),
+                                   sum(r for _, _, r in positions), sum(s * n for s, n, _ in positions))
+
+
+class Seq2SeqServable(Servable):
+    """Generation: one request per run of the host loop; generate() arguments come from the
+    request's parameters (max_new_tokens, num_beams, ...)."""
+
+    kind = "seq2seq"
+
+    @property
+    def inputs(self):
+        return [TensorMeta("input_ids", "INT64", (-1, -1)), TensorMeta("attention_mask", "INT64", (-1, -1))]
+
+    @property
+    def outputs(self):
+        return [TensorMeta("output_ids", "INT64", (-1, -1))]
+
+    def prepare(self, given, parameters=None):
+        from ..seq2seq.generate import _SUPPORTED
+
+        self.names(given, optional=("attention_mask",))
+        tied: dict[int, int] = {}
+        for meta in self.inputs:
+            if meta.name in given:
+                self.check(meta, given[meta.name], tied)
+        kwargs = {k: v for k, v in (parameters or {}).items() if k in _SUPPORTED}
+        self.module._config(dict(kwargs))  # refuse bad generation arguments before queueing
+        if tied[1] > self.module.source_len:
+            raise RequestError(f"input 'input_ids' has {tied[1]} source tokens, more than the largest source bucket "
+                               f"{self.module.source_len}; cut it")
+        return Item(given, tied[0], None, tied[1], kwargs)
+
+    def run(self, items):
+        out = [{"output_ids": self.module.generate(it.inputs["input_ids"], it.inputs.get("attention_mask"),
+                                                   **it.parameters)} for it in items]
+        return out, BatchStats("all", sum(it.rows for it in items), self.capacity, len(items), len(items))
+
+
+def servable(name: str, module: ArchfitModule) -> Servable:
+    """The adapter for a loaded module, or one line saying why it cannot be served."""
+    from ..seq2seq import Seq2SeqModule
+    from ..shapes.dispatch import BucketedModule
+    from ..shapes.dynamic import DynamicModule
+    from ..shapes.packed import PackedModule
+
+    for kind, cls in ((PackedModule, PackedServable), (Seq2SeqModule, Seq2SeqServable),
+                      (BucketedModule, BucketedServable), (DynamicModule, DynamicServable),
+                      (CompiledModule, StaticServable)):
+        if isinstance(module, kind):
+            return cls(name, module)
+    raise InputError(f"model {name!r}: a {type(module).__name__} file cannot be served on its own (it runs inside "
+                     f"the user's model code); serve a file traced whole, with buckets, packing or generation")
+
