@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Mapping
@@ -207,5 +208,11 @@ def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, max_delay_m
                             timeout_graceful_shutdown=30, lifespan="on")
     if on_ready is not None:
         on_ready(server)
-    uvicorn.Server(config).run()
+    # uvicorn drains on SIGTERM, then raises the signal again under the handler found at start:
+    # a no-op one here, so a drained server exits 0 (what an orchestrator expects of a clean stop)
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 

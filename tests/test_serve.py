@@ -1,0 +1,298 @@
+"""archfit serve: an unchanged Open Inference Protocol client (tritonclient) against the server,
+answers equal to archfit.load on the same inputs, batching across requests by bucket, one-line
+400s that leave the server serving, 503 past the queue bound, dropped requests of clients that
+left, SIGTERM draining, metrics."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as http
+from tritonclient.utils import InferenceServerException
+
+import archfit
+from archfit import Buckets
+
+SEQ = {"input_ids": 1, "attention_mask": 1}
+
+
+@pytest.fixture(scope="module")
+def bert_file(tiny_bert, tmp_path_factory):
+    """Tiny BERT over buckets 8 and 16 with a dynamic batch of 4: the bucket-aware batcher's case."""
+    model, _ = tiny_bert
+    g = torch.Generator().manual_seed(0)
+    example = {"input_ids": torch.randint(3, 500, (4, 16), generator=g),
+               "attention_mask": torch.ones(4, 16, dtype=torch.long)}
+    module = archfit.trace(model, example, "openvino", buckets=Buckets(SEQ, sizes=(8, 16)), dynamic_batch=True,
+                           check_payoff=False)
+    return archfit.save(module, tmp_path_factory.mktemp("serve") / "bert.archfit")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    """A Server on a uvicorn thread in this process (loading once per module, no interpreter start)."""
+
+    def __init__(self, server):
+        import uvicorn
+
+        from archfit.serve import create_app
+
+        self.server, self.port = server, free_port()
+        self.uv = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=self.port,
+                                                log_level="error", lifespan="on"))
+        self.thread = threading.Thread(target=self.uv.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.uv.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.02)
+        self.url = f"127.0.0.1:{self.port}"
+
+    def client(self, concurrency=8):
+        return http.InferenceServerClient(self.url, concurrency=concurrency, network_timeout=60)
+
+    def post(self, path, body: bytes, headers=None):
+        req = urllib.request.Request(f"http://{self.url}{path}", data=body, headers=headers or {}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), dict(e.headers)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://{self.url}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def stop(self):
+        self.uv.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def running(bert_file):
+    from archfit.serve import Server, load_models
+
+    r = Running(Server(load_models([f"bert={bert_file}"]), max_delay_ms=50, max_body=1 << 20))
+    yield r
+    r.stop()
+
+
+def bert_inputs(length, batch=1, seed=0, binary=True):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, 500, (batch, length)).astype(np.int64)
+    mask = np.ones((batch, length), np.int64)
+    a = http.InferInput("input_ids", list(ids.shape), "INT64")
+    a.set_data_from_numpy(ids, binary_data=binary)
+    b = http.InferInput("attention_mask", list(mask.shape), "INT64")
+    b.set_data_from_numpy(mask, binary_data=not binary)  # one input each way: both decodings are exercised
+    return {"input_ids": ids, "attention_mask": mask}, [a, b]
+
+
+def test_metadata_describes_the_file(running):
+    c = running.client()
+    assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("bert")
+    meta = c.get_model_metadata("bert")
+    assert meta["inputs"] == [{"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]},
+                              {"name": "attention_mask", "datatype": "INT64", "shape": [-1, -1]}]
+    assert [o["name"] for o in meta["outputs"]] == ["last_hidden_state", "pooler_output"]
+    assert meta["outputs"][0]["shape"] == [-1, -1, 64] and meta["parameters"]["max_batch"] == 4
+    with pytest.raises(InferenceServerException, match="no model 'nope'; served here: bert"):
+        c.get_model_metadata("nope")
+
+
+def test_concurrent_mixed_lengths_batch_by_bucket_and_equal_load(running, bert_file):
+    loaded = archfit.load(bert_file)
+    c = running.client()
+    before = running.metrics()
+    lengths = [3, 7, 12, 16, 5, 8, 9, 2]
+    sent = [(bert_inputs(n, seed=n, binary=i % 2 == 0)) for i, n in enumerate(lengths)]
+    futures = [c.async_infer("bert", inputs, outputs=[http.InferRequestedOutput("last_hidden_state", binary_data=i % 2 == 0),
+                                                      http.InferRequestedOutput("pooler_output")])
+               for i, (_, inputs) in enumerate(sent)]
+    for (given, _), fut, n in zip(sent, futures, lengths):
+        res = fut.get_result()
+        want = loaded(**{k: torch.from_numpy(v) for k, v in given.items()})
+        hidden = res.as_numpy("last_hidden_state")
+        assert hidden.shape == (1, n, 64)
+        np.testing.assert_allclose(hidden, want.last_hidden_state.numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(res.as_numpy("pooler_output"), want.pooler_output.numpy(), atol=1e-5, rtol=0)
+    after = running.metrics()
+
+    def total(text, name, **labels):
+        want = [f'{k}="{v}"' for k, v in labels.items()]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") and all(w in line for w in want))
+
+    # eight requests arriving together, in two buckets: fewer engine calls than requests, each
+    # bucket's requests padded to that bucket only
+    batches = total(after, "archfit_batch_seconds_count") - total(before, "archfit_batch_seconds_count")
+    assert 2 <= batches < len(lengths)
+    answered = total(after, "archfit_requests_total", code="200") - total(before, "archfit_requests_total", code="200")
+    assert answered == len(lengths)
+    real = total(after, "archfit_positions_total", kind="real") - total(before, "archfit_positions_total", kind="real")
+    assert real == sum(lengths)
+    assert 'archfit_queue_rows{model="bert"} 0.0' in after
+
+
+def test_a_batch_of_rows_in_one_request(running, bert_file):
+    loaded = archfit.load(bert_file)
+    given, inputs = bert_inputs(11, batch=6, seed=3)  # more rows than the compiled batch: run in chunks
+    res = running.client().infer("bert", inputs)
+    want = loaded(**{k: torch.from_numpy(v) for k, v in given.items()})
+    np.testing.assert_allclose(res.as_numpy("last_hidden_state"), want.last_hidden_state.numpy(), atol=1e-5, rtol=0)
+
+
+def _infer_error(running, inputs, outputs=None) -> str:
+    with pytest.raises(InferenceServerException) as e:
+        running.client().infer("bert", inputs, outputs=outputs)
+    return str(e.value)
+
+
+def test_bad_requests_get_one_line_400_and_the_server_goes_on(running):
+    ids = np.ones((1, 8), np.int64)
+
+    def tensor(name, array, dtype="INT64"):
+        t = http.InferInput(name, list(array.shape), dtype)
+        t.set_data_from_numpy(array)
+        return t
+
+    mask = tensor("attention_mask", ids)
+    cases = [
+        ([tensor("input_ids", ids)], "model 'bert' takes inputs input_ids, attention_mask: missing 'attention_mask'"),
+        ([tensor("input_ids", ids), mask, tensor("extra", ids)], "unknown 'extra'"),
+        ([tensor("input_ids", ids.astype(np.int32), "INT32"), mask], r"input 'input_ids': expected INT64 \[-1, -1\]"),
+        ([tensor("input_ids", ids[0]), mask], r"expected INT64 \[-1, -1\] \(-1: any size\), got INT64 \[8\]"),
+        ([tensor("input_ids", np.ones((1, 17), np.int64)), tensor("attention_mask", np.ones((1, 17), np.int64))],
+         "dim 1 has size 17, larger than the largest bucket 16"),
+        ([tensor("input_ids", np.ones((1, 9), np.int64)), mask], "dim 1 is 8, but another input's is 9"),
+        ([tensor("input_ids", np.full((1, 8), 10**6, np.int64)), mask], "holds id 1000000, outside the embedding"),
+    ]
+    for inputs, message in cases:
+        text = _infer_error(running, inputs)
+        assert len(text.splitlines()) == 1 and re.search(message, text), (message, text)
+    # malformed bodies, sent raw
+    status, body, _ = running.post("/v2/models/bert/infer", b"{not json")
+    assert status == 400 and "the body is not valid JSON" in json.loads(body)["error"]
+    status, body, _ = running.post("/v2/models/bert/infer", json.dumps({"inputs": [
+        {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [1]}]}).encode())
+    assert status == 400 and "'data' holds 1 values, shape [1, 2] takes 2" in json.loads(body)["error"]
+    status, body, _ = running.post("/v2/models/bert/infer", b'{"inputs": [{"name": "a", "shape": [1], '
+                                   b'"datatype": "FP32", "parameters": {"binary_data_size": 4}}]}\x00\x00\x00\x00',
+                                   {"Inference-Header-Content-Length": "999"})
+    assert status == 400 and "does not fit a body of" in json.loads(body)["error"]
+    status, body, _ = running.post("/v2/models/bert/infer", b"x" * ((1 << 20) + 1))
+    assert status == 413 and "over the server's limit of 1048576" in json.loads(body)["error"]
+    text = _infer_error(running, bert_inputs(4)[1], [http.InferRequestedOutput("logits")])
+    assert "model 'bert' has no output 'logits'; it has last_hidden_state, pooler_output" in text
+    # and the next good request is answered
+    res = running.client().infer("bert", bert_inputs(6)[1])
+    assert res.as_numpy("last_hidden_state").shape == (1, 6, 64)
+    assert 'code="400"' in running.metrics()
+
+
+class Gate:
+    """Wraps a servable's run so a test decides when the engine may go on (and sees what it ran)."""
+
+    def __init__(self, servable):
+        self.servable, self.run = servable, servable.run
+        self.open = threading.Event()
+        self.started = threading.Event()
+        self.seen: list[int] = []
+        servable.run = self
+
+    def __call__(self, items):
+        self.seen.append(len(items))
+        self.started.set()
+        assert self.open.wait(30)
+        return self.run(items)
+
+
+def test_queue_bound_503_and_a_gone_client_is_dropped(bert_file):
+    from archfit.serve import Server, load_models
+
+    models = load_models([f"bert={bert_file}"])
+    gate = Gate(models["bert"])
+    r = Running(Server(models, max_delay_ms=1, max_queue=2))
+    try:
+        c = r.client()
+        first = c.async_infer("bert", bert_inputs(8)[1])  # taken by the engine, which waits at the gate
+        assert gate.started.wait(30)
+        queued = [c.async_infer("bert", bert_inputs(8, seed=i)[1]) for i in range(2)]  # fills the queue
+        time.sleep(0.3)
+        text = _infer_error(r, bert_inputs(8)[1])
+        assert "overloaded: model 'bert' has 2 rows queued (limit 2); retry shortly" in text
+        status, _, headers = r.post("/v2/models/bert/infer", json.dumps({"inputs": [
+            {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [5, 6]},
+            {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64", "data": [1, 1]}]}).encode())
+        assert status == 503 and headers.get("retry-after", headers.get("Retry-After")) == "1"
+        # a client that sends a request and leaves: dropped from the queue, never run
+        body = json.dumps({"inputs": [{"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [5, 6]},
+                                      {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64",
+                                       "data": [1, 1]}]}).encode()
+        gate.open.set()
+        first.get_result()
+        for f in queued:
+            f.get_result()
+        gate.open.clear()
+        gate.started.clear()
+        blocker = c.async_infer("bert", bert_inputs(8)[1])
+        assert gate.started.wait(30)
+        with socket.create_connection(("127.0.0.1", r.port)) as s:
+            s.sendall(b"POST /v2/models/bert/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            time.sleep(0.3)
+        time.sleep(0.3)
+        seen = len(gate.seen)
+        gate.open.set()
+        blocker.get_result()
+        time.sleep(0.3)
+        assert len(gate.seen) == seen  # nothing more ran: the gone client's request was dropped
+        assert 'archfit_requests_total{bucket="-",code="499",model="bert"} 1.0' in r.metrics()
+    finally:
+        gate.open.set()
+        r.stop()
+
+
+def test_cli_serves_and_sigterm_drains_in_flight_requests(bert_file):
+    port = free_port()
+    env = dict(os.environ, ARCHFIT_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "archfit", "serve", str(bert_file), "--port", str(port),
+                             "--max-delay-ms", "1500"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            text=True)
+    try:
+        c = http.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if c.is_server_ready():
+                    break
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.2)
+        given, inputs = bert_inputs(5)
+        pending = c.async_infer("bert", inputs)  # waits up to 1.5 s in the batcher for company
+        time.sleep(0.4)
+        proc.send_signal(signal.SIGTERM)
+        res = pending.get_result()  # answered, not dropped
+        assert res.as_numpy("last_hidden_state").shape == (1, 5, 64)
+        assert proc.wait(60) == 0
+        assert "serving bert (bucketed) on http://127.0.0.1:" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

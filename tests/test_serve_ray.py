@@ -1,0 +1,45 @@
+"""archfit serve on Ray Serve: a local Ray instance on loopback, two replicas of the same server,
+real requests through Ray's proxy from an unchanged Open Inference Protocol client."""
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as http
+
+import archfit
+from test_serve import bert_file, bert_inputs, free_port  # noqa: F401 - bert_file is a fixture
+
+ray = pytest.importorskip("ray")
+
+
+def test_two_replicas_serve_the_same_answers(bert_file):  # noqa: F811
+    import shutil
+    import tempfile
+
+    from ray import serve
+
+    from archfit.serve.ray import application
+
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit in 107 bytes
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+             _temp_dir=temp)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(application([f"bert={bert_file}"], replicas=2, threads=1), name="archfit", route_prefix="/")
+        status = serve.status().applications["archfit"].deployments["archfit"]
+        assert status.replica_states.get("RUNNING") == 2
+        c = http.InferenceServerClient(f"127.0.0.1:{port}", concurrency=8, network_timeout=60)
+        assert c.is_model_ready("bert") and c.get_model_metadata("bert")["parameters"]["max_batch"] == 4
+        loaded = archfit.load(bert_file)
+        sent = [bert_inputs(n, seed=n) for n in (3, 9, 16, 5, 12, 7, 2, 14)]
+        futures = [c.async_infer("bert", inputs) for _, inputs in sent]
+        for (given, _), fut in zip(sent, futures):
+            want = loaded(**{k: torch.from_numpy(v) for k, v in given.items()}).last_hidden_state.numpy()
+            np.testing.assert_allclose(fut.get_result().as_numpy("last_hidden_state"), want, atol=1e-5, rtol=0)
+        bad = c.async_infer("bert", bert_inputs(17)[1])
+        with pytest.raises(Exception, match="larger than the largest bucket 16"):
+            bad.get_result()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
