@@ -117,3 +117,67 @@ def assert_same_detections(got, want, atol, rtol):
             if match is not None:
                 free.remove(match)
         assert all(float(g["scores"][j]) <= cut for j in free), "compiled detections above the cut match no eager one"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    """A Server on a uvicorn thread in this process (loading once per module, no interpreter start)."""
+
+    def __init__(self, server):
+        import threading
+        import time
+
+        import uvicorn
+
+        from archfit.serve import create_app
+
+        self.server, self.port = server, free_port()
+        self.uv = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=self.port,
+                                                log_level="error", lifespan="on"))
+        self.thread = threading.Thread(target=self.uv.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.uv.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.02)
+        self.url = f"127.0.0.1:{self.port}"
+
+    def client(self, concurrency=8):
+        import tritonclient.http as http
+
+        return http.InferenceServerClient(self.url, concurrency=concurrency, network_timeout=60)
+
+    def post(self, path, body: bytes, headers=None):
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(f"http://{self.url}{path}", data=body, headers=headers or {}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), dict(e.headers)
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.url}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def stop(self):
+        self.uv.should_exit = True
+        self.thread.join(30)
+
+
+def metric_total(text: str, name: str, **labels) -> float:
+    """Sum of a Prometheus series over the lines carrying `labels`."""
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and all(w in line for w in want))

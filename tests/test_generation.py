@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,3 +120,31 @@ def test_not_a_seq2seq_model():
     model, _ = build("bert-base", tiny=True)
     with pytest.raises(ModelError, match="not a transformers encoder-decoder"):
         archfit.trace_seq2seq(model)
+
+
+def test_served_generation_equals_transformers():
+    """archfit serve with a seq2seq module: generate's arguments ride in the request's parameters;
+    the tokens equal transformers' generate; an argument the compiled loop cannot honour is a 400."""
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
+
+    from archfit.serve import Server, servable
+    from conftest import Running
+
+    _name, model, module = _compiled("marian-en-de")
+    r = Running(Server({"mt": servable("mt", module)}))
+    try:
+        c = r.client()
+        ids, mask = _sources(7, seed=5)
+        tensors = []
+        for name, t in (("input_ids", ids), ("attention_mask", mask)):
+            tensors.append(http.InferInput(name, list(t.shape), "INT64"))
+            tensors[-1].set_data_from_numpy(t.numpy())
+        for params in ({"max_new_tokens": 6}, {"max_new_tokens": 8, "num_beams": 3}):
+            got = c.infer("mt", tensors, parameters=params).as_numpy("output_ids")
+            want = model.generate(ids, attention_mask=mask, **params)
+            assert np.array_equal(got, want.numpy()), (params, got.tolist(), want.tolist())
+        with pytest.raises(InferenceServerException, match="do_sample=True is not supported"):
+            c.infer("mt", tensors, parameters={"do_sample": True})
+    finally:
+        r.stop()

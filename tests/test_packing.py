@@ -228,3 +228,41 @@ def test_dynamic_lengths_run_exact_sizes_through_a_file(tmp_path):
         torch.testing.assert_close(got["last_hidden_state"], want, atol=ATOL, rtol=RTOL)
     with pytest.raises(archfit.ArchfitError, match="dynamic lengths: target 'onnxruntime' compiles fixed shapes only"):
         archfit.trace(model, example, "onnxruntime", packing=_auto_packing(strategy="dynamic"))
+
+
+def test_served_packed_file_packs_across_requests():
+    """archfit serve with a packed module: concurrent requests of different lengths share packed
+    rows; each answer equals the module called on that request alone."""
+    import tritonclient.http as http
+
+    from archfit.serve import Server, servable
+    from conftest import Running, metric_total
+
+    model, packed = _packed("bert-base", "onnxruntime")
+    r = Running(Server({"enc": servable("enc", packed)}, max_delay_ms=100))
+    try:
+        c = r.client()
+        meta = c.get_model_metadata("enc")
+        assert [i["name"] for i in meta["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+        assert {o["name"]: o["shape"] for o in meta["outputs"]} == {"last_hidden_state": [-1, -1, 64],
+                                                                    "pooled": [-1, 64]}
+        requests = []
+        for n, rows in ((5, 1), (17, 1), (9, 2), (30, 1), (3, 1)):
+            ids = torch.randint(3, 500, (rows, n))
+            mask = torch.ones(rows, n, dtype=torch.long)
+            mask[-1, n - 2:] = 0 if rows > 1 else 1  # a padded row inside a request
+            tensors = []
+            for name, t in (("input_ids", ids), ("attention_mask", mask)):
+                tensors.append(http.InferInput(name, list(t.shape), "INT64"))
+                tensors[-1].set_data_from_numpy(t.numpy())
+            requests.append((ids, mask, c.async_infer("enc", tensors)))
+        for ids, mask, fut in requests:
+            res = fut.get_result()
+            want = packed(input_ids=ids, attention_mask=mask)
+            np.testing.assert_allclose(res.as_numpy("last_hidden_state"), want["last_hidden_state"].numpy(), atol=1e-5)
+            np.testing.assert_allclose(res.as_numpy("pooled"), want["pooled"].numpy(), atol=1e-5)
+        text = r.metrics()
+        assert metric_total(text, "archfit_batch_seconds_count") < len(requests)  # packed together
+        assert metric_total(text, "archfit_positions_total", kind="real") == 5 + 17 + 9 + 7 + 30 + 3
+    finally:
+        r.stop()

@@ -11,8 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -22,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 import archfit
 from archfit import Buckets
+from conftest import Running, free_port, metric_total
 
 SEQ = {"input_ids": 1, "attention_mask": 1}
 
@@ -36,51 +35,6 @@ def bert_file(tiny_bert, tmp_path_factory):
     module = archfit.trace(model, example, "openvino", buckets=Buckets(SEQ, sizes=(8, 16)), dynamic_batch=True,
                            check_payoff=False)
     return archfit.save(module, tmp_path_factory.mktemp("serve") / "bert.archfit")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Running:
-    """A Server on a uvicorn thread in this process (loading once per module, no interpreter start)."""
-
-    def __init__(self, server):
-        import uvicorn
-
-        from archfit.serve import create_app
-
-        self.server, self.port = server, free_port()
-        self.uv = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=self.port,
-                                                log_level="error", lifespan="on"))
-        self.thread = threading.Thread(target=self.uv.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.uv.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.02)
-        self.url = f"127.0.0.1:{self.port}"
-
-    def client(self, concurrency=8):
-        return http.InferenceServerClient(self.url, concurrency=concurrency, network_timeout=60)
-
-    def post(self, path, body: bytes, headers=None):
-        req = urllib.request.Request(f"http://{self.url}{path}", data=body, headers=headers or {}, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, r.read(), dict(r.headers)
-        except urllib.error.HTTPError as e:
-            return e.code, e.read(), dict(e.headers)
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://{self.url}/metrics", timeout=10) as r:
-            return r.read().decode()
-
-    def stop(self):
-        self.uv.should_exit = True
-        self.thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -133,18 +87,13 @@ def test_concurrent_mixed_lengths_batch_by_bucket_and_equal_load(running, bert_f
         np.testing.assert_allclose(res.as_numpy("pooler_output"), want.pooler_output.numpy(), atol=1e-5, rtol=0)
     after = running.metrics()
 
-    def total(text, name, **labels):
-        want = [f'{k}="{v}"' for k, v in labels.items()]
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name + "{") and all(w in line for w in want))
-
     # eight requests arriving together, in two buckets: fewer engine calls than requests, each
     # bucket's requests padded to that bucket only
-    batches = total(after, "archfit_batch_seconds_count") - total(before, "archfit_batch_seconds_count")
+    batches = metric_total(after, "archfit_batch_seconds_count") - metric_total(before, "archfit_batch_seconds_count")
     assert 2 <= batches < len(lengths)
-    answered = total(after, "archfit_requests_total", code="200") - total(before, "archfit_requests_total", code="200")
+    answered = metric_total(after, "archfit_requests_total", code="200") - metric_total(before, "archfit_requests_total", code="200")
     assert answered == len(lengths)
-    real = total(after, "archfit_positions_total", kind="real") - total(before, "archfit_positions_total", kind="real")
+    real = metric_total(after, "archfit_positions_total", kind="real") - metric_total(before, "archfit_positions_total", kind="real")
     assert real == sum(lengths)
     assert 'archfit_queue_rows{model="bert"} 0.0' in after
 
