@@ -1,0 +1,408 @@
+"""Serving load test: full-size BERT-base behind HTTP, requests with SQuAD v1.1 lengths, a load
+generator in a second process on loopback, arms interleaved.
+
+Arms (every one answers the same Open Inference Protocol requests with last_hidden_state as
+binary data, so protocol work is alike):
+  archfit serve, buckets   `archfit serve` on a file with 4 buckets chosen from the SQuAD
+                           histogram and a dynamic batch of 2 (one process, both cores)
+  archfit serve, packed    `archfit serve` on a packed file (one 384 row): queued requests are
+                           packed together
+  Ray Serve peers          2 replicas x 1 thread, @serve.batch(max_batch_size=4, 5 ms), as a
+                           user would write them: eager PyTorch padded to 384 (the TorchServe-
+                           style handler), eager PyTorch at the batch's longest length, OpenVINO
+                           direct (ov.convert_model) padded to 384, OpenVINO direct with a bounded
+                           dynamic length (the batch padded to its longest)
+
+Rounds: for each round, for 1, 8 and 32 concurrent clients, each arm in rotated order runs for
+--seconds; a cell's figures pool its rounds. Then a soak of --soak-seconds against archfit serve
+(buckets) at 80% of its best measured throughput (Poisson arrivals): resident memory sampled
+every 10 s, errors, p50/p99.
+
+    .venv/bin/python benchmarks/serving.py                 # full size, ~35 min
+    .venv/bin/python benchmarks/serving.py --tiny --seconds 3 --soak-seconds 10   # smoke run
+
+writes benchmarks/results/serving.json and prints the Markdown tables for BENCHMARKS.md."""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX = 384
+VOCAB = 30000  # token ids drawn below this (the tiny model's vocabulary is smaller: --tiny lowers it)
+OUTPUT = [{"name": "last_hidden_state", "parameters": {"binary_data": True}}]
+
+
+# -- the load generator (a second process: no torch, no models) -----------------------------------
+def body(length: int, seed: int, vocab: int) -> bytes:
+    rng = random.Random(seed)
+    ids = [rng.randrange(vocab // 30, vocab) for _ in range(length)]
+    return json.dumps({"inputs": [
+        {"name": "input_ids", "shape": [1, length], "datatype": "INT64", "data": ids},
+        {"name": "attention_mask", "shape": [1, length], "datatype": "INT64", "data": [1] * length}],
+        "outputs": OUTPUT}).encode()
+
+
+def closed_loop(port: int, path: str, bodies: list[bytes], clients: int, seconds: float) -> dict:
+    """`clients` threads, each sending the next request as soon as its last is answered."""
+    lock, latencies, errors, nxt = threading.Lock(), [], [], [0]
+    stop = time.perf_counter() + seconds
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        while time.perf_counter() < stop:
+            with lock:
+                b = bodies[nxt[0] % len(bodies)]
+                nxt[0] += 1
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", path, b, {"Content-Type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                ok = r.status == 200
+            except (OSError, http.client.HTTPException) as e:
+                ok, r = False, e
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+            with lock:
+                (latencies if ok else errors).append(time.perf_counter() - t0 if ok else str(getattr(r, "status", r)))
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"seconds": time.perf_counter() - t0, "latencies": latencies, "errors": errors}
+
+
+def open_loop(port: int, path: str, bodies: list[bytes], rate: float, seconds: float, pid: int) -> dict:
+    """Poisson arrivals at `rate`/s for `seconds`; the server's RSS sampled every 10 s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    latencies, errors, rss = [], [], []
+    local = threading.local()
+
+    def one(b):
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        t0 = time.perf_counter()
+        try:
+            local.conn.request("POST", path, b, {"Content-Type": "application/json"})
+            r = local.conn.getresponse()
+            r.read()
+            (latencies.append(time.perf_counter() - t0) if r.status == 200 else errors.append(r.status))
+        except (OSError, http.client.HTTPException) as e:
+            errors.append(str(e))
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+    rng = np.random.default_rng(1)
+    start = time.perf_counter()
+    next_sample, i = start, 0
+    with ThreadPoolExecutor(64) as pool:
+        t = start
+        while t - start < seconds:
+            t += rng.exponential(1 / rate)
+            while time.perf_counter() < t:
+                now = time.perf_counter()
+                if now >= next_sample:
+                    rss.append((round(now - start, 1), rss_mib(pid)))
+                    next_sample += 10
+                time.sleep(min(0.01, max(0.0, t - time.perf_counter())))
+            pool.submit(one, bodies[i % len(bodies)])
+            i += 1
+    rss.append((round(time.perf_counter() - start, 1), rss_mib(pid)))
+    return {"sent": i, "latencies": latencies, "errors": errors, "rss": rss}
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (a server's worker threads share it)."""
+    total = 0.0
+    pids = [pid] + [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * 4096 / 2**20
+        except OSError:
+            pass
+    return total
+
+
+def load_main(spec: dict) -> None:
+    bodies = [body(n, i, spec["vocab"]) for i, n in enumerate(spec["lengths"])]
+    if spec["mode"] == "closed":
+        result = closed_loop(spec["port"], spec["path"], bodies, spec["clients"], spec["seconds"])
+    else:
+        result = open_loop(spec["port"], spec["path"], bodies, spec["rate"], spec["seconds"], spec["pid"])
+    print(json.dumps(result))
+
+
+def drive(spec: dict) -> dict:
+    spec = {"vocab": VOCAB} | spec
+    out = subprocess.run([sys.executable, __file__, "--load", json.dumps(spec)], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- the peers on Ray Serve ------------------------------------------------------------------
+class Peer:
+    """A Ray Serve replica as a user would write it: @serve.batch around an eager or OpenVINO model."""
+
+    def __init__(self, kind: str, pad_to_max: bool, ir: str | None, tiny: bool, max_len: int):
+        import torch
+
+        torch.set_num_threads(1)
+        self.pad_to_max, self.kind, self.max_len = pad_to_max, kind, max_len
+        if kind == "eager":
+            from archfit import zoo
+
+            torch.manual_seed(0)
+            self.model = zoo.build("bert-base", tiny=tiny)[0].eval()
+        else:
+            import openvino as ov
+
+            core = ov.Core()
+            self.compiled = core.compile_model(core.read_model(ir), "CPU", {
+                "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})
+
+    def compute(self, ids_list):
+        import torch
+
+        width = self.max_len if self.pad_to_max else max(t.shape[1] for t in ids_list)
+        ids = torch.zeros(len(ids_list), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, t in enumerate(ids_list):
+            ids[i, :t.shape[1]] = t[0]
+            mask[i, :t.shape[1]] = 1
+        if self.kind == "eager":
+            with torch.no_grad():
+                out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        else:
+            out = torch.from_numpy(self.compiled([ids.numpy(), mask.numpy()])[0])
+        return [out[i:i + 1, :t.shape[1]].contiguous() for i, t in enumerate(ids_list)]
+
+    async def __call__(self, request):
+        from starlette.responses import Response
+
+        from archfit.serve.protocol import decode, encode
+
+        req = decode(await request.body(), request.headers.get("inference-header-content-length"))
+        out = await self.batch(req.inputs["input_ids"])
+        content, headers = encode("bert", req, {"last_hidden_state": out})
+        return Response(content, headers=headers)
+
+
+def batched_peer():
+    """The peer class with Ray's own batcher around compute (defined once Ray is imported)."""
+    from ray import serve
+
+    class BatchedPeer(Peer):
+        @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
+        async def batch(self, ids_list):
+            return self.compute(ids_list)
+
+    return BatchedPeer
+
+
+def start_peers(ir_pad: str, ir_dyn: str, tiny: bool, port: int) -> dict[str, str]:
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+             _temp_dir=tempfile.mkdtemp(prefix="ray-"))
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    peers = {"Ray Serve + eager, pad to 384 (TorchServe-style)": ("eager", True, None),
+             "Ray Serve + eager, batch's longest": ("eager", False, None),
+             "Ray Serve + OpenVINO direct, pad to 384": ("ov", True, ir_pad),
+             "Ray Serve + OpenVINO direct dynamic": ("ov", False, ir_dyn)}
+    paths = {}
+    cls = batched_peer()
+    for i, (label, args) in enumerate(peers.items()):
+        dep = serve.deployment(cls, name=f"peer{i}", num_replicas=2, max_ongoing_requests=64,
+                               ray_actor_options={"num_cpus": 1})
+        serve.run(dep.bind(*args, tiny, MAX), name=f"peer{i}", route_prefix=f"/peer{i}")
+        paths[label] = f"/peer{i}/v2/models/bert/infer"
+        print("started", label, flush=True)
+    return paths
+
+
+# -- the orchestrator --------------------------------------------------------------------------
+def compile_files(tiny: bool, tmp: Path) -> tuple[dict[str, Path], str, str]:
+    import warnings
+
+    import openvino as ov
+    import torch
+
+    import archfit
+    from archfit import Buckets, Packing, zoo
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bucketing import SEQ, squad
+
+    torch.manual_seed(0)
+    model, _ = zoo.build("bert-base", tiny=tiny)
+    model.eval()
+    hist, _ = squad()
+    example = {"input_ids": torch.randint(VOCAB // 30, VOCAB, (2, MAX)),
+               "attention_mask": torch.ones(2, MAX, dtype=torch.long)}
+    files = {}
+    t0 = time.perf_counter()
+    spec = Buckets(SEQ, sizes=(64, MAX)) if tiny else Buckets(SEQ, histogram=tuple(hist), max_buckets=4)
+    m = archfit.trace(model, example, "openvino", buckets=spec,
+                      dynamic_batch=True, check_payoff=False)
+    files["archfit serve, 4 buckets, batch 2"] = archfit.save(m, tmp / "buckets.archfit")
+    print("buckets", m.sizes, f"{time.perf_counter() - t0:.0f} s", flush=True)
+    del m
+    m = archfit.trace(model, {k: v[:1] for k, v in example.items()}, "openvino",
+                      packing=Packing(MAX, outputs=("last_hidden_state",), lookahead=64))
+    files["archfit serve, packed 384"] = archfit.save(m, tmp / "packed.archfit")
+    del m
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, dims in (("pad", [-1, MAX]), ("dyn", [-1, ov.Dimension(1, MAX)])):
+            shape = ov.PartialShape(dims)
+            converted = ov.convert_model(model, example_input=example, input=[
+                ("input_ids", shape, ov.Type.i64), ("attention_mask", shape, ov.Type.i64)])
+            ov.save_model(converted, str(tmp / f"{name}.xml"))
+    return files, str(tmp / "pad.xml"), str(tmp / "dyn.xml")
+
+
+def start_archfit(path: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "archfit", "serve", f"bert={path}", "--port", str(port),
+                             "--max-queue", "512"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/v2/health/ready")
+            if c.getresponse().status == 200:
+                return proc
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"archfit serve did not start: {proc.stderr.read()}")
+        time.sleep(0.5)
+
+
+def cpu_model() -> str:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def pct(values, q):
+    return float(np.percentile(values, q) * 1000) if values else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--load", help=argparse.SUPPRESS)
+    ap.add_argument("--tiny", action="store_true", help="tiny BERT: a smoke run of the harness")
+    ap.add_argument("--seconds", type=float, default=25.0, help="per arm, concurrency and round")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--soak-seconds", type=float, default=300.0)
+    ap.add_argument("--requests", type=int, default=400, help="distinct requests (SQuAD lengths, fixed seed)")
+    args = ap.parse_args()
+    if args.load:
+        return load_main(json.loads(args.load))
+    global VOCAB, MAX
+    if args.tiny:  # the tiny model has 500 ids and 130 positions
+        VOCAB, MAX = 500, 128
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bucketing import squad
+
+    hist, lengths_axis = squad()
+    lengths = [min(MAX, int(n)) for n in np.random.default_rng(0).choice(lengths_axis, size=args.requests,
+                                                                         p=hist / hist.sum())]
+    tmp = Path(tempfile.mkdtemp(prefix="archfit-serving-"))
+    files, ir_pad, ir_dyn = compile_files(args.tiny, tmp)
+    procs, paths, ports = {}, {}, {}
+    for i, (label, path) in enumerate(files.items()):
+        ports[label] = 18100 + i
+        procs[label] = start_archfit(path, ports[label])
+        paths[label] = "/v2/models/bert/infer"
+        print("started", label, flush=True)
+    ray_port = 18200
+    for label, path in start_peers(ir_pad, ir_dyn, args.tiny, ray_port).items():
+        ports[label], paths[label] = ray_port, path
+    arms = list(paths)
+    for label in arms:  # warm-up: every engine shape compiled lazily is touched before timing
+        drive({"mode": "closed", "port": ports[label], "path": paths[label], "lengths": lengths[:16], "clients": 4,
+               "seconds": 3 if not args.tiny else 1})
+    levels = [int(c) for c in args.clients.split(",")]
+    cells: dict = {(a, c): {"latencies": [], "errors": [], "seconds": 0.0, "answered": 0} for a in arms for c in levels}
+    order = list(arms)
+    for rnd in range(args.rounds):
+        for c in levels:
+            order = order[1:] + order[:1]
+            for label in order:
+                res = drive({"mode": "closed", "port": ports[label], "path": paths[label], "lengths": lengths,
+                             "clients": c, "seconds": args.seconds})
+                cell = cells[(label, c)]
+                cell["latencies"] += res["latencies"]
+                cell["errors"] += res["errors"]
+                cell["seconds"] += res["seconds"]
+                print(f"round {rnd + 1} clients {c:2d} {label}: {len(res['latencies']) / res['seconds']:.2f} req/s, "
+                      f"{len(res['errors'])} errors", flush=True)
+    rows = []
+    for (label, c), cell in cells.items():
+        rows.append({"arm": label, "clients": c, "req_per_s": len(cell["latencies"]) / cell["seconds"],
+                     "p50_ms": pct(cell["latencies"], 50), "p99_ms": pct(cell["latencies"], 99),
+                     "answered": len(cell["latencies"]), "errors": len(cell["errors"]),
+                     "error_kinds": sorted(set(map(str, cell["errors"])))[:5]})
+    soak = None
+    if args.soak_seconds > 0:
+        label = "archfit serve, 4 buckets, batch 2"
+        best = max(r["req_per_s"] for r in rows if r["arm"] == label)
+        res = drive({"mode": "open", "port": ports[label], "path": paths[label], "lengths": lengths,
+                     "rate": 0.8 * best, "seconds": args.soak_seconds, "pid": procs[label].pid})
+        rss = [m for _, m in res["rss"]]
+        minute = max(1, len(rss) // 5)
+        soak = {"arm": label, "rate": 0.8 * best, "sent": res["sent"], "answered": len(res["latencies"]),
+                "errors": len(res["errors"]), "p50_ms": pct(res["latencies"], 50), "p99_ms": pct(res["latencies"], 99),
+                "rss": res["rss"], "rss_first_mib": float(np.mean(rss[:minute])),
+                "rss_last_mib": float(np.mean(rss[-minute:]))}
+        print("soak", {k: v for k, v in soak.items() if k != "rss"}, flush=True)
+    for p in procs.values():
+        p.send_signal(signal.SIGTERM)
+        p.wait(60)
+    import ray
+
+    ray.shutdown()
+    import torch
+
+    result = {"machine": f"{cpu_model()}, {os.cpu_count()} cores", "platform": platform.platform(),
+              "torch": torch.__version__, "tiny": args.tiny, "seconds": args.seconds, "rounds": args.rounds,
+              "requests": args.requests, "rows": rows, "soak": soak}
+    out = ROOT / "benchmarks" / "results" / ("serving-tiny.json" if args.tiny else "serving.json")
+    out.write_text(json.dumps(result, indent=1))
+    print(f"\n{result['machine']}\n")
+    print("| arm | clients | req/s | p50 ms | p99 ms | answered | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["clients"], -r["req_per_s"])):
+        print(f"| {r['arm']} | {r['clients']} | {r['req_per_s']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} "
+              f"| {r['answered']} | {r['errors']} |")
+    if soak:
+        print(f"\nsoak: {soak['rate']:.2f} req/s for {args.soak_seconds:.0f} s: {soak['answered']}/{soak['sent']} "
+              f"answered, {soak['errors']} errors, p50 {soak['p50_ms']:.0f} ms, p99 {soak['p99_ms']:.0f} ms, RSS first "
+              f"minute {soak['rss_first_mib']:.0f} MiB, last minute {soak['rss_last_mib']:.0f} MiB "
+              f"({soak['rss_last_mib'] / soak['rss_first_mib'] - 1:+.1%})")
+
+
+if __name__ == "__main__":
+    main()
