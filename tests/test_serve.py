@@ -19,22 +19,18 @@ import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
 import archfit
-from archfit import Buckets
-from conftest import Running, free_port, metric_total
-
-SEQ = {"input_ids": 1, "attention_mask": 1}
+from conftest import Running, cli, free_port, metric_total
 
 
 @pytest.fixture(scope="module")
-def bert_file(tiny_bert, tmp_path_factory):
-    """Tiny BERT over buckets 8 and 16 with a dynamic batch of 4: the bucket-aware batcher's case."""
-    model, _ = tiny_bert
-    g = torch.Generator().manual_seed(0)
-    example = {"input_ids": torch.randint(3, 500, (4, 16), generator=g),
-               "attention_mask": torch.ones(4, 16, dtype=torch.long)}
-    module = archfit.trace(model, example, "openvino", buckets=Buckets(SEQ, sizes=(8, 16)), dynamic_batch=True,
-                           check_payoff=False)
-    return archfit.save(module, tmp_path_factory.mktemp("serve") / "bert.archfit")
+def bert_file(tmp_path_factory):
+    """Tiny BERT over buckets 8 and 16 with a dynamic batch of 4 (the bucket-aware batcher's case),
+    compiled through the CLI as a user would."""
+    path = tmp_path_factory.mktemp("serve") / "bert.archfit"
+    r = cli("compile", "bert-base", "--tiny", "-t", "openvino", "--vary", "input_ids:1", "--vary", "attention_mask:1",
+            "--buckets", "8,16", "--dynamic-batch", "--batch", "4", "--no-compare", "-o", str(path))
+    assert r.returncode == 0, r.stderr
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,25 @@ def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
         write_page(html, result.to_html(), not as_json)
 
 
+def _with_batch(inputs, batch: int, dynamic_batch: bool):
+    """The example with `batch` rows in dim 0 of every tensor (its rows repeated in turn)."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    from ..errors import InputError
+
+    if not dynamic_batch or batch < 1:
+        raise InputError(f"--batch {batch}: give a positive batch with --dynamic-batch (it sets the batch compiled "
+                         f"for requests of any batch size)")
+
+    def rows(t):
+        if not isinstance(t, torch.Tensor) or t.dim() == 0:
+            return t
+        return t[torch.arange(batch) % t.shape[0]]
+
+    return pytree.tree_map(rows, inputs)
+
+
 @app.command("compile")
 def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
              output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the compiled model here."),
@@ -71,6 +90,9 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
              max_buckets: int = typer.Option(4, help="With --lengths: how many buckets at most."),
              pad: List[str] = typer.Option([], "--pad", help="NAME=VALUE: the pad value of an input (default 0)."),
              dynamic_batch: bool = typer.Option(False, help="Accept any batch size in dim 0 (split / pad)."),
+             batch: Optional[int] = typer.Option(None, help="With --dynamic-batch: the batch compiled (rows per engine "
+                                                            "call; the example's rows repeated); default: the "
+                                                            "example's. `archfit serve` fills it with requests."),
              pack: Optional[int] = typer.Option(None, "--pack", help="Encoders: pack several sequences into rows of "
                                                 "this many tokens (row lengths: --buckets, or chosen from --lengths)."),
              pack_rows: int = typer.Option(1, help="With --pack: rows per engine call."),
@@ -104,6 +126,8 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
                                 not no_cache, as_json, html, compare)
     try:
         mod, inputs, name = load_model(model, tiny)
+        if batch is not None:
+            inputs = _with_batch(inputs, batch, dynamic_batch)
         if pack is not None:
             spec, packing = None, _packing(pack, pack_rows, pack_output, pool, vary, buckets, lengths, max_buckets)
         else:

@@ -107,14 +107,20 @@ class Server:
 
     async def _body(self, request: Request) -> bytes:
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            raise TooLarge(int(length))
+        declared = int(length) if length is not None and length.isdigit() else 0
+        if declared > 16 * self.max_body:  # answered at once; the client sees the connection close
+            raise TooLarge(declared)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > self.max_body:
+            if size <= self.max_body:
+                chunks.append(chunk)
+            elif size > 16 * self.max_body:
                 raise TooLarge(size)
-            chunks.append(chunk)
+            else:  # read past and dropped, so the client gets its 413 instead of a broken pipe
+                chunks.clear()
+        if size > self.max_body:
+            raise TooLarge(size)
         return b"".join(chunks)
 
     async def infer(self, name: str, request: Request) -> Response:
