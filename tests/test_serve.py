@@ -241,3 +241,16 @@ def test_cli_serves_and_sigterm_drains_in_flight_requests(bert_file):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_thread_limit_unpins_openvino_engines(bert_file, monkeypatch):
+    """ARCHFIT_THREADS (set per Ray replica): engines take that many threads and are not pinned to
+    cores (OpenVINO pins by default, and two processes on Linux pin to the same core)."""
+    from archfit.core.compile import EngineModule
+
+    monkeypatch.setenv("ARCHFIT_THREADS", "1")
+    engines = [m.engine for m in archfit.load(bert_file).modules() if isinstance(m, EngineModule)]
+    assert engines
+    for e in engines:
+        assert e.compiled_model.get_property("INFERENCE_NUM_THREADS") == 1
+        assert e.compiled_model.get_property("ENABLE_CPU_PINNING") is False

@@ -64,7 +64,9 @@ class OpenVINOEngine(Engine):
 def load_engine(data: bytes) -> OpenVINOEngine:
     cut = data.index(b"\n")
     config = json.loads(data[:cut])
-    limit = {"INFERENCE_NUM_THREADS": thread_limit()} if thread_limit() else {}
+    # processes sharing a machine (server replicas): OpenVINO pins its threads to cores by default,
+    # and on Linux every process pins to the same ones, so two replicas would share one core
+    limit = {"INFERENCE_NUM_THREADS": thread_limit(), "ENABLE_CPU_PINNING": False} if thread_limit() else {}
     return OpenVINOEngine(core().import_model(io.BytesIO(memoryview(data)[cut + 1:]), "CPU", config | limit), config,
                           imported=True)
 
