@@ -254,3 +254,33 @@ def test_thread_limit_unpins_openvino_engines(bert_file, monkeypatch):
     for e in engines:
         assert e.compiled_model.get_property("INFERENCE_NUM_THREADS") == 1
         assert e.compiled_model.get_property("ENABLE_CPU_PINNING") is False
+
+
+def test_two_streams_run_two_batches_at_once_with_the_same_answers(bert_file, monkeypatch):
+    """--streams 2: engines load with two OpenVINO streams and the batcher keeps two batches in
+    flight; answers equal archfit.load's."""
+    from archfit.core.compile import EngineModule
+    from archfit.serve import Server, load_models
+
+    monkeypatch.setenv("ARCHFIT_STREAMS", "2")
+    models = load_models([f"bert={bert_file}"])
+    engines = [m.engine for m in models["bert"].module.modules() if isinstance(m, EngineModule)]
+    assert all(e.compiled_model.get_property("NUM_STREAMS") == 2 for e in engines)
+    gate = Gate(models["bert"])
+    r = Running(Server(models, max_delay_ms=1, streams=2))
+    try:
+        c = r.client()
+        futures = [c.async_infer("bert", bert_inputs(n, seed=n)[1]) for n in (4, 12)]  # two buckets: two batches
+        deadline = time.monotonic() + 30
+        while len(gate.seen) < 2:  # both reach the engine while neither has finished
+            assert time.monotonic() < deadline, gate.seen
+            time.sleep(0.02)
+        gate.open.set()
+        loaded = archfit.load(bert_file)
+        for n, fut in zip((4, 12), futures):
+            given = {k: torch.from_numpy(v) for k, v in bert_inputs(n, seed=n)[0].items()}
+            np.testing.assert_allclose(fut.get_result().as_numpy("last_hidden_state"),
+                                       loaded(**given).last_hidden_state.numpy(), atol=1e-5, rtol=0)
+    finally:
+        gate.open.set()
+        r.stop()

@@ -17,6 +17,8 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
           max_delay_ms: float = typer.Option(5.0, help="Longest a request waits for others to fill its batch."),
           max_queue: int = typer.Option(256, help="Rows queued per model before requests get 503 + Retry-After."),
           max_body_mb: float = typer.Option(64.0, help="Largest request body (413 beyond)."),
+          streams: int = typer.Option(1, help="Batches run at once per model, the engines' threads split among them "
+                                             "(OpenVINO streams): more throughput under load, more latency alone."),
           threads: Optional[int] = typer.Option(None, help="Threads per engine (default: all cores; with --ray, 1 "
                                                            "per replica)."),
           ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve (pip install 'archfit[serve]')."),
@@ -46,6 +48,6 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
             typer.echo(f"serving {names} on http://{host}:{port}/v2 (metrics at /metrics)", err=True)
 
         run(files, host=host, port=port, max_delay_ms=max_delay_ms, max_queue=max_queue, max_body_mb=max_body_mb,
-            on_ready=ready)
+            streams=streams, on_ready=ready)
     except ArchfitError as e:
         fail(e)

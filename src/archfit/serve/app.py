@@ -4,6 +4,7 @@ a Ray Serve replica (ray.py), so both run the same routes, checks and batcher.""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import time
@@ -55,18 +56,19 @@ def load_models(specs: list[str]) -> dict[str, Servable]:
 
 class Server:
     def __init__(self, models: Mapping[str, Servable], max_delay_ms: float = 5.0, max_queue: int = 256,
-                 max_body: int = 64 << 20):
+                 max_body: int = 64 << 20, streams: int = 1):
         self.models = dict(models)
         self.metrics = Metrics()
         self.max_delay = max_delay_ms / 1000
         self.max_queue = max_queue
         self.max_body = max_body
+        self.streams = streams  # batches run at once per model (engines loaded with as many streams)
         self.batchers: dict[str, Batcher] = {}
         self.ready = False
 
     async def start(self) -> None:
         for name, s in self.models.items():
-            self.batchers[name] = b = Batcher(s, self.metrics, self.max_delay, self.max_queue)
+            self.batchers[name] = b = Batcher(s, self.metrics, self.max_delay, self.max_queue, self.streams)
             b.start()
         self.ready = True
 
@@ -205,11 +207,16 @@ def create_app(server: Server):
 
 
 def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, max_delay_ms: float = 5.0,
-        max_queue: int = 256, max_body_mb: float = 64, log_level: str = "warning", on_ready=None) -> None:
-    """Load the files and serve them until SIGINT/SIGTERM (in-flight requests are answered first)."""
+        max_queue: int = 256, max_body_mb: float = 64, streams: int = 1, log_level: str = "warning",
+        on_ready=None) -> None:
+    """Load the files and serve them until SIGINT/SIGTERM (in-flight requests are answered first).
+    streams > 1: each model runs that many batches at once, its engines split into as many
+    streams (OpenVINO NUM_STREAMS), which uses the cores better under load than one batch on all."""
     import uvicorn
 
-    server = Server(load_models(specs), max_delay_ms, max_queue, int(max_body_mb * (1 << 20)))
+    if streams > 1:
+        os.environ["ARCHFIT_STREAMS"] = str(streams)  # read by the targets as the engines load
+    server = Server(load_models(specs), max_delay_ms, max_queue, int(max_body_mb * (1 << 20)), streams)
     config = uvicorn.Config(create_app(server), host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=30, lifespan="on")
     if on_ready is not None:

@@ -4,6 +4,8 @@ it fills the file's batch capacity, or when its oldest request has waited `max_d
 runs on a worker thread, so the event loop keeps answering while it computes, and the next batch
 forms meanwhile (under load, batches fill by themselves; the delay only matters when idle).
 
+With several engine streams (`streams`), that many batches run at once, one per worker thread.
+
 The queue is bounded: past `max_queue` queued rows, `submit` raises Overloaded (503). A request
 whose client went away is dropped before it reaches an engine."""
 from __future__ import annotations
@@ -30,14 +32,18 @@ class Pending:
 
 
 class Batcher:
-    def __init__(self, servable: Servable, metrics: Metrics, max_delay: float = 0.005, max_queue: int = 256):
+    def __init__(self, servable: Servable, metrics: Metrics, max_delay: float = 0.005, max_queue: int = 256,
+                 streams: int = 1):
         self.servable = servable
         self.metrics = metrics
         self.max_delay = max_delay
         self.max_queue = max_queue
         self.pending: deque[Pending] = deque()
         self.queued_rows = 0
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"archfit-{servable.name}")
+        # one worker thread per stream: that many batches run at once, each on its own engine stream
+        self.executor = ThreadPoolExecutor(streams, thread_name_prefix=f"archfit-{servable.name}")
+        self.slots = asyncio.Semaphore(streams)
+        self.running: set[asyncio.Task] = set()
         self.wake = asyncio.Event()
         self.closing = False
         self.task: asyncio.Task | None = None
@@ -99,11 +105,13 @@ class Batcher:
         self.queued_rows -= p.item.rows
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
+            await self.slots.acquire()  # a free stream first: requests keep queueing (and grouping) meanwhile
             got = self._take(time.perf_counter())
             if isinstance(got, float):
+                self.slots.release()
                 if got < 0 and self.closing:
+                    await asyncio.gather(*self.running)
                     return
                 self.wake.clear()
                 try:
@@ -114,16 +122,24 @@ class Batcher:
             for p in got:
                 self._forget(p)
             self.metrics.queue.labels(self.servable.name).set(self.queued_rows)
-            items = [p.item for p in got]
-            start = time.perf_counter()
-            try:
-                answers, stats = await loop.run_in_executor(self.executor, self.servable.run, items)
-            except Exception as e:  # noqa: BLE001 - every request of the batch gets the error, the loop goes on
-                for p in got:
-                    if not p.future.done():
-                        p.future.set_exception(e)
-                continue
-            self.metrics.batch(self.servable.name, stats, time.perf_counter() - start)
-            for p, a in zip(got, answers):
+            task = asyncio.get_running_loop().create_task(self._run(got))
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    async def _run(self, group: list[Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        try:
+            answers, stats = await loop.run_in_executor(self.executor, self.servable.run, [p.item for p in group])
+        except Exception as e:  # noqa: BLE001 - every request of the batch gets the error, the loop goes on
+            for p in group:
                 if not p.future.done():
-                    p.future.set_result((a, stats.bucket))
+                    p.future.set_exception(e)
+            return
+        finally:
+            self.slots.release()
+            self.wake.set()
+        self.metrics.batch(self.servable.name, stats, time.perf_counter() - start)
+        for p, a in zip(group, answers):
+            if not p.future.done():
+                p.future.set_result((a, stats.bucket))

@@ -216,6 +216,13 @@ def thread_limit() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+def stream_count() -> int:
+    """ARCHFIT_STREAMS: engine calls a loaded engine runs at the same time, each on its share of
+    the threads (set by `archfit serve --streams`; 1 otherwise: one call uses every thread)."""
+    value = os.environ.get("ARCHFIT_STREAMS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
 def to_numpy(t: torch.Tensor):
     """Zero-copy for contiguous CPU tensors (the common case at partition boundaries)."""
     return t.detach().contiguous().numpy()

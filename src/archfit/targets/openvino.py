@@ -12,7 +12,7 @@ import torch
 from torch import fx
 
 from ..errors import ArtifactError
-from .base import Engine, Target, export_partition, listed_or_decomposed, requires, thread_limit, to_numpy
+from .base import Engine, Target, export_partition, listed_or_decomposed, requires, stream_count, thread_limit, to_numpy
 from .registry import register_target
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -35,19 +35,27 @@ supports = listed_or_decomposed(_listed, "OpenVINO's op list")
 
 
 class OpenVINOEngine(Engine):
-    """One infer request reused across calls; inputs are shared with torch, not copied."""
+    """Infer requests reused across calls (one per caller running at the same time: a single
+    caller always reuses the same one); inputs are shared with torch, not copied. Callers on
+    several threads run in parallel when the engine was loaded with several streams
+    (ARCHFIT_STREAMS, set by `archfit serve --streams`), else OpenVINO runs them in turn."""
 
     def __init__(self, compiled_model, config: dict, imported: bool = False):
         self.compiled_model = compiled_model
         self.config = config
         self.imported = imported  # OpenVINO cannot export an imported model again: see serialize
-        self.request = compiled_model.create_infer_request()
-        self.lock = threading.Lock()  # one infer request: callers on several threads take turns
+        self.idle = [compiled_model.create_infer_request()]
+        self.lock = threading.Lock()
 
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         with self.lock:
-            result = self.request.infer([to_numpy(t) for t in inputs], share_inputs=True)
+            request = self.idle.pop() if self.idle else self.compiled_model.create_infer_request()
+        try:
+            result = request.infer([to_numpy(t) for t in inputs], share_inputs=True)
             return [torch.from_numpy(a) for a in result.to_tuple()]
+        finally:
+            with self.lock:
+                self.idle.append(request)
 
     def serialize(self) -> bytes:
         """One JSON line of the compile config, then OpenVINO's compiled blob. The config must go
@@ -67,6 +75,8 @@ def load_engine(data: bytes) -> OpenVINOEngine:
     # processes sharing a machine (server replicas): OpenVINO pins its threads to cores by default,
     # and on Linux every process pins to the same ones, so two replicas would share one core
     limit = {"INFERENCE_NUM_THREADS": thread_limit(), "ENABLE_CPU_PINNING": False} if thread_limit() else {}
+    if stream_count() > 1:  # a server running several batches at once: one stream (and its threads) each
+        limit |= {"NUM_STREAMS": stream_count(), "ENABLE_CPU_PINNING": False}
     return OpenVINOEngine(core().import_model(io.BytesIO(memoryview(data)[cut + 1:]), "CPU", config | limit), config,
                           imported=True)
 
