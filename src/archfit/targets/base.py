@@ -2,6 +2,7 @@
 deciding which nodes go to a backend is separate from turning a subgraph into an engine)."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -196,15 +197,26 @@ def requires(*modules: str) -> Callable[[], "str | None"]:
     return unavailable
 
 
-def export_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> torch.export.ExportedProgram:
+def export_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
+                     contiguous_reshapes: bool = False) -> torch.export.ExportedProgram:
     """Re-capture a partition (already ATen) as an ExportedProgram, the form backends convert.
 
     Views become reshapes first: the graph is functional (no aliasing to keep), and a view that
     was valid at capture may meet an input of other strides here (T5's attention: `clone` keeps
     a transposed layout, then `view` refuses it), where reshape copies when it must."""
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target is torch.ops.aten.view.default:
+    if contiguous_reshapes:  # on a copy of the graph: the partition's own module may still run in PyTorch
+        gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in (torch.ops.aten.view.default, torch.ops.aten.reshape.default):
             node.target = torch.ops.aten.reshape.default
+            if contiguous_reshapes and isinstance(node.args[0], fx.Node):
+                # torch.onnx decomposes reshapes back into views, traced with strides that may not
+                # allow one (T5, Swin: "Cannot view a tensor with shape ... and strides ..."); a
+                # contiguous copy first always allows it, and ONNX has no strides, so it costs nothing
+                with gm.graph.inserting_before(node):
+                    flat = gm.graph.call_function(torch.ops.aten.clone.default, (node.args[0],),
+                                                  {"memory_format": torch.contiguous_format})
+                node.args = (flat, *node.args[1:])
     gm.recompile()
     return torch.export.export(gm, tuple(example_inputs), strict=False)
 

@@ -167,7 +167,8 @@ def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]
         # bf16 instead, which gives the numerics of bf16 compute with fp32 accumulation.
         gm = emulate_bf16(gm)
     with quiet():
-        program = torch.onnx.export(export_partition(gm, example_inputs), dynamo=True, optimize=True, verbose=False)
+        program = torch.onnx.export(export_partition(gm, example_inputs, contiguous_reshapes=True), dynamo=True,
+                                    optimize=True, verbose=False)
     return OnnxRuntimeEngine(externalize(program.model_proto))
 
 
