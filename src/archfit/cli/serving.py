@@ -1,7 +1,6 @@
 """`archfit serve`: compiled files behind the Open Inference Protocol, here or on Ray Serve."""
 from __future__ import annotations
 
-import os
 from typing import List, Optional
 
 import typer
@@ -36,11 +35,6 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
             on_ray.run(files, host=host, port=port, address=address, replicas=replicas, threads=threads or 1,
                        max_delay_ms=max_delay_ms, max_queue=max_queue, max_body=int(max_body_mb * (1 << 20)))
             return
-        if threads:
-            import torch
-
-            os.environ["ARCHFIT_THREADS"] = str(threads)
-            torch.set_num_threads(threads)
         from ..serve import run
 
         def ready(server):
@@ -48,6 +42,6 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
             typer.echo(f"serving {names} on http://{host}:{port}/v2 (metrics at /metrics)", err=True)
 
         run(files, host=host, port=port, max_delay_ms=max_delay_ms, max_queue=max_queue, max_body_mb=max_body_mb,
-            streams=streams, on_ready=ready)
+            streams=streams, threads=threads, on_ready=ready)
     except ArchfitError as e:
         fail(e)

@@ -206,16 +206,27 @@ def create_app(server: Server):
     return Starlette(routes=[route], lifespan=lifespan)
 
 
+def engine_threads(threads: int | None = None, streams: int = 1) -> None:
+    """Threads per engine and engine streams for the engines loaded from now on in this process
+    (read by the targets at load, see targets.base.thread_limit/stream_count)."""
+    if threads:
+        import torch
+
+        os.environ["ARCHFIT_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+    if streams > 1:
+        os.environ["ARCHFIT_STREAMS"] = str(streams)
+
+
 def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, max_delay_ms: float = 5.0,
-        max_queue: int = 256, max_body_mb: float = 64, streams: int = 1, log_level: str = "warning",
-        on_ready=None) -> None:
+        max_queue: int = 256, max_body_mb: float = 64, streams: int = 1, threads: int | None = None,
+        log_level: str = "warning", on_ready=None) -> None:
     """Load the files and serve them until SIGINT/SIGTERM (in-flight requests are answered first).
     streams > 1: each model runs that many batches at once, its engines split into as many
     streams (OpenVINO NUM_STREAMS), which uses the cores better under load than one batch on all."""
     import uvicorn
 
-    if streams > 1:
-        os.environ["ARCHFIT_STREAMS"] = str(streams)  # read by the targets as the engines load
+    engine_threads(threads, streams)
     server = Server(load_models(specs), max_delay_ms, max_queue, int(max_body_mb * (1 << 20)), streams)
     config = uvicorn.Config(create_app(server), host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=30, lifespan="on")

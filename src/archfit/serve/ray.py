@@ -8,17 +8,8 @@ fight over its cores."""
 from __future__ import annotations
 
 import asyncio
-import os
 
 from ..errors import InputError
-
-
-def _limit_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        os.environ["ARCHFIT_THREADS"] = str(threads)  # read by the targets when they load engines
-        torch.set_num_threads(threads)
 
 
 class Replica:
@@ -26,9 +17,9 @@ class Replica:
 
     def __init__(self, specs: list[str], threads: int | None = None, max_delay_ms: float = 5.0,
                  max_queue: int = 256, max_body: int = 64 << 20):
-        from .app import Server, load_models
+        from .app import Server, engine_threads, load_models
 
-        _limit_threads(threads)
+        engine_threads(threads)
         self.server = Server(load_models(specs), max_delay_ms, max_queue, max_body)
         self._starting: asyncio.Task | None = None
 

@@ -53,32 +53,22 @@ class BatchStats:
 
 
 class Servable:
+    """Subclasses set `inputs` and `outputs` (the signature, fixed once loaded) and `capacity`."""
+
     kind: ClassVar[str] = "static"
+    inputs: list[TensorMeta]
+    outputs: list[TensorMeta]
+    capacity: int = 1  # rows per engine call
 
     def __init__(self, name: str, module: ArchfitModule):
         self.name = name
         self.module = module
-        module.check_finite = True  # a server refuses NaN/Inf inputs instead of answering targets' disagreement
-
-    # -- the signature -------------------------------------------------------------------------
-    @property
-    def inputs(self) -> list[TensorMeta]:
-        raise NotImplementedError
-
-    @property
-    def outputs(self) -> list[TensorMeta]:
-        raise NotImplementedError
-
-    capacity: int = 1  # rows per engine call
 
     def metadata(self) -> dict:
         return {"name": self.name, "versions": ["1"], "platform": f"archfit_{self.module.target}",
                 "inputs": [i.to_dict() for i in self.inputs], "outputs": [o.to_dict() for o in self.outputs],
                 "parameters": {"kind": self.kind, "precision": self.module.precision, "max_batch": self.capacity,
                                "emulated": self.module.emulated}}
-
-    def label(self, key) -> str:
-        return "all" if key is None else str(key)
 
     # -- a request ---------------------------------------------------------------------------
     def names(self, given: dict[str, torch.Tensor], optional: tuple[str, ...] = ()) -> None:
@@ -90,6 +80,15 @@ class Servable:
             what = "; ".join(filter(None, [missing and f"missing {', '.join(map(repr, missing))}",
                                            extra and f"unknown {', '.join(map(repr, extra))}"]))
             raise RequestError(f"model {self.name!r} takes inputs {', '.join(want)}: {what}")
+
+    def check_inputs(self, given: dict[str, torch.Tensor], optional: tuple[str, ...] = ()) -> dict[int, int]:
+        """Names, then every given input against its signature; the sizes of the dims marked -1."""
+        self.names(given, optional)
+        tied: dict[int, int] = {}
+        for meta in self.inputs:
+            if meta.name in given:
+                self.check(meta, given[meta.name], tied)
+        return tied
 
     def check(self, meta: TensorMeta, t: torch.Tensor, tied: dict[int, int]) -> None:
         """dtype, rank and every fixed dim; dims marked -1 must agree across inputs (`tied`: dim -> size)."""
@@ -122,25 +121,22 @@ class StaticServable(Servable):
         super().__init__(name, module)
         self.specs = list(module.inputs)
         self.output_names = output_names(module.out_spec, module.out_spec.num_leaves)
-        self._outputs = self._probe_outputs()
+        self.inputs = [TensorMeta(s.name, datatype(s.dtype), self.meta_shape(s)) for s in self.specs]
+        self.outputs = self._probe_outputs()
 
     def meta_shape(self, spec: TensorSpec) -> tuple[int, ...]:
         return tuple(spec.shape)
 
-    @property
-    def inputs(self) -> list[TensorMeta]:
-        return [TensorMeta(s.name, datatype(s.dtype), self.meta_shape(s)) for s in self.specs]
-
-    @property
-    def outputs(self) -> list[TensorMeta]:
-        return self._outputs
+    def largest(self) -> CompiledModule:
+        """The static module at the largest shape the file takes."""
+        return self.module
 
     def _probe_outputs(self) -> list[TensorMeta]:
         """Output dtypes and shapes are not stored in the file; the engines' own output specs would
         do, but the host graph between them may change them: read them off one run on zeros."""
         flat = [torch.zeros(s.shape, dtype=s.dtype) for s in self.specs]
         with torch.no_grad():
-            out = self.module.run_flat(flat)
+            out = self.largest().run_flat(flat)
         return [TensorMeta(n, datatype(o.dtype), self.out_shape(i, tuple(o.shape)))
                 for i, (n, o) in enumerate(zip(self.output_names, out))]
 
@@ -148,12 +144,10 @@ class StaticServable(Servable):
         return shape
 
     def prepare(self, given, parameters=None) -> Item:
-        self.names(given)
-        tied: dict[int, int] = {}
+        self.check_inputs(given)
         flat = [given[s.name] for s in self.specs]
-        for meta, spec, t in zip(self.inputs, self.specs, flat):
-            self.check(meta, t, tied)
-            check_values(spec, t, True)
+        for spec, t in zip(self.specs, flat):
+            check_values(spec, t, True)  # ids in range, no NaN/Inf: refused here, not in the batch
         return self.item(flat)
 
     def item(self, flat: list[torch.Tensor]) -> Item:
@@ -196,13 +190,8 @@ class BucketedServable(StaticServable):
                 shape[d] = -1
         return tuple(shape)
 
-    def _probe_outputs(self):
-        sizes = self.module.sizes
-        flat = [torch.zeros(s.shape, dtype=s.dtype) for s in self.specs]
-        with torch.no_grad():
-            out = self.module.buckets[str(sizes[-1])].run_flat(flat)
-        return [TensorMeta(n, datatype(o.dtype), self.out_shape(i, tuple(o.shape)))
-                for i, (n, o) in enumerate(zip(self.output_names, out))]
+    def largest(self) -> CompiledModule:
+        return self.module.buckets[str(self.module.sizes[-1])]
 
     def item(self, flat):
         size = self.module._size(flat)  # refuses lengths over the largest bucket, in one line
@@ -244,25 +233,16 @@ class DynamicServable(Servable):
     def __init__(self, name, module):
         super().__init__(name, module)
         self.capacity = module.rows
+        self.inputs = [TensorMeta(s.name, datatype(s.dtype), (-1, -1)) for s in module.inputs]
         given = {s.name: torch.zeros((1, module.low), dtype=s.dtype) for s in module.inputs}
         with torch.no_grad():
             out = module(**given)
-        self._outputs = [TensorMeta(k, datatype(v.dtype), (-1, -1, *v.shape[2:])) for k, v in out.items()]
-
-    @property
-    def inputs(self):
-        return [TensorMeta(s.name, datatype(s.dtype), (-1, -1)) for s in self.module.inputs]
-
-    @property
-    def outputs(self):
-        return self._outputs
+        self.outputs = [TensorMeta(k, datatype(v.dtype), (-1, -1, *v.shape[2:])) for k, v in out.items()]
 
     def prepare(self, given, parameters=None):
-        self.names(given)
-        tied: dict[int, int] = {}
-        for meta, spec in zip(self.inputs, self.module.inputs):
-            self.check(meta, given[meta.name], tied)
-            check_values(spec, given[meta.name], True)
+        tied = self.check_inputs(given)
+        for spec in self.module.inputs:
+            check_values(spec, given[spec.name], True)
         length = tied[1]
         if length > self.module.high:
             raise RequestError(f"input {self.module.inputs[0].name!r} has length {length}, more than the compiled "
@@ -292,27 +272,15 @@ class PackedServable(Servable):
         super().__init__(name, module)
         self.capacity = module.spec.lookahead
         names = ["input_ids", "attention_mask"] + (["token_type_ids"] if module.spec.token_types else [])
-        self._inputs = [TensorMeta(n, "INT64", (-1, -1)) for n in names]
+        self.inputs = [TensorMeta(n, "INT64", (-1, -1)) for n in names]
         per = module.run([torch.ones(2, dtype=torch.long)])
-        self._outputs = [TensorMeta(k, datatype(v.dtype), (-1, -1, *v.shape[2:]) if k != "pooled" else (-1, *v.shape[1:]))
-                         for k, v in per[0].items()]
-
-    @property
-    def inputs(self):
-        return self._inputs
-
-    @property
-    def outputs(self):
-        return self._outputs
+        self.outputs = [TensorMeta(k, datatype(v.dtype), (-1, -1, *v.shape[2:]) if k != "pooled" else (-1, *v.shape[1:]))
+                        for k, v in per[0].items()]
 
     def prepare(self, given, parameters=None):
         from ..shapes.packed import _sequence
 
-        self.names(given, optional=("attention_mask", "token_type_ids"))
-        tied: dict[int, int] = {}
-        for meta in self.inputs:
-            if meta.name in given:
-                self.check(meta, given[meta.name], tied)
+        self.check_inputs(given, optional=("attention_mask", "token_type_ids"))
         ids = given["input_ids"]
         seqs = []
         for b in range(ids.shape[0]):
@@ -335,8 +303,9 @@ class PackedServable(Servable):
         for it in items:
             answers.append(repad(per[start:start + it.rows], it.parameters["shape"]))
             start += it.rows
-        return answers, BatchStats("packed", sum(n for _, n, _ in positions), sum(n for _, n, _ in positions),
-                                   sum(r for _, _, r in positions), sum(s * n for s, n, _ in positions))
+        rows = sum(n for _, n, _ in positions)
+        return answers, BatchStats("packed", rows, rows, sum(r for _, _, r in positions),
+                                   sum(s * n for s, n, _ in positions))
 
 
 class Seq2SeqServable(Servable):
@@ -344,23 +313,13 @@ class Seq2SeqServable(Servable):
     request's parameters (max_new_tokens, num_beams, ...)."""
 
     kind = "seq2seq"
-
-    @property
-    def inputs(self):
-        return [TensorMeta("input_ids", "INT64", (-1, -1)), TensorMeta("attention_mask", "INT64", (-1, -1))]
-
-    @property
-    def outputs(self):
-        return [TensorMeta("output_ids", "INT64", (-1, -1))]
+    inputs = [TensorMeta("input_ids", "INT64", (-1, -1)), TensorMeta("attention_mask", "INT64", (-1, -1))]
+    outputs = [TensorMeta("output_ids", "INT64", (-1, -1))]
 
     def prepare(self, given, parameters=None):
         from ..seq2seq.generate import _SUPPORTED
 
-        self.names(given, optional=("attention_mask",))
-        tied: dict[int, int] = {}
-        for meta in self.inputs:
-            if meta.name in given:
-                self.check(meta, given[meta.name], tied)
+        tied = self.check_inputs(given, optional=("attention_mask",))
         kwargs = {k: v for k, v in (parameters or {}).items() if k in _SUPPORTED}
         self.module._config(dict(kwargs))  # refuse bad generation arguments before queueing
         if tied[1] > self.module.source_len:

@@ -221,18 +221,21 @@ def export_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
     return torch.export.export(gm, tuple(example_inputs), strict=False)
 
 
+def _env_count(name: str) -> int | None:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def thread_limit() -> int | None:
     """ARCHFIT_THREADS: threads each engine may use, read when an engine is loaded (set by
     `archfit serve --threads` so replicas on one machine share its cores instead of fighting)."""
-    value = os.environ.get("ARCHFIT_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    return _env_count("ARCHFIT_THREADS")
 
 
 def stream_count() -> int:
     """ARCHFIT_STREAMS: engine calls a loaded engine runs at the same time, each on its share of
     the threads (set by `archfit serve --streams`; 1 otherwise: one call uses every thread)."""
-    value = os.environ.get("ARCHFIT_STREAMS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else 1
+    return _env_count("ARCHFIT_STREAMS") or 1
 
 
 def to_numpy(t: torch.Tensor):
