@@ -256,6 +256,10 @@ def test_served_packed_file_packs_across_requests():
                 tensors.append(http.InferInput(name, list(t.shape), "INT64"))
                 tensors[-1].set_data_from_numpy(t.numpy())
             requests.append((ids, mask, c.async_infer("enc", tensors)))
+        bad = http.InferInput("input_ids", [1, 4], "INT64")  # in the same window as the others
+        bad.set_data_from_numpy(np.array([[5, 6, 10**6, 7]]))
+        with pytest.raises(Exception, match="holds id 1000000, outside the embedding table"):
+            c.infer("enc", [bad])
         for ids, mask, fut in requests:
             res = fut.get_result()
             want = packed(input_ids=ids, attention_mask=mask)

@@ -281,6 +281,9 @@ class PackedServable(Servable):
         from ..shapes.packed import _sequence
 
         self.check_inputs(given, optional=("attention_mask", "token_type_ids"))
+        for spec in self.module.inner.inputs:  # ids outside the tables refused here, not in the shared rows
+            if spec.name in given:
+                check_values(spec, given[spec.name], False)
         ids = given["input_ids"]
         seqs = []
         for b in range(ids.shape[0]):
