@@ -24,9 +24,21 @@ _SUBPACKAGES = {"artifact", "cli", "core", "regions", "report", "seq2seq", "shap
                 "errors", "ops"}
 
 
+def _hide_triton_beside_tensorflow() -> None:
+    """torch imports triton for GPU kernels (its FLOP counter does, on import); triton's LLVM
+    segfaults the process when TensorFlow's was loaded first, as a Keras user's script does.
+    archfit compiles for CPUs and never needs triton, so it is hidden then (find_spec sees None,
+    which torch takes as not installed)."""
+    import sys
+
+    if "tensorflow" in sys.modules and "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]
+
+
 def __getattr__(name: str):
     import importlib
 
+    _hide_triton_beside_tensorflow()
     if name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value

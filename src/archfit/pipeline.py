@@ -19,6 +19,7 @@ from .core.partition import PartitionPlan, drop_partitions, is_acyclic, plan_par
 from .core.support import Reason, check_support
 from .core.validate import validate as run_validation
 from .errors import ArchfitError, CaptureError
+from .frontends import adopt, import_model
 from .regions import (AttachedModule, RegionPlan, plan_regions, plan_to_dict, regions_page, render_regions,
                       validate_attached)
 from .report import FitReport, build_report, estimate_latency, measure_host_ms
@@ -138,8 +139,12 @@ def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str |
             precision: str | None = None, force_cpu: Iterable[str] = (),
             min_partition_size: int | None = None, name: str | None = None) -> Analysis:
     """Fit report per target without compiling anything. A model that cannot be captured whole
-    is analysed per compiled region, with its host regions listed (see archfit.regions)."""
-    name = name or type(model).__name__
+    is analysed per compiled region, with its host regions listed (see archfit.regions).
+    model: a torch.nn.Module, an ONNX model (path or ModelProto) or a TensorFlow/Keras model
+    (keras.Model, tf.function with an input signature, SavedModel directory); see frontends."""
+    imported = import_model(model, example_inputs)
+    model, example_inputs = imported.module, imported.inputs
+    name = name or imported.name
     captured, why = capture_fixed(model, example_inputs)
 
     def reports(graph: Captured, label: str) -> list[FitReport]:
@@ -199,7 +204,18 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     A model that cannot be captured whole at fixed shapes (a branch on a tensor's value, an op
     whose output size depends on data, such as NMS) comes back as an AttachedModule: its
     submodules that can be captured are compiled, the rest of its Python runs on the host.
+
+    ONNX and TensorFlow/Keras models (see analyze) are imported into the same graph, validated
+    against their own framework's outputs too, and the module returned takes and gives arrays.
     """
+    imported = import_model(model, example_inputs)
+    if imported.foreign:
+        module = trace(imported.module, imported.inputs, target, precision=precision, force_cpu=force_cpu,
+                       require_full=require_full, min_partition_size=min_partition_size, check_payoff=check_payoff,
+                       validate=validate, validation_inputs=validation_inputs, cache=cache, progress=progress,
+                       name=name or imported.name, buckets=buckets, dynamic_batch=dynamic_batch,
+                       check_padding=check_padding, packing=packing)
+        return adopt(module, imported, validate)
     if target == "auto" or precision == "auto":  # every candidate compiled, measured, the fastest kept
         from .choose import trace_auto
 

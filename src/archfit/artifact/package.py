@@ -160,6 +160,8 @@ def save(module: ArchfitModule, path: str | os.PathLike) -> Path:
         "engines": [e for c in components.values() for m in c["modules"] for e in m["engines"]],
         "custom_ops": sorted({op for c in components.values() for m in c["modules"] for op in m["custom_ops"]}),
     }
+    if module.frontend is not None:  # an imported model: its input names and output type, plain data
+        manifest["frontend"] = module.frontend
     return container.write(path, manifest, files)
 
 
@@ -352,4 +354,20 @@ def _load(path: Path, manifest: dict, blobs: dict[str, bytes], model) -> Archfit
     shared: dict = {}  # file digest -> what was loaded from it, so common parts exist once in memory
     components = {name: _load_component(path, manifest, c, blobs, target, shared)
                   for name, c in manifest["components"].items()}
-    return cls.from_file(components, manifest["meta"], manifest, model, str(path))
+    module = cls.from_file(components, manifest["meta"], manifest, model, str(path))
+    module.frontend = _frontend(path, manifest.get("frontend"))
+    return module
+
+
+def _frontend(path: Path, value) -> dict | None:
+    """The imported model's input names and framework, checked as plain data."""
+    from ..frontends import FRAMEWORKS
+
+    if value is None:
+        return None
+    ok = (isinstance(value, dict) and value.get("framework") in FRAMEWORKS and isinstance(value.get("inputs"), list)
+          and all(isinstance(n, str) for n in value["inputs"]))
+    if not ok:
+        raise ArtifactError(f"{path}: manifest field 'frontend' is malformed; the file was not written by "
+                            f"archfit.save, or is damaged")
+    return {"framework": value["framework"], "inputs": list(value["inputs"])}

@@ -1,6 +1,9 @@
 """The stages every model goes through, each a function over frozen data: capture -> support ->
 partition -> compile -> validate, and the static-shape module that runs the result."""
-from .capture import Captured, CaptureFailure, TensorSpec, capture, capture_fixed
+from .. import _hide_triton_beside_tensorflow
+
+_hide_triton_beside_tensorflow()  # before torch's FLOP counter (core.cost) imports triton
+from .capture import Captured  # noqa: E402 - after the triton guard, CaptureFailure, TensorSpec, capture, capture_fixed
 from .compile import CompiledGraph, EngineModule, compile_plan
 from .module import ArchfitModule, CompiledModule
 from .partition import Partition, PartitionPlan, plan_partitions

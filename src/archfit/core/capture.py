@@ -16,7 +16,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import CaptureError, first_line
 from ..ops import op_name
-from .source import from_stack_trace, from_traceback
+from .source import from_traceback, node_source
 
 # Pure checks torch.export leaves behind; they carry no compute and no data.
 _ASSERT_OPS = {
@@ -119,9 +119,12 @@ def _quiet_torch_logs():
 def _export(model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.export.ExportedProgram:
     name = type(model).__name__
     try:
-        with _quiet_torch_logs():
+        # preserve_node_meta keeps what frontends annotate each node with (its source framework's name)
+        with _quiet_torch_logs(), torch.fx.traceback.preserve_node_meta():
             ep = torch.export.export(model, args, kwargs)
             return ep.run_decompositions({})  # functional ATen, high-level ops kept
+    except CaptureError:  # a frontend's own reason (the ONNX node that must run on the host)
+        raise
     except GuardOnDataDependentSymNode as e:
         where = from_traceback(e.__traceback__)
         raise CaptureError(
@@ -240,11 +243,6 @@ def attr_of(module: torch.nn.Module, dotted: str):
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def node_source(node: fx.Node) -> str | None:
-    """The user's 'file:line (code)' a node came from, when recorded."""
-    return from_stack_trace(node.meta.get("stack_trace"))
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,17 @@ class ArchfitModule(torch.nn.Module):
         self.report = report  # FitReport; None for modules loaded from a file
         self.manifest = manifest  # the file's manifest, for modules loaded from one
         self._check_finite = False
+        # models imported from ONNX/TensorFlow (frontends.Imported.io): inputs by name as numpy
+        # or tf.Tensors, outputs given back in the caller's framework
+        self.frontend: dict | None = None
+
+    def __call__(self, *args, **kwargs):
+        if self.frontend is None:
+            return super().__call__(*args, **kwargs)
+        from ..frontends import feed_of, give_back  # only imported models need it
+
+        feed = feed_of(tuple(self.frontend["inputs"]), args, kwargs)
+        return give_back(self.frontend["framework"], super().__call__(**feed))
 
     @property
     def check_finite(self) -> bool:

@@ -48,6 +48,25 @@ def from_stack_trace(stack_trace: str | None) -> str | None:
     return f"{_short(path)}:{line} ({code.strip()})" if code.strip() else f"{_short(path)}:{line}"
 
 
+# node.meta["custom"] keys a frontend sets (frontends/onnx.py): how the user's framework names the
+# node ("TF Conv2D 'model/conv1/Conv2D' (Keras layer conv1)") and its op type there ("Conv2D")
+SOURCE_KEY = "archfit_source"
+OP_KEY = "archfit_op"
+
+
+def node_source(node: torch.fx.Node) -> str | None:
+    """Where a node came from: the user's framework node for imported models, else the user's
+    'file:line (code)' recorded by torch.export."""
+    custom = node.meta.get("custom") or {}
+    return custom.get(SOURCE_KEY) or from_stack_trace(node.meta.get("stack_trace"))
+
+
+def node_origin(node: torch.fx.Node) -> tuple[str, str] | None:
+    """(source node, its op type) for nodes of imported models."""
+    custom = node.meta.get("custom") or {}
+    return (custom[SOURCE_KEY], custom.get(OP_KEY, "")) if SOURCE_KEY in custom else None
+
+
 def from_traceback(tb: TracebackType | None) -> str | None:
     """Deepest user frame of an exception's traceback, as 'file:line (code)'."""
     frames = [f for f in traceback.extract_tb(tb) if _is_user(f.filename)]

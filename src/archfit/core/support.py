@@ -14,7 +14,7 @@ from ..ops import op_name
 from ..targets.base import Target
 from .capture import Captured, data_dependent_nodes
 from .cost import is_compute, node_bytes, node_flops
-from .source import from_stack_trace
+from .source import node_origin, node_source
 
 
 class Reason(str, Enum):
@@ -40,7 +40,8 @@ class NodeInfo:
     flops: int
     out_bytes: int
     compute: bool  # does arithmetic (views and getitem do not)
-    source: str | None  # user's 'file:line (code)'
+    source: str | None  # user's 'file:line (code)', or the source framework's node for imported models
+    origin: tuple[str, str] | None = None  # imported models: (source node, its op type there)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def check_support(captured: Captured, target: Target, force_cpu: Iterable[str] =
             flops=node_flops(node),
             out_bytes=node_bytes(node),
             compute=is_compute(node),
-            source=from_stack_trace(node.meta.get("stack_trace")),
+            source=node_source(node),
+            origin=node_origin(node),
         )
     return SupportTable(target.name, tuple(infos.values()))

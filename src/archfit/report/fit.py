@@ -30,6 +30,18 @@ class FallbackGroup:
 
 
 @dataclass(frozen=True)
+class SourceOp:
+    """An op of the user's framework (imported models): how many of its nodes, how many run
+    wholly on the target, and their FLOPs."""
+
+    op: str  # 'TF Conv2D', 'ONNX MatMul'
+    count: int
+    on_target: int
+    flops: int
+    flops_on_target: int
+
+
+@dataclass(frozen=True)
 class FitReport:
     model: str
     target: str
@@ -49,6 +61,8 @@ class FitReport:
     estimate: LatencyEstimate | None = None  # roofline, for accelerator profiles; not a measurement
     # target/precision="auto": every candidate measured (choose.Alternative), the chosen one marked
     alternatives: tuple = ()
+    # imported models (ONNX, TensorFlow): coverage by the ops the user's framework names
+    source_ops: tuple[SourceOp, ...] = ()
     # every node and where it runs, for the HTML page; left out of to_dict (it is the graph, not the fit)
     graph: GraphView | None = field(default=None, compare=False, repr=False)
 
@@ -122,6 +136,30 @@ def _fallback_groups(plan: PartitionPlan) -> tuple[FallbackGroup, ...]:
     return tuple(sorted(out, key=lambda g: (-g.flops, -g.count, g.op)))
 
 
+def _source_ops(plan: PartitionPlan) -> tuple[SourceOp, ...]:
+    """Group ATen nodes by the source-framework node they came from; a source node is on the
+    target when every computing ATen node of it is."""
+    nodes: dict[str, list] = {}
+    kinds: dict[str, str] = {}
+    for n in plan.table.nodes:
+        if n.origin is not None:
+            nodes.setdefault(n.origin[0], []).append(n)
+            framework = n.origin[0].split(" ", 1)[0]
+            kinds[n.origin[0]] = f"{framework} {n.origin[1]}"
+    ops: dict[str, list[int]] = {}
+    for label, ns in nodes.items():
+        compute = [n for n in ns if n.compute] or ns
+        on = all(n.supported for n in compute)
+        flops = sum(n.flops for n in ns)
+        row = ops.setdefault(kinds[label], [0, 0, 0, 0])
+        row[0] += 1
+        row[1] += on
+        row[2] += flops
+        row[3] += flops if on else 0
+    out = [SourceOp(op, *row) for op, row in ops.items()]
+    return tuple(sorted(out, key=lambda s: (-s.flops, -s.count, s.op)))
+
+
 def build_report(model_name: str, plan: PartitionPlan, precision: str, emulated: bool = False,
                  timings=None, validation=None, compile_seconds=None, estimate=None, graph_module=None) -> FitReport:
     # Views and getitems are free and would inflate coverage; count ops that compute.
@@ -136,6 +174,6 @@ def build_report(model_name: str, plan: PartitionPlan, precision: str, emulated:
         total_ops=len(nodes), supported_ops=len(supported), total_flops=total_flops,
         supported_flops=supported_flops, partitions=plan.partitions, fallback=_fallback_groups(plan),
         verdict=verdict, verdict_reason=why, timings=dict(timings or {}), validation=validation,
-        compile_seconds=compile_seconds, estimate=estimate,
+        compile_seconds=compile_seconds, estimate=estimate, source_ops=_source_ops(plan),
         graph=graph_view(graph_module, plan) if graph_module is not None else None,
     )

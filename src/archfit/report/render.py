@@ -66,6 +66,16 @@ def render_report(r: "FitReport", width: int = 120) -> str:
             t.add_row(a.target, a.precision, f"{a.ms:.3f}" if a.ms is not None else "-",
                       "chosen" if a.chosen else (a.why or ""))
         con.print(t)
+    if r.source_ops:
+        framework = r.source_ops[0].op.split(" ", 1)[0]
+        t = Table(title=f"by {framework} op (the model's own ops; a node counts as on target when all of it is)",
+                  title_justify="left")
+        for col in ("op", "nodes", "on target", "FLOPs", "share of FLOPs"):
+            t.add_column(col)
+        for s in r.source_ops:
+            share = s.flops / r.total_flops if r.total_flops else 0.0
+            t.add_row(s.op, str(s.count), f"{s.on_target}/{s.count}", human_flops(s.flops), f"{share:.1%}")
+        con.print(t)
     if r.fallback:
         t = Table(title="runs on the CPU (PyTorch)", title_justify="left")
         for col in ("op", "count", "FLOPs", "reason", "where"):

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import dlrm, toy, transformers_models as hf, vision, yolo
+from . import dlrm, keras_models as tfk, toy, transformers_models as hf, vision, yolo
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class ZooModel:
     name: str
     family: str
     description: str
-    build: Callable[[bool], tuple[torch.nn.Module, Any]]  # build(tiny) -> (model, example_inputs)
+    build: Callable[[bool], tuple[Any, Any]]  # build(tiny) -> (model, example_inputs)
 
 
 # name, family, description, build(tiny) -> (model, example_inputs)
@@ -45,6 +45,16 @@ _ENTRIES = (
     ("yolov4", "detection", "YOLOv4 (CSPDarknet53, SPP, PANet) with NMS on the host, 608x608", yolo.yolov4),
     ("yolov5s", "detection", "YOLOv5s (v6.0) with NMS on the host, 640x640", yolo.yolov5s),
     ("dlrm", "recommender", "DLRM, Criteo Kaggle config (26 tables x 16, 2.2 GB), batch 128", dlrm.dlrm),
+    ("keras-resnet50", "tensorflow", "Keras ResNet50 (keras.applications, weights=None), 224x224", tfk.keras_resnet50),
+    ("keras-vgg16", "tensorflow", "Keras VGG16 (keras.applications, weights=None), 224x224", tfk.keras_vgg16),
+    ("keras-bert-base", "tensorflow", "BERT-base encoder in Keras layers, seq 128 (length and batch open)",
+     tfk.keras_bert),
+    ("tf-detector", "tensorflow", "SSD/YOLO-style TF head with combined NMS (NMS on the host), 320x320",
+     tfk.tf_detector),
+    ("resnet50-onnx", "onnx", "ResNet-50 from the PyTorch zoo, exported to an ONNX file",
+     lambda tiny: tfk.onnx_from_torch(vision.resnet50, "resnet50", tiny)),
+    ("bert-base-onnx", "onnx", "BERT-base from the PyTorch zoo, exported to an ONNX file",
+     lambda tiny: tfk.onnx_from_torch(hf.bert_base, "bert-base", tiny)),
     ("mlp-custom-op", "toy", "MLP with a custom op no target lowers, in the middle", toy.mlp_custom_op),
 )
 _ZOO: dict[str, ZooModel] = {e[0]: ZooModel(*e) for e in _ENTRIES}
@@ -69,10 +79,12 @@ def squad_lengths() -> tuple[list[int], int]:
     return data["counts"], data["lengths_start_at"]
 
 
-def build(name: str, tiny: bool = False, seed: int = 0) -> tuple[torch.nn.Module, Any]:
+def build(name: str, tiny: bool = False, seed: int = 0) -> tuple[Any, Any]:
+    """(model, example inputs): a torch.nn.Module in eval mode, or for the tensorflow and onnx
+    families a Keras model / tf.Module, or the path of an ONNX file, with numpy inputs."""
     torch.manual_seed(seed)
     model, inputs = get(name).build(tiny)
-    return model.eval(), inputs
+    return (model.eval() if isinstance(model, torch.nn.Module) else model), inputs
 
 
 __all__ = ["ZooModel", "build", "get", "names", "squad_lengths"]

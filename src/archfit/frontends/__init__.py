@@ -1,0 +1,179 @@
+"""Frontends: models from other frameworks become the one internal graph (a torch module that
+torch.export captures into ATen), so partitioning, buckets, validation and packaging are
+written once. Each frontend also keeps the source framework's own run as the reference that
+validation compares with, and names every node as the user knows it.
+
+Design notes (measured here, Keras 3.15 / TensorFlow 2.21 / onnx2torch 1.5.15 / tf2onnx 1.17):
+- ONNX -> torch: archfit's own importer (frontends/onnx.py). onnx2torch's modules convert, but
+  torch.export fails on its shape handling (Squeeze/Reshape take axes and shapes as tensors:
+  GuardOnDataDependentSymNode on a Keras ResNet's Squeeze); folding shape subgraphs in numpy at
+  the example shapes removes the problem at its root and lets us name each node.
+- TensorFlow/Keras -> ONNX: tf2onnx via tf.function, the path Keras's model.export takes.
+  OpenVINO reads TF directly, but only for OpenVINO: it would not give ONNX Runtime, the
+  partitioner or the packager the graph.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+FRAMEWORKS = ("pytorch", "onnx", "tensorflow")
+
+
+@dataclass(frozen=True)
+class Imported:
+    """A model made ready for the pipeline."""
+
+    module: torch.nn.Module  # what torch.export captures
+    inputs: Any  # example inputs, as torch tensors, structured for module
+    name: str
+    framework: str  # one of FRAMEWORKS
+    input_names: tuple[str, ...] = ()
+    # the source framework's own outputs (flat, numpy) for a feed {input name: array}
+    reference: Callable[[dict[str, np.ndarray]], list[np.ndarray]] | None = None
+
+    @property
+    def foreign(self) -> bool:
+        return self.framework != "pytorch"
+
+    def io(self) -> dict:
+        """What a compiled file keeps of the frontend: how to take inputs and give outputs back."""
+        return {"framework": self.framework, "inputs": list(self.input_names)}
+
+
+def _is_onnx(model: Any) -> bool:
+    if isinstance(model, (str, os.PathLike)):
+        return str(model).endswith(".onnx")
+    return type(model).__name__ == "ModelProto" and type(model).__module__.startswith("onnx")
+
+
+def import_model(model: Any, example_inputs: Any) -> Imported:
+    """PyTorch modules pass through; ONNX files/protos and TensorFlow/Keras models are imported."""
+    if isinstance(model, torch.nn.Module):
+        return Imported(model, example_inputs, type(model).__name__, "pytorch")
+    from ..errors import ModelError
+    from .tensorflow import is_tensorflow
+
+    if _is_onnx(model):
+        from .onnx import OnnxModule, onnx_inputs, read_onnx
+
+        proto = read_onnx(model)
+        module = OnnxModule(proto)
+        inputs = onnx_inputs(module, example_inputs, str(model) if isinstance(model, (str, os.PathLike)) else
+                             "the ONNX model")
+        name = Path(model).stem if isinstance(model, (str, os.PathLike)) else (proto.graph.name or "onnx")
+        return Imported(module, inputs, name, "onnx", tuple(module.input_names), _ort_reference(proto))
+    if is_tensorflow(model):
+        return _import_tensorflow(model, example_inputs)
+    raise ModelError(f"archfit takes a torch.nn.Module, an ONNX model (.onnx path or ModelProto), a keras.Model, "
+                     f"a tf.function with an input signature or a SavedModel directory; got "
+                     f"{type(model).__name__}")
+
+
+def _import_tensorflow(model: Any, example_inputs: Any) -> Imported:
+    from .onnx import OnnxModule, as_torch
+    from .tensorflow import TensorFlowSource
+
+    source = TensorFlowSource(model, example_inputs)
+    proto = source.to_onnx()
+    # tf2onnx names inputs after the specs, sometimes with ':0': rename to the model's names
+    graph_inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    for given, name in zip(graph_inputs, source.input_names):
+        if given.name != name:
+            for node in proto.graph.node:
+                node.input[:] = [name if i == given.name else i for i in node.input]
+            given.name = name
+    module = OnnxModule(proto, framework="TF", labels=source.labels(proto))
+    inputs = {n: as_torch(v) for n, v in source.feed.items()}
+    return Imported(module, inputs, source.name, "tensorflow", tuple(source.input_names), source.reference)
+
+
+def _ort_reference(proto) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    """ONNX Runtime on the user's own graph: the ONNX model's reference run."""
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, feed)
+    return run
+
+
+def feed_of(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+    """A call's inputs (a dict, arrays in input order, or keywords) as torch tensors by name."""
+    from ..errors import InputError
+    from .onnx import as_torch
+
+    if len(args) == 1 and isinstance(args[0], dict) and not kwargs:
+        given = dict(args[0])
+    else:
+        if len(args) > len(names):
+            raise InputError(f"called with {len(args)} inputs; the model takes {len(names)} "
+                             f"({', '.join(map(repr, names))})")
+        given = dict(zip(names, args)) | kwargs
+    unknown = [k for k in given if k not in names]
+    missing = [n for n in names if n not in given]
+    if unknown or missing:
+        raise InputError(f"the model takes inputs {', '.join(map(repr, names))}; "
+                         f"{'unknown ' + repr(unknown[0]) if unknown else 'missing ' + repr(missing[0])}: "
+                         f"pass arrays in that order or a dict by those names")
+    return {n: as_torch(given[n]) for n in names}
+
+
+def give_back(framework: str, out):
+    """Outputs in the caller's framework: numpy, or tf.Tensors when TensorFlow is already loaded."""
+    def one(t):
+        array = t.detach().numpy() if isinstance(t, torch.Tensor) else t
+        if framework == "tensorflow" and "tensorflow" in sys.modules:
+            return sys.modules["tensorflow"].convert_to_tensor(array)
+        return array
+    if isinstance(out, dict):
+        return {k: one(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(one(v) for v in out)
+    return one(out)
+
+
+def adopt(module, imported: Imported, validate: bool):
+    """The compiled module of an imported model: checked against the source framework's own
+    outputs on the example inputs (never only against archfit's own import of it), then set to
+    take and give back the caller's arrays."""
+    if validate and imported.reference is not None:
+        _check_against_source(module, imported)
+    module.frontend = imported.io()
+    return module
+
+
+_LABELS = {"onnx": "ONNX Runtime on the ONNX file", "tensorflow": "TensorFlow itself"}
+
+
+def _check_against_source(module, imported: Imported) -> None:
+    import dataclasses
+
+    from ..core.validate import InputCheck, compare_outputs, flat_outputs
+    from ..errors import ValidationError
+
+    feed = {n: t.numpy() for n, t in imported.inputs.items()}
+    want = [torch.from_numpy(np.ascontiguousarray(w)) for w in imported.reference(feed)]
+    with torch.no_grad():
+        got = flat_outputs(module(**imported.inputs))
+    names = list(getattr(imported.module, "output_names", [])) or [f"output {i}" for i in range(len(want))]
+    label = _LABELS.get(imported.framework, imported.framework)
+    # after NMS, boxes whose scores tie within rounding may come out in another order: compare as sets
+    unordered = getattr(imported.module, "host_reason", None) is not None
+    check = InputCheck(f"example inputs vs {label}", compare_outputs(names, got, want, module.precision,
+                                                                     unordered=unordered))
+    if not check.ok:
+        bad = next(o for o in check.outputs if not o.ok)
+        raise ValidationError(f"output {bad.output!r} of {imported.name} differs from {label}: max abs error "
+                              f"{bad.max_abs:.3e} > tolerance {bad.tolerance:.3e} ({module.precision}); archfit's "
+                              f"import of an op differs from the source framework: report it with the model")
+    report = module.report
+    if report is not None and getattr(report, "validation", None) is not None:
+        validation = dataclasses.replace(report.validation, checks=report.validation.checks + (check,))
+        module.report = dataclasses.replace(report, validation=validation)

@@ -1,0 +1,189 @@
+"""TensorFlow 2 / Keras 3 in: a keras.Model, a tf.function (or tf.Module whose __call__ is one)
+with an input signature, or a SavedModel directory, converted to ONNX by tf2onnx (the path
+Keras's own `model.export(format="onnx")` takes) and from there into the one ATen graph
+(frontends/onnx.py). The TensorFlow model stays the reference validation compares with, and
+each node keeps the TensorFlow op type and Keras layer it came from, for reports.
+
+Measured before choosing (DESIGN notes in frontends/__init__.py): tf2onnx 1.17 converts Keras 3
+functional models under TensorFlow 2.21 (ResNet50, VGG16, a BERT encoder) with Keras's numpy-2
+patch applied; OpenVINO's own TF reader would bypass the one graph (no partitioning, buckets
+or packaging shared with the other frontends)."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ModelError, first_line
+
+_OPSET = 17
+
+
+def is_tensorflow(model: Any) -> bool:
+    if isinstance(model, (str, os.PathLike)):
+        return Path(model).is_dir() and (Path(model) / "saved_model.pb").is_file()
+    tf = sys.modules.get("tensorflow")  # a TensorFlow object exists only once TensorFlow is imported
+    if tf is not None and (isinstance(model, tf.Module) or hasattr(model, "get_concrete_function")):
+        return True
+    module = type(model).__module__ or ""
+    return module.split(".")[0] in ("keras", "tensorflow", "tf_keras")
+
+
+def _tf():
+    try:
+        # triton (pulled in by torch.export) segfaults when its LLVM loads after TensorFlow's;
+        # loaded first, both coexist (measured: keras + torch.export + XLA in one process)
+        import importlib.util
+
+        if importlib.util.find_spec("triton") is not None:
+            import triton  # noqa: F401
+        import tensorflow as tf
+    except ImportError as e:
+        raise ModelError("this is a TensorFlow model but TensorFlow is not installed here: pip install "
+                         "'archfit[tensorflow]' (compiled files run without it)") from e
+    return tf
+
+
+def _convert(tf, fn, signature) -> "Any":
+    import tf2onnx
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx  # tf2onnx predates numpy 2; Keras ships the fix
+
+    patch_tf2onnx()
+    try:
+        proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=_OPSET)
+    except Exception as e:  # noqa: BLE001 - tf2onnx raises anything; say which op when it does
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        said = lines[-1][:200] if lines and lines[0].startswith("in user code") else first_line(e, 200)
+        raise ModelError(f"tf2onnx could not convert the TensorFlow model: {said}; archfit reads "
+                         f"TensorFlow through ONNX: export it with model.export(path, format='onnx') and pass the "
+                         f".onnx file, or report the op") from e
+    return proto
+
+
+class TensorFlowSource:
+    """The user's TensorFlow model: converted once per input signature, run as the reference."""
+
+    framework = "TF"
+
+    def __init__(self, model: Any, inputs: Any):
+        tf = _tf()
+        self.tf = tf
+        self.name, self.layers = type(model).__name__, []
+        if isinstance(model, (str, os.PathLike)):
+            self.name = Path(model).name
+            loaded = tf.saved_model.load(str(model))
+            signature = loaded.signatures.get("serving_default") if hasattr(loaded, "signatures") else None
+            if signature is None:
+                raise ModelError(f"SavedModel {model} has no 'serving_default' signature; save it with "
+                                 f"tf.saved_model.save(obj, path, signatures=obj.__call__.get_concrete_function(...))")
+            self._loaded = loaded  # the signature holds weak references into it
+            names = list(signature.structured_input_signature[1])
+            self.call = lambda feed: signature(**{n: tf.convert_to_tensor(feed[n]) for n in names})
+            self.input_names = names
+            self.fixed_specs = [signature.structured_input_signature[1][n] for n in names]
+        elif hasattr(model, "layers") and hasattr(model, "inputs"):  # keras.Model
+            self.layers = [layer.name for layer in model._flatten_layers(include_self=False)]
+            self.input_names = [getattr(t, "name", f"input_{i}").split(":")[0] for i, t in
+                                enumerate(model.inputs)] if model.inputs else None
+            self.call = lambda feed: model([tf.convert_to_tensor(feed[n]) for n in feed] if len(feed) > 1
+                                           else tf.convert_to_tensor(next(iter(feed.values()))), training=False)
+            # the Keras inputs' own shapes: dims left open (batch, sequence) stay open in ONNX
+            self.fixed_specs = [tf.TensorSpec(t.shape, t.dtype, name=n) for t, n in zip(model.inputs, self.input_names)]
+        else:  # a tf.function or a tf.Module whose __call__ is one
+            fn = model if hasattr(model, "get_concrete_function") else getattr(model, "__call__", None)
+            specs = getattr(fn, "input_signature", None)
+            if not specs:
+                raise ModelError(f"{self.name}: a tf.function needs an input_signature (or pass a keras.Model or a "
+                                 f"SavedModel directory): decorate it with @tf.function(input_signature=[...])")
+            self.input_names = [s.name or f"input_{i}" for i, s in enumerate(specs)]
+            self.call = lambda feed: fn(*[tf.convert_to_tensor(feed[n]) for n in self.input_names])
+            self.fixed_specs = list(specs)
+        self.feed = self._feed(inputs)
+
+    def _feed(self, inputs: Any) -> dict[str, np.ndarray]:
+        def arr(v):
+            return np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+
+        names = self.input_names
+        if isinstance(inputs, dict):
+            feed = {k: arr(v) for k, v in inputs.items()}
+            if names and set(feed) != set(names):
+                raise ModelError(f"{self.name} takes inputs {', '.join(map(repr, names))}; got "
+                                 f"{', '.join(map(repr, feed))}: name the inputs as the model does")
+            return {n: feed[n] for n in names} if names else feed
+        values = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        names = names or [f"input_{i}" for i in range(len(values))]
+        if len(values) != len(names):
+            raise ModelError(f"{self.name} takes {len(names)} input(s) ({', '.join(map(repr, names))}), got "
+                             f"{len(values)}; pass one array per input, or a dict by name")
+        self.input_names = names
+        return {n: arr(v) for n, v in zip(names, values)}
+
+    def reference(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """TensorFlow's own outputs, flat in the ONNX graph's output order."""
+        out = self.call(feed)
+        flat = [out[k] for k in sorted(out)] if isinstance(out, dict) else \
+            list(out) if isinstance(out, (list, tuple)) else [out]
+        return [np.asarray(t.numpy() if hasattr(t, "numpy") else t) for t in flat]
+
+    def to_onnx(self):
+        tf, specs = self.tf, self.fixed_specs
+        fn = tf.function(lambda *xs: self.call(dict(zip(self.input_names, xs))))
+        proto = _convert(tf, fn, specs)
+        self.op_types = {op.name: op.type for op in fn.get_concrete_function(*specs).graph.get_operations()}
+        return proto
+
+    def labels(self, proto) -> dict[str, tuple[str, str]]:
+        """ONNX node -> ('TF Conv2D 'model/conv1/Conv2D' (Keras layer conv1)', 'Conv2D')."""
+        out = {}
+        for node in proto.graph.node:
+            name = node.name
+            tf_name = _tf_op(name, self.op_types)
+            op = self.op_types.get(tf_name, node.op_type) if tf_name else node.op_type
+            layer = _layer(tf_name or name, self.layers)
+            label = f"TF {op} {tf_name or name!r}" + (f" (Keras layer {layer})" if layer else "")
+            out[name] = (label, op)
+        return out
+
+
+_SUFFIX = re.compile(r"(__\d+|_[A-Z][A-Za-z]*__\d+|:\d+)$")
+
+
+def _tf_op(onnx_name: str, op_types: dict[str, str]) -> str | None:
+    """The TensorFlow op an ONNX node came from: tf2onnx keeps TF names, adding suffixes to the
+    nodes it inserts (transposes for NHWC, squeezes)."""
+    name = onnx_name
+    for _ in range(3):
+        if name in op_types:
+            return name
+        stripped = _SUFFIX.sub("", name)
+        if stripped == name:
+            break
+        name = stripped
+    return None
+
+
+def _layer(tf_name: str, layers: list[str]) -> str | None:
+    """The Keras layer whose scope holds a TF op ('functional/conv1_1/convolution' -> conv1)."""
+    parts = tf_name.split("/")
+    for part in parts[1:-1] or parts[:1]:
+        for layer in layers:
+            if part == layer or re.fullmatch(re.escape(layer) + r"_\d+", part):
+                return layer
+    return None
+
+
+def tf_available() -> bool:
+    return "tensorflow" in sys.modules
+
+
+def to_tf(values: list[np.ndarray]) -> list:
+    tf = sys.modules["tensorflow"]
+    return [tf.convert_to_tensor(v) for v in values]
+
+
+Reference = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
