@@ -35,6 +35,9 @@ def _hide_triton_beside_tensorflow() -> None:
         sys.modules["triton"] = None  # type: ignore[assignment]
 
 
+_hide_triton_beside_tensorflow()
+
+
 def __getattr__(name: str):
     import importlib
 

@@ -17,7 +17,8 @@ cache_app = typer.Typer(help="The on-disk compile cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
 MODEL_HELP = ("A built-in model name (see `archfit models`), path/to/file.py:function returning "
-              "(model, example_inputs), or a torch.export program saved as .pt2.")
+              "(model, example_inputs), a torch.export program saved as .pt2, an ONNX file (.onnx) or a "
+              "TensorFlow SavedModel directory (open dims: batch 1, length 128 unless --vary/--buckets set them).")
 
 
 def fail(err: Exception) -> None:

@@ -165,6 +165,8 @@ def _compare(mod, compiled, inputs) -> tuple[dict | None, str]:
     from ..core.timing import median_seconds
     from ..errors import InputError
 
+    if not isinstance(mod, torch.nn.Module):
+        return None, "latency: not compared for ONNX/TensorFlow models here (benchmarks/frameworks.py does)"
     args, kwargs = normalize_inputs(inputs)
     try:
         with torch.no_grad():

@@ -13,7 +13,8 @@ from ..errors import ModelError, first_line
 
 
 def load_model(spec: str, tiny: bool = False) -> tuple[torch.nn.Module, Any, str]:
-    """Returns (model, example_inputs, display name)."""
+    """Returns (model, example_inputs, display name). The model is a torch.nn.Module, or an ONNX
+    path / SavedModel directory / Keras model that archfit.trace imports (see frontends)."""
     if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
         path, func = spec.rsplit(":", 1)
         if not os.path.isfile(path):
@@ -36,6 +37,12 @@ def load_model(spec: str, tiny: bool = False) -> tuple[torch.nn.Module, Any, str
         return result[0].eval(), result[1], func
     if spec.endswith(".pt2"):
         return _load_exported(spec)
+    from ..frontends import example_inputs_for, is_model_file
+
+    if is_model_file(spec):  # ONNX file or SavedModel directory; imported by archfit.trace/analyze
+        if not os.path.exists(spec):
+            raise ModelError(f"model file {spec!r} does not exist")
+        return spec, example_inputs_for(spec), os.path.basename(spec.rstrip("/"))
     model, inputs = zoo.build(spec, tiny=tiny)
     return model, inputs, spec + (" (tiny)" if tiny else "")
 

@@ -177,3 +177,52 @@ def _check_against_source(module, imported: Imported) -> None:
     if report is not None and getattr(report, "validation", None) is not None:
         validation = dataclasses.replace(report.validation, checks=report.validation.checks + (check,))
         module.report = dataclasses.replace(report, validation=validation)
+
+
+def example_inputs_for(path: str, batch: int = 1, length: int = 128) -> dict[str, torch.Tensor]:
+    """Example inputs for a model file (ONNX, or a SavedModel's serving signature), from its
+    declared inputs: open dims become `batch` (dim 0) or `length`; floats are standard normal,
+    integers 1 (a valid token id and an all-ones mask), booleans True. For the CLI, where no
+    example is given; --vary/--buckets then set the lengths compiled."""
+    specs: list[tuple[str, list, np.dtype]] = []
+    if _is_onnx(path):
+        from .onnx import read_onnx
+        from .onnx_ops import NP_DTYPES
+
+        graph = read_onnx(path).graph
+        known = {t.name for t in graph.initializer}
+        for i in graph.input:
+            if i.name in known:
+                continue
+            t = i.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            specs.append((i.name, dims, NP_DTYPES[t.elem_type]))
+    else:
+        from .tensorflow import _tf
+
+        tf = _tf()
+        signature = tf.saved_model.load(str(path)).signatures.get("serving_default")
+        if signature is None:
+            from ..errors import ModelError
+
+            raise ModelError(f"SavedModel {path} has no 'serving_default' signature; save it with "
+                             f"tf.saved_model.save(obj, path, signatures=...)")
+        for name, spec in signature.structured_input_signature[1].items():
+            specs.append((name, list(spec.shape.as_list()), np.dtype(spec.dtype.as_numpy_dtype)))
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, dims, dtype in specs:
+        shape = [d if d else (batch if k == 0 else length) for k, d in enumerate(dims)]
+        if dtype.kind == "f":
+            value = rng.standard_normal(shape).astype(dtype)
+        else:
+            value = np.ones(shape, dtype)
+        out[name] = torch.from_numpy(value)
+    return out
+
+
+def is_model_file(spec: str) -> bool:
+    """An ONNX file or a SavedModel directory (what the CLI takes besides the zoo and .py files)."""
+    from .tensorflow import is_tensorflow
+
+    return _is_onnx(spec) or (os.path.isdir(spec) and is_tensorflow(spec))

@@ -179,6 +179,8 @@ class OnnxModule(OnnxGraph):
         nodes = [(n, _attrs(n)) for n in graph.node]
         head, tail = _split_host(nodes)
         super().__init__(tail if head else nodes, static, weights, inputs, outputs, framework, labels or {})
+        self.declared = {i.name: [d.dim_value if d.HasField("dim_value") else None
+                                  for d in i.type.tensor_type.shape.dim] for i in graph.input if i.name in inputs}
         self.host_reason: str | None = None
         if head:
             produced = {o for n, _ in head for o in n.output}
@@ -190,6 +192,16 @@ class OnnxModule(OnnxGraph):
             self.host_reason = f"{label} has an output size that depends on values"
 
     def forward(self, **inputs):
+        for name, value in inputs.items():
+            dims = self.declared.get(name)
+            fixed = [(k, d) for k, d in enumerate(dims or []) if d is not None and k < value.dim() and value.shape[k] != d]
+            if dims is not None and (len(dims) != value.dim() or fixed):
+                k, d = fixed[0] if fixed else (None, None)
+                what = f"dim {k} is {value.shape[k]}, the file fixes it at {d}" if fixed else \
+                    f"rank is {value.dim()}, the file's is {len(dims)}"
+                raise ModelError(f"ONNX input {name!r}: {what}; pass inputs of the declared shape "
+                                 f"{['?' if x is None else x for x in dims]}, or export the model with that dim "
+                                 f"dynamic (torch.onnx dynamic_shapes=, tf2onnx with None in the signature) to vary it")
         if self.host_reason is None:
             return super().forward(**inputs)
         if torch.compiler.is_exporting():  # say which node, rather than fail somewhere inside NMS

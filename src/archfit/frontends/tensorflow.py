@@ -134,7 +134,7 @@ class TensorFlowSource:
         tf, specs = self.tf, self.fixed_specs
         fn = tf.function(lambda *xs: self.call(dict(zip(self.input_names, xs))))
         proto = _convert(tf, fn, specs)
-        self.op_types = {op.name: op.type for op in fn.get_concrete_function(*specs).graph.get_operations()}
+        self.op_types = _op_types(fn.get_concrete_function(*specs).graph.as_graph_def())
         return proto
 
     def labels(self, proto) -> dict[str, tuple[str, str]]:
@@ -150,6 +150,15 @@ class TensorFlowSource:
         return out
 
 
+def _op_types(graph_def) -> dict[str, str]:
+    """TF node name -> op type, including the nodes of called functions (a SavedModel's serving
+    function calls the model's, which tf2onnx inlines under StatefulPartitionedCall/...)."""
+    types = {n.name: n.op for n in graph_def.node}
+    for function in graph_def.library.function:
+        types.update({n.name: n.op for n in function.node_def})
+    return types
+
+
 _SUFFIX = re.compile(r"(__\d+|_[A-Z][A-Za-z]*__\d+|:\d+)$")
 
 
@@ -157,6 +166,8 @@ def _tf_op(onnx_name: str, op_types: dict[str, str]) -> str | None:
     """The TensorFlow op an ONNX node came from: tf2onnx keeps TF names, adding suffixes to the
     nodes it inserts (transposes for NHWC, squeezes)."""
     name = onnx_name
+    while name.startswith("StatefulPartitionedCall/"):
+        name = name[len("StatefulPartitionedCall/"):]
     for _ in range(3):
         if name in op_types:
             return name
