@@ -31,7 +31,7 @@ def _hide_triton_beside_tensorflow() -> None:
     which torch takes as not installed)."""
     import sys
 
-    if "tensorflow" in sys.modules and "triton" not in sys.modules:
+    if sys.modules.get("tensorflow") is not None and "triton" not in sys.modules:
         sys.modules["triton"] = None  # type: ignore[assignment]
 
 

@@ -370,4 +370,8 @@ def _frontend(path: Path, value) -> dict | None:
     if not ok:
         raise ArtifactError(f"{path}: manifest field 'frontend' is malformed; the file was not written by "
                             f"archfit.save, or is damaged")
-    return {"framework": value["framework"], "inputs": list(value["inputs"])}
+    outputs = value.get("outputs", "list")
+    if outputs not in ("list", "dict"):
+        raise ArtifactError(f"{path}: manifest field 'frontend' is malformed; the file was not written by "
+                            f"archfit.save, or is damaged")
+    return {"framework": value["framework"], "inputs": list(value["inputs"]), "outputs": outputs}

@@ -44,7 +44,7 @@ class ArchfitModule(torch.nn.Module):
         from ..frontends import feed_of, give_back  # only imported models need it
 
         feed = feed_of(tuple(self.frontend["inputs"]), args, kwargs)
-        return give_back(self.frontend["framework"], super().__call__(**feed))
+        return give_back(self.frontend["framework"], super().__call__(**feed), self.frontend.get("outputs", "list"))
 
     @property
     def check_finite(self) -> bool:

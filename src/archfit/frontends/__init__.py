@@ -35,6 +35,7 @@ class Imported:
     name: str
     framework: str  # one of FRAMEWORKS
     input_names: tuple[str, ...] = ()
+    outputs_as: str = "list"  # several outputs come back as the source framework gives them: "list" or "dict"
     # the source framework's own outputs (flat, numpy) for a feed {input name: array}
     reference: Callable[[dict[str, np.ndarray]], list[np.ndarray]] | None = None
 
@@ -44,7 +45,7 @@ class Imported:
 
     def io(self) -> dict:
         """What a compiled file keeps of the frontend: how to take inputs and give outputs back."""
-        return {"framework": self.framework, "inputs": list(self.input_names)}
+        return {"framework": self.framework, "inputs": list(self.input_names), "outputs": self.outputs_as}
 
 
 def _is_onnx(model: Any) -> bool:
@@ -68,7 +69,7 @@ def import_model(model: Any, example_inputs: Any) -> Imported:
         inputs = onnx_inputs(module, example_inputs, str(model) if isinstance(model, (str, os.PathLike)) else
                              "the ONNX model")
         name = Path(model).stem if isinstance(model, (str, os.PathLike)) else (proto.graph.name or "onnx")
-        return Imported(module, inputs, name, "onnx", tuple(module.input_names), _ort_reference(proto))
+        return Imported(module, inputs, name, "onnx", tuple(module.input_names), "list", _ort_reference(proto))
     if is_tensorflow(model):
         return _import_tensorflow(model, example_inputs)
     raise ModelError(f"archfit takes a torch.nn.Module, an ONNX model (.onnx path or ModelProto), a keras.Model, "
@@ -91,7 +92,8 @@ def _import_tensorflow(model: Any, example_inputs: Any) -> Imported:
             given.name = name
     module = OnnxModule(proto, framework="TF", labels=source.labels(proto))
     inputs = {n: as_torch(v) for n, v in source.feed.items()}
-    return Imported(module, inputs, source.name, "tensorflow", tuple(source.input_names), source.reference)
+    return Imported(module, inputs, source.name, "tensorflow", tuple(source.input_names), source.outputs_as,
+                    source.reference)
 
 
 def _ort_reference(proto) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
@@ -125,15 +127,17 @@ def feed_of(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, torc
     return {n: as_torch(given[n]) for n in names}
 
 
-def give_back(framework: str, out):
-    """Outputs in the caller's framework: numpy, or tf.Tensors when TensorFlow is already loaded."""
+def give_back(framework: str, out, outputs_as: str = "list"):
+    """Outputs in the caller's framework: numpy, or tf.Tensors when TensorFlow is already loaded;
+    several as a list in the model's order (ONNX Runtime, Keras) or a dict (TF signatures)."""
     def one(t):
         array = t.detach().numpy() if isinstance(t, torch.Tensor) else t
-        if framework == "tensorflow" and "tensorflow" in sys.modules:
-            return sys.modules["tensorflow"].convert_to_tensor(array)
+        tf = sys.modules.get("tensorflow")  # None when absent, or when blocked as a fresh process may do
+        if framework == "tensorflow" and tf is not None:
+            return tf.convert_to_tensor(array)
         return array
     if isinstance(out, dict):
-        return {k: one(v) for k, v in out.items()}
+        return {k: one(v) for k, v in out.items()} if outputs_as == "dict" else [one(v) for v in out.values()]
     if isinstance(out, (list, tuple)):
         return type(out)(one(v) for v in out)
     return one(out)

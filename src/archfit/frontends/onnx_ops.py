@@ -58,7 +58,10 @@ class Node:
 
 
 def tensor(value) -> torch.Tensor:
-    return value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if isinstance(value, torch.Tensor):
+        return value
+    value = np.asarray(value)
+    return torch.as_tensor(value if value.flags.writeable else value.copy())  # folded constants are read-only
 
 
 def _axis(axis: int, rank: int) -> int:

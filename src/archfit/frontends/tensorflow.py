@@ -10,11 +10,12 @@ patch applied; OpenVINO's own TF reader would bypass the one graph (no partition
 or packaging shared with the other frontends)."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -37,10 +38,11 @@ def _tf():
     try:
         # triton (pulled in by torch.export) segfaults when its LLVM loads after TensorFlow's;
         # loaded first, both coexist (measured: keras + torch.export + XLA in one process)
+        import importlib
         import importlib.util
 
-        if importlib.util.find_spec("triton") is not None:
-            import triton  # noqa: F401
+        if sys.modules.get("tensorflow") is None and importlib.util.find_spec("triton") is not None:
+            importlib.import_module("triton")
         import tensorflow as tf
     except ImportError as e:
         raise ModelError("this is a TensorFlow model but TensorFlow is not installed here: pip install "
@@ -53,6 +55,10 @@ def _convert(tf, fn, signature) -> "Any":
     from keras.src.export.tf2onnx_lib import patch_tf2onnx  # tf2onnx predates numpy 2; Keras ships the fix
 
     patch_tf2onnx()
+    # tf2onnx logs ERROR for TF ops it passes through unconverted (Erfc): archfit maps those itself
+    # and names any it cannot, so its log would only mislead
+    log = logging.getLogger("tf2onnx")
+    level, log.level = log.level, logging.CRITICAL
     try:
         proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=_OPSET)
     except Exception as e:  # noqa: BLE001 - tf2onnx raises anything; say which op when it does
@@ -61,6 +67,8 @@ def _convert(tf, fn, signature) -> "Any":
         raise ModelError(f"tf2onnx could not convert the TensorFlow model: {said}; archfit reads "
                          f"TensorFlow through ONNX: export it with model.export(path, format='onnx') and pass the "
                          f".onnx file, or report the op") from e
+    finally:
+        log.setLevel(level)
     return proto
 
 
@@ -126,12 +134,14 @@ class TensorFlowSource:
     def reference(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """TensorFlow's own outputs, flat in the ONNX graph's output order."""
         out = self.call(feed)
+        self.outputs_as = "dict" if isinstance(out, dict) else "list"
         flat = [out[k] for k in sorted(out)] if isinstance(out, dict) else \
             list(out) if isinstance(out, (list, tuple)) else [out]
         return [np.asarray(t.numpy() if hasattr(t, "numpy") else t) for t in flat]
 
     def to_onnx(self):
         tf, specs = self.tf, self.fixed_specs
+        self.reference(self.feed)  # also learns whether the model answers with a dict
         fn = tf.function(lambda *xs: self.call(dict(zip(self.input_names, xs))))
         proto = _convert(tf, fn, specs)
         self.op_types = _op_types(fn.get_concrete_function(*specs).graph.as_graph_def())
@@ -186,15 +196,3 @@ def _layer(tf_name: str, layers: list[str]) -> str | None:
             if part == layer or re.fullmatch(re.escape(layer) + r"_\d+", part):
                 return layer
     return None
-
-
-def tf_available() -> bool:
-    return "tensorflow" in sys.modules
-
-
-def to_tf(values: list[np.ndarray]) -> list:
-    tf = sys.modules["tensorflow"]
-    return [tf.convert_to_tensor(v) for v in values]
-
-
-Reference = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
