@@ -2,6 +2,7 @@
 user's own ops, compiled outputs equal the source framework's (ONNX Runtime on the file,
 TensorFlow itself), buckets and dynamic batch on a Keras text model, a file that loads where
 TensorFlow cannot be imported, NMS kept on the host, the CLI on files, one-line errors."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -111,8 +112,10 @@ def test_keras_model_matches_tensorflow_and_names_tf_ops_and_layers(keras_cnn):
     assert {"TF Conv2D", "TF MatMul"} <= ops, ops
     text = compiled.report.to_text()
     assert "by TF op" in text and "vs TensorFlow itself" in text
-    analysis = archfit.analyze(model, x, targets=["openvino"], force_cpu=["max_pool2d"])
+    analysis = archfit.analyze(model, x, targets=["openvino", "inf1", "inf2"], force_cpu=["max_pool2d"])
     sources = [s for g in analysis["openvino"].fallback for s in g.sources]
+    for chip in ("inf1", "inf2"):  # the accelerator profiles see the same graph
+        assert analysis[chip].partitions and analysis[chip].estimate is not None
     assert any("Keras layer pool1" in s and s.startswith("TF MaxPool") for s in sources), sources
 
 
@@ -208,3 +211,46 @@ def test_bad_inputs_say_which_and_what_to_do(onnx_file, tmp_path):
     done = cli("analyze", str(tmp_path / "nosig"))
     assert done.returncode != 0
     assert "has no 'serving_default' signature" in done.stderr + done.stdout
+
+
+MXNET = os.path.join(os.path.dirname(__file__), "data", "mxnet")  # written by tools/mxnet_fixtures.py, with MXNet
+
+
+def mxnet_case(name):
+    io = np.load(os.path.join(MXNET, f"{name}-io.npz"))
+    feed = {k[3:]: io[k] for k in io.files if k.startswith("in:")}
+    outs = [io[k] for k in sorted(k for k in io.files if k.startswith("out:"))]
+    return os.path.join(MXNET, f"{name}-symbol.json"), feed, outs
+
+
+@pytest.mark.parametrize("name", ["tiny_resnet", "tiny_encoder"])
+def test_mxnet_files_match_mxnets_own_outputs_without_mxnet(name):
+    assert "mxnet" not in sys.modules
+    path, feed, want = mxnet_case(name)
+    analysis = archfit.analyze(path, feed, targets=["openvino"])
+    ops = {s.op for s in analysis["openvino"].source_ops}
+    assert ("MXNet Convolution" if name == "tiny_resnet" else "MXNet batch_dot") in ops, ops
+    compiled = archfit.trace(path, feed, "onnxruntime" if name == "tiny_resnet" else "openvino")
+    got = compiled(*feed.values())
+    got = got if isinstance(got, list) else [got]
+    assert len(got) == len(want) and all(isinstance(g, np.ndarray) for g in got)
+    for g, w in zip(got, want):
+        close(g, w)
+
+
+def test_mxnet_errors_name_the_file(tmp_path):
+    path, feed, _ = mxnet_case("tiny_resnet")
+    lone = tmp_path / "net-symbol.json"
+    lone.write_text(open(path).read())
+    with pytest.raises(ModelError, match=r"net-symbol.json has no params file beside it \(expected net-0000.params"):
+        archfit.analyze(str(lone), feed)
+    (tmp_path / "net-0000.params").write_bytes(open(os.path.join(MXNET, "tiny_resnet-0000.params"), "rb").read()[:500])
+    with pytest.raises(ModelError, match=r"net-0000.params( is truncated|: an array of shape .* runs past the end)"):
+        archfit.analyze(str(lone), feed)
+    with pytest.raises(ModelError, match=r"takes inputs 'data'; got 'x'"):
+        archfit.analyze(path, {"x": feed["data"]})
+    done = cli("analyze", path)
+    assert done.returncode != 0 and "give each input one with --shape" in done.stderr + done.stdout
+    done = cli("compile", path, "--shape", "data=2x3x32x32", "-o", str(tmp_path / "r.archfit"), "--no-compare")
+    assert done.returncode == 0, done.stderr
+    assert "MXNet Convolution" in done.stdout

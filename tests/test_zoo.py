@@ -12,12 +12,17 @@ from archfit.targets.neuron import neuron_data, ts_name
 from conftest import assert_close_to_eager
 
 DETECTORS = {"ssd300_vgg16", "retinanet_resnet50_fpn", "yolov3", "yolov4", "yolov5s"}  # see test_regions.py
+# the tensorflow and onnx families go through the frontends: test_frontends.py checks them against
+# their own framework (TensorFlow, ONNX Runtime) rather than against eager PyTorch
+FOREIGN = {"tensorflow", "onnx"}
 
 
 def _target_of() -> dict[str, str]:
     out, turn = {}, {}
     for name in zoo.names():
         family = zoo.get(name).family
+        if family in FOREIGN:
+            continue
         if name == "yolov4":
             out[name] = "onnxruntime"
         elif name not in DETECTORS:
@@ -49,6 +54,8 @@ def analyses():
     per model for the whole file)."""
     out = {}
     for name in zoo.names():
+        if zoo.get(name).family in FOREIGN:
+            continue
         if name in DETECTORS and name not in TARGET_OF:
             continue  # analysed, Inferentia included, and compiled in test_regions.py
         targets = ["inf1", "inf2"] + sorted({t for n, t in CASES if n == name})

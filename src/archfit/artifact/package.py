@@ -370,8 +370,8 @@ def _frontend(path: Path, value) -> dict | None:
     if not ok:
         raise ArtifactError(f"{path}: manifest field 'frontend' is malformed; the file was not written by "
                             f"archfit.save, or is damaged")
-    outputs = value.get("outputs", "list")
-    if outputs not in ("list", "dict"):
+    outputs, ids = value.get("outputs", "list"), value.get("ids", [])
+    if outputs not in ("list", "dict") or not isinstance(ids, list) or not all(i in value["inputs"] for i in ids):
         raise ArtifactError(f"{path}: manifest field 'frontend' is malformed; the file was not written by "
                             f"archfit.save, or is damaged")
-    return {"framework": value["framework"], "inputs": list(value["inputs"]), "outputs": outputs}
+    return {"framework": value["framework"], "inputs": list(value["inputs"]), "outputs": outputs, "ids": list(ids)}

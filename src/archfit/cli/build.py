@@ -9,6 +9,8 @@ import typer
 
 from .app import MODEL_HELP, app, emit, fail, progress_line
 
+SHAPE_HELP = ("Model files (ONNX, SavedModel, MXNet symbol): NAME=1x3x224x224[:dtype] sets an input's example shape "
+              "(repeat per input; MXNet symbols carry no shapes, so each input needs one).")
 HTML_HELP = "Also write the report as one self-contained HTML page here (opens offline in any browser)."
 
 
@@ -27,6 +29,7 @@ def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
             precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (default: each target's own)."),
             force_cpu: List[str] = typer.Option([], "--force-cpu", help="Op or node name to keep on the CPU."),
             tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
+            shape: List[str] = typer.Option([], "--shape", help=SHAPE_HELP),
             html: Optional[Path] = typer.Option(None, "--html", help=HTML_HELP),
             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Fit report per target, without compiling."""
@@ -38,7 +41,7 @@ def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
     try:
         if html is not None:
             check_output_path(html)
-        mod, inputs, name = load_model(model, tiny)
+        mod, inputs, name = load_model(model, tiny, shape)
         result = run_analyze(mod, inputs, targets=target, precision=precision, force_cpu=force_cpu, name=name)
     except ArchfitError as e:
         fail(e)
@@ -81,6 +84,7 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
                                                                          "(default: the target's own)."),
              no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the compile cache."),
              tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
+             shape: List[str] = typer.Option([], "--shape", help=SHAPE_HELP),
              vary: List[str] = typer.Option([], "--vary", help="NAME:DIM of an input dim that varies (repeat for "
                                                                "inputs tied to the same size)."),
              buckets: Optional[str] = typer.Option(None, help="Bucket sizes to compile, e.g. 64,128,384."),
@@ -125,7 +129,7 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
         return _compile_seq2seq(model, tiny, output, target, precision, source_buckets, max_new_tokens, num_beams,
                                 not no_cache, as_json, html, compare)
     try:
-        mod, inputs, name = load_model(model, tiny)
+        mod, inputs, name = load_model(model, tiny, shape)
         if batch is not None:
             inputs = _with_batch(inputs, batch, dynamic_batch)
         if pack is not None:

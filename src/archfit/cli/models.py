@@ -12,7 +12,7 @@ from ..core.source import from_traceback
 from ..errors import ModelError, first_line
 
 
-def load_model(spec: str, tiny: bool = False) -> tuple[torch.nn.Module, Any, str]:
+def load_model(spec: str, tiny: bool = False, shapes: list[str] | tuple = ()) -> tuple[torch.nn.Module, Any, str]:
     """Returns (model, example_inputs, display name). The model is a torch.nn.Module, or an ONNX
     path / SavedModel directory / Keras model that archfit.trace imports (see frontends)."""
     if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
@@ -42,9 +42,24 @@ def load_model(spec: str, tiny: bool = False) -> tuple[torch.nn.Module, Any, str
     if is_model_file(spec):  # ONNX file or SavedModel directory; imported by archfit.trace/analyze
         if not os.path.exists(spec):
             raise ModelError(f"model file {spec!r} does not exist")
-        return spec, example_inputs_for(spec), os.path.basename(spec.rstrip("/"))
+        return spec, example_inputs_for(spec, _shapes(shapes)), os.path.basename(spec.rstrip("/"))
     model, inputs = zoo.build(spec, tiny=tiny)
     return model, inputs, spec + (" (tiny)" if tiny else "")
+
+
+def _shapes(specs) -> dict[str, tuple[list[int], str | None]]:
+    """--shape NAME=1x3x224x224[:dtype] -> {NAME: ([1, 3, 224, 224], dtype)}."""
+    out = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        dims, _, dtype = rest.partition(":")
+        try:
+            out[name] = ([int(d) for d in dims.lower().split("x")], dtype or None)
+        except ValueError:
+            raise ModelError(f"--shape {spec!r}: expected NAME=1x3x224x224 or NAME=1x128:int64") from None
+        if not name or any(d < 1 for d in out[name][0]):
+            raise ModelError(f"--shape {spec!r}: expected NAME=1x3x224x224 or NAME=1x128:int64 (positive dims)")
+    return out
 
 
 def _where(e: BaseException) -> str:

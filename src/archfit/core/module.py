@@ -43,7 +43,7 @@ class ArchfitModule(torch.nn.Module):
             return super().__call__(*args, **kwargs)
         from ..frontends import feed_of, give_back  # only imported models need it
 
-        feed = feed_of(tuple(self.frontend["inputs"]), args, kwargs)
+        feed = feed_of(tuple(self.frontend["inputs"]), args, kwargs, tuple(self.frontend.get("ids", ())))
         return give_back(self.frontend["framework"], super().__call__(**feed), self.frontend.get("outputs", "list"))
 
     @property

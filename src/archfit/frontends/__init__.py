@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-FRAMEWORKS = ("pytorch", "onnx", "tensorflow")
+FRAMEWORKS = ("pytorch", "onnx", "tensorflow", "mxnet")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Imported:
     framework: str  # one of FRAMEWORKS
     input_names: tuple[str, ...] = ()
     outputs_as: str = "list"  # several outputs come back as the source framework gives them: "list" or "dict"
+    id_inputs: tuple[str, ...] = ()  # token ids the source framework takes as floats (MXNet): cast on call
     # the source framework's own outputs (flat, numpy) for a feed {input name: array}
     reference: Callable[[dict[str, np.ndarray]], list[np.ndarray]] | None = None
 
@@ -45,7 +46,8 @@ class Imported:
 
     def io(self) -> dict:
         """What a compiled file keeps of the frontend: how to take inputs and give outputs back."""
-        return {"framework": self.framework, "inputs": list(self.input_names), "outputs": self.outputs_as}
+        return {"framework": self.framework, "inputs": list(self.input_names), "outputs": self.outputs_as,
+                "ids": list(self.id_inputs)}
 
 
 def _is_onnx(model: Any) -> bool:
@@ -62,19 +64,28 @@ def import_model(model: Any, example_inputs: Any) -> Imported:
     from .tensorflow import is_tensorflow
 
     if _is_onnx(model):
-        from .onnx import OnnxModule, onnx_inputs, read_onnx
+        from .onnx import OnnxModule, named_inputs, read_onnx
 
         proto = read_onnx(model)
         module = OnnxModule(proto)
-        inputs = onnx_inputs(module, example_inputs, str(model) if isinstance(model, (str, os.PathLike)) else
+        inputs = named_inputs(module, example_inputs, str(model) if isinstance(model, (str, os.PathLike)) else
                              "the ONNX model")
         name = Path(model).stem if isinstance(model, (str, os.PathLike)) else (proto.graph.name or "onnx")
-        return Imported(module, inputs, name, "onnx", tuple(module.input_names), "list", _ort_reference(proto))
+        return Imported(module, inputs, name, "onnx", tuple(module.input_names), reference=_ort_reference(proto))
     if is_tensorflow(model):
         return _import_tensorflow(model, example_inputs)
+    from .mxnet import MxnetModule, is_mxnet
+    from .onnx import named_inputs
+
+    if is_mxnet(model):
+        module = MxnetModule(model)
+        inputs = named_inputs(module, example_inputs, str(model))
+        inputs |= {n: inputs[n].long() for n in module.id_inputs}
+        return Imported(module, inputs, module.name, "mxnet", tuple(module.input_names), id_inputs=tuple(module.id_inputs))
     raise ModelError(f"archfit takes a torch.nn.Module, an ONNX model (.onnx path or ModelProto), a keras.Model, "
-                     f"a tf.function with an input signature or a SavedModel directory; got "
-                     f"{type(model).__name__}")
+                     f"a tf.function with an input signature, a SavedModel directory or an MXNet NAME-symbol.json "
+                     f"(with NAME-0000.params beside it); got {type(model).__name__}"
+                     f"{' ' + repr(str(model)[:80]) if isinstance(model, (str, os.PathLike)) else ''}")
 
 
 def _import_tensorflow(model: Any, example_inputs: Any) -> Imported:
@@ -92,8 +103,8 @@ def _import_tensorflow(model: Any, example_inputs: Any) -> Imported:
             given.name = name
     module = OnnxModule(proto, framework="TF", labels=source.labels(proto))
     inputs = {n: as_torch(v) for n, v in source.feed.items()}
-    return Imported(module, inputs, source.name, "tensorflow", tuple(source.input_names), source.outputs_as,
-                    source.reference)
+    return Imported(module, inputs, source.name, "tensorflow", tuple(source.input_names),
+                    outputs_as=source.outputs_as, reference=source.reference)
 
 
 def _ort_reference(proto) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
@@ -106,7 +117,7 @@ def _ort_reference(proto) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]
     return run
 
 
-def feed_of(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+def feed_of(names: tuple[str, ...], args: tuple, kwargs: dict, ids: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """A call's inputs (a dict, arrays in input order, or keywords) as torch tensors by name."""
     from ..errors import InputError
     from .onnx import as_torch
@@ -124,7 +135,8 @@ def feed_of(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, torc
         raise InputError(f"the model takes inputs {', '.join(map(repr, names))}; "
                          f"{'unknown ' + repr(unknown[0]) if unknown else 'missing ' + repr(missing[0])}: "
                          f"pass arrays in that order or a dict by those names")
-    return {n: as_torch(given[n]) for n in names}
+    feed = {n: as_torch(given[n]) for n in names}
+    return feed | {n: feed[n].long() for n in ids}
 
 
 def give_back(framework: str, out, outputs_as: str = "list"):
@@ -139,7 +151,7 @@ def give_back(framework: str, out, outputs_as: str = "list"):
     if isinstance(out, dict):
         return {k: one(v) for k, v in out.items()} if outputs_as == "dict" else [one(v) for v in out.values()]
     if isinstance(out, (list, tuple)):
-        return type(out)(one(v) for v in out)
+        return [one(v) for v in out]
     return one(out)
 
 
@@ -183,13 +195,26 @@ def _check_against_source(module, imported: Imported) -> None:
         module.report = dataclasses.replace(report, validation=validation)
 
 
-def example_inputs_for(path: str, batch: int = 1, length: int = 128) -> dict[str, torch.Tensor]:
-    """Example inputs for a model file (ONNX, or a SavedModel's serving signature), from its
-    declared inputs: open dims become `batch` (dim 0) or `length`; floats are standard normal,
+def example_inputs_for(path: str, shapes: dict | None = None, batch: int = 1, length: int = 128) -> dict[str, torch.Tensor]:
+    """Example inputs for a model file (ONNX, a SavedModel's serving signature, an MXNet symbol),
+    from its declared inputs: open dims become `batch` (dim 0) or `length`, unless `shapes`
+    ({name: (dims, dtype or None)}, the CLI's --shape) sets them; floats are standard normal,
     integers 1 (a valid token id and an all-ones mask), booleans True. For the CLI, where no
     example is given; --vary/--buckets then set the lengths compiled."""
+    from ..errors import ModelError
+    from .mxnet import MxnetModule, is_mxnet
+
+    shapes = dict(shapes or {})
     specs: list[tuple[str, list, np.dtype]] = []
-    if _is_onnx(path):
+    if is_mxnet(path):  # the symbol carries no shapes: every input is given one
+        module = MxnetModule(path)
+        missing = [n for n in module.input_names if n not in shapes]
+        if missing:
+            raise ModelError(f"{path}: MXNet symbol files carry no input shapes; give each input one with --shape "
+                             f"(missing: {', '.join(f'{n}=1x3x224x224' for n in missing)})")
+        specs = [(n, shapes[n][0], np.dtype("int64" if n in module.id_inputs else "float32"))
+                 for n in module.input_names]
+    elif _is_onnx(path):
         from .onnx import read_onnx
         from .onnx_ops import NP_DTYPES
 
@@ -207,16 +232,21 @@ def example_inputs_for(path: str, batch: int = 1, length: int = 128) -> dict[str
         tf = _tf()
         signature = tf.saved_model.load(str(path)).signatures.get("serving_default")
         if signature is None:
-            from ..errors import ModelError
-
             raise ModelError(f"SavedModel {path} has no 'serving_default' signature; save it with "
                              f"tf.saved_model.save(obj, path, signatures=...)")
         for name, spec in signature.structured_input_signature[1].items():
             specs.append((name, list(spec.shape.as_list()), np.dtype(spec.dtype.as_numpy_dtype)))
+    unknown = sorted(set(shapes) - {name for name, _, _ in specs})
+    if unknown:
+        raise ModelError(f"--shape names {unknown[0]!r}, which {path} does not take; its inputs: "
+                         f"{', '.join(name for name, _, _ in specs)}")
     rng = np.random.default_rng(0)
     out = {}
     for name, dims, dtype in specs:
         shape = [d if d else (batch if k == 0 else length) for k, d in enumerate(dims)]
+        if name in shapes:
+            shape, given = shapes[name]
+            dtype = np.dtype(given) if given else dtype
         if dtype.kind == "f":
             value = rng.standard_normal(shape).astype(dtype)
         else:
@@ -229,4 +259,6 @@ def is_model_file(spec: str) -> bool:
     """An ONNX file or a SavedModel directory (what the CLI takes besides the zoo and .py files)."""
     from .tensorflow import is_tensorflow
 
-    return _is_onnx(spec) or (os.path.isdir(spec) and is_tensorflow(spec))
+    from .mxnet import is_mxnet
+
+    return _is_onnx(spec) or is_mxnet(spec) or (os.path.isdir(spec) and is_tensorflow(spec))

@@ -229,9 +229,9 @@ def _split_host(nodes: list) -> tuple[list, list]:
     return (head, tail) if tail else ([], [])
 
 
-def onnx_inputs(module: OnnxModule, example_inputs: Any, what: str = "the ONNX model") -> dict[str, torch.Tensor]:
+def named_inputs(module: torch.nn.Module, example_inputs: Any, what: str) -> dict[str, torch.Tensor]:
     """Example inputs (a dict by input name, a sequence in input order, or one array) as torch
-    tensors by the model's input names."""
+    tensors by the imported module's `input_names`."""
     names = module.input_names
     if isinstance(example_inputs, dict):
         values = dict(example_inputs)

@@ -343,6 +343,7 @@ def servable(name: str, module: ArchfitModule) -> Servable:
     from ..shapes.dynamic import DynamicModule
     from ..shapes.packed import PackedModule
 
+    module.frontend = None  # files of ONNX/TF/MXNet models: the protocol speaks tensors by name already
     for kind, cls in ((PackedModule, PackedServable), (Seq2SeqModule, Seq2SeqServable),
                       (BucketedModule, BucketedServable), (DynamicModule, DynamicServable),
                       (CompiledModule, StaticServable)):
