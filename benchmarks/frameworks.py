@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-import archfit  # noqa: F401 - before TensorFlow: archfit hides triton beside it (see archfit._hide_triton...)
+import archfit  # before TensorFlow: archfit hides triton beside it (see archfit._hide_triton...)
 from archfit.frontends.tensorflow import _tf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,8 +70,6 @@ def arms(model, inputs, workdir: Path) -> dict:
 
     def archfit_on(target):
         def build():
-            import archfit
-
             compiled = archfit.trace(model, inputs, target)
             return lambda: compiled(*feed)
         return build
