@@ -57,6 +57,13 @@ def arms(model, inputs, workdir: Path) -> dict:
         compiled = ov.Core().compile_model(ov.convert_model(str(saved)), "CPU",
                                            {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
         request = compiled.create_infer_request()
+        # by name: the SavedModel's inputs need not come in the Keras model's order
+        names = list(inputs) if isinstance(inputs, dict) else None
+        if names:
+            order = [next(n for n in names if n in port.get_names() or f"{n}:0" in port.get_names())
+                     for port in compiled.inputs]
+            ordered = [inputs[n] for n in order]
+            return lambda: request.infer(ordered, share_inputs=True)
         return lambda: request.infer(feed, share_inputs=True)
 
     def onnxruntime_direct():

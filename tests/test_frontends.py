@@ -101,7 +101,14 @@ def test_onnx_report_names_onnx_nodes_and_trace_matches_onnxruntime(onnx_file):
 
 def test_keras_model_matches_tensorflow_and_names_tf_ops_and_layers(keras_cnn):
     model, x = keras_cnn
-    compiled = archfit.trace(model, x, "openvino")
+    # one conversion: the analysis (a max pool forced to the CPU, to see it named) compiles too
+    analysis = archfit.analyze(model, x, targets=["openvino", "inf1", "inf2"], force_cpu=["max_pool2d"])
+    sources = [s for g in analysis["openvino"].fallback for s in g.sources]
+    assert any("Keras layer pool1" in s and s.startswith("TF MaxPool") for s in sources), sources
+    for chip in ("inf1", "inf2"):  # the accelerator profiles see the same graph
+        assert analysis[chip].partitions and analysis[chip].estimate is not None
+    compiled = analysis.compile("openvino")
+    assert not compiled.report.fallback  # force_cpu was the analysis's, not the compile's
     want = model(x, training=False).numpy()
     other = np.random.default_rng(1).random(x.shape, "float32")
     got = compiled(tf.constant(other))
@@ -112,11 +119,6 @@ def test_keras_model_matches_tensorflow_and_names_tf_ops_and_layers(keras_cnn):
     assert {"TF Conv2D", "TF MatMul"} <= ops, ops
     text = compiled.report.to_text()
     assert "by TF op" in text and "vs TensorFlow itself" in text
-    analysis = archfit.analyze(model, x, targets=["openvino", "inf1", "inf2"], force_cpu=["max_pool2d"])
-    sources = [s for g in analysis["openvino"].fallback for s in g.sources]
-    for chip in ("inf1", "inf2"):  # the accelerator profiles see the same graph
-        assert analysis[chip].partitions and analysis[chip].estimate is not None
-    assert any("Keras layer pool1" in s and s.startswith("TF MaxPool") for s in sources), sources
 
 
 def test_keras_text_model_buckets_and_dynamic_batch(keras_text, text_buckets):
@@ -169,7 +171,7 @@ def test_tf_detector_keeps_nms_on_the_host():
     text = analysis.to_text()
     assert "TF CombinedNonMaxSuppression 'combined_non_max_suppression/CombinedNonMaxSuppression'" in text
     assert "OnnxModule.head" in text  # the backbone and head before NMS are the compiled region
-    compiled = archfit.trace(detector, image, "openvino")
+    compiled = analysis.compile("openvino")
     assert isinstance(compiled, archfit.AttachedModule) and list(compiled.regions) == ["head"]
     got, want = compiled(image), detector(tf.constant(image))
     for key in ("boxes", "scores", "classes", "count"):
@@ -254,3 +256,22 @@ def test_mxnet_errors_name_the_file(tmp_path):
     done = cli("compile", path, "--shape", "data=2x3x32x32", "-o", str(tmp_path / "r.archfit"), "--no-compare")
     assert done.returncode == 0, done.stderr
     assert "MXNet Convolution" in done.stdout
+
+
+def test_mxnet_zoo_files_written_without_mxnet_compile(tmp_path):
+    """The zoo writes MXNet files itself (full size has no MXNet to write it): the params writer
+    round-trips through the reader, and the tiny ResNet-18 v1 and encoder compile and validate."""
+    from archfit import zoo
+    from archfit.frontends.mxnet import read_params
+    from archfit.zoo.mxnet_models import write_params
+
+    arrays = {"arg:w": np.arange(6, dtype=np.float32).reshape(2, 3), "aux:ids": np.array([3, 1], np.int64)}
+    write_params(tmp_path / "x-0000.params", arrays)
+    back = read_params(tmp_path / "x-0000.params")
+    assert set(back) == {"w", "ids"} and np.array_equal(back["w"], arrays["arg:w"]) and back["ids"].dtype == np.int64
+    for name, target in (("mxnet-resnet18", "onnxruntime"), ("mxnet-bert-encoder", "openvino")):
+        path, feed = zoo.build(name, tiny=True)
+        compiled = archfit.trace(path, feed, target)
+        assert compiled.report.validation.ok and not compiled.report.fallback
+        out = compiled(feed)
+        assert isinstance(out if not isinstance(out, list) else out[0], np.ndarray)

@@ -12,9 +12,9 @@ from archfit.targets.neuron import neuron_data, ts_name
 from conftest import assert_close_to_eager
 
 DETECTORS = {"ssd300_vgg16", "retinanet_resnet50_fpn", "yolov3", "yolov4", "yolov5s"}  # see test_regions.py
-# the tensorflow and onnx families go through the frontends: test_frontends.py checks them against
-# their own framework (TensorFlow, ONNX Runtime) rather than against eager PyTorch
-FOREIGN = {"tensorflow", "onnx"}
+# the tensorflow, onnx and mxnet families go through the frontends: test_frontends.py checks them against
+# their own framework (TensorFlow, ONNX Runtime, MXNet's saved outputs) rather than against eager PyTorch
+FOREIGN = {"tensorflow", "onnx", "mxnet"}
 
 
 def _target_of() -> dict[str, str]:

@@ -19,7 +19,7 @@ from .core.partition import PartitionPlan, drop_partitions, is_acyclic, plan_par
 from .core.support import Reason, check_support
 from .core.validate import validate as run_validation
 from .errors import ArchfitError, CaptureError
-from .frontends import adopt, import_model
+from .frontends import Imported, adopt, import_model
 from .regions import (AttachedModule, RegionPlan, plan_regions, plan_to_dict, regions_page, render_regions,
                       validate_attached)
 from .report import FitReport, build_report, estimate_latency, measure_host_ms
@@ -44,6 +44,8 @@ class Analysis:
     module: torch.nn.Module | None = field(default=None, compare=False, repr=False)  # the model analysed
     example_inputs: Any = field(default=None, compare=False, repr=False)
     failure: CaptureFailure | None = field(default=None, compare=False, repr=False)  # why it was not captured whole
+    # an ONNX/TensorFlow/MXNet model: its import, so compile() validates against its framework too
+    imported: Imported | None = field(default=None, compare=False, repr=False)
 
     def compile(self, target: str | Target = "openvino", **options) -> ArchfitModule:
         """`archfit.trace` of the analysed model on the graphs this analysis captured: analyse on
@@ -52,7 +54,10 @@ class Analysis:
         was analysed: after changing its weights or code, call archfit.trace instead."""
         if self.module is None:
             raise ArchfitError("this analysis holds no model to compile; call archfit.trace(model, inputs, ...)")
-        return trace(self.module, self.example_inputs, target, name=self.model, _analysis=self, **options)
+        module = trace(self.module, self.example_inputs, target, name=self.model, _analysis=self, **options)
+        if self.imported is not None and self.imported.foreign:
+            return adopt(module, self.imported, options.get("validate", True))
+        return module
 
     def __getitem__(self, target: str) -> FitReport:
         for r in self.reports:
@@ -157,7 +162,7 @@ def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str |
                                     graph_module=graph.graph_module))
         return out
 
-    kept = dict(module=model, example_inputs=example_inputs, failure=why)
+    kept = dict(module=model, example_inputs=example_inputs, failure=why, imported=imported)
     if why is None:
         return Analysis(name, tuple(reports(captured, name)), captured={name: captured}, **kept)
     regions = plan_regions(model, example_inputs, why)

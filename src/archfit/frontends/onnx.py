@@ -176,7 +176,7 @@ class OnnxModule(OnnxGraph):
                 static[init.name] = array
         inputs = [i.name for i in graph.input if i.name not in static and i.name not in weights]
         outputs = [o.name for o in graph.output]
-        nodes = [(n, _attrs(n)) for n in graph.node]
+        nodes = _fold_scale_shift([(n, _attrs(n)) for n in graph.node], weights, static, outputs)
         head, tail = _split_host(nodes)
         super().__init__(tail if head else nodes, static, weights, inputs, outputs, framework, labels or {})
         self.declared = {i.name: [d.dim_value if d.HasField("dim_value") else None
@@ -214,6 +214,66 @@ class OnnxModule(OnnxGraph):
         self._run(self._nodes, env)
         outs = [tensor(env[name]) for name in self.output_names]
         return outs[0] if len(outs) == 1 else dict(zip(self.output_names, outs))
+
+
+def _fold_scale_shift(nodes: list, weights: dict, static: dict, outputs: list[str]) -> list:
+    """Conv -> Mul(per-channel constant) -> Add(per-channel constant), an inference batch norm as
+    tf2onnx leaves it when it keeps weights out of its graph (large-model mode, which archfit
+    uses: frontends/tensorflow.py), folded into the convolution's weight and bias, as tf2onnx
+    folds it otherwise. Done on the weights, once, so every target gets the one convolution."""
+    readers: dict[str, int] = {}
+    for proto, _ in nodes:
+        for name in _inputs_deep(proto):
+            readers[name] = readers.get(name, 0) + 1
+    for name in outputs:
+        readers[name] = readers.get(name, 0) + 1
+    producer = {o: i for i, (proto, _) in enumerate(nodes) for o in proto.output}
+    dropped: set[int] = set()
+
+    def constant(name: str):
+        value = weights.get(name)
+        return value.numpy() if value is not None else static.get(name)
+
+    for i, (proto, attrs) in enumerate(nodes):
+        if proto.op_type not in ("Mul", "Add") or len(proto.input) != 2:
+            continue
+        source = next((k for k, name in enumerate(proto.input) if name in producer), None)
+        if source is None:
+            continue
+        j = producer[proto.input[source]]
+        conv, conv_attrs = nodes[j]
+        other = constant(proto.input[1 - source])
+        if j in dropped or conv.op_type != "Conv" or readers.get(proto.input[source]) != 1 or other is None:
+            continue
+        w = constant(conv.input[1])
+        b = constant(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        if w is None or (len(conv.input) > 2 and conv.input[2] and b is None):
+            continue
+        channels = w.shape[0]
+        per_channel = other.size == channels and other.reshape(-1).shape[0] == channels and (
+            other.ndim == 0 or other.shape[-(w.ndim - 1):] == (channels,) + (1,) * (w.ndim - 2)
+            or other.shape == (channels,) + (1,) * (w.ndim - 2))
+        if not per_channel or other.dtype != w.dtype:
+            continue
+        scale = other.reshape(-1)
+        b = np.zeros(channels, w.dtype) if b is None else b
+        if proto.op_type == "Mul":
+            w, b = w * scale.reshape((channels,) + (1,) * (w.ndim - 1)), b * scale
+        else:
+            b = b + scale
+        prefix = f"{conv.name or conv.output[0]}_folded"
+        weights[f"{prefix}_w{i}"] = torch.from_numpy(np.ascontiguousarray(w))
+        weights[f"{prefix}_b{i}"] = torch.from_numpy(np.ascontiguousarray(b))
+        folded = onnx.NodeProto()
+        folded.CopyFrom(conv)
+        del folded.input[:]
+        folded.input.extend([conv.input[0], f"{prefix}_w{i}", f"{prefix}_b{i}"])
+        del folded.output[:]
+        folded.output.extend(proto.output)
+        nodes[i] = (folded, conv_attrs)  # the conv now computes what the Mul/Add did, in its place
+        dropped.add(j)
+        producer.update({o: i for o in proto.output})
+    return [n for k, n in enumerate(nodes) if k not in dropped]
 
 
 def _split_host(nodes: list) -> tuple[list, list]:

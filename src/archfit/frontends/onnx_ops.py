@@ -526,12 +526,16 @@ TORCH: dict[str, Callable] = {
     "Pow": _binary(torch.pow), "MatMul": _binary(torch.matmul),
     "Equal": _binary(torch.eq), "Less": _binary(torch.lt), "Greater": _binary(torch.gt),
     "LessOrEqual": _binary(torch.le), "GreaterOrEqual": _binary(torch.ge),
-    "And": _binary(torch.logical_and), "Or": _binary(torch.logical_or), "Not": _unary(torch.logical_not),
+    # ONNX And/Or/Xor take booleans only, where bitwise and logical agree; OpenVINO lowers the bitwise ones
+    "And": _binary(torch.bitwise_and), "Or": _binary(torch.bitwise_or), "Xor": _binary(torch.bitwise_xor),
+    "Not": _unary(torch.logical_not),
     "Max": _variadic(torch.maximum), "Min": _variadic(torch.minimum), "Sum": _variadic(torch.add),
     "Mean": lambda n, *xs: _variadic(torch.add)(n, *xs) / len(xs),
     "Where": lambda n, c, a, b: torch.where(tensor(c), tensor(a), tensor(b)),
     "Sqrt": _unary(torch.sqrt), "Exp": _unary(torch.exp), "Log": _unary(torch.log), "Erf": _unary(torch.erf),
-    "Erfc": _unary(torch.erfc),  # a TensorFlow op tf2onnx leaves as is (Keras GELU)
+    # a TensorFlow op tf2onnx leaves as is (Keras GELU, 0.5 x erfc(-x/sqrt 2)); as 1 - erf, which
+    # every target lowers (erfc has no OpenVINO lowering and would split each layer off the target)
+    "Erfc": lambda n, x: 1 - torch.erf(tensor(x)),
     "Tanh": _unary(torch.tanh), "Sigmoid": _unary(torch.sigmoid), "Relu": _unary(torch.relu),
     "Neg": _unary(torch.neg), "Abs": _unary(torch.abs), "Reciprocal": _unary(torch.reciprocal),
     "Floor": _unary(torch.floor), "Ceil": _unary(torch.ceil), "Round": _unary(torch.round),

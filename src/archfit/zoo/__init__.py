@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import dlrm, keras_models as tfk, toy, transformers_models as hf, vision, yolo
+from . import dlrm, keras_models as tfk, mxnet_models as mxm, toy, transformers_models as hf, vision, yolo
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,12 @@ _ENTRIES = (
      lambda tiny: tfk.onnx_from_torch(vision.resnet50, "resnet50", tiny)),
     ("bert-base-onnx", "onnx", "BERT-base from the PyTorch zoo, exported to an ONNX file",
      lambda tiny: tfk.onnx_from_torch(hf.bert_base, "bert-base", tiny)),
+    ("mxnet-resnet18", "mxnet", "ResNet-18 v1 as MXNet symbol + params (Gluon model-zoo layout), 224x224",
+     mxm.resnet18),
+    ("mxnet-resnet50", "mxnet", "ResNet-50 v1 as MXNet symbol + params (Gluon model-zoo layout), 224x224",
+     mxm.resnet50),
+    ("mxnet-bert-encoder", "mxnet", "BERT-base-style encoder as MXNet symbol + params (GluonNLP layout), seq 128",
+     mxm.bert_encoder),
     ("mlp-custom-op", "toy", "MLP with a custom op no target lowers, in the middle", toy.mlp_custom_op),
 )
 _ZOO: dict[str, ZooModel] = {e[0]: ZooModel(*e) for e in _ENTRIES}
