@@ -1,11 +1,8 @@
-"""Models from ONNX and TensorFlow/Keras through the same pipeline (frontends/): reports name the
-user's own ops, compiled outputs equal the source framework's (ONNX Runtime on the file,
-TensorFlow itself), buckets and dynamic batch on a Keras text model, a file that loads where
-TensorFlow cannot be imported, NMS kept on the host, the CLI on files, one-line errors."""
+"""ONNX and MXNet models through the same pipeline (frontends/): reports name the user's own
+ops, compiled outputs equal the source framework's (ONNX Runtime on the file, MXNet's own saved
+outputs), the CLI on files, one-line errors. TensorFlow/Keras: test_frontends_tf.py."""
 import os
-import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import onnx
@@ -16,9 +13,6 @@ import torch
 import archfit
 from archfit.errors import ModelError
 from conftest import cli
-
-tf = pytest.importorskip("tensorflow")  # installed by `make test` (archfit[tensorflow])
-from archfit.zoo import keras_models  # noqa: E402
 
 ATOL, RTOL = archfit.TOLERANCES["fp32"]
 
@@ -61,23 +55,6 @@ def onnx_file(tmp_path_factory):
     return str(path), {"pixels": x.numpy()}
 
 
-@pytest.fixture(scope="module")
-def keras_cnn():
-    return keras_models.keras_resnet50(tiny=True)
-
-
-@pytest.fixture(scope="module")
-def keras_text():
-    return keras_models.keras_bert(tiny=True)
-
-
-@pytest.fixture(scope="module")
-def text_buckets(keras_text):
-    model, inputs = keras_text
-    buckets = archfit.Buckets({"input_ids": 1, "attention_mask": 1}, sizes=(8, 16))
-    return archfit.trace(model, inputs, "openvino", buckets=buckets, dynamic_batch=True)
-
-
 def test_onnx_report_names_onnx_nodes_and_trace_matches_onnxruntime(onnx_file):
     path, feed = onnx_file
     analysis = archfit.analyze(path, feed, targets=["openvino"])
@@ -99,102 +76,6 @@ def test_onnx_report_names_onnx_nodes_and_trace_matches_onnxruntime(onnx_file):
     assert "example inputs vs ONNX Runtime on the ONNX file" in labels
 
 
-def test_keras_model_matches_tensorflow_and_names_tf_ops_and_layers(keras_cnn):
-    model, x = keras_cnn
-    # one conversion: the analysis (a max pool forced to the CPU, to see it named) compiles too
-    analysis = archfit.analyze(model, x, targets=["openvino", "inf1", "inf2"], force_cpu=["max_pool2d"])
-    sources = [s for g in analysis["openvino"].fallback for s in g.sources]
-    assert any("Keras layer pool1" in s and s.startswith("TF MaxPool") for s in sources), sources
-    for chip in ("inf1", "inf2"):  # the accelerator profiles see the same graph
-        assert analysis[chip].partitions and analysis[chip].estimate is not None
-    compiled = analysis.compile("openvino")
-    assert not compiled.report.fallback  # force_cpu was the analysis's, not the compile's
-    want = model(x, training=False).numpy()
-    other = np.random.default_rng(1).random(x.shape, "float32")
-    got = compiled(tf.constant(other))
-    assert isinstance(got, tf.Tensor)  # TensorFlow is loaded: its own tensor type comes back
-    close(got.numpy(), model(other, training=False).numpy())
-    close(compiled(x).numpy(), want)
-    ops = {s.op for s in compiled.report.source_ops}
-    assert {"TF Conv2D", "TF MatMul"} <= ops, ops
-    text = compiled.report.to_text()
-    assert "by TF op" in text and "vs TensorFlow itself" in text
-
-
-def test_keras_text_model_buckets_and_dynamic_batch(keras_text, text_buckets):
-    model, _ = keras_text
-    assert text_buckets.sizes == (8, 16)
-    rng = np.random.default_rng(2)
-    for batch, length in ((3, 5), (1, 16), (5, 9)):  # batches above and below the example's 2
-        ids = rng.integers(1, 100, (batch, length), dtype=np.int32)
-        mask = np.ones((batch, length), np.int32)
-        got = text_buckets({"input_ids": ids, "attention_mask": mask})
-        want = model([ids, mask], training=False)
-        for g, w in zip(got, want):
-            close(np.asarray(g), w.numpy())
-
-
-def test_saved_file_runs_where_tensorflow_cannot_be_imported(keras_text, text_buckets, tmp_path):
-    model, _ = keras_text
-    path = archfit.save(text_buckets, tmp_path / "text.archfit")
-    ids = np.random.default_rng(3).integers(1, 100, (2, 11), dtype=np.int32)
-    mask = np.ones_like(ids)
-    mask[1, 7:] = 0
-    np.savez(tmp_path / "in.npz", input_ids=ids, attention_mask=mask)
-    script = textwrap.dedent(f"""
-        import sys
-        sys.modules["tensorflow"] = None  # `import tensorflow` raises ImportError from here on
-        import numpy as np, archfit
-        try:
-            import tensorflow
-            raise SystemExit("tensorflow imported")
-        except ImportError:
-            pass
-        m = archfit.load({str(path)!r})
-        feed = dict(np.load({str(tmp_path / 'in.npz')!r}))
-        out = m(feed["input_ids"], feed["attention_mask"])
-        assert all(isinstance(o, np.ndarray) for o in out), [type(o) for o in out]
-        np.savez({str(tmp_path / 'out.npz')!r}, *out)
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    got = np.load(tmp_path / "out.npz")
-    want = model([ids, mask], training=False)
-    real = mask.astype(bool)
-    close(got["arr_0"][real], want[0].numpy()[real])  # padded positions are the caller's to ignore
-    close(got["arr_1"], want[1].numpy())
-
-
-def test_tf_detector_keeps_nms_on_the_host():
-    detector, image = keras_models.tf_detector(tiny=True)
-    analysis = archfit.analyze(detector, image, targets=["openvino"])
-    text = analysis.to_text()
-    assert "TF CombinedNonMaxSuppression 'combined_non_max_suppression/CombinedNonMaxSuppression'" in text
-    assert "OnnxModule.head" in text  # the backbone and head before NMS are the compiled region
-    compiled = analysis.compile("openvino")
-    assert isinstance(compiled, archfit.AttachedModule) and list(compiled.regions) == ["head"]
-    got, want = compiled(image), detector(tf.constant(image))
-    for key in ("boxes", "scores", "classes", "count"):
-        g, w = np.asarray(got[key]), want[key].numpy()
-        close(np.sort(g.reshape(-1)), np.sort(w.reshape(-1)))
-
-
-def test_cli_compiles_a_savedmodel_and_an_onnx_file(keras_cnn, onnx_file, tmp_path):
-    model, x = keras_cnn
-    saved = tmp_path / "cnn_saved"
-    model.export(str(saved), verbose=False)  # Keras 3: a SavedModel with a serving_default signature
-    out = tmp_path / "cnn.archfit"
-    done = cli("compile", str(saved), "-t", "openvino", "-o", str(out), "--no-compare")
-    assert done.returncode == 0, done.stderr
-    assert "vs TensorFlow itself" in done.stdout and "TF Conv2D" in done.stdout
-    loaded = archfit.load(out)
-    close(np.asarray(loaded(x[:1])), model(x[:1], training=False).numpy())  # the signature's batch is open: 1
-    path, feed = onnx_file
-    done = cli("compile", path, "-t", "onnxruntime", "-o", str(tmp_path / "block.archfit"), "--no-compare")
-    assert done.returncode == 0, done.stderr
-    assert "ONNX Conv" in done.stdout
-
-
 def test_bad_inputs_say_which_and_what_to_do(onnx_file, tmp_path):
     path, feed = onnx_file
     with pytest.raises(ModelError, match=r"takes inputs 'pixels'; got 'image'.*name the inputs"):
@@ -207,12 +88,6 @@ def test_bad_inputs_say_which_and_what_to_do(onnx_file, tmp_path):
         archfit.analyze(str(bad), feed)
     with pytest.raises(ModelError, match=r"dim 2 is 6, the file fixes it at 8"):
         archfit.analyze(path, {"pixels": np.zeros((2, 3, 6, 6), np.float32)})
-    module = tf.Module()
-    module.v = tf.Variable(1.0)
-    tf.saved_model.save(module, str(tmp_path / "nosig"))
-    done = cli("analyze", str(tmp_path / "nosig"))
-    assert done.returncode != 0
-    assert "has no 'serving_default' signature" in done.stderr + done.stdout
 
 
 MXNET = os.path.join(os.path.dirname(__file__), "data", "mxnet")  # written by tools/mxnet_fixtures.py, with MXNet
@@ -275,3 +150,11 @@ def test_mxnet_zoo_files_written_without_mxnet_compile(tmp_path):
         assert compiled.report.validation.ok and not compiled.report.fallback
         out = compiled(feed)
         assert isinstance(out if not isinstance(out, list) else out[0], np.ndarray)
+
+
+def test_cli_compiles_an_onnx_file(onnx_file, tmp_path):
+    path, feed = onnx_file
+    done = cli("compile", path, "-t", "onnxruntime", "-o", str(tmp_path / "block.archfit"), "--no-compare")
+    assert done.returncode == 0, done.stderr
+    assert "ONNX Conv" in done.stdout and "vs ONNX Runtime on the ONNX file" in done.stdout
+    close(archfit.load(tmp_path / "block.archfit")(feed["pixels"]), ort.InferenceSession(path).run(None, feed)[0])

@@ -8,9 +8,14 @@ Design notes (measured here, Keras 3.15 / TensorFlow 2.21 / onnx2torch 1.5.15 / 
   torch.export fails on its shape handling (Squeeze/Reshape take axes and shapes as tensors:
   GuardOnDataDependentSymNode on a Keras ResNet's Squeeze); folding shape subgraphs in numpy at
   the example shapes removes the problem at its root and lets us name each node.
-- TensorFlow/Keras -> ONNX: tf2onnx via tf.function, the path Keras's model.export takes.
+- TensorFlow/Keras -> ONNX: tf2onnx via tf.function, the path Keras's model.export takes, in
+  its large-model mode (weights kept out of the graph it deep-copies per optimizer pass: 122 ->
+  80 s on a Keras BERT-base), with the batch-norm folding that mode skips done by the importer.
   OpenVINO reads TF directly, but only for OpenVINO: it would not give ONNX Runtime, the
-  partitioner or the packager the graph.
+  partitioner or the packager the graph. tf2onnx leaves TF ops it cannot convert (Erfc, from
+  Keras's exact GELU) in the graph, which ONNX Runtime then refuses; the importer maps them.
+- MXNet -> torch: archfit reads the symbol JSON and params file itself (frontends/mxnet.py):
+  MXNet 1.9 needs numpy<1.24 and cannot be installed beside archfit.
 """
 from __future__ import annotations
 
