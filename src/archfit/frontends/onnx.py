@@ -176,7 +176,8 @@ class OnnxModule(OnnxGraph):
                 static[init.name] = array
         inputs = [i.name for i in graph.input if i.name not in static and i.name not in weights]
         outputs = [o.name for o in graph.output]
-        nodes = _fold_scale_shift([(n, _attrs(n)) for n in graph.node], weights, static, outputs)
+        nodes = _fold_constants([(n, _attrs(n)) for n in graph.node], weights, static, set(outputs))
+        nodes = _fold_scale_shift(nodes, weights, static, outputs)
         head, tail = _split_host(nodes)
         super().__init__(tail if head else nodes, static, weights, inputs, outputs, framework, labels or {})
         self.declared = {i.name: [d.dim_value if d.HasField("dim_value") else None
@@ -214,6 +215,38 @@ class OnnxModule(OnnxGraph):
         self._run(self._nodes, env)
         outs = [tensor(env[name]) for name in self.output_names]
         return outs[0] if len(outs) == 1 else dict(zip(self.output_names, outs))
+
+
+def _fold_constants(nodes: list, weights: dict, static: dict, outputs: set[str]) -> list:
+    """Nodes computed from weights and constants alone (a Keras model converted with its weights
+    as inputs transposes its kernels and computes its batch-norm scales in the graph) run once,
+    here; their results become weights. The graph every target sees is then the model's compute."""
+    kept = []
+    for proto, attrs in nodes:
+        given = [i for i in proto.input if i]
+        constant = given and all(i in weights or i in static for i in given)
+        if not constant or proto.op_type in HOST_OPS or proto.op_type in _CONTROL or \
+                any(o in outputs for o in proto.output):
+            kept.append((proto, attrs))
+            continue
+        raw = [weights.get(i, static.get(i)) if i else None for i in proto.input]
+        node = Node(proto, attrs, raw)
+        try:
+            with torch.no_grad():
+                if proto.op_type in STATIC and all(isinstance(v, np.ndarray) for v in raw if v is not None):
+                    out = STATIC[proto.op_type](node, *raw)
+                else:
+                    out = TORCH[proto.op_type](node, *[torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray)
+                                                       else v for v in raw])
+        except Exception:  # noqa: BLE001 - not foldable here: it runs in the graph, where errors are named
+            kept.append((proto, attrs))
+            continue
+        for name, value in zip(proto.output, out if isinstance(out, tuple) else (out,)):
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() > _SMALL:
+                weights[name] = value.contiguous()
+            else:
+                static[name] = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    return kept
 
 
 def _fold_scale_shift(nodes: list, weights: dict, static: dict, outputs: list[str]) -> list:
