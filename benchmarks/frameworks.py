@@ -157,15 +157,14 @@ def render(result: dict) -> str:
 
 def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    names = sys.argv[1:] or list(MODELS)
-    parts = []
-    for name in names:
+    for name in sys.argv[1:] or list(MODELS):
         result = one_model(name)
         result["host"] = {"cpu": platform.processor() or platform.machine(), "threads": THREADS}
         (RESULTS / f"frameworks-{name}.json").write_text(json.dumps(result, indent=2))
-        parts.append(render(result))
-        print(parts[-1], flush=True)
-    (RESULTS / "frameworks.md").write_text("\n\n".join(parts) + "\n")
+        print(render(result), flush=True)
+    # the tables of every model run so far, so one model can be re-run alone
+    done = [json.loads(p.read_text()) for name in MODELS if (p := RESULTS / f"frameworks-{name}.json").exists()]
+    (RESULTS / "frameworks.md").write_text("\n\n".join(render(r) for r in done) + "\n")
 
 
 if __name__ == "__main__":
