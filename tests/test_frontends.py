@@ -131,6 +131,10 @@ def test_mxnet_errors_name_the_file(tmp_path):
     done = cli("compile", path, "--shape", "data=2x3x32x32", "-o", str(tmp_path / "r.archfit"), "--no-compare")
     assert done.returncode == 0, done.stderr
     assert "MXNet Convolution" in done.stdout
+    np.save(tmp_path / "data.npy", feed["data"])  # `archfit run` on the file, against MXNet's own output
+    done = cli("run", str(tmp_path / "r.archfit"), "--input", f"data={tmp_path / 'data.npy'}", "-d", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    close(np.load(tmp_path / "output.npy"), mxnet_case("tiny_resnet")[2][0])
 
 
 def test_mxnet_zoo_files_written_without_mxnet_compile(tmp_path):
