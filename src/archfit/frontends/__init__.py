@@ -94,7 +94,8 @@ def import_model(model: Any, example_inputs: Any) -> Imported:
 
 
 def _import_tensorflow(model: Any, example_inputs: Any) -> Imported:
-    from .onnx import OnnxModule, as_torch
+    from .inputs import as_torch
+    from .onnx import OnnxModule
     from .tensorflow import TensorFlowSource
 
     source = TensorFlowSource(model, example_inputs)
@@ -125,7 +126,7 @@ def _ort_reference(proto) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 def feed_of(names: tuple[str, ...], args: tuple, kwargs: dict, ids: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """A call's inputs (a dict, arrays in input order, or keywords) as torch tensors by name."""
     from ..errors import InputError
-    from .onnx import as_torch
+    from .inputs import as_torch, by_name
 
     if len(args) == 1 and isinstance(args[0], dict) and not kwargs:
         given = dict(args[0])
@@ -134,13 +135,7 @@ def feed_of(names: tuple[str, ...], args: tuple, kwargs: dict, ids: tuple[str, .
             raise InputError(f"called with {len(args)} inputs; the model takes {len(names)} "
                              f"({', '.join(map(repr, names))})")
         given = dict(zip(names, args)) | kwargs
-    unknown = [k for k in given if k not in names]
-    missing = [n for n in names if n not in given]
-    if unknown or missing:
-        raise InputError(f"the model takes inputs {', '.join(map(repr, names))}; "
-                         f"{'unknown ' + repr(unknown[0]) if unknown else 'missing ' + repr(missing[0])}: "
-                         f"pass arrays in that order or a dict by those names")
-    feed = {n: as_torch(given[n]) for n in names}
+    feed = {n: as_torch(v) for n, v in by_name(names, given, "the model", InputError).items()}
     return feed | {n: feed[n].long() for n in ids}
 
 
@@ -221,7 +216,7 @@ def example_inputs_for(path: str, shapes: dict | None = None, batch: int = 1, le
                  for n in module.input_names]
     elif _is_onnx(path):
         from .onnx import read_onnx
-        from .onnx_ops import NP_DTYPES
+        from .onnx_static import NP_DTYPES
 
         graph = read_onnx(path).graph
         known = {t.name for t in graph.initializer}

@@ -19,6 +19,8 @@ from torch.fx.traceback import annotate
 
 from ..core.source import OP_KEY, SOURCE_KEY
 from ..errors import ModelError, first_line
+from .inputs import by_name
+from .onnx_static import tensor
 
 _LIST_MAGIC = 0x112  # kMXAPINDArrayListMagic
 _ARRAY_MAGICS = (0xF993FAC9, 0xF993FACA)  # NDArray V2, V3 (numpy shape semantics)
@@ -101,10 +103,6 @@ def _value(text: str):
         return ast.literal_eval(text)  # literals only: never evaluates code
     except (ValueError, SyntaxError):
         return text
-
-
-def _t(x) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
 
 
 def _reshape(x: torch.Tensor, spec) -> torch.Tensor:
@@ -306,13 +304,11 @@ class MxnetModule(torch.nn.Module):
                              for h, k in heads]
 
     def forward(self, **inputs):
-        if set(inputs) != set(self.input_names):
-            raise ModelError(f"the MXNet model takes inputs {', '.join(map(repr, self.input_names))}; got "
-                             f"{', '.join(map(repr, inputs)) or 'none'}: pass the inputs by those names")
+        inputs = by_name(self.input_names, inputs, "the MXNet model")
         values: dict[int, tuple] = {}
         for i, (op, name, attrs, edges) in enumerate(self._nodes):
             if op == "null":
-                values[i] = (getattr(self, self._params[i]) if i in self._params else _t(inputs[name]),)
+                values[i] = (getattr(self, self._params[i]) if i in self._params else tensor(inputs[name]),)
                 continue
             args = [values[j][k] for j, k in edges]
             with annotate({SOURCE_KEY: f"MXNet {op} {name!r}", OP_KEY: op}):

@@ -20,7 +20,9 @@ from onnx import numpy_helper
 from torch.fx.traceback import annotate
 
 from ..errors import ModelError, first_line
-from .onnx_ops import STATIC, TORCH, Node, tensor
+from .onnx_ops import TORCH
+from .inputs import as_dict, as_torch, by_name
+from .onnx_static import STATIC, Node, tensor
 
 SOURCE_KEY = "archfit_source"  # node.meta["custom"] key: how the user's framework names the node
 OP_KEY = "archfit_op"  # ... and its op type there
@@ -94,13 +96,11 @@ class OnnxGraph(torch.nn.Module):
         self._nodes = nodes
 
     def forward(self, **inputs):
-        unknown = sorted(set(inputs) - set(self.input_names))
-        missing = [n for n in self.input_names if n not in inputs]
-        if unknown or missing:
-            raise ModelError(f"the ONNX model takes inputs {', '.join(map(repr, self.input_names))}; got "
-                             f"{', '.join(map(repr, inputs)) or 'none'}: pass the inputs by those names")
-        env = self._env(inputs)
+        env = self._env(by_name(self.input_names, inputs, f"the {self.framework} model"))
         self._run(self._nodes, env)
+        return self._outputs(env)
+
+    def _outputs(self, env: dict[str, Any]):
         outs = [tensor(env[name]) for name in self.output_names]
         return outs[0] if len(outs) == 1 else dict(zip(self.output_names, outs))
 
@@ -213,8 +213,7 @@ class OnnxModule(OnnxGraph):
         env = self._env(inputs)
         env.update(head if isinstance(head, dict) else {self.head.output_names[0]: head})
         self._run(self._nodes, env)
-        outs = [tensor(env[name]) for name in self.output_names]
-        return outs[0] if len(outs) == 1 else dict(zip(self.output_names, outs))
+        return self._outputs(env)
 
 
 def _fold_constants(nodes: list, weights: dict, static: dict, outputs: set[str]) -> list:
@@ -326,29 +325,4 @@ def named_inputs(module: torch.nn.Module, example_inputs: Any, what: str) -> dic
     """Example inputs (a dict by input name, a sequence in input order, or one array) as torch
     tensors by the imported module's `input_names`."""
     names = module.input_names
-    if isinstance(example_inputs, dict):
-        values = dict(example_inputs)
-    elif isinstance(example_inputs, (list, tuple)):
-        if len(example_inputs) != len(names):
-            raise ModelError(f"{what} takes {len(names)} input(s) ({', '.join(map(repr, names))}), got "
-                             f"{len(example_inputs)}; pass one array per input, or a dict by name")
-        values = dict(zip(names, example_inputs))
-    else:
-        values = {names[0]: example_inputs} if len(names) == 1 else None
-        if values is None:
-            raise ModelError(f"{what} takes {len(names)} inputs ({', '.join(map(repr, names))}); pass a dict by name")
-    wrong = sorted(set(values) - set(names))
-    missing = [n for n in names if n not in values]
-    if wrong or missing:
-        raise ModelError(f"{what} takes inputs {', '.join(map(repr, names))}; got {', '.join(map(repr, values))}: "
-                         f"{'unknown ' + repr(wrong[0]) if wrong else 'missing ' + repr(missing[0])}; "
-                         f"name the inputs as the model does")
-    return {n: as_torch(values[n]) for n in names}
-
-
-def as_torch(value) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):  # a tf.Tensor
-        value = value.numpy()
-    return torch.from_numpy(np.ascontiguousarray(value))
+    return {n: as_torch(v) for n, v in by_name(names, as_dict(names, example_inputs, what), what).items()}

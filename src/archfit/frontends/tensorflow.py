@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError, first_line
+from .inputs import as_dict, by_name
 
 _OPSET = 17
 # Keras models with more weights than this convert with their weights as inputs (see
@@ -63,7 +64,10 @@ def _convert(tf, fn, signature) -> "Any":
     log = logging.getLogger("tf2onnx")
     level, log.level = log.level, logging.CRITICAL
     try:
-        proto = _from_function(tf2onnx, fn, signature)
+        # large_model=True would keep weights out of the copies tf2onnx makes per optimizer pass,
+        # but peaked at 23 GB on a Keras BERT-base (measured); large Keras models convert with
+        # their weights as inputs instead (TensorFlowSource._keras_to_onnx)
+        proto = tf2onnx.convert.from_function(fn, input_signature=signature, opset=_OPSET)[0]
     except Exception as e:  # noqa: BLE001 - tf2onnx raises anything; say which op when it does
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         said = lines[-1][:200] if lines and lines[0].startswith("in user code") else first_line(e, 200)
@@ -73,14 +77,6 @@ def _convert(tf, fn, signature) -> "Any":
     finally:
         log.setLevel(level)
     return proto
-
-
-def _from_function(tf2onnx, fn, signature):
-    """tf2onnx's own conversion. Measured on a Keras BERT-base: 122 s, most of it tf2onnx
-    deep-copying the graph with its weights before each optimizer pass; its large-model mode,
-    which keeps weights out of those copies (80 s), peaked at 23 GB of memory there, so it is
-    not used."""
-    return tf2onnx.convert.from_function(fn, input_signature=signature, opset=_OPSET)[0]
 
 
 class TensorFlowSource:
@@ -125,23 +121,11 @@ class TensorFlowSource:
         self.feed = self._feed(inputs)
 
     def _feed(self, inputs: Any) -> dict[str, np.ndarray]:
-        def arr(v):
-            return np.asarray(v.numpy() if hasattr(v, "numpy") else v)
-
-        names = self.input_names
-        if isinstance(inputs, dict):
-            feed = {k: arr(v) for k, v in inputs.items()}
-            if names and set(feed) != set(names):
-                raise ModelError(f"{self.name} takes inputs {', '.join(map(repr, names))}; got "
-                                 f"{', '.join(map(repr, feed))}: name the inputs as the model does")
-            return {n: feed[n] for n in names} if names else feed
-        values = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        names = names or [f"input_{i}" for i in range(len(values))]
-        if len(values) != len(names):
-            raise ModelError(f"{self.name} takes {len(names)} input(s) ({', '.join(map(repr, names))}), got "
-                             f"{len(values)}; pass one array per input, or a dict by name")
-        self.input_names = names
-        return {n: arr(v) for n, v in zip(names, values)}
+        if not self.input_names:  # a Keras model that declares no inputs: named as given, or by position
+            count = len(inputs) if isinstance(inputs, (list, tuple)) else 1
+            self.input_names = list(inputs) if isinstance(inputs, dict) else [f"input_{i}" for i in range(count)]
+        feed = by_name(self.input_names, as_dict(self.input_names, inputs, self.name), self.name)
+        return {n: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for n, v in feed.items()}
 
     def reference(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """TensorFlow's own outputs, flat in the ONNX graph's output order."""
