@@ -114,7 +114,9 @@ def test_tf_detector_keeps_nms_on_the_host():
     text = analysis.to_text()
     assert "TF CombinedNonMaxSuppression 'combined_non_max_suppression/CombinedNonMaxSuppression'" in text
     assert "OnnxModule.head" in text  # the backbone and head before NMS are the compiled region
-    compiled = analysis.compile("openvino")
+    # the tiny head is timed against eager by the payoff check, which a loaded machine can tip;
+    # what this test is about is where NMS runs
+    compiled = analysis.compile("openvino", check_payoff=False)
     assert isinstance(compiled, archfit.AttachedModule) and list(compiled.regions) == ["head"]
     got, want = compiled(image), detector(tf.constant(image))
     for key in ("boxes", "scores", "classes", "count"):
