@@ -50,7 +50,7 @@ def test_keras_model_matches_tensorflow_and_names_tf_ops_and_layers(keras_cnn):
     assert any("Keras layer pool1" in s and s.startswith("TF MaxPool") for s in sources), sources
     for chip in ("inf1", "inf2"):  # the accelerator profiles see the same graph
         assert analysis[chip].partitions and analysis[chip].estimate is not None
-    compiled = analysis.compile("openvino")
+    compiled = analysis.compile("openvino", check_payoff=False)  # a loaded machine can tip the tiny model's timing
     assert not compiled.report.fallback  # force_cpu was the analysis's, not the compile's
     want = model(x, training=False).numpy()
     other = np.random.default_rng(1).random(x.shape, "float32")
