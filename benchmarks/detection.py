@@ -31,8 +31,7 @@ def one(name: str, rounds: int, seconds: float) -> dict:
     torch.set_num_threads(2)
     model, inputs = zoo.build(name)
     builders = arms(model, inputs, targets=("openvino", "onnxruntime"), precisions=("fp32", "bf16"))
-    builders.pop("eager PyTorch bf16 autocast")
-    builders.pop("archfit onnxruntime bf16")  # ONNX Runtime's CPU provider has no bf16 kernels to offer
+    builders.pop("eager PyTorch bf16 autocast", None)
     results = run_arms(builders, rounds=rounds, seconds_per_round=seconds, log=lambda m: print(m, flush=True))
     eager = next(r for r in results if r.name == "eager PyTorch")
     rows = [{"arm": r.name, "precision": r.precision, "p50_ms": r.p50, "p90_ms": r.p90,

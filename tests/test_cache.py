@@ -48,7 +48,8 @@ def test_changed_weights_or_precision_miss_the_cache(fresh_cache):
     again = archfit.trace(model, (x,), target="onnxruntime", check_payoff=False)
     assert not any(t.cached for t in again.report.timings.values())
     assert_close_to_eager(model, again, (x,))  # stale engine would fail this
-    bf16 = archfit.trace(model, (x,), target="onnxruntime", precision="bf16", check_payoff=False)
+    archfit.trace(model, (x,), target="inf2", precision="fp32", check_payoff=False)
+    bf16 = archfit.trace(model, (x,), target="inf2", precision="bf16", check_payoff=False)
     assert not any(t.cached for t in bf16.report.timings.values())
 
 

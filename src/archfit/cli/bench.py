@@ -140,9 +140,12 @@ def arms(model: torch.nn.Module, inputs: Any, targets=("openvino", "onnxruntime"
         if "bf16" in precisions:
             out["torch.compile (OpenVINO backend) bf16"] = (
                 "bf16", lambda: _torch_compile(model, inputs, "openvino", "bf16"))
+    from ..targets import get_target
+
     for t in targets:
         for p in precisions:
-            out[f"archfit {t} {p}"] = (p, lambda t=t, p=p: _archfit(model, inputs, t, p)[0])
+            if get_target(t).precision_unavailable(p) is None:  # a target refusing a precision here has no arm
+                out[f"archfit {t} {p}"] = (p, lambda t=t, p=p: _archfit(model, inputs, t, p)[0])
     return out
 
 

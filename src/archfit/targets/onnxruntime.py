@@ -17,7 +17,6 @@ import torch
 from torch import fx
 
 from .base import Engine, Target, export_partition, listed_or_decomposed, requires, thread_limit, to_numpy
-from .precision import emulate_bf16
 from .registry import register_target
 
 
@@ -161,11 +160,21 @@ def quiet():
             logging.getLogger(n).setLevel(lvl)
 
 
-def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], precision: str) -> OnnxRuntimeEngine:
+def precision_unavailable(precision: str) -> str | None:
+    # ORT's CPU provider has no fast bf16 matmul/conv kernels: emulating bf16's rounding ran at
+    # 0.30-0.39x the best bf16 peer on every model (BENCHMARKS.md, before this refusal), slower
+    # than ORT's own fp32. A precision that loses to the target's fp32 is a trap, so not offered.
     if precision == "bf16":
-        # ORT's CPU provider has no bf16 matmul/conv kernels: round their inputs and outputs to
-        # bf16 instead, which gives the numerics of bf16 compute with fp32 accumulation.
-        gm = emulate_bf16(gm)
+        from .openvino import bf16_units
+
+        faster = ("target='openvino' computes in bf16 on this CPU" if bf16_units() else
+                  "target='openvino' computes in bf16 on CPUs with bf16 units (this one has none: use fp32 here)")
+        return (f"ONNX Runtime's CPU provider has no bf16 matmul/convolution kernels, so bf16 would run slower than "
+                f"its fp32; {faster}, and inf1/inf2 emulate Inferentia's bf16 numerics")
+    return None
+
+
+def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], precision: str) -> OnnxRuntimeEngine:
     with quiet():
         program = torch.onnx.export(export_partition(gm, example_inputs, contiguous_reshapes=True), dynamo=True,
                                     optimize=True, verbose=False)
@@ -186,4 +195,4 @@ unavailable = requires("onnxruntime", "onnxscript")
 TARGET = register_target(Target(
     "onnxruntime", backend="onnxruntime", device="CPU", supports=supports, compile=compile_partition,
     load=OnnxRuntimeEngine, description="ONNX Runtime CPU execution provider, via torch.onnx (dynamo exporter)",
-    unavailable=unavailable, versions=versions))
+    unavailable=unavailable, versions=versions, precision_unavailable=precision_unavailable))
