@@ -284,3 +284,57 @@ def test_two_streams_run_two_batches_at_once_with_the_same_answers(bert_file, mo
     finally:
         gate.open.set()
         r.stop()
+
+
+def test_a_packed_group_is_what_one_engine_call_holds():
+    """Packed files: the batcher groups queued requests by their tokens against one engine call's
+    rows (first fit, oldest first), so each request is answered when its call ends, not when the
+    calls of every queued sequence have."""
+    import asyncio
+
+    from archfit.serve.batcher import Batcher, Pending
+    from archfit.serve.metrics import Metrics
+    from archfit.serve.servable import Item, PackedServable
+
+    class Tokens(PackedServable):  # the budget rule alone: 2 rows of 32 tokens, no module
+        def __init__(self):
+            self.name = "enc"
+
+        budget = 64
+
+    loop = asyncio.new_event_loop()
+    try:
+        b = Batcher(Tokens(), Metrics(), max_delay=0.0)
+        for n in (30, 20, 40, 10, 60):
+            b.pending.append(Pending(Item(None, 1, None, n), loop.create_future()))
+        first = b._take(time.perf_counter())
+        assert [p.item.size for p in first] == [30, 20, 10]  # 40 would overflow the call; 10 still fits
+        assert [p.item.size for p in b._take(time.perf_counter())] == [40]
+        assert [p.item.size for p in b._take(time.perf_counter())] == [60]
+    finally:
+        loop.close()
+
+
+def test_a_batching_bug_fails_the_queued_requests_instead_of_hanging_them():
+    import asyncio
+
+    from archfit.serve.batcher import Batcher
+    from archfit.serve.metrics import Metrics
+    from archfit.serve.servable import Item, Servable
+
+    class Broken(Servable):
+        def __init__(self):
+            self.name = "broken"
+
+        def cost(self, item):
+            raise RuntimeError("cost of a malformed item")
+
+    async def main():
+        b = Batcher(Broken(), Metrics(), max_delay=0.0)
+        b.start()
+        fut = b.submit(Item(None, 1, None))
+        with pytest.raises(RuntimeError, match="cost of a malformed item"):
+            await asyncio.wait_for(fut, 5)
+        await b.close()  # the loop is still alive: it drains and stops
+
+    asyncio.run(main())

@@ -1,6 +1,7 @@
 """Dynamic batching that knows the file: requests queue per model; a group of requests that may
 share an engine call (same bucket, same exact length, or any for packed files) is sent as soon as
-it fills the file's batch capacity, or when its oldest request has waited `max_delay`. The engine
+it fills what one engine call holds (the file's batch rows; for packed files, its rows' tokens),
+or when its oldest request has waited `max_delay`. The engine
 runs on a worker thread, so the event loop keeps answering while it computes, and the next batch
 forms meanwhile (under load, batches fill by themselves; the delay only matters when idle).
 
@@ -11,6 +12,7 @@ whose client went away is dropped before it reaches an engine."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,9 @@ from dataclasses import dataclass, field
 
 from .metrics import Metrics
 from .servable import Item, Servable
+
+
+log = logging.getLogger("archfit.serve")
 
 
 class Overloaded(Exception):
@@ -78,12 +83,12 @@ class Batcher:
             self._forget(self.pending.popleft())
         if not self.pending:
             return -1.0
-        cap = self.servable.capacity
-        rows: dict = {}
+        cap, cost = self.servable.budget, self.servable.cost
+        load: dict = {}
         for p in self.pending:
             if not p.future.done():
-                rows[p.item.key] = rows.get(p.item.key, 0) + p.item.rows
-        full = next((k for k, n in rows.items() if n >= cap), None)
+                load[p.item.key] = load.get(p.item.key, 0) + cost(p.item)
+        full = next((k for k, n in load.items() if n >= cap), None)
         oldest = self.pending[0]
         wait = oldest.since + self.max_delay - now
         if full is None and wait > 0 and not self.closing:
@@ -93,9 +98,9 @@ class Batcher:
         for p in self.pending:
             if p.future.done():
                 self._forget(p)
-            elif p.item.key == key and (not group or filled + p.item.rows <= cap):
+            elif p.item.key == key and (not group or filled + cost(p.item) <= cap):
                 group.append(p)
-                filled += p.item.rows
+                filled += cost(p.item)
             else:
                 keep.append(p)
         self.pending = keep
@@ -107,7 +112,16 @@ class Batcher:
     async def _loop(self) -> None:
         while True:
             await self.slots.acquire()  # a free stream first: requests keep queueing (and grouping) meanwhile
-            got = self._take(time.perf_counter())
+            try:
+                got = self._take(time.perf_counter())
+            except Exception as e:  # noqa: BLE001 - a bug here must fail the queued requests, not hang them
+                log.exception("archfit serve: batching %s failed", self.servable.name)
+                failed, self.pending = self.pending, deque()
+                for p in failed:
+                    self._forget(p)
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                got = -1.0  # nothing queued now: wait for the next request
             if isinstance(got, float):
                 self.slots.release()
                 if got < 0 and self.closing:

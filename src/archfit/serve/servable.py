@@ -64,6 +64,15 @@ class Servable:
         self.name = name
         self.module = module
 
+    # -- what one engine call holds, for the batcher ----------------------------------------
+    @property
+    def budget(self) -> int:
+        """What one engine call holds, in the units of `cost` (rows, by default)."""
+        return self.capacity
+
+    def cost(self, item: "Item") -> int:
+        return item.rows
+
     def metadata(self) -> dict:
         return {"name": self.name, "versions": ["1"], "platform": f"archfit_{self.module.target}",
                 "inputs": [i.to_dict() for i in self.inputs], "outputs": [o.to_dict() for o in self.outputs],
@@ -276,6 +285,15 @@ class PackedServable(Servable):
         per = module.run([torch.ones(2, dtype=torch.long)])
         self.outputs = [TensorMeta(k, datatype(v.dtype), (-1, -1, *v.shape[2:]) if k != "pooled" else (-1, *v.shape[1:]))
                         for k, v in per[0].items()]
+
+    @property
+    def budget(self) -> int:
+        # tokens, not sequences: a group is what one engine call's rows hold, so each request is
+        # answered when its call ends rather than when every queued sequence's call has
+        return self.module.rows * self.module.spec.max_len
+
+    def cost(self, item) -> int:
+        return item.size
 
     def prepare(self, given, parameters=None):
         from ..shapes.packed import _sequence
