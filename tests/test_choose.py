@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import archfit
-from archfit.choose import Alternative, measure
+from archfit.choose import Alternative
+from archfit.core.timing import interleaved_ms
 from archfit.targets.openvino import bf16_units
 from conftest import assert_close_to_eager, cli
 
@@ -56,7 +57,7 @@ def test_a_candidate_that_fails_is_left_out_with_its_reason(mlp):
 
 def test_measure_interleaves_and_takes_the_median():
     calls = []
-    ms = measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, seconds=0.0)
+    ms = interleaved_ms({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, seconds=0.0)
     assert calls[:2] == ["a", "b"] and calls[2:12] == ["a", "b"] * 5  # warm-up, then alternating
     assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
     assert Alternative("x", "fp32").ms is None
@@ -67,3 +68,41 @@ def test_cli_compile_auto_prints_the_measured_alternatives(mlp, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "chosen by measurement on this CPU" in out.stdout and "chosen" in out.stdout
     assert archfit.load(tmp_path / "m.archfit").target not in ("inf1", "inf2")  # never an emulation
+
+
+def _engine_targets(module) -> dict[int, str]:
+    from archfit.artifact.package import _engine_modules
+
+    return {m.index: m.target for _name, m in _engine_modules(module.graph_module)}
+
+
+def test_per_partition_measures_each_partition_on_every_real_target(mlp):
+    model, inputs = mlp
+    compiled = archfit.trace(model, inputs, "openvino", force_cpu=["aten.gelu"], check_payoff=False, min_partition_size=1,
+                             per_partition=True)
+    timings = compiled.report.timings
+    assert len(timings) == 2  # before and after the gelu kept in PyTorch
+    for tm in timings.values():
+        assert "openvino" in tm.measured and "onnxruntime" in tm.measured, tm.measured
+        assert tm.target in ("openvino", "onnxruntime")
+    assert _engine_targets(compiled) == {i: tm.target for i, tm in timings.items()}
+    assert_close_to_eager(model, compiled, inputs)
+    text = compiled.report.to_text()
+    assert "runs on" in text and "the target per_partition kept" in text
+    with pytest.raises(archfit.ArchfitError, match="per_partition mixes targets that run here; inf1 is an emulated"):
+        archfit.trace(model, inputs, "inf1", per_partition=True)
+
+
+def test_a_mixed_file_loads_each_engine_on_its_own_target(mlp, tmp_path, monkeypatch):
+    import archfit.core.mixed as mixed
+
+    # whatever this CPU measures, partition 0 stays on openvino and partition 1 goes to onnxruntime
+    verdicts = iter([{"openvino": 1.0, "onnxruntime": 2.0}, {"openvino": 2.0, "onnxruntime": 1.0}])
+    monkeypatch.setattr(mixed, "interleaved_ms", lambda calls, seconds: next(verdicts))
+    model, inputs = mlp
+    compiled = archfit.trace(model, inputs, "openvino", force_cpu=["aten.gelu"], check_payoff=False, min_partition_size=1,
+                             per_partition=True)
+    assert _engine_targets(compiled) == {0: "openvino", 1: "onnxruntime"}
+    loaded = archfit.load(archfit.save(compiled, tmp_path / "mixed.archfit"))
+    assert _engine_targets(loaded) == {0: "openvino", 1: "onnxruntime"} and loaded.target == "openvino"
+    assert_close_to_eager(model, loaded, inputs)

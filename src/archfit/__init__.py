@@ -11,7 +11,9 @@ from ._version import __version__
 # `archfit` command, whose Ctrl-C must not land inside torch's import) stays light.
 _LAZY = {
     "load": "artifact", "save": "artifact", "ArchfitModule": "core.module", "CompiledModule": "core.module",
-    "TOLERANCES": "core.validate", "Analysis": "pipeline", "TraceOptions": "pipeline", "analyze": "pipeline",
+    "TOLERANCES": "core.validate", **{name: "core.accuracy" for name in ("Accuracy", "Classification", "Detection",
+                                                                          "Embedding", "Tokens")},
+    "Analysis": "pipeline", "TraceOptions": "pipeline", "analyze": "pipeline",
     "trace": "pipeline", "trace_seq2seq": "pipeline", "AttachedModule": "regions", "HostRegion": "regions",
     "FitReport": "report", "BucketChoice": "shapes", "BucketedModule": "shapes", "Buckets": "shapes",
     "PackedModule": "shapes", "Packing": "shapes",
@@ -54,6 +56,7 @@ def __getattr__(name: str):
 if TYPE_CHECKING:  # what the names above are, for type checkers and editors
     from .artifact import load, save  # noqa: F401
     from .core.module import ArchfitModule, CompiledModule  # noqa: F401
+    from .core.accuracy import Accuracy, Classification, Detection, Embedding, Tokens  # noqa: F401
     from .core.validate import TOLERANCES  # noqa: F401
     from .errors import (ArchfitError, ArtifactError, CaptureError, CompileError, InputError,  # noqa: F401
                          ModelError, TargetError, UnsupportedOpsError, ValidationError)
@@ -66,7 +69,7 @@ if TYPE_CHECKING:  # what the names above are, for type checkers and editors
 
 
 __all__ = [
-    "Analysis", "ArchfitError", "ArchfitModule", "ArtifactError", "AttachedModule", "BucketChoice", "BucketedModule",
+    "Accuracy", "Classification", "Detection", "Embedding", "Tokens", "Analysis", "ArchfitError", "ArchfitModule", "ArtifactError", "AttachedModule", "BucketChoice", "BucketedModule",
     "Buckets", "CaptureError", "ChipSpec", "CompileError", "CompiledModule", "Engine", "FitReport", "HostRegion",
     "InputError", "ModelError", "PackedModule", "Packing", "Seq2SeqModule", "TOLERANCES", "Target", "TargetError", "TraceOptions",
     "UnsupportedOpsError", "ValidationError", "__version__", "analyze", "choose_buckets", "get_target",

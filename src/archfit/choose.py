@@ -8,12 +8,12 @@ tolerance is not a candidate); the report lists every alternative with its time 
 it was left out."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from .core.capture import normalize_inputs
 from .core.module import ArchfitModule
+from .core.timing import interleaved_ms as measure
 from .errors import ArchfitError, first_line
 from .report.fit import FitReport
 from .targets.registry import get_target, list_targets
@@ -50,21 +50,6 @@ def candidates(target: str, precision: str | None) -> tuple[list[tuple[str, str]
             else:
                 pairs.append((name, p))
     return pairs, out
-
-
-def measure(calls: dict[Any, Callable[[], object]], seconds: float) -> dict[Any, float]:
-    """Median ms of each call, interleaved call by call (so a machine slowing down mid-way costs
-    every candidate alike), within about `seconds` per candidate, at least 5 calls each."""
-    for call in calls.values():
-        call()  # warm-up: first-call allocations are not the model's speed
-    times: dict[Any, list[float]] = {k: [] for k in calls}
-    deadline = time.perf_counter() + seconds * len(calls)
-    while min(len(v) for v in times.values()) < 5 or time.perf_counter() < deadline:
-        for k, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            times[k].append(time.perf_counter() - t0)
-    return {k: 1e3 * sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
 def trace_auto(trace: Callable[..., ArchfitModule], model, example_inputs: Any, target: str, precision: str | None,

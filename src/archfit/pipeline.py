@@ -12,8 +12,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from .core.accuracy import Accuracy, accuracy_gate
 from .core.capture import Captured, CaptureFailure, capture_fixed, normalize_inputs
 from .core.compile import compile_plan
+from .core.mixed import mix_targets, other_targets
 from .core.module import ArchfitModule, CompiledModule
 from .core.partition import PartitionPlan, drop_partitions, is_acyclic, plan_partitions, require_full as check_full
 from .core.support import Reason, check_support
@@ -104,6 +106,8 @@ class TraceOptions:
     validate: bool = True
     cache: bool = True
     progress: Callable[[str], None] | None = None
+    accuracy: Accuracy | None = None  # a task gate deciding validation (core/accuracy.py)
+    per_partition: bool = False  # each partition on the real target the whole model measures fastest with
 
     def say(self, message: str) -> None:
         if self.progress is not None:
@@ -179,8 +183,8 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
           min_partition_size: int | None = None, check_payoff: bool = True,
           validate: bool = True, validation_inputs: Any = None, cache: bool = True, progress=None,
           name: str | None = None, buckets: Buckets | None = None, dynamic_batch: bool = False,
-          check_padding: bool = True, packing: Packing | None = None,
-          _analysis: Analysis | None = None) -> ArchfitModule:
+          check_padding: bool = True, packing: Packing | None = None, accuracy: str | Accuracy | None = None,
+          per_partition: bool = False, _analysis: Analysis | None = None) -> ArchfitModule:
     """Compile `model` for `target` at the example inputs' shapes; returns an nn.Module that
     takes the same inputs and returns the same output structure as `model`.
 
@@ -194,6 +198,13 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
         beats PyTorch including the boundary crossing.
     validate: compare with eager PyTorch on the example and one random input (see TOLERANCES).
     validation_inputs: more inputs to validate on, structured like example_inputs.
+    accuracy: a task gate that decides validation instead of the elementwise tolerance (which is
+        still reported): archfit.Detection(), Classification(), Embedding(), Tokens(), or a name,
+        e.g. "detection" or "detection:recall=0.98" (see archfit.core.accuracy). bf16 on a
+        detector passes or fails on what the task needs, and the report prints the metric.
+    per_partition: after compiling on `target`, compile each partition on every other real target
+        that takes all its ops too, and keep, per partition, the one the whole model measures
+        fastest with (the report names each partition's target; the file records it).
     cache: reuse engines from the on-disk compile cache (see archfit.core.cache).
     progress: optional callable taking a one-line status, e.g. for a terminal spinner.
     buckets: archfit.Buckets naming the input dims that vary and the sizes to compile (or the
@@ -219,7 +230,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
                        require_full=require_full, min_partition_size=min_partition_size, check_payoff=check_payoff,
                        validate=validate, validation_inputs=validation_inputs, cache=cache, progress=progress,
                        name=name or imported.name, buckets=buckets, dynamic_batch=dynamic_batch,
-                       check_padding=check_padding, packing=packing)
+                       check_padding=check_padding, packing=packing, accuracy=accuracy, per_partition=per_partition)
         return adopt(module, imported, validate)
     if target == "auto" or precision == "auto":  # every candidate compiled, measured, the fastest kept
         from .choose import trace_auto
@@ -228,11 +239,11 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
                           require_full=require_full, min_partition_size=min_partition_size, check_payoff=check_payoff,
                           validate=validate, validation_inputs=validation_inputs, cache=cache, progress=progress,
                           name=name, buckets=buckets, dynamic_batch=dynamic_batch, check_padding=check_padding,
-                          packing=packing)
+                          packing=packing, accuracy=accuracy, per_partition=per_partition)
     t0 = time.perf_counter()
     target = get_target(target)
     options = TraceOptions(target, _precision(target, precision), tuple(force_cpu), require_full, min_partition_size,
-                           check_payoff, validate, cache, progress)
+                           check_payoff, validate, cache, progress, accuracy_gate(accuracy), per_partition)
     name = name or type(model).__name__
     if packing is not None:
         if buckets is not None or dynamic_batch:
@@ -278,6 +289,9 @@ def _trace_captured(model: torch.nn.Module, captured: Captured, options: TraceOp
                             use_cache=options.cache, progress=options.progress)
     if options.require_full:  # nodes the backend rejected at compile time went to the CPU
         check_full(compiled.plan)
+    if options.per_partition and compiled.plan.partitions:
+        compiled = mix_targets(captured, compiled, target, other_targets(target, precision), precision,
+                               options.force_cpu, options.cache, options.progress)
 
     def module(report=None) -> CompiledModule:
         return CompiledModule(compiled.graph_module, captured.in_spec, captured.out_spec, captured.inputs,
@@ -286,7 +300,8 @@ def _trace_captured(model: torch.nn.Module, captured: Captured, options: TraceOp
     validation = None
     if options.validate:
         extra = normalize_inputs(validation_inputs) if validation_inputs is not None else None
-        validation = run_validation(model, module(), captured, compiled, precision, extra_inputs=extra)
+        validation = run_validation(model, module(), captured, compiled, precision, extra_inputs=extra,
+                                    accuracy=options.accuracy)
     return module(build_report(name, compiled.plan, precision, target.emulated, compiled.timings, validation,
                                time.perf_counter() - t0, estimate=_estimate(captured, compiled.plan, target, precision),
                                graph_module=captured.graph_module))
@@ -304,7 +319,9 @@ def _trace_regions(model, example_inputs, why: CaptureFailure, options: TraceOpt
     compiled = {}
     for i, (path, graph) in enumerate(plan.captured.items()):
         options.say(f"region {path} ({i + 1}/{len(plan.captured)})")
-        module = _trace_captured(model.get_submodule(path), graph, options, f"{plan.model}.{path}")
+        # a region's outputs are features, not the task's: its gate is elementwise, the model's below
+        module = _trace_captured(model.get_submodule(path), graph, dataclasses.replace(options, accuracy=None),
+                                 f"{plan.model}.{path}")
         if module.report.partitions:  # a region that runs wholly in PyTorch stays the model's own module
             compiled[path] = module
     if not compiled:
@@ -312,19 +329,22 @@ def _trace_regions(model, example_inputs, why: CaptureFailure, options: TraceOpt
     attached = AttachedModule(model, compiled, plan)
     if not options.validate:
         return attached
-    validation = validate_attached(model, attached, example_inputs, options.precision)
+    validation = validate_attached(model, attached, example_inputs, options.precision, options.accuracy)
     return AttachedModule(model, compiled, plan, attached.digests, validation)
 
 
 def trace_seq2seq(model: torch.nn.Module, target="openvino", *, source_buckets=(16, 32, 64), batch_size: int = 1,
                   num_beams: int = 1, max_new_tokens: int = 64, precision: str | None = None, cache: bool = True,
-                  check_payoff: bool = True, validate: bool = True, progress=None):
+                  check_payoff: bool = True, validate: bool = True, progress=None,
+                  accuracy: str | Accuracy | None = None):
     """Compile a transformers encoder-decoder for generation: the encoder (with the decoder's
     cross-attention projections) once per source-length bucket, the decoder step once at the
     largest source bucket with a `max_new_tokens`-long key/value cache, for `batch_size` rows
     and, when num_beams > 1, also for batch_size * num_beams rows. `source_buckets` is a
     tuple of lengths or an archfit.Buckets over input_ids dim 1 (e.g. chosen from a sample of
-    source lengths). Returns a Seq2SeqModule whose `generate` takes transformers' arguments."""
+    source lengths). accuracy: a task gate for the decoder step (e.g. "tokens": the greedy next
+    token agrees with eager's); the encoder keeps the elementwise tolerance. Returns a
+    Seq2SeqModule whose `generate` takes transformers' arguments."""
     from .seq2seq import DecoderStep, EncodeCross, Seq2SeqModule, check_seq2seq, step_example
 
     check_seq2seq(model)
@@ -350,5 +370,5 @@ def trace_seq2seq(model: torch.nn.Module, target="openvino", *, source_buckets=(
         if progress is not None:
             progress(f"compiling the decoder step for {rows} rows")
         example = step_example(model, rows, encoder.sizes[-1], max_new_tokens, config.decoder_start_token_id)
-        steps[rows] = trace(DecoderStep(model), example, target, name="decoder step", **common)
+        steps[rows] = trace(DecoderStep(model), example, target, name="decoder step", accuracy=accuracy, **common)
     return Seq2SeqModule(encoder, steps, copy.deepcopy(model.generation_config), max_new_tokens, encoder.sizes[-1])

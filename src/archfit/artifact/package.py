@@ -67,6 +67,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def _engine_files(name: str, mod: EngineModule, target, prefix: str, files: dict[str, bytes]) -> dict:
     engine = {"module": name, "index": mod.index, "out_dtypes": [_dtype_name(d) for d in mod.out_dtypes]}
+    if mod.target != target.name:  # per_partition: this engine runs on another target than the file's
+        engine["target"] = mod.target
+        target = get_target(mod.target)
     parts = mod.engine.serialize_parts()  # weights apart, so each is stored once
     blob = mod.engine.serialize() if parts is None else None
     if target.load is None or (parts is None and blob is None):
@@ -214,7 +217,19 @@ def _tensor_spec(d: dict, path: Path) -> TensorSpec:
     return TensorSpec(d["name"], tuple(shape), DTYPES[d["dtype"]], limit)
 
 
+def _engine_target(path: Path, e: dict, target):
+    """The target of one engine: the file's, or its own when per_partition mixed targets."""
+    if "target" not in e:
+        return target
+    try:
+        return get_target(str(e["target"]))
+    except TargetError as err:
+        raise ArtifactError(f"{path}: engine {str(e.get('module'))[:60]} needs target {str(e['target'])[:60]!r}, "
+                            f"which is not usable here: {err.args[0]}") from None
+
+
 def _load_engine(path: Path, manifest: dict, e: dict, blobs: dict[str, bytes], target, once) -> EngineModule:
+    target = _engine_target(path, e, target)
     try:
         if "parts" in e:
             engine = target.load({str(part): blobs[file] for part, file in e["parts"].items()})

@@ -11,6 +11,9 @@ from .app import MODEL_HELP, app, emit, fail, progress_line
 
 SHAPE_HELP = ("Model files (ONNX, SavedModel, MXNet symbol): NAME=1x3x224x224[:dtype] sets an input's example shape "
               "(repeat per input; MXNet symbols carry no shapes, so each input needs one).")
+ACCURACY_HELP = ("A task gate deciding validation instead of the elementwise tolerance: detection, classification, "
+                 "embedding or tokens, with bounds as NAME:key=value,... (e.g. detection:recall=0.98). Built-in "
+                 "detectors declare detection.")
 HTML_HELP = "Also write the report as one self-contained HTML page here (opens offline in any browser)."
 
 
@@ -113,6 +116,10 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
              html: Optional[Path] = typer.Option(None, "--html", help=HTML_HELP),
              compare: bool = typer.Option(True, help="Time the compiled model against eager PyTorch after compiling "
                                                      "(about 2 s; 4 s with --generate)."),
+             accuracy: Optional[str] = typer.Option(None, help=ACCURACY_HELP),
+             per_partition: bool = typer.Option(False, "--per-partition",
+                                                help="Also compile each partition on every other real target and keep, "
+                                                     "per partition, the one the whole model measures fastest with."),
              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Compile for a target, validate against eager PyTorch, compare latency, optionally save."""
     from .. import ArchfitError, save, trace
@@ -127,7 +134,7 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
         fail(e)
     if generate:
         return _compile_seq2seq(model, tiny, output, target, precision, source_buckets, max_new_tokens, num_beams,
-                                not no_cache, as_json, html, compare)
+                                not no_cache, as_json, html, compare, accuracy)
     try:
         mod, inputs, name = load_model(model, tiny, shape)
         if batch is not None:
@@ -140,7 +147,8 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
             compiled = trace(mod, inputs, target=target, precision=precision, force_cpu=force_cpu,
                              require_full=require_full, min_partition_size=min_partition_size,
                              cache=not no_cache, progress=progress, name=name, buckets=spec,
-                             dynamic_batch=dynamic_batch, packing=packing)
+                             dynamic_batch=dynamic_batch, packing=packing, accuracy=accuracy or declared_gate(model),
+                             per_partition=per_partition)
         if output is not None:
             save(compiled, output)
     except ArchfitError as e:
@@ -183,8 +191,16 @@ def _compare(mod, compiled, inputs) -> tuple[dict | None, str]:
             f"{compiled_ms:.3f} ms, speedup {eager_ms / compiled_ms:.2f}x")
 
 
+def declared_gate(model: str) -> str | None:
+    """The task gate a built-in model declares (detectors: detection); None for other models."""
+    from .. import zoo
+
+    return zoo.get(model).accuracy if model in zoo.names() else None
+
+
 def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, source_buckets: str, max_new_tokens: int,
-                     num_beams: int, cache: bool, as_json: bool, html: Path | None = None, compare: bool = True) -> None:
+                     num_beams: int, cache: bool, as_json: bool, html: Path | None = None, compare: bool = True,
+                     accuracy: str | None = None) -> None:
     import torch
 
     from .. import ArchfitError, save, trace_seq2seq
@@ -202,7 +218,7 @@ def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, sou
         with progress_line(not as_json) as progress:
             compiled = trace_seq2seq(hf, target, source_buckets=buckets, num_beams=num_beams,
                                      max_new_tokens=max_new_tokens, precision=precision, cache=cache,
-                                     progress=progress)
+                                     progress=progress, accuracy=accuracy)
         if output is not None:
             save(compiled, output)
     except ArchfitError as e:

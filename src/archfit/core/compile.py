@@ -58,6 +58,9 @@ class PartitionTiming:
     # the whole model with this partition on the target / in PyTorch: what the payoff decides on
     model_ms_on_target: float | None = None
     model_ms_in_pytorch: float | None = None
+    # per_partition: the target this partition runs on (None: the plan's) and what was measured
+    target: str | None = None
+    measured: str = ""
 
     @property
     def pays_off(self) -> bool:

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils import _pytree as pytree
 
+from .accuracy import Accuracy, MetricCheck
 from .capture import Captured
 from .compile import PREFIX, CompiledGraph, record_partition_inputs
 from ..errors import ValidationError, first_line
@@ -46,14 +47,24 @@ class Validation:
     atol: float
     rtol: float
     checks: tuple[InputCheck, ...]
+    # a task gate (accuracy=...): what it measured per input set; when set, it decides pass/fail
+    gate: str | None = None
+    metrics: tuple[MetricCheck, ...] = ()
 
     @property
     def ok(self) -> bool:
+        if self.gate is not None:
+            return all(m.ok for m in self.metrics)
         return all(c.ok for c in self.checks)
 
     @property
     def max_rel(self) -> float:
         return max((o.max_rel for c in self.checks for o in c.outputs), default=0.0)
+
+    def gate_lines(self) -> list[str]:
+        """What the task gate measured, a line per input set ([] without a gate)."""
+        return [f"{self.gate} gate on the {m.label} ({self.precision}): {m.describe()}: {'PASS' if m.ok else 'FAIL'}"
+                for m in self.metrics]
 
 
 def random_like(inputs: Sequence[torch.Tensor], seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -167,12 +178,19 @@ def _partition_errors(compiled: CompiledGraph, flat_inputs: Sequence[torch.Tenso
     return sorted(worst, reverse=True)
 
 
+def gate_failure(gate: Accuracy, metric: MetricCheck, precision: str, blame: str = "") -> str:
+    """The one line a failed task gate gives: the gate, the input set, by how much."""
+    fix = "use precision='fp32', " if precision != "fp32" else ""
+    return (f"the {gate.describe()} gate fails on the {metric.label} ({precision}): {metric.shortfall()}{blame}; "
+            f"{fix}loosen the gate's bounds if the task allows, or force ops to the CPU with force_cpu=[...]")
+
+
 def validate(
     eager: Callable, compiled_call: Callable, captured: Captured, compiled: CompiledGraph, precision: str,
-    raise_on_failure: bool = True, extra_inputs=None,
+    raise_on_failure: bool = True, extra_inputs=None, accuracy: Accuracy | None = None,
 ) -> Validation:
     atol, rtol = TOLERANCES[precision]
-    checks = []
+    checks, metrics = [], []
     sets = [("example inputs", captured.example_inputs), ("random inputs", random_like(captured.example_inputs))]
     if extra_inputs is not None:
         sets.append(("validation inputs", tuple(pytree.tree_flatten(extra_inputs)[0])))
@@ -180,25 +198,35 @@ def validate(
         args, kwargs = pytree.tree_unflatten(list(flat), captured.in_spec)
         with torch.no_grad():
             try:
-                want = flat_outputs(eager(*args, **kwargs))
+                want_out = eager(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - the model itself rejects generated inputs
                 raise ValidationError(
                     f"eager PyTorch fails on the {label} ({type(e).__name__}: {first_line(e, 120)}); the random "
                     f"values may be invalid for this model: pass validation_inputs=... or validate=False"
                 ) from None
-            got = flat_outputs(compiled_call(*args, **kwargs))
+            got_out = compiled_call(*args, **kwargs)
+        got, want = flat_outputs(got_out), flat_outputs(want_out)
         outs = compare_outputs(captured.output_names, got, want, precision)
         checks.append(InputCheck(label, outs))
+        if accuracy is not None:  # the task's gate decides; the elementwise error is still reported
+            metrics.append(accuracy.check(got_out, want_out, label))
+            if raise_on_failure and not metrics[-1].ok:
+                raise ValidationError(gate_failure(accuracy, metrics[-1], precision, _blame(compiled, flat, atol, rtol)))
+            continue
         if raise_on_failure and not checks[-1].ok:
             bad = next(o for o in outs if not o.ok)
-            blame = ""
-            if compiled.references:
-                rel, idx, _ok = _partition_errors(compiled, flat, atol, rtol)[0]
-                blame = f"; partition {idx} ({compiled.plan.target}) is at fault (max rel error {rel:.2e})"
+            blame = _blame(compiled, flat, atol, rtol)
             what = (f"has {bad.nonfinite}" if bad.nonfinite else
                     f"differs from eager PyTorch: max abs error {bad.max_abs:.3e} > tolerance {bad.tolerance:.3e}")
             raise ValidationError(
                 f"output {bad.output!r} {what} on the {label} ({precision}){blame}; force that "
                 f"partition's ops to the CPU with force_cpu=[...] or use precision='fp32'"
             )
-    return Validation(precision, atol, rtol, tuple(checks))
+    return Validation(precision, atol, rtol, tuple(checks), accuracy.name if accuracy else None, tuple(metrics))
+
+
+def _blame(compiled: CompiledGraph, flat, atol: float, rtol: float) -> str:
+    if not compiled.references:
+        return ""
+    rel, idx, _ok = _partition_errors(compiled, flat, atol, rtol)[0]
+    return f"; partition {idx} ({compiled.plan.target}) is at fault (max rel error {rel:.2e})"

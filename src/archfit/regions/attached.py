@@ -9,10 +9,12 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
+from ..core.accuracy import Accuracy
 from ..core.capture import normalize_inputs
 from ..core.compile import share_cores, shared_copy
 from ..core.module import ArchfitModule
-from ..core.validate import TOLERANCES, InputCheck, Validation, compare_outputs, flat_outputs, random_like
+from ..core.validate import (TOLERANCES, InputCheck, Validation, compare_outputs, flat_outputs, gate_failure,
+                              random_like)
 from ..errors import ArtifactError, ValidationError
 from .plan import RegionPlan, plan_from_dict, plan_to_dict, regions_page, render_regions
 
@@ -71,7 +73,13 @@ class AttachedModule(ArchfitModule):
             return self.model(*args, **kwargs)
 
     def summary(self) -> str:
-        return render_regions(self.plan, list(self.regions))
+        lines = [render_regions(self.plan, list(self.regions))]
+        v = self.validation
+        if v is not None:
+            lines.append(f"end to end vs eager PyTorch ({v.precision}): {'PASS' if v.ok else 'FAIL'}, max rel error "
+                         f"{v.max_rel:.2e}" + (f" (the {v.gate} gate decides)" if v.gate else ""))
+            lines += v.gate_lines()
+        return "\n".join(lines)
 
     def page(self) -> dict:
         sections = [(f"{self.plan.model}.{p}", [r]) for p, r in self.reports.items() if r is not None]
@@ -122,23 +130,40 @@ def attach(meta: dict, model: torch.nn.Module | None, regions: dict[str, Archfit
     return AttachedModule(model, regions, plan, digests, manifest=manifest)
 
 
-def validate_attached(model: torch.nn.Module, attached: AttachedModule, example_inputs: Any, precision: str):
+def _host_code(plan: RegionPlan) -> str:
+    """Where the host Python that acts on the compiled regions' values is (NMS, a score filter):
+    what turns rounding-sized differences into different outputs."""
+    at = next((h for h in plan.host if h.source), None)
+    return f"; the host code deciding on the compiled values: {at.module} at {at.source}" if at else ""
+
+
+def validate_attached(model: torch.nn.Module, attached: AttachedModule, example_inputs: Any, precision: str,
+                      accuracy: Accuracy | None = None):
     """The whole model against eager PyTorch on the example and one random input, each output's
-    values compared as a multiset (see compare_outputs)."""
+    values compared as a multiset (see compare_outputs), or by the task gate when one is given
+    (the regions themselves were validated elementwise: a gate reads the whole model's outputs)."""
     atol, rtol = TOLERANCES[precision]
     args, kwargs = normalize_inputs(example_inputs)
     flat, spec = pytree.tree_flatten((args, kwargs))
-    checks = []
+    checks, metrics = [], []
     for label, values in (("example inputs", flat), ("random inputs", random_like(flat))):
         a, kw = pytree.tree_unflatten(list(values), spec)
         with torch.no_grad():
-            want, got = flat_outputs(model(*a, **kw)), flat_outputs(attached(*a, **kw))
+            want_out, got_out = model(*a, **kw), attached(*a, **kw)
+        want, got = flat_outputs(want_out), flat_outputs(got_out)
         outs = compare_outputs([f"output {i}" for i in range(len(want))], got, want, precision, unordered=True)
         checks.append(InputCheck(label, outs))
+        if accuracy is not None:
+            metrics.append(accuracy.check(got_out, want_out, label))
+            if not metrics[-1].ok:
+                raise ValidationError(f"{attached.model_class}: " + gate_failure(accuracy, metrics[-1], precision,
+                                                                                 _host_code(attached.plan)))
+            continue
         bad = next((o for o in outs if not o.ok), None)
         if bad is not None:
             raise ValidationError(
                 f"{attached.model_class}: {bad.output} differs from eager PyTorch on the {label} (max abs error "
                 f"{bad.max_abs:.3e} > {bad.tolerance:.3e}, or another shape: data-dependent post-processing such as "
-                f"NMS amplifies small differences); use precision='fp32' or force ops to the CPU with force_cpu=[...]")
-    return Validation(precision, atol, rtol, tuple(checks))
+                f"NMS amplifies small differences{_host_code(attached.plan)}); use precision='fp32', a task gate "
+                f"(accuracy='detection') or force ops to the CPU with force_cpu=[...]")
+    return Validation(precision, atol, rtol, tuple(checks), accuracy.name if accuracy else None, tuple(metrics))

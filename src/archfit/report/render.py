@@ -43,11 +43,16 @@ def render_report(r: "FitReport", width: int = 120) -> str:
         t = Table(title="target partitions", title_justify="left")
         for col in ("#", "ops", "compute", "FLOPs", "inputs", "outputs", "boundary"):
             t.add_column(col)
+        mixed = any(tm.target for tm in r.timings.values())
         if r.timings:
             t.add_column("alone ms")
             t.add_column("in model ms")
             t.caption = ("ms: on the target / in PyTorch, for the partition alone and for the whole model; "
                          "a partition stays on the target only if the whole model is faster with it there")
+        if mixed:
+            t.add_column("runs on")
+            t.caption = (t.caption or "") + ("; runs on: the target per_partition kept, with the whole model's ms "
+                                             "with this partition on each target")
         for p in r.partitions:
             row = [str(p.index), str(len(p.nodes)), str(p.compute_ops), human_flops(p.flops),
                    _shapes(p.inputs), _shapes(p.outputs), human_bytes(p.boundary_bytes)]
@@ -56,6 +61,10 @@ def render_report(r: "FitReport", width: int = 120) -> str:
                 in_model = (f"{tm.model_ms_on_target:.3f} / {tm.model_ms_in_pytorch:.3f}"
                             if tm.model_ms_on_target is not None else "-")
                 row += [f"{tm.compiled_ms:.3f} / {tm.eager_ms:.3f}", in_model]
+                if mixed:
+                    row.append(f"{tm.target or r.target} ({tm.measured})" if tm.measured else (tm.target or r.target))
+            elif r.timings:
+                row += ["-", "-"] + (["-"] if mixed else [])
             t.add_row(*row)
         con.print(t)
     if r.alternatives:
@@ -93,7 +102,11 @@ def render_report(r: "FitReport", width: int = 120) -> str:
         for c in v.checks:
             for o in c.outputs:
                 t.add_row(c.label, o.output, f"{o.max_abs:.2e}", f"{o.max_rel:.2e}", "yes" if o.ok else "NO")
+        if v.gate is not None:
+            t.caption = "the task gate below decides; the elementwise error is shown for reference"
         con.print(t)
+        for line in v.gate_lines():
+            con.print(line)
     if r.estimate is not None:
         e = r.estimate
         con.print(

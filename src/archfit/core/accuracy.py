@@ -1,0 +1,226 @@
+"""Task accuracy gates: validation by what the task needs, besides elementwise closeness.
+
+Elementwise tolerance is the right test for fp32, and the wrong one for a bf16 detector: rounding
+moves a box's score across the threshold or reorders two overlapping boxes in NMS, and the
+outputs then differ in length or order while every detection a user would act on is the same.
+`trace(..., accuracy=...)` takes one of the gates below (or its name); the compiled model then
+passes or fails on the measured metric, which the report prints beside the elementwise error.
+
+Every gate compares the compiled model's outputs with eager PyTorch's on the same inputs (the
+example, a fresh random input, and validation_inputs), from the output structure the model
+returns (before flattening), so a gate finds its tensors by what they are: torchvision-style
+detection dicts, [N, 6] box tensors, logits, embeddings, token ids."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+from torch.utils import _pytree as pytree
+
+from ..errors import ValidationError
+
+
+@dataclass(frozen=True)
+class MetricCheck:
+    """One gate measured on one set of inputs: each metric's value and the minimum it needs."""
+
+    gate: str  # "detection"
+    label: str  # "example inputs" / "random inputs" / ...
+    values: tuple[tuple[str, float], ...]  # (metric, measured)
+    bounds: tuple[tuple[str, float], ...]  # (metric, minimum)
+
+    @property
+    def ok(self) -> bool:
+        return all(v >= b for (_, v), (_, b) in zip(self.values, self.bounds))
+
+    def describe(self) -> str:
+        return ", ".join(f"{k} {v:.6g} {'>=' if v >= b else '<'} {b:g}"
+                         for (k, v), (_, b) in zip(self.values, self.bounds))
+
+    def shortfall(self) -> str:
+        """The metric furthest under its bound, said with by how much."""
+        k, v, b = min(((k, v, b) for (k, v), (_, b) in zip(self.values, self.bounds)), key=lambda t: t[1] - t[2])
+        return f"{k} {v:.6g} < {b:g} (short by {b - v:.2g})"
+
+
+class Accuracy:
+    """A task gate: `measure(got, want)` -> {metric: value}; passes when each value >= its bound.
+    The bounds are the dataclass fields whose names `metrics` lists."""
+
+    name: ClassVar[str]
+    metrics: ClassVar[tuple[str, ...]]
+
+    def measure(self, got: Any, want: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.name} ({', '.join(f'{f.name}={getattr(self, f.name):g}' for f in fields(self))})"
+
+    def check(self, got: Any, want: Any, label: str) -> MetricCheck:
+        values = self.measure(got, want)
+        return MetricCheck(self.name, label, tuple((k, float(values[k])) for k in self.metrics),
+                           tuple((k, float(getattr(self, k))) for k in self.metrics))
+
+
+def _floats(out: Any) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.dtype.is_floating_point]
+
+
+def _need(found: list, gate: str, wanted: str) -> list:
+    if not found:
+        raise ValidationError(f"accuracy={gate!r} needs {wanted} among the model's outputs and found none; choose "
+                              f"the gate that fits what the model returns, or leave accuracy unset")
+    return found
+
+
+@dataclass(frozen=True)
+class Classification(Accuracy):
+    """Logits over classes (last dim): the compiled top-1 class equals eager's on >= top1 of
+    the rows, and its top-5 shares >= top5 of eager's top-5 on average."""
+
+    top1: float = 0.99
+    top5: float = 0.99
+    name: ClassVar[str] = "classification"
+    metrics: ClassVar[tuple[str, ...]] = ("top1", "top5")
+
+    def measure(self, got, want):
+        pairs = [(g, w) for g, w in zip(_floats(got), _floats(want)) if w.dim() >= 1 and w.shape[-1] >= 2]
+        g, w = _need(pairs, self.name, "a logits output (classes in the last dim)")[0]
+        g, w = g.reshape(-1, w.shape[-1]).float(), w.reshape(-1, w.shape[-1]).float()
+        k = min(5, w.shape[-1])
+        top_g, top_w = g.topk(k, dim=-1).indices, w.topk(k, dim=-1).indices
+        overlap = (top_g.unsqueeze(-1) == top_w.unsqueeze(-2)).any(-1).float().mean(-1)
+        return {"top1": float((top_g[:, 0] == top_w[:, 0]).float().mean()), "top5": float(overlap.mean())}
+
+
+@dataclass(frozen=True)
+class Embedding(Accuracy):
+    """Every vector (last dim) of every floating output: cosine similarity with eager's >= cosine
+    (the worst vector counts)."""
+
+    cosine: float = 0.999
+    name: ClassVar[str] = "embedding"
+    metrics: ClassVar[tuple[str, ...]] = ("cosine",)
+
+    def measure(self, got, want):
+        pairs = _need([(g, w) for g, w in zip(_floats(got), _floats(want)) if w.dim() >= 1], self.name,
+                      "a floating-point output")
+        worst = 1.0
+        for g, w in pairs:
+            g, w = g.reshape(-1, w.shape[-1]).double(), w.reshape(-1, w.shape[-1]).double()
+            zero = (g.norm(dim=-1) == 0) & (w.norm(dim=-1) == 0)  # both zero (padding rows): the same vector
+            cos = torch.nn.functional.cosine_similarity(g, w, dim=-1).masked_fill(zero, 1.0)
+            worst = min(worst, float(cos.min()) if cos.numel() else 1.0)
+        return {"cosine": worst}
+
+
+@dataclass(frozen=True)
+class Tokens(Accuracy):
+    """Token ids (integer outputs), or the tokens greedy decoding would pick (argmax of the first
+    floating output's last dim): the share of positions where compiled and eager agree."""
+
+    agreement: float = 0.99
+    name: ClassVar[str] = "tokens"
+    metrics: ClassVar[tuple[str, ...]] = ("agreement",)
+
+    def measure(self, got, want):
+        def ids(out):
+            flat = [t for t in pytree.tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            ints = [t for t in flat if not t.dtype.is_floating_point and t.dtype != torch.bool]
+            return ints or [t.argmax(-1) for t in _need(_floats(out), self.name, "token ids or logits")[:1]]
+
+        same = total = 0
+        for g, w in zip(ids(got), ids(want)):
+            if g.shape != w.shape:  # a different length: positions past the shorter one disagree
+                n = min(g.numel(), w.numel())
+                same += int((g.flatten()[:n] == w.flatten()[:n]).sum())
+                total += max(g.numel(), w.numel())
+            else:
+                same, total = same + int((g == w).sum()), total + w.numel()
+        return {"agreement": same / total if total else 1.0}
+
+
+@dataclass(frozen=True)
+class Detection(Accuracy):
+    """Detections (torchvision's dicts of boxes/scores/labels per image, or [N, 6] tensors of
+    x1, y1, x2, y2, score, label): each eager detection scoring >= score_threshold matched to one
+    compiled detection of the same label with IoU >= iou (greedily, highest score first);
+    recall = matched / eager's detections, precision = matched / compiled detections."""
+
+    iou: float = 0.9
+    recall: float = 0.99
+    precision: float = 0.99
+    score_threshold: float = 0.0
+    name: ClassVar[str] = "detection"
+    metrics: ClassVar[tuple[str, ...]] = ("recall", "precision")
+
+    def measure(self, got, want):
+        from torchvision.ops import box_iou
+
+        matched = n_got = n_want = 0
+        for (gb, gs, gl), (wb, ws, wl) in zip(self._images(got), self._images(want)):
+            keep_g, keep_w = gs >= self.score_threshold, ws >= self.score_threshold
+            gb, gl, wb, wl, ws = gb[keep_g], gl[keep_g], wb[keep_w], wl[keep_w], ws[keep_w]
+            n_got, n_want = n_got + len(gb), n_want + len(wb)
+            if not len(gb) or not len(wb):
+                continue
+            iou = box_iou(wb.float(), gb.float())
+            iou[wl.unsqueeze(1) != gl.unsqueeze(0)] = 0.0  # another label never matches
+            free = torch.ones(len(gb), dtype=torch.bool)
+            for i in ws.argsort(descending=True).tolist():
+                cand = iou[i].masked_fill(~free, -1.0)
+                j = int(cand.argmax())
+                if float(cand[j]) >= self.iou:
+                    free[j] = False
+                    matched += 1
+        return {"recall": matched / n_want if n_want else 1.0, "precision": matched / n_got if n_got else 1.0}
+
+    def _images(self, out) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        found = []
+
+        def walk(x):
+            if isinstance(x, dict) and "boxes" in x and "scores" in x:
+                labels = x.get("labels", torch.zeros(len(x["scores"]), dtype=torch.long))
+                found.append((x["boxes"], x["scores"], labels))
+            elif isinstance(x, dict):
+                for v in x.values():
+                    walk(v)
+            elif isinstance(x, (list, tuple)):
+                for v in x:
+                    walk(v)
+            elif isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[-1] == 6 and x.dtype.is_floating_point:
+                for rows in x.reshape(-1, *x.shape[-2:]):
+                    found.append((rows[:, :4], rows[:, 4], rows[:, 5].round().long()))
+
+        walk(out)
+        return _need(found, self.name, "detections (dicts with boxes/scores/labels, or [N, 6] box tensors)")
+
+
+GATES: dict[str, type[Accuracy]] = {g.name: g for g in (Classification, Embedding, Tokens, Detection)}
+
+
+def accuracy_gate(spec: "str | Accuracy | None") -> Accuracy | None:
+    """None, a gate, a gate's name, or 'name:key=value,...' (the CLI's form) -> the gate."""
+    from ..errors import ArchfitError
+
+    if spec is None or isinstance(spec, Accuracy):
+        return spec
+    name, _, rest = str(spec).partition(":")
+    if name not in GATES:
+        raise ArchfitError(f"accuracy={spec!r}: no such gate; choose one of {', '.join(GATES)} "
+                           f"(e.g. 'detection' or 'detection:recall=0.98,iou=0.85')")
+    gate, known = GATES[name], {f.name for f in fields(GATES[name])}
+    try:
+        values = {k.strip(): float(v) for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv.strip())}
+    except ValueError:
+        raise ArchfitError(f"accuracy={spec!r}: bounds are key=number pairs separated by commas, e.g. "
+                           f"'{name}:{next(iter(sorted(known)))}=0.99'") from None
+    unknown = set(values) - known
+    if unknown:
+        raise ArchfitError(f"accuracy={spec!r}: {name} has no bound {', '.join(sorted(unknown))}; "
+                           f"it takes {', '.join(sorted(known))}")
+    return gate(**values)
+
+
+__all__ = ["Accuracy", "Classification", "Detection", "Embedding", "GATES", "MetricCheck", "Tokens", "accuracy_gate"]
