@@ -142,3 +142,21 @@ def test_detector_file_needs_and_takes_its_model(yolov5s, tmp_path):
         want = model(*inputs)[0]
     got = np.load(tmp_path / "out" / "0.labels.npy")
     assert got.shape == tuple(want["labels"].shape)  # the CLI ran the model's own example input
+
+
+class _BranchOnValue(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)
+
+    def forward(self, x):
+        h = self.a(x)
+        if h.mean() > 0:  # a branch on a value: the model runs as regions
+            h = torch.relu(h)
+        return self.b(h)
+
+
+def test_regions_that_all_stay_in_pytorch_name_the_branch_and_say_so():
+    with pytest.raises(CaptureError, match=r"_BranchOnValue: control flow depends on tensor values at .*test_regions\.py:"
+                                           r"\d+ .*so it runs as regions, and no region kept a partition on openvino"):
+        archfit.trace(_BranchOnValue().eval(), (torch.randn(4, 64),), "openvino", force_cpu=["aten.linear"])

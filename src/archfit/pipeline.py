@@ -325,7 +325,9 @@ def _trace_regions(model, example_inputs, why: CaptureFailure, options: TraceOpt
         if module.report.partitions:  # a region that runs wholly in PyTorch stays the model's own module
             compiled[path] = module
     if not compiled:
-        raise CaptureError(f"{name}: no compiled region pays off on {options.target.name}; run it in PyTorch")
+        raise CaptureError(f"{name}: {why}, so it runs as regions, and no region kept a partition on "
+                           f"{options.target.name} (none ran faster there than in PyTorch, or its ops are forced to "
+                           f"the CPU); run it in PyTorch")
     attached = AttachedModule(model, compiled, plan)
     if not options.validate:
         return attached
