@@ -36,6 +36,14 @@ def tiny_resnet18():
 
 
 @pytest.fixture(scope="session")
+def mlp():
+    """Linear-GELU-Linear, 32 outputs: a small classifier whose GELU can be forced to the CPU."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 32)).eval()
+    return model, (torch.randn(4, 64),)
+
+
+@pytest.fixture(scope="session")
 def mlp_custom():
     return zoo.build("mlp-custom-op", tiny=True)
 

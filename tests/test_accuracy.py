@@ -57,15 +57,8 @@ def test_gate_specs_parse_and_bad_ones_say_what_is_accepted():
         accuracy_gate("embedding:cosine=high")
 
 
-@pytest.fixture(scope="module")
-def classifier():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)).eval()
-    return model, (torch.randn(8, 32),)
-
-
-def test_gate_decides_validation_and_the_report_prints_the_metric(classifier):
-    model, inputs = classifier
+def test_gate_decides_validation_and_the_report_prints_the_metric(mlp):
+    model, inputs = mlp
     # inf1 computes matmuls in bf16: the elementwise error is real, the top-1 class is what a classifier needs
     compiled = archfit.trace(model, inputs, target="inf1", accuracy="classification")
     v = compiled.report.validation
@@ -76,8 +69,8 @@ def test_gate_decides_validation_and_the_report_prints_the_metric(classifier):
     assert "the task gate below decides" in text
 
 
-def test_failed_gate_names_the_metric_and_by_how_much(classifier):
-    model, inputs = classifier
+def test_failed_gate_names_the_metric_and_by_how_much(mlp):
+    model, inputs = mlp
     with pytest.raises(archfit.ValidationError, match=r"validate: the embedding \(cosine=1\) gate fails on the example "
                                                       r"inputs \(bf16\): cosine 0\.\d+ < 1 \(short by \d(\.\d+)?e-\d+\); partition 0 \(inf1\) is at "
                                                       r"fault"):

@@ -2,20 +2,12 @@
 the example inputs, the fastest kept; the report lists every alternative with its time or why
 it was left out."""
 import pytest
-import torch
 
 import archfit
 from archfit.choose import Alternative
 from archfit.core.timing import interleaved_ms
 from archfit.targets.openvino import bf16_units
 from conftest import assert_close_to_eager, cli
-
-
-@pytest.fixture(scope="module")
-def mlp():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 32)).eval()
-    return model, (torch.randn(4, 64),)
 
 
 def test_auto_target_compiles_every_real_target_and_keeps_the_fastest(mlp):
