@@ -15,6 +15,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import InputError
 from .capture import TensorSpec
+from .threads import host_threads
 
 
 class ArchfitModule(torch.nn.Module):
@@ -136,6 +137,7 @@ class CompiledModule(ArchfitModule):
         self.in_spec = in_spec
         self.out_spec = out_spec
         self.inputs = inputs
+        self._light: bool | None = None  # the host only glues engines: run it on one torch thread (core/threads.py)
 
     def check(self, flat: list) -> None:
         for spec, value in zip(self.inputs, flat):
@@ -155,7 +157,11 @@ class CompiledModule(ArchfitModule):
 
     def run_flat(self, flat: list) -> list:
         self.check(flat)
-        with torch.no_grad():
+        if self._light is None:
+            from .threads import light_host
+
+            self._light = light_host(self.graph_module)
+        with torch.no_grad(), host_threads(self._light):
             return list(self.graph_module(*flat))
 
     def forward(self, *args, **kwargs):
