@@ -18,6 +18,7 @@ from .._version import __version__
 from ..core.capture import TensorSpec, attr_of
 from ..core.compile import EngineModule, hand_over_if_alone
 from ..core.module import ArchfitModule, CompiledModule
+from ..core.threads import ONE_THREAD, one_thread_for
 from ..errors import ArtifactError, TargetError, first_line
 from ..ops import library_name
 from ..shapes.choose import BucketChoice
@@ -96,7 +97,7 @@ def _module_files(module: CompiledModule, target, prefix: str) -> tuple[dict[str
     files[f"{prefix}host.json"] = json.dumps(graph_to_json(gm.graph)).encode()
     files[f"{prefix}host_weights.safetensors"] = save_tensors(_host_weights(gm))
     entry = {"inputs": _input_entries(module.inputs), "engines": engines, "custom_ops": _custom_ops(gm),
-             "prefix": prefix}
+             "prefix": prefix, "host_one_thread": one_thread_for(gm)}
     return files, entry
 
 
@@ -277,6 +278,7 @@ def _load_module(path: Path, manifest: dict, entry: dict, blobs: dict[str, bytes
     graph = graph_from_json(host, set(weights) | set(engines))
     program = HostProgram(graph, weights, engines)
     hand_over_if_alone(program)
+    setattr(program, ONE_THREAD, entry.get("host_one_thread") is True)  # the choice measured at compile time
     inputs = entry["inputs"]
     if not isinstance(inputs, list) or len(inputs) > MAX_INPUTS:
         raise ArtifactError(f"{path}: input list is malformed")

@@ -21,6 +21,7 @@ from .cost import is_compute
 from .narrow import rejected_nodes
 from .partition import PartitionPlan, drop_partitions, plan_partitions
 from .support import Reason
+from .threads import choose_host_threads
 from .timing import median_seconds
 
 log = logging.getLogger("archfit.compile")
@@ -165,9 +166,7 @@ def _check_outputs(index: int, target: str, got: Sequence[torch.Tensor], want: S
 
 
 def _model_ms(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> float:
-    from .threads import host_threads, light_host
-
-    with torch.no_grad(), host_threads(light_host(gm)):  # as CompiledModule runs it
+    with torch.no_grad():
         return median_seconds(lambda: gm(*inputs), budget=0.3) * 1e3
 
 
@@ -243,6 +242,8 @@ def compile_plan(
             setattr(gm, f"{PREFIX}{i}", mod)
         gm.delete_all_unused_submodules()  # weights now owned by engines need not stay in PyTorch
         hand_over_if_alone(gm)
+        if check_payoff:  # PyTorch's threads between engines: measured, see threads.py
+            choose_host_threads(gm, captured.example_inputs)
         return CompiledGraph(gm, plan, timings, references, boundary)
 
 

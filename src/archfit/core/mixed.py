@@ -21,7 +21,7 @@ from .capture import Captured
 from .compile import (PAYOFF_NOISE, PREFIX, CompiledGraph, EngineModule, _check_outputs, _compile_one,
                       hand_over_if_alone)
 from .support import check_support
-from .threads import host_threads, light_host
+from .threads import host_threads, one_thread_for
 from .timing import interleaved_ms
 
 log = logging.getLogger("archfit")
@@ -60,7 +60,7 @@ def mix_targets(captured: Captured, compiled: CompiledGraph, primary: Target, ot
         def with_engine(mod):
             def run():
                 setattr(gm, name, mod)
-                with torch.no_grad(), host_threads(light_host(gm)):
+                with torch.no_grad(), host_threads(one_thread_for(gm)):
                     gm(*inputs)
             return run
 

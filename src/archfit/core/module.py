@@ -15,7 +15,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import InputError
 from .capture import TensorSpec
-from .threads import host_threads
+from .threads import host_threads, one_thread_for
 
 
 class ArchfitModule(torch.nn.Module):
@@ -137,7 +137,6 @@ class CompiledModule(ArchfitModule):
         self.in_spec = in_spec
         self.out_spec = out_spec
         self.inputs = inputs
-        self._light: bool | None = None  # the host only glues engines: run it on one torch thread (core/threads.py)
 
     def check(self, flat: list) -> None:
         for spec, value in zip(self.inputs, flat):
@@ -157,11 +156,7 @@ class CompiledModule(ArchfitModule):
 
     def run_flat(self, flat: list) -> list:
         self.check(flat)
-        if self._light is None:
-            from .threads import light_host
-
-            self._light = light_host(self.graph_module)
-        with torch.no_grad(), host_threads(self._light):
+        with torch.no_grad(), host_threads(one_thread_for(self.graph_module)):
             return list(self.graph_module(*flat))
 
     def forward(self, *args, **kwargs):

@@ -1,11 +1,13 @@
 """PyTorch's threads beside the engines' while a compiled graph runs.
 
 Measured (DistilBERT-base, one add forced to the CPU mid-graph, OpenVINO, 2 cores): the model
-ran 12-17% slower than fully compiled, and 1% slower when PyTorch ran that add on one thread.
+ran 12-19% slower than fully compiled, and 1-2% slower when PyTorch ran that add on one thread.
 PyTorch's OpenMP workers spin-wait for a while after each parallel op, so the engine that runs
-next shares its cores with spinning threads. When the host only glues engines together (views,
-elementwise ops, no matmul or convolution), one PyTorch thread costs nothing and frees the cores;
-a host that does heavy arithmetic keeps its threads."""
+next shares its cores with spinning threads. But on DLRM (2.6 ms a call) the spinning workers
+helped (one thread: +7.5%, all threads: -3.3%), so where it matters it is measured: when the host
+only glues engines together (views, elementwise ops; a host doing heavy arithmetic keeps its
+threads), compile_plan times the graph both ways and records the choice on the graph module
+(ONE_THREAD), which saved files keep."""
 from __future__ import annotations
 
 import threading
@@ -20,14 +22,17 @@ _HEAVY = {aten.mm, aten.bmm, aten.addmm, aten.baddbmm, aten.matmul, aten.linear,
           aten._embedding_bag}
 
 
+ONE_THREAD = "archfit_host_one_thread"  # graph module attribute: the measured choice (bool)
+
+
 def light_host(gm: torch.nn.Module) -> bool:
     """Does this graph (traced or loaded) call engines and leave no heavy arithmetic to PyTorch?"""
     from .compile import EngineModule
 
     if not any(isinstance(m, EngineModule) for m in gm.modules()):
         return False
-    return not any(n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
-                   and n.target.overloadpacket in _HEAVY for n in gm.graph.nodes)
+    ops = [n.target for n in gm.graph.nodes if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)]
+    return bool(ops) and not any(op.overloadpacket in _HEAVY for op in ops)  # host ops, none of them heavy
 
 
 _lock = threading.Lock()
@@ -54,6 +59,28 @@ def _one_thread():
                 torch.set_num_threads(_saved)
 
 
-def host_threads(light: bool):
-    """Run the host part of a graph on one PyTorch thread when it is light (see light_host)."""
-    return _one_thread() if light else nullcontext()
+def host_threads(one: bool):
+    """Run the host part of a graph on one PyTorch thread (or leave PyTorch's threads alone)."""
+    return _one_thread() if one else nullcontext()
+
+
+def one_thread_for(gm: torch.nn.Module) -> bool:
+    """The choice recorded at compile time, else False (not measured: PyTorch's default)."""
+    return bool(getattr(gm, ONE_THREAD, False))
+
+
+def choose_host_threads(gm: torch.nn.Module, inputs, seconds: float = 0.3) -> None:
+    """Time a light host both ways, interleaved, and record the faster on `gm` (ONE_THREAD)."""
+    from .timing import interleaved_ms
+
+    if not light_host(gm):
+        return
+
+    def run(one: bool):
+        def call():
+            with torch.no_grad(), host_threads(one):
+                gm(*inputs)
+        return call
+
+    ms = interleaved_ms({True: run(True), False: run(False)}, seconds)
+    setattr(gm, ONE_THREAD, ms[True] < ms[False])
