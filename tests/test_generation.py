@@ -54,8 +54,10 @@ BUCKETS = {"marian-en-de": (8, 16)}
 def _compiled(name: str):
     """Compiled once per test process, whichever test asks first."""
     model = _model(name, eos_bias=8.0 if name == "bart-base" else 0.0)
+    # Pegasus's decoder steps are judged by the token gate (the greedy next token agrees with eager's)
     module = archfit.trace_seq2seq(model, TARGET.get(name, "openvino"), source_buckets=BUCKETS.get(name, (16,)), num_beams=3,
-                                   max_new_tokens=MAX_NEW, check_payoff=False, cache=False)
+                                   max_new_tokens=MAX_NEW, check_payoff=False, cache=False,
+                                   accuracy="tokens" if name == "pegasus" else None)
     return name, model, module
 
 
@@ -73,6 +75,15 @@ def test_greedy_and_beam_match_transformers(compiled, length):
         want = model.generate(ids, attention_mask=mask, max_new_tokens=MAX_NEW - 1, **kwargs)
         got = module.generate(ids, attention_mask=mask, max_new_tokens=MAX_NEW - 1, **kwargs)
         assert torch.equal(got, want), (kwargs, got.tolist(), want.tolist())
+
+
+def test_token_gate_judges_the_decoder_steps():
+    _name, _model, module = _compiled("pegasus")
+    for rows, step in module.steps.items():  # one step per row count (greedy, and beams x rows)
+        v = step.report.validation
+        assert v.gate == "tokens" and v.ok, rows
+        assert [dict(m.values)["agreement"] for m in v.metrics] == [1.0, 1.0]  # fp32: the same greedy tokens
+    assert module.encoder.buckets[str(module.encoder.sizes[0])].report.validation.gate is None  # elementwise
 
 
 def test_sequences_end_early_like_transformers():
