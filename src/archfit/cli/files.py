@@ -76,10 +76,8 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
             attach_to, example, _name = load_model(model, tiny)
         module = load(file, model=attach_to)
         module.check_finite = check_finite
-        if module.frontend is not None:  # an ONNX/TF/MXNet model: run speaks torch tensors by name
-            ids = module.frontend.get("ids", [])  # token ids MXNet takes as floats
-            given = {k: v.long() if k in ids else v for k, v in given.items()}
-            module.frontend = None
+        ids = module.speak_torch()  # an ONNX/TF/MXNet model: run gives torch tensors by name
+        given = {k: v.long() if k in ids else v for k, v in given.items()}
         if getattr(module, "manifest", {}).get("kind") == "seq2seq":
             raise InputError(f"{file} is a seq2seq generator: use `archfit generate {file} --ids ...`")
         if batch_file is not None:

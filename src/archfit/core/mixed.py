@@ -15,8 +15,9 @@ from typing import Sequence
 
 import torch
 
-from ..errors import CompileError, first_line
+from ..errors import ArchfitError, CompileError, first_line
 from ..targets.base import Target
+from ..targets.registry import list_targets
 from .capture import Captured
 from .compile import (PAYOFF_NOISE, PREFIX, CompiledGraph, EngineModule, _check_outputs, _compile_one,
                       hand_over_if_alone)
@@ -76,8 +77,6 @@ def mix_targets(captured: Captured, compiled: CompiledGraph, primary: Target, ot
 
 def other_targets(primary: Target, precision: str) -> list[Target]:
     """Every other real target usable here that computes in `precision`."""
-    from ..errors import ArchfitError
-    from ..targets.registry import list_targets
 
     if primary.emulated:
         raise ArchfitError(f"per_partition mixes targets that run here; {primary.name} is an emulated accelerator "

@@ -39,6 +39,14 @@ class ArchfitModule(torch.nn.Module):
         # or tf.Tensors, outputs given back in the caller's framework
         self.frontend: dict | None = None
 
+    def speak_torch(self) -> tuple[str, ...]:
+        """Take torch tensors by name from now on, as `archfit run` and `archfit serve` give them,
+        instead of an imported model's arrays; returns the inputs its framework gave as floats but
+        the graph takes as token ids (MXNet), for the caller to cast."""
+        ids = tuple(self.frontend.get("ids", ())) if self.frontend is not None else ()
+        self.frontend = None
+        return ids
+
     def __call__(self, *args, **kwargs):
         if self.frontend is None:
             return super().__call__(*args, **kwargs)

@@ -15,6 +15,8 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
+from .timing import interleaved_ms
+
 aten = torch.ops.aten
 _HEAVY = {aten.mm, aten.bmm, aten.addmm, aten.baddbmm, aten.matmul, aten.linear, aten.convolution,
           aten._convolution, aten.conv1d, aten.conv2d, aten.conv3d, aten.conv_transpose1d, aten.conv_transpose2d,
@@ -71,8 +73,6 @@ def one_thread_for(gm: torch.nn.Module) -> bool:
 
 def choose_host_threads(gm: torch.nn.Module, inputs, seconds: float = 0.3) -> None:
     """Time a light host both ways, interleaved, and record the faster on `gm` (ONE_THREAD)."""
-    from .timing import interleaved_ms
-
     if not light_host(gm):
         return
 

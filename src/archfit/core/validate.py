@@ -178,11 +178,17 @@ def _partition_errors(compiled: CompiledGraph, flat_inputs: Sequence[torch.Tenso
     return sorted(worst, reverse=True)
 
 
-def gate_failure(gate: Accuracy, metric: MetricCheck, precision: str, blame: str = "") -> str:
-    """The one line a failed task gate gives: the gate, the input set, by how much."""
-    fix = "use precision='fp32', " if precision != "fp32" else ""
-    return (f"the {gate.describe()} gate fails on the {metric.label} ({precision}): {metric.shortfall()}{blame}; "
+def check_gate(gate: Accuracy, got, want, label: str, precision: str, blame: Callable[[], str],
+               raise_on_failure: bool = True, prefix: str = "") -> MetricCheck:
+    """The task gate on one input set (model outputs as returned, before flattening). A failure
+    raises its one line: the gate, the input set, by how much, and `blame()` (where it went wrong)."""
+    metric = gate.check(got, want, label)
+    if raise_on_failure and not metric.ok:
+        fix = "use precision='fp32', " if precision != "fp32" else ""
+        raise ValidationError(
+            f"{prefix}the {gate.describe()} gate fails on the {label} ({precision}): {metric.shortfall()}{blame()}; "
             f"{fix}loosen the gate's bounds if the task allows, or force ops to the CPU with force_cpu=[...]")
+    return metric
 
 
 def validate(
@@ -209,9 +215,8 @@ def validate(
         outs = compare_outputs(captured.output_names, got, want, precision)
         checks.append(InputCheck(label, outs))
         if accuracy is not None:  # the task's gate decides; the elementwise error is still reported
-            metrics.append(accuracy.check(got_out, want_out, label))
-            if raise_on_failure and not metrics[-1].ok:
-                raise ValidationError(gate_failure(accuracy, metrics[-1], precision, _blame(compiled, flat, atol, rtol)))
+            metrics.append(check_gate(accuracy, got_out, want_out, label, precision,
+                                      lambda: _blame(compiled, flat, atol, rtol), raise_on_failure))
             continue
         if raise_on_failure and not checks[-1].ok:
             bad = next(o for o in outs if not o.ok)

@@ -13,7 +13,7 @@ from ..core.accuracy import Accuracy
 from ..core.capture import normalize_inputs
 from ..core.compile import share_cores, shared_copy
 from ..core.module import ArchfitModule
-from ..core.validate import (TOLERANCES, InputCheck, Validation, compare_outputs, flat_outputs, gate_failure,
+from ..core.validate import (TOLERANCES, InputCheck, Validation, check_gate, compare_outputs, flat_outputs,
                               random_like)
 from ..errors import ArtifactError, ValidationError
 from .plan import RegionPlan, plan_from_dict, plan_to_dict, regions_page, render_regions
@@ -154,10 +154,8 @@ def validate_attached(model: torch.nn.Module, attached: AttachedModule, example_
         outs = compare_outputs([f"output {i}" for i in range(len(want))], got, want, precision, unordered=True)
         checks.append(InputCheck(label, outs))
         if accuracy is not None:
-            metrics.append(accuracy.check(got_out, want_out, label))
-            if not metrics[-1].ok:
-                raise ValidationError(f"{attached.model_class}: " + gate_failure(accuracy, metrics[-1], precision,
-                                                                                 _host_code(attached.plan)))
+            metrics.append(check_gate(accuracy, got_out, want_out, label, precision,
+                                      lambda: _host_code(attached.plan), prefix=f"{attached.model_class}: "))
             continue
         bad = next((o for o in outs if not o.ok), None)
         if bad is not None:

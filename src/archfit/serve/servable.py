@@ -361,7 +361,7 @@ def servable(name: str, module: ArchfitModule) -> Servable:
     from ..shapes.dynamic import DynamicModule
     from ..shapes.packed import PackedModule
 
-    module.frontend = None  # files of ONNX/TF/MXNet models: the protocol speaks tensors by name already
+    module.speak_torch()  # files of ONNX/TF/MXNet models: the protocol gives tensors by name, ids as ints
     for kind, cls in ((PackedModule, PackedServable), (Seq2SeqModule, Seq2SeqServable),
                       (BucketedModule, BucketedServable), (DynamicModule, DynamicServable),
                       (CompiledModule, StaticServable)):
