@@ -47,10 +47,11 @@ def test_a_candidate_that_fails_is_left_out_with_its_reason(mlp):
     assert "onnxruntime fp32: partition: require_full=True" in str(e.value)
 
 
-def test_measure_interleaves_and_takes_the_median():
+def test_measure_interleaves_in_bursts_and_takes_the_median():
     calls = []
     ms = interleaved_ms({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, seconds=0.0)
-    assert calls[:2] == ["a", "b"] and calls[2:12] == ["a", "b"] * 5  # warm-up, then alternating
+    # three rounds; each round a burst per candidate: one untimed call, then at least two timed
+    assert calls == (["a"] * 3 + ["b"] * 3) * 3
     assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
     assert Alternative("x", "fp32").ms is None
 
@@ -98,3 +99,31 @@ def test_a_mixed_file_loads_each_engine_on_its_own_target(mlp, tmp_path, monkeyp
     loaded = archfit.load(archfit.save(compiled, tmp_path / "mixed.archfit"))
     assert _engine_targets(loaded) == {0: "openvino", 1: "onnxruntime"} and loaded.target == "openvino"
     assert_close_to_eager(model, loaded, inputs)
+
+
+def test_auto_with_per_partition_measures_plain_candidates_then_mixes_the_winner(monkeypatch):
+    """Each candidate is its own target (per_partition on every candidate would swap engines
+    between them and make the names lie); the winner alone is then mixed per partition."""
+    import archfit.choose as choose
+
+    calls = []
+
+    class Fake:
+        report = None
+
+        def __init__(self, target, precision, per_partition):
+            self.target, self.precision, self.per_partition = target, precision, per_partition
+
+        def __call__(self):
+            return None
+
+    def trace(model, inputs, target, precision=None, per_partition=False, **options):
+        calls.append((target, precision, per_partition))
+        return Fake(target, precision, per_partition)
+
+    monkeypatch.setattr(choose, "measure", lambda calls_, seconds: {k: (1.0 if k[0] == "onnxruntime" else 2.0)
+                                                                    for k in calls_})
+    module = choose.trace_auto(trace, None, (), "auto", "fp32", per_partition=True)
+    assert calls[:-1] == [("openvino", "fp32", False), ("onnxruntime", "fp32", False)]
+    assert calls[-1] == ("onnxruntime", "fp32", True) and module.per_partition
+    assert [a.target for a in module.alternatives if a.chosen] == ["onnxruntime"]

@@ -57,6 +57,9 @@ def trace_auto(trace: Callable[..., ArchfitModule], model, example_inputs: Any, 
     """Compile every candidate with trace(model, example_inputs, target, precision=..., **options),
     measure them, return the fastest with the alternatives in its report."""
     pairs, left_out = candidates(target, precision)
+    # per_partition runs once, on the winner: on every candidate it would also try the others'
+    # engines per partition, so candidates would stop being the targets they are named after
+    per_partition = options.pop("per_partition", False)
     built: dict[tuple[str, str], ArchfitModule] = {}
     for name, p in pairs:
         try:
@@ -74,6 +77,9 @@ def trace_auto(trace: Callable[..., ArchfitModule], model, example_inputs: Any, 
     alternatives = tuple(sorted((Alternative(t, p, ms[(t, p)], chosen=(t, p) == best) for t, p in built),
                                 key=lambda a: a.ms) + left_out)
     module = built[best]
+    if per_partition:  # the engines come from the compile cache (unless cache=False): this re-plans, not re-compiles
+        del built
+        module = trace(model, example_inputs, best[0], precision=best[1], per_partition=True, **options)
     module.alternatives = alternatives
     if isinstance(module.report, FitReport):
         module.report = replace(module.report, alternatives=alternatives)

@@ -115,15 +115,29 @@ def _eager_bf16(model, inputs):
     return run
 
 
-def _archfit(model, inputs, target: str, precision: str, force_cpu=()):
+def _archfit(model, inputs, target: str, precision: str, force_cpu=(), **options):
     from .. import trace
 
-    compiled = trace(model, inputs, target, precision=precision, force_cpu=force_cpu)
+    compiled = trace(model, inputs, target, precision=precision, force_cpu=force_cpu, **options)
     return _call(compiled, inputs), compiled
 
 
+def _auto(model, inputs, precision: str):
+    """archfit's target="auto" with per_partition; the call carries what was chosen over what."""
+    fn, compiled = _archfit(model, inputs, "auto", precision, per_partition=True)
+    from ..core.compile import EngineModule
+
+    alts = getattr(compiled, "alternatives", ()) or ()
+    engines = sorted({m.target for m in compiled.modules() if isinstance(m, EngineModule)})
+    fn.extra = {"chosen": next((f"{a.target} {a.precision}" for a in alts if a.chosen), "?"),
+                "engines_on": ", ".join(engines),
+                "alternatives": ", ".join(f"{a.target} {a.ms:.2f} ms" if a.ms is not None else f"{a.target}: {a.why}"
+                                          for a in alts)}
+    return fn
+
+
 def arms(model: torch.nn.Module, inputs: Any, targets=("openvino", "onnxruntime"),
-         precisions=("fp32", "bf16"), peers: bool = True) -> dict[str, tuple[str, Callable[[], Callable]]]:
+         precisions=("fp32", "bf16"), peers: bool = True, auto: bool = True) -> dict[str, tuple[str, Callable[[], Callable]]]:
     """name -> (precision, builder returning a zero-argument call). bf16 arms only on a CPU with
     bf16 units: elsewhere they would time fp32 (OpenVINO) or a slow emulation (PyTorch)."""
     precisions = tuple(p for p in precisions if p != "bf16" or bf16_units())
@@ -146,6 +160,9 @@ def arms(model: torch.nn.Module, inputs: Any, targets=("openvino", "onnxruntime"
         for p in precisions:
             if get_target(t).precision_unavailable(p) is None:  # a target refusing a precision here has no arm
                 out[f"archfit {t} {p}"] = (p, lambda t=t, p=p: _archfit(model, inputs, t, p)[0])
+    if auto:  # what a user who does not know which target wins gets: every target measured, per partition
+        for p in precisions:
+            out[f"archfit auto {p}"] = (p, lambda p=p: _auto(model, inputs, p))
     return out
 
 
@@ -162,6 +179,7 @@ def run_arms(builders: dict[str, tuple[str, Callable]], rounds: int = 5, seconds
                 fn = build()
                 fn()  # first call (lazy initialisation) is not timed
             r.build_seconds = time.perf_counter() - t0
+            r.extra.update(getattr(fn, "extra", {}))
             calls.append((r, fn))
         except Exception as e:  # noqa: BLE001 - a peer that cannot handle the model is a result
             r.error = f"{type(e).__name__}: {first_line(e, 160)}"

@@ -18,16 +18,20 @@ def median_seconds(fn: Callable[[], object], budget: float = 0.25, min_reps: int
     return statistics.median(times)
 
 
-def interleaved_ms(calls: dict[Any, Callable[[], object]], seconds: float) -> dict[Any, float]:
-    """Median ms of each call, interleaved call by call (so a machine slowing down mid-way costs
-    every candidate alike), within about `seconds` per candidate, at least 5 calls each."""
-    for call in calls.values():
-        call()  # warm-up: first-call allocations are not the model's speed
+def interleaved_ms(calls: dict[Any, Callable[[], object]], seconds: float, rounds: int = 3) -> dict[Any, float]:
+    """Median ms of each call within about `seconds` per candidate: in rounds (so a machine slowing
+    down mid-way costs every candidate alike), each round a burst of calls per candidate whose
+    first call is not timed. Call-by-call alternation would time each engine against the last
+    one's idle workers: ONNX Runtime's spin after a call, and on BERT-base that doubled both
+    candidates' times and picked the slower one."""
     times: dict[Any, list[float]] = {k: [] for k in calls}
-    deadline = time.perf_counter() + seconds * len(calls)
-    while min(len(v) for v in times.values()) < 5 or time.perf_counter() < deadline:
+    for _ in range(rounds):
         for k, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            times[k].append(time.perf_counter() - t0)
+            call()  # untimed: first-call allocations, and the previous candidate's workers settle
+            end, n = time.perf_counter() + seconds / rounds, 0
+            while n < 2 or time.perf_counter() < end:  # at least 2 timed calls a round
+                t0 = time.perf_counter()
+                call()
+                times[k].append(time.perf_counter() - t0)
+                n += 1
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
