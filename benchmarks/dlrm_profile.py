@@ -48,16 +48,18 @@ def _profile(compiled, feeds, calls: int) -> dict:
 
 
 def _archfit_model(model, inputs):
-    """The ov.Model archfit compiles for DLRM (one partition): capture, then the partition's export."""
+    """The ov.Model archfit compiles for DLRM (one partition): capture, then the partition's export,
+    as targets/openvino.compile_partition does it."""
     import openvino as ov
 
     from archfit.core.capture import capture
     from archfit.targets.base import export_partition
+    from archfit.targets.openvino import _stack_as_concat
 
     captured = capture(model, inputs)
     gm = captured.graph_module
     flat = [n.meta["val"] for n in gm.graph.nodes if n.op == "placeholder"]
-    ep = export_partition(gm, [torch.zeros(v.shape, dtype=v.dtype) for v in flat])
+    ep = export_partition(_stack_as_concat(gm), [torch.zeros(v.shape, dtype=v.dtype) for v in flat])
     converted = ov.convert_model(ep)
     converted.reshape({i: ov.PartialShape(list(v.shape)) for i, v in enumerate(flat)})
     return converted
