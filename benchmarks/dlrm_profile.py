@@ -5,13 +5,16 @@ OpenVINO's own conversion of the model (TorchScript), per executed layer type, i
 
 Each engine is compiled with OpenVINO's PERF_COUNT on and run at DLRM's serving batch (128) on 2
 threads; the per-layer times (OpenVINO's own counters, summed over calls, per call) are grouped
-by layer type, with the runtime precision each layer ran in. Prints a Markdown table per
-precision and writes benchmarks/results/dlrm_profile.json."""
+by layer type, with the runtime precision each layer ran in. Then the cost of one op forced to the
+CPU mid-graph (the peers table's node), per component: each engine's time inside the call (hooks)
+and the rest (the host op and Python dispatch). Prints Markdown tables and writes
+benchmarks/results/dlrm_profile.json."""
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -65,6 +69,41 @@ def _archfit_model(model, inputs):
     return converted
 
 
+def forced_components(model, inputs, calls: int) -> dict:
+    """One op forced to the CPU mid-graph (the peers table's node), archfit openvino fp32: the
+    module's call split into its engines' calls (timed by hooks inside the call) and the rest (the
+    host op, Python dispatch between engines), against the fully compiled module's engine."""
+    import archfit
+    from archfit.core.compile import EngineModule
+    from peers import _mid_graph_node  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+
+    node = _mid_graph_node(model, inputs)
+    modules = {"fully compiled": archfit.trace(model, inputs, "openvino", precision="fp32", check_payoff=False),
+               "1 op on the CPU": archfit.trace(model, inputs, "openvino", precision="fp32", force_cpu=(node,))}
+    out = {"node": node}
+    for label, m in modules.items():
+        engines = [e for e in m.modules() if isinstance(e, EngineModule)]
+        spans = {i: [] for i in range(len(engines))}
+        for i, e in enumerate(engines):
+            e.register_forward_pre_hook(lambda mod, a, i=i: spans[i].append(-time.perf_counter()))
+            e.register_forward_hook(lambda mod, a, o, i=i: spans[i].__setitem__(-1, spans[i][-1] + time.perf_counter()))
+        total = []
+        with torch.no_grad():
+            for _ in range(20):
+                m(*inputs)
+            for v in spans.values():
+                v.clear()
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                m(*inputs)
+                total.append(time.perf_counter() - t0)
+        med = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
+        per_engine = [med(v) for v in spans.values()]
+        out[label] = {"total_ms": med(total), "engines_ms": per_engine,
+                      "rest_ms": med(total) - sum(per_engine)}
+    return out
+
+
 def main() -> None:
     import openvino as ov
 
@@ -86,8 +125,9 @@ def main() -> None:
         compiled = {k: ov.Core().compile_model(g, "CPU", config) for k, g in graphs.items()}
         out[precision] = {k: _profile(c, feeds, args.calls) for k, c in compiled.items()}
         del compiled
+    out["forced"] = forced_components(model, inputs, args.calls)
     (ROOT / "benchmarks" / "results" / "dlrm_profile.json").write_text(json.dumps(out, indent=1))
-    for precision, arms in out.items():
+    for precision, arms in ((p, out[p]) for p in ("fp32", "bf16")):
         types = sorted({t for a in arms.values() for t in a["by_type"]},
                        key=lambda t: -max(a["by_type"].get(t, {"ms": 0})["ms"] for a in arms.values()))
         print(f"\n{precision}: " + ", ".join(f"{k} {a['wall_ms']:.3f} ms a call ({a['layers_ms']:.3f} ms in layers)"
@@ -100,7 +140,14 @@ def main() -> None:
                 x = a["by_type"].get(t)
                 cells.append(f"{x['ms']:.3f} ({x['layers']}, {'/'.join(x['ran_in'])})" if x else "-")
             print(f"| {t} | " + " | ".join(cells) + " |")
+    f = out["forced"]
+    print(f"\nOne op on the CPU (`{f['node']}`), archfit openvino fp32, medians of {args.calls} calls:")
+    print("| module | call ms | engines ms | host op and dispatch ms |\n|---|---|---|---|")
+    for label in ("fully compiled", "1 op on the CPU"):
+        x = f[label]
+        print(f"| {label} | {x['total_ms']:.3f} | {' + '.join(f'{e:.3f}' for e in x['engines_ms'])} | {x['rest_ms']:.3f} |")
 
 
 if __name__ == "__main__":
     main()
+

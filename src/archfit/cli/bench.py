@@ -119,17 +119,22 @@ def _archfit(model, inputs, target: str, precision: str, force_cpu=(), **options
     from .. import trace
 
     compiled = trace(model, inputs, target, precision=precision, force_cpu=force_cpu, **options)
-    return _call(compiled, inputs), compiled
+    fn = _call(compiled, inputs)
+    report = getattr(compiled, "report", None)
+    validation = getattr(compiled, "validation", None) or getattr(report, "validation", None)
+    if validation is not None and validation.gate:  # what the task gate measured goes in the row
+        fn.extra = {"gate": "; ".join(validation.gate_lines())}
+    return fn, compiled
 
 
-def _auto(model, inputs, precision: str):
+def _auto(model, inputs, precision: str, **options):
     """archfit's target="auto" with per_partition; the call carries what was chosen over what."""
-    fn, compiled = _archfit(model, inputs, "auto", precision, per_partition=True)
     from ..core.compile import EngineModule
 
+    fn, compiled = _archfit(model, inputs, "auto", precision, per_partition=True, **options)
     alts = getattr(compiled, "alternatives", ()) or ()
     engines = sorted({m.target for m in compiled.modules() if isinstance(m, EngineModule)})
-    fn.extra = {"chosen": next((f"{a.target} {a.precision}" for a in alts if a.chosen), "?"),
+    fn.extra = getattr(fn, "extra", {}) | {"chosen": next((f"{a.target} {a.precision}" for a in alts if a.chosen), "?"),
                 "engines_on": ", ".join(engines),
                 "alternatives": ", ".join(f"{a.target} {a.ms:.2f} ms" if a.ms is not None else f"{a.target}: {a.why}"
                                           for a in alts)}
@@ -137,9 +142,11 @@ def _auto(model, inputs, precision: str):
 
 
 def arms(model: torch.nn.Module, inputs: Any, targets=("openvino", "onnxruntime"),
-         precisions=("fp32", "bf16"), peers: bool = True, auto: bool = True) -> dict[str, tuple[str, Callable[[], Callable]]]:
+         precisions=("fp32", "bf16"), peers: bool = True, auto: bool = True,
+         accuracy: str | None = None) -> dict[str, tuple[str, Callable[[], Callable]]]:
     """name -> (precision, builder returning a zero-argument call). bf16 arms only on a CPU with
-    bf16 units: elsewhere they would time fp32 (OpenVINO) or a slow emulation (PyTorch)."""
+    bf16 units: elsewhere they would time fp32 (OpenVINO) or a slow emulation (PyTorch).
+    accuracy: the task gate archfit's arms validate with (a detector's "detection")."""
     precisions = tuple(p for p in precisions if p != "bf16" or bf16_units())
     out: dict[str, tuple[str, Callable]] = {"eager PyTorch": ("fp32", lambda: _call(model, inputs))}
     if peers:
@@ -159,10 +166,10 @@ def arms(model: torch.nn.Module, inputs: Any, targets=("openvino", "onnxruntime"
     for t in targets:
         for p in precisions:
             if get_target(t).precision_unavailable(p) is None:  # a target refusing a precision here has no arm
-                out[f"archfit {t} {p}"] = (p, lambda t=t, p=p: _archfit(model, inputs, t, p)[0])
+                out[f"archfit {t} {p}"] = (p, lambda t=t, p=p: _archfit(model, inputs, t, p, accuracy=accuracy)[0])
     if auto:  # what a user who does not know which target wins gets: every target measured, per partition
         for p in precisions:
-            out[f"archfit auto {p}"] = (p, lambda p=p: _auto(model, inputs, p))
+            out[f"archfit auto {p}"] = (p, lambda p=p: _auto(model, inputs, p, accuracy=accuracy))
     return out
 
 

@@ -341,7 +341,8 @@ def bench_(model: str = typer.Argument(..., help=MODEL_HELP + " Or a file writte
         else:
             mod, inputs, _name = load_model(model, tiny)
             mod.eval()
-            builders = bench.arms(mod, inputs, targets=target, precisions=precision, peers=peers)
+            builders = bench.arms(mod, inputs, targets=target, precisions=precision, peers=peers,
+                                  accuracy=declared_gate(model))
             flops = bench.model_flops(mod, inputs)
             peaks = {p: bench.matmul_peak_gflops(dtype, seconds=2 * seconds) if p == "fp32" or bench.bf16_units()
                      else float("nan")  # no bf16 units: PyTorch's bf16 matmul is a slow emulation, not a peak
