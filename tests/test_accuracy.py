@@ -104,12 +104,18 @@ class ConfidentDetector(torch.nn.Module):
         return [{"boxes": boxes[i], "scores": scores[i], "labels": torch.ones_like(i)}]
 
 
-def test_confident_detector_in_bf16_passes_the_detection_gate():
+def test_confident_detector_in_bf16_passes_the_detection_gate(monkeypatch):
+    """The gate decides for the whole detector: its region's elementwise error (raw offsets and
+    logits) is reported, not deciding. A zero elementwise tolerance makes every region miss it."""
+    from archfit.core.validate import TOLERANCES
+
+    monkeypatch.setitem(TOLERANCES, "bf16", (0.0, 0.0))
     torch.manual_seed(0)
     model, inputs = ConfidentDetector().eval(), (torch.rand(1, 3, 64, 64),)
     compiled = archfit.trace(model, inputs, target="inf1", accuracy="detection")  # inf1: bf16 convolutions
     v = compiled.validation
     assert isinstance(compiled, archfit.AttachedModule) and v.gate == "detection" and v.ok
+    assert [r.report.validation.ok for r in compiled.regions.values()] == [False]  # measured, reported, not deciding
     assert v.max_rel > 1e-4  # bf16 is in effect
     for m in v.metrics:
         assert dict(m.values)["recall"] >= 0.99 and dict(m.values)["precision"] >= 0.99

@@ -108,6 +108,9 @@ class TraceOptions:
     progress: Callable[[str], None] | None = None
     accuracy: Accuracy | None = None  # a task gate deciding validation (core/accuracy.py)
     per_partition: bool = False  # each partition on the real target the whole model measures fastest with
+    # validation measured and reported but not deciding: a detector's regions under a whole-model task
+    # gate (their outputs are raw box offsets and logits, where bf16's elementwise error says little)
+    report_only: bool = False
 
     def say(self, message: str) -> None:
         if self.progress is not None:
@@ -301,7 +304,7 @@ def _trace_captured(model: torch.nn.Module, captured: Captured, options: TraceOp
     if options.validate:
         extra = normalize_inputs(validation_inputs) if validation_inputs is not None else None
         validation = run_validation(model, module(), captured, compiled, precision, extra_inputs=extra,
-                                    accuracy=options.accuracy)
+                                    accuracy=options.accuracy, raise_on_failure=not options.report_only)
     return module(build_report(name, compiled.plan, precision, target.emulated, compiled.timings, validation,
                                time.perf_counter() - t0, estimate=_estimate(captured, compiled.plan, target, precision),
                                graph_module=captured.graph_module))
@@ -319,9 +322,10 @@ def _trace_regions(model, example_inputs, why: CaptureFailure, options: TraceOpt
     compiled = {}
     for i, (path, graph) in enumerate(plan.captured.items()):
         options.say(f"region {path} ({i + 1}/{len(plan.captured)})")
-        # a region's outputs are features, not the task's: its gate is elementwise, the model's below
-        module = _trace_captured(model.get_submodule(path), graph, dataclasses.replace(options, accuracy=None),
-                                 f"{plan.model}.{path}")
+        # a region's outputs are features, not the task's: its check is elementwise; with a task gate
+        # the whole model's gate below decides, and the regions' errors are only reported
+        region_options = dataclasses.replace(options, accuracy=None, report_only=options.accuracy is not None)
+        module = _trace_captured(model.get_submodule(path), graph, region_options, f"{plan.model}.{path}")
         if module.report.partitions:  # a region that runs wholly in PyTorch stays the model's own module
             compiled[path] = module
     if not compiled:
