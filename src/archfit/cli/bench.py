@@ -189,7 +189,7 @@ def run_arms(builders: dict[str, tuple[str, Callable]], rounds: int = 5, seconds
             r.extra.update(getattr(fn, "extra", {}))
             calls.append((r, fn))
         except Exception as e:  # noqa: BLE001 - a peer that cannot handle the model is a result
-            r.error = f"{type(e).__name__}: {first_line(e, 160)}"
+            r.error = f"{type(e).__name__}: {first_line(e, 400)}"
         if log:
             log(f"built {name}: {r.error or f'{r.build_seconds:.1f} s'}")
         results.append(r)
