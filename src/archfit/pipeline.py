@@ -227,22 +227,17 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     ONNX and TensorFlow/Keras models (see analyze) are imported into the same graph, validated
     against their own framework's outputs too, and the module returned takes and gives arrays.
     """
+    # every keyword argument as given, for the two paths that call trace again with them
+    given = {k: v for k, v in locals().items() if k not in ("model", "example_inputs", "target", "_analysis")}
     imported = import_model(model, example_inputs)
     if imported.foreign:
-        module = trace(imported.module, imported.inputs, target, precision=precision, force_cpu=force_cpu,
-                       require_full=require_full, min_partition_size=min_partition_size, check_payoff=check_payoff,
-                       validate=validate, validation_inputs=validation_inputs, cache=cache, progress=progress,
-                       name=name or imported.name, buckets=buckets, dynamic_batch=dynamic_batch,
-                       check_padding=check_padding, packing=packing, accuracy=accuracy, per_partition=per_partition)
+        module = trace(imported.module, imported.inputs, target, **(given | {"name": name or imported.name}))
         return adopt(module, imported, validate)
     if target == "auto" or precision == "auto":  # every candidate compiled, measured, the fastest kept
         from .choose import trace_auto
 
-        return trace_auto(trace, model, example_inputs, target, precision, force_cpu=force_cpu,
-                          require_full=require_full, min_partition_size=min_partition_size, check_payoff=check_payoff,
-                          validate=validate, validation_inputs=validation_inputs, cache=cache, progress=progress,
-                          name=name, buckets=buckets, dynamic_batch=dynamic_batch, check_padding=check_padding,
-                          packing=packing, accuracy=accuracy, per_partition=per_partition)
+        given.pop("precision")
+        return trace_auto(trace, model, example_inputs, target, precision, **given)
     t0 = time.perf_counter()
     target = get_target(target)
     options = TraceOptions(target, _precision(target, precision), tuple(force_cpu), require_full, min_partition_size,
