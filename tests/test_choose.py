@@ -1,6 +1,8 @@
 """target="auto" / precision="auto": every real target (and precision) here compiled, measured on
 the example inputs, the fastest kept; the report lists every alternative with its time or why
 it was left out."""
+from types import SimpleNamespace
+
 import pytest
 
 import archfit
@@ -127,3 +129,25 @@ def test_auto_with_per_partition_measures_plain_candidates_then_mixes_the_winner
     assert calls[:-1] == [("openvino", "fp32", False), ("onnxruntime", "fp32", False)]
     assert calls[-1] == ("onnxruntime", "fp32", True) and module.per_partition
     assert [a.target for a in module.alternatives if a.chosen] == ["onnxruntime"]
+
+
+def test_a_swap_measures_the_host_threads_again_around_the_new_engines(mlp, monkeypatch):
+    import archfit.core.compile as compile_mod
+    import archfit.core.mixed as mixed
+    from archfit.core.threads import ONE_THREAD
+
+    measured = []
+
+    def choose(gm, inputs, seconds=0.3):  # stands in for the timing: records which engines it saw
+        measured.append(tuple(t for _i, t in sorted(_engine_targets(SimpleNamespace(graph_module=gm)).items())))
+        setattr(gm, ONE_THREAD, True)
+
+    monkeypatch.setattr(compile_mod, "choose_host_threads", choose)
+    monkeypatch.setattr(mixed, "choose_host_threads", choose)
+    monkeypatch.setattr(compile_mod, "_in_context_losers", lambda *a: [])  # every partition pays off
+    verdicts = iter([{"openvino": 1.0, "onnxruntime": 2.0}, {"openvino": 2.0, "onnxruntime": 1.0}])
+    monkeypatch.setattr(mixed, "interleaved_ms", lambda calls, seconds: next(verdicts))
+    model, inputs = mlp
+    archfit.trace(model, inputs, "openvino", force_cpu=["aten.gelu"], min_partition_size=1, per_partition=True)
+    assert measured == [("openvino", "openvino"), ("openvino", "onnxruntime")]  # by partition index
+

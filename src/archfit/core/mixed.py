@@ -22,7 +22,7 @@ from .capture import Captured
 from .compile import (PAYOFF_NOISE, PREFIX, CompiledGraph, EngineModule, _check_outputs, _compile_one,
                       hand_over_if_alone)
 from .support import check_support
-from .threads import host_threads, one_thread_for
+from .threads import ONE_THREAD, choose_host_threads, host_threads, one_thread_for
 from .timing import interleaved_ms
 
 log = logging.getLogger("archfit")
@@ -34,7 +34,7 @@ def mix_targets(captured: Captured, compiled: CompiledGraph, primary: Target, ot
     # seconds: per candidate, as target="auto" takes: at 0.3 s a 240 ms detector (SSD300) got 6 calls
     # each, and its mix measured 4% slower than the plan's target alone in the benchmark
     gm, inputs = compiled.graph_module, captured.example_inputs
-    timings = dict(compiled.timings)
+    timings, swapped = dict(compiled.timings), False
     tables = {t.name: check_support(captured, t, force_cpu).by_name() for t in others}
     for i, part in enumerate(compiled.plan.partitions):
         name = f"{PREFIX}{i}"
@@ -72,8 +72,11 @@ def mix_targets(captured: Captured, compiled: CompiledGraph, primary: Target, ot
         if best != primary.name and ms[best] >= ms[primary.name] * (1 - PAYOFF_NOISE):
             best = primary.name  # within noise: the plan's own target keeps it
         setattr(gm, name, candidates[best])
+        swapped = swapped or best != primary.name
         measured = ", ".join([f"{k} {v:.3f} ms" for k, v in sorted(ms.items(), key=lambda kv: kv[1])] + notes)
         timings[i] = replace(timings[i], target=best, measured=measured)
+    if swapped and hasattr(gm, ONE_THREAD):  # the host-thread choice was made around the old engines
+        choose_host_threads(gm, inputs)
     return replace(compiled, timings=timings)
 
 
