@@ -256,6 +256,18 @@ def test_thread_limit_unpins_openvino_engines(bert_file, monkeypatch):
         assert e.compiled_model.get_property("ENABLE_CPU_PINNING") is False
 
 
+def test_thread_limit_holds_for_engines_compiled_here_too(mlp, monkeypatch):
+    from archfit.core.compile import EngineModule
+
+    monkeypatch.setenv("ARCHFIT_THREADS", "1")
+    model, inputs = mlp
+    compiled = archfit.trace(model, inputs, "openvino", check_payoff=False, cache=False)
+    engines = [m.engine for m in compiled.modules() if isinstance(m, EngineModule)]
+    assert engines and all(e.compiled_model.get_property("INFERENCE_NUM_THREADS") == 1 and
+                           e.compiled_model.get_property("ENABLE_CPU_PINNING") is False for e in engines)
+    assert "INFERENCE_NUM_THREADS" not in engines[0].config  # this process's share is not stored in the file
+
+
 def test_two_streams_run_two_batches_at_once_with_the_same_answers(bert_file, monkeypatch):
     """--streams 2: engines load with two OpenVINO streams and the batcher keeps two batches in
     flight; answers equal archfit.load's."""

@@ -227,8 +227,8 @@ def _env_count(name: str) -> int | None:
 
 
 def thread_limit() -> int | None:
-    """ARCHFIT_THREADS: threads each engine may use, read when an engine is loaded (set by
-    `archfit serve --threads` so replicas on one machine share its cores instead of fighting)."""
+    """ARCHFIT_THREADS: threads each engine may use, read when an engine is compiled or loaded (set
+    by `archfit serve --threads` so replicas on one machine share its cores instead of fighting)."""
     return _env_count("ARCHFIT_THREADS")
 
 

@@ -73,13 +73,19 @@ class OpenVINOEngine(Engine):
 def load_engine(data: bytes) -> OpenVINOEngine:
     cut = data.index(b"\n")
     config = json.loads(data[:cut])
-    # processes sharing a machine (server replicas): OpenVINO pins its threads to cores by default,
-    # and on Linux every process pins to the same ones, so two replicas would share one core
+    return OpenVINOEngine(core().import_model(io.BytesIO(memoryview(data)[cut + 1:]), "CPU", config | _sharing()),
+                          config, imported=True)
+
+
+def _sharing() -> dict:
+    """This process's share of the machine (ARCHFIT_THREADS, ARCHFIT_STREAMS), applied when an
+    engine is compiled or loaded and never stored with it. Processes sharing a machine (server
+    replicas, test workers): OpenVINO pins its threads to cores by default, and on Linux every
+    process pins to the same ones, so two processes would share one core."""
     limit = {"INFERENCE_NUM_THREADS": thread_limit(), "ENABLE_CPU_PINNING": False} if thread_limit() else {}
     if stream_count() > 1:  # a server running several batches at once: one stream (and its threads) each
         limit |= {"NUM_STREAMS": stream_count(), "ENABLE_CPU_PINNING": False}
-    return OpenVINOEngine(core().import_model(io.BytesIO(memoryview(data)[cut + 1:]), "CPU", config | limit), config,
-                          imported=True)
+    return limit
 
 
 # Bumped when compile_partition rewrites graphs differently: engines in the compile cache (keyed by
@@ -152,7 +158,7 @@ def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]
     # Fixed shapes: the whole point of compiling per shape bucket is to let the backend specialise.
     model.reshape({i: ov.PartialShape(list(t.shape)) for i, t in enumerate(example_inputs)})
     config = _config(precision)
-    return OpenVINOEngine(core().compile_model(model, "CPU", config), config)
+    return OpenVINOEngine(core().compile_model(model, "CPU", config | _sharing()), config)
 
 
 def compile_dynamic(ep: torch.export.ExportedProgram, shapes: Sequence[Sequence[int | tuple[int, int]]],
@@ -165,7 +171,7 @@ def compile_dynamic(ep: torch.export.ExportedProgram, shapes: Sequence[Sequence[
     model.reshape({i: ov.PartialShape([ov.Dimension(*d) if isinstance(d, tuple) else ov.Dimension(d) for d in shape])
                    for i, shape in enumerate(shapes)})
     config = _config(precision)
-    return OpenVINOEngine(core().compile_model(model, "CPU", config), config)
+    return OpenVINOEngine(core().compile_model(model, "CPU", config | _sharing()), config)
 
 
 unavailable = requires("openvino")
