@@ -25,3 +25,15 @@ def test_tensors_without_values_are_refused(saved_mlp, mlp_custom):
         module(torch.empty(x.shape, device="meta"))
     with pytest.raises(archfit.InputError, match=r"called with 2 input\(s\) in another structure"):
         module(x, x)
+
+
+def test_plain_calls_skip_pytree_and_still_refuse_what_is_not_the_traced_input(mlp):
+    model, (x,) = mlp
+    module = archfit.trace(model, (x,), "openvino", check_payoff=False, validate=False)
+    assert module._plain == (True, "leaf")  # one positional tensor in, one tensor out
+    out = module(x)
+    assert isinstance(out, torch.Tensor) and torch.allclose(out, model(x), atol=1e-4)
+    with pytest.raises(archfit.InputError, match=r"input 'input': expected a tensor \(4, 64\) float32, got list"):
+        module(x.tolist())
+    with pytest.raises(archfit.InputError, match=r"called with 1 input\(s\) in another structure"):
+        module(x=x)

@@ -7,6 +7,7 @@ the engines) and restores the model's output structure. The host graph is fx-gen
 which frees every intermediate right after its last use (the jaxpr-interpreter discipline)."""
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
@@ -167,6 +168,23 @@ class CompiledModule(ArchfitModule):
         with torch.no_grad(), host_threads(one_thread_for(self.graph_module)):
             return list(self.graph_module(*flat))
 
+    @cached_property
+    def _plain(self) -> tuple[bool, str | None]:
+        """(traced with positional tensors only, outputs 'leaf'/'tuple'/None): in these common
+        cases a call skips pytree's flatten and unflatten, about 35 us of a tiny DLRM's 210 us."""
+        n, k = len(self.inputs), self.out_spec.num_leaves
+        plain_in = self.in_spec == pytree.tree_structure((tuple(range(n)), {}))
+        out = ("leaf" if self.out_spec == pytree.tree_structure(0) else
+               "tuple" if self.out_spec == pytree.tree_structure(tuple(range(k))) else None)
+        return plain_in, out
+
     def forward(self, *args, **kwargs):
-        flat = flatten_call(args, kwargs, self.in_spec, self.inputs)
-        return pytree.tree_unflatten(self.run_flat(flat), self.out_spec)
+        plain_in, out = self._plain
+        if plain_in and not kwargs and len(args) == len(self.inputs):
+            flat = list(args)  # check() refuses anything in place of a tensor, naming the input
+        else:
+            flat = flatten_call(args, kwargs, self.in_spec, self.inputs)
+        result = self.run_flat(flat)
+        if out == "leaf":
+            return result[0]
+        return tuple(result) if out == "tuple" else pytree.tree_unflatten(result, self.out_spec)
