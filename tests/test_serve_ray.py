@@ -25,7 +25,16 @@ def test_two_replicas_serve_the_same_answers(bert_file):  # noqa: F811
              _temp_dir=temp)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(application([f"bert={bert_file}"], replicas=2, threads=1), name="archfit", route_prefix="/")
+        try:
+            serve.run(application([f"bert={bert_file}"], replicas=2, threads=1), name="archfit", route_prefix="/")
+        except RuntimeError as e:  # seen once in five suite runs on a loaded 2-core host: start the replicas again
+            import sys
+            import warnings
+
+            print(f"first deploy failed, retrying once: {e}\n{_replica_logs(temp)}", file=sys.stderr)
+            warnings.warn(f"Ray Serve deploy retried: {e}")
+            serve.delete("archfit")
+            serve.run(application([f"bert={bert_file}"], replicas=2, threads=1), name="archfit", route_prefix="/")
         status = serve.status().applications["archfit"].deployments["archfit"]
         assert status.replica_states.get("RUNNING") == 2
         c = http.InferenceServerClient(f"127.0.0.1:{port}", concurrency=8, network_timeout=60)
@@ -43,3 +52,13 @@ def test_two_replicas_serve_the_same_answers(bert_file):  # noqa: F811
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _replica_logs(temp: str, lines: int = 40) -> str:
+    """The last lines of Ray Serve's replica logs, to say why a deploy failed."""
+    from pathlib import Path
+
+    out = []
+    for log in sorted(Path(temp).glob("session_*/logs/serve/replica_*.log")):
+        out.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+    return "\n".join(out) or "(no replica logs)"
