@@ -24,32 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("ssd300_vgg16", "yolov5s")
 
 
-def sharpen(model: torch.nn.Module, factor: float) -> None:
-    """Multiply the score logits of the detector's output convs by `factor`: a stand-in for a
-    trained detector's confident scores. Random weights score every box alike (SSD: softmax over
-    91 classes ~0.011 against a 0.01 threshold; YOLO: ~0.25 against 0.25), so any rounding, bf16's
-    or another library's fp32 order, reorders near-ties at the threshold and in NMS; trained
-    weights, which cannot be downloaded here, separate objects from background by wide margins."""
-    with torch.no_grad():
-        if hasattr(model, "head"):  # torchvision SSD: the classification head's convs
-            convs = list(model.head.classification_head.module_list)
-            for c in convs:
-                c.weight.mul_(factor), c.bias.mul_(factor)
-        else:  # the zoo's YOLO: per anchor, channels 4 (objectness) onward are score logits
-            decode = next(m for m in model.modules() if type(m).__name__ == "Decode")
-            for c in decode.convs:
-                w, b = c.weight.view(3, decode.no, -1), c.bias.view(3, decode.no)
-                w[:, 4:].mul_(factor), b[:, 4:].mul_(factor)
-
-
-def one(name: str, rounds: int, seconds: float, sharpen_by: float) -> dict:
+def one(name: str, rounds: int, seconds: float) -> dict:
     from archfit import zoo
     from archfit.cli.bench import arms, run_arms
 
     torch.set_num_threads(2)
     model, inputs = zoo.build(name)
-    if sharpen_by != 1:
-        sharpen(model, sharpen_by)
     # archfit's arms validate with the detector's task gate (boxes, labels, recall, precision)
     builders = arms(model, inputs, targets=("openvino", "onnxruntime"), precisions=("fp32", "bf16"),
                     accuracy=zoo.get(name).accuracy)
@@ -66,7 +46,7 @@ def one(name: str, rounds: int, seconds: float, sharpen_by: float) -> dict:
              "vs_eager": eager.p50 / r.p50 if r.samples_ms else None, "build_s": r.build_seconds, "error": r.error,
              **r.extra}
             for r in results]
-    return {"model": name, "machine": platform.processor(), "threads": 2, "rows": rows, "sharpen": sharpen_by,
+    return {"model": name, "machine": platform.processor(), "threads": 2, "rows": rows,
             "split": split(model, inputs, zoo.get(name).accuracy)}
 
 
@@ -131,16 +111,15 @@ def main() -> None:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--sharpen", type=float, default=1.0, help="score logits times this (see sharpen())")
     p.add_argument("--one", help=argparse.SUPPRESS)  # child process: one model
     args = p.parse_args()
     if args.one:
-        out = one(args.one, args.rounds, args.seconds, args.sharpen)
+        out = one(args.one, args.rounds, args.seconds)
         (ROOT / "benchmarks" / "results" / f"detection-{args.one}.json").write_text(json.dumps(out, indent=1))
         return
     for name in args.models.split(","):  # a fresh process per model: no arm inherits another's memory
         subprocess.run([sys.executable, __file__, "--one", name, "--rounds", str(args.rounds),
-                        "--seconds", str(args.seconds), "--sharpen", str(args.sharpen)], check=True)
+                        "--seconds", str(args.seconds)], check=True)
         print(table(json.loads((ROOT / "benchmarks" / "results" / f"detection-{name}.json").read_text())))
 
 

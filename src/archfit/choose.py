@@ -76,10 +76,11 @@ def trace_auto(trace: Callable[..., ArchfitModule], model, example_inputs: Any, 
     best = min(ms, key=ms.get)
     alternatives = tuple(sorted((Alternative(t, p, ms[(t, p)], chosen=(t, p) == best) for t, p in built),
                                 key=lambda a: a.ms) + left_out)
-    module = built[best]
     if per_partition:  # the engines come from the compile cache (unless cache=False): this re-plans, not re-compiles
-        del built
+        built.clear()  # every candidate's engines freed first (DLRM's hold 2 GB each)
         module = trace(model, example_inputs, best[0], precision=best[1], per_partition=True, **options)
+    else:
+        module = built[best]
     module.alternatives = alternatives
     if isinstance(module.report, FitReport):
         module.report = replace(module.report, alternatives=alternatives)

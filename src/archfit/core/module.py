@@ -171,7 +171,8 @@ class CompiledModule(ArchfitModule):
     @cached_property
     def _plain(self) -> tuple[bool, str | None]:
         """(traced with positional tensors only, outputs 'leaf'/'tuple'/None): in these common
-        cases a call skips pytree's flatten and unflatten, about 35 us of a tiny DLRM's 210 us."""
+        cases a call skips pytree's flatten and unflatten (benchmarks/call_layer.py: archfit's layer
+        around a tiny DLRM's engine 23.5 -> 11.9 us a call)."""
         n, k = len(self.inputs), self.out_spec.num_leaves
         plain_in = self.in_spec == pytree.tree_structure((tuple(range(n)), {}))
         out = ("leaf" if self.out_spec == pytree.tree_structure(0) else
