@@ -63,7 +63,7 @@ def _archfit_model(model, inputs):
     captured = capture(model, inputs)
     gm = captured.graph_module
     flat = [n.meta["val"] for n in gm.graph.nodes if n.op == "placeholder"]
-    ep = export_partition(_stack_as_concat(gm), [torch.zeros(v.shape, dtype=v.dtype) for v in flat])
+    ep = _stack_as_concat(export_partition(gm, [torch.zeros(v.shape, dtype=v.dtype) for v in flat]))
     converted = ov.convert_model(ep)
     converted.reshape({i: ov.PartialShape(list(v.shape)) for i, v in enumerate(flat)})
     return converted

@@ -1,7 +1,6 @@
 """Sequence packing (shapes/packing.py, shapes/packed.py): the algorithm against the SQuAD
 lengths, and tiny encoders packed several sequences per row, each sequence's outputs equal to
 the model run on it alone (fp32 tolerance of core.validate.TOLERANCES)."""
-import dataclasses
 import functools
 import json
 import subprocess
@@ -270,3 +269,38 @@ def test_served_packed_file_packs_across_requests():
         assert metric_total(text, "archfit_positions_total", kind="real") == 5 + 17 + 9 + 7 + 30 + 3
     finally:
         r.stop()
+
+
+class _Stacked(torch.nn.Module):
+    """Token features stacked and multiplied by their transpose (DLRM's interaction, over a length)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8)
+
+    def forward(self, input_ids):
+        e = self.embed(input_ids)
+        x = torch.stack([e.mean(1), e.amax(1), e[:, 0]], dim=1)
+        return {"out": torch.bmm(x, x.transpose(1, 2)).flatten(1)}
+
+
+def test_dynamic_lengths_hand_openvino_stack_as_concat(monkeypatch):
+    """compile_dynamic rewrites aten.stack like fixed-shape compiles do (targets/openvino._stack_as_concat),
+    keeping the symbolic length; the engine equals eager at two lengths."""
+    import openvino
+
+    from archfit.shapes.dynamic import trace_dynamic
+    from archfit.targets.registry import get_target
+
+    handed, convert = [], openvino.convert_model
+    monkeypatch.setattr(openvino, "convert_model", lambda ep, **kw: handed.append(ep) or convert(ep, **kw))
+    model = _Stacked().eval()
+    module = trace_dynamic(model, {"input_ids": torch.randint(0, 50, (1, 8))}, get_target("openvino"), "fp32", 24, {})
+    (ep,) = handed
+    assert not [n for n in ep.graph.nodes if n.target is torch.ops.aten.stack.default]
+    assert [n for n in ep.graph.nodes if n.target is torch.ops.aten.cat.default]
+    assert ep.range_constraints  # the length stayed symbolic
+    for n in (3, 20):
+        ids = torch.randint(0, 50, (1, n))
+        with torch.no_grad():
+            torch.testing.assert_close(module(input_ids=ids)["out"], model(input_ids=ids)["out"], atol=ATOL, rtol=RTOL)

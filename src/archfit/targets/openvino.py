@@ -2,7 +2,6 @@
 lowers (the one its torch.compile backend partitions by), not a guess of ours."""
 from __future__ import annotations
 
-import copy
 import io
 import json
 import threading
@@ -89,8 +88,9 @@ def _sharing() -> dict:
 
 
 # Bumped when compile_partition rewrites graphs differently: engines in the compile cache (keyed by
-# versions()) built the old way are then compiled again. 2: aten.stack as unsqueeze + cat.
-LOWERING = 2
+# versions()) built the old way are then compiled again. 2: aten.stack as unsqueeze + cat; 3: the same
+# in compile_dynamic too (a program rewrite, not a graph copy).
+LOWERING = 3
 
 
 def versions() -> dict:
@@ -126,35 +126,29 @@ def _config(precision: str) -> dict:
     return {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
 
 
-def _stack_as_concat(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of gm with each aten.stack written as cat of unsqueezed inputs (the same values).
+def _stack(tensors, dim=0):
+    return torch.cat([t.unsqueeze(dim) for t in tensors], dim)
+
+
+def _stack_as_concat(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """ep with each aten.stack written as cat of unsqueezed inputs (the same values).
 
     Why: OpenVINO's converter lowers aten.stack to concat + reshape, and that form matches its CPU
     plugin's DLRM "Interaction" fusion (concat -> reshape -> matmul(x, x^T) -> gather), a kernel
     that ran DLRM's feature interaction 3.5x slower in bf16 (0.28 vs 0.08 ms a call) and 1.5x in
     fp32 than the MatMul + Gather it replaces (benchmarks/dlrm_profile.py, AMD EPYC); OpenVINO's
-    own conversion of the model (TorchScript) produces unsqueeze + concat, and so does this."""
-    if not any(n.target is torch.ops.aten.stack.default for n in gm.graph.nodes):
-        return gm
-    gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # the partition's own module may still run in PyTorch
-    for node in list(gm.graph.nodes):
-        if node.target is torch.ops.aten.stack.default:
-            tensors, dim = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-            with gm.graph.inserting_before(node):
-                parts = [gm.graph.call_function(torch.ops.aten.unsqueeze.default, (t, dim)) for t in tensors]
-                cat = gm.graph.call_function(torch.ops.aten.cat.default, (parts, dim))
-            cat.meta = dict(node.meta)
-            node.replace_all_uses_with(cat)
-            gm.graph.erase_node(node)
-    gm.recompile()
-    return gm
+    own conversion of the model (TorchScript) produces unsqueeze + concat, and so does this.
+    run_decompositions with a one-entry table rewrites that op only (and keeps the program's
+    signature and dynamic dims, so fixed-shape and dynamic compiles share it)."""
+    if not any(n.target is torch.ops.aten.stack.default for n in ep.graph.nodes):
+        return ep
+    return ep.run_decompositions({torch.ops.aten.stack.default: _stack})
 
 
 def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], precision: str) -> OpenVINOEngine:
     import openvino as ov
 
-    ep = export_partition(_stack_as_concat(gm), example_inputs)
-    model = ov.convert_model(ep)
+    model = ov.convert_model(_stack_as_concat(export_partition(gm, example_inputs)))
     # Fixed shapes: the whole point of compiling per shape bucket is to let the backend specialise.
     model.reshape({i: ov.PartialShape(list(t.shape)) for i, t in enumerate(example_inputs)})
     config = _config(precision)
@@ -167,7 +161,7 @@ def compile_dynamic(ep: torch.export.ExportedProgram, shapes: Sequence[Sequence[
     input, each dim a fixed size or a (low, high) range."""
     import openvino as ov
 
-    model = ov.convert_model(ep)
+    model = ov.convert_model(_stack_as_concat(ep))
     model.reshape({i: ov.PartialShape([ov.Dimension(*d) if isinstance(d, tuple) else ov.Dimension(d) for d in shape])
                    for i, shape in enumerate(shapes)})
     config = _config(precision)
