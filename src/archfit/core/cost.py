@@ -66,16 +66,13 @@ def _prod(shape) -> int:
 def _high_level_flops(packet, args, out) -> int | None:
     """High-level ops torch.export keeps but torch's flop table does not list."""
     if packet is aten.linear:
-        x, w = args[0], args[1]
-        return 2 * _prod(_shape(out)) * _shape(w)[-1]
+        return 2 * _prod(_shape(out)) * _shape(args[1])[-1]
     if packet in (aten.conv1d, aten.conv2d, aten.conv3d):
         return conv_flop_count(list(_shape(args[0])), list(_shape(args[1])), list(_shape(out)), transposed=False)
     if packet in (aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d):
         return conv_flop_count(list(_shape(args[0])), list(_shape(args[1])), list(_shape(out)), transposed=True)
     if packet is aten.matmul:
-        a, b = _shape(args[0]), _shape(args[1])
-        k = a[-1]
-        return 2 * _prod(_shape(out)) * k
+        return 2 * _prod(_shape(out)) * _shape(args[0])[-1]
     if packet is aten.scaled_dot_product_attention:
         q, k = _shape(args[0]), _shape(args[1])
         # QK^T and PV: 2 matmuls of (..., Lq, D) x (..., D, Lk)
