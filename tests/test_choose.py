@@ -52,8 +52,9 @@ def test_a_candidate_that_fails_is_left_out_with_its_reason(mlp):
 def test_measure_interleaves_in_bursts_and_takes_the_median():
     calls = []
     ms = interleaved_ms({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, seconds=0.0)
-    # three rounds; each round a burst per candidate: one untimed call, then at least two timed
-    assert calls == (["a"] * 3 + ["b"] * 3) * 3
+    # three rounds, each starting one candidate later; each round a burst per candidate: one
+    # untimed call, then at least two timed
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3 + ["a"] * 3 + ["b"] * 3
     assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
     assert Alternative("x", "fp32").ms is None
 

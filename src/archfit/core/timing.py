@@ -23,10 +23,14 @@ def interleaved_ms(calls: dict[Any, Callable[[], object]], seconds: float, round
     down mid-way costs every candidate alike), each round a burst of calls per candidate whose
     first call is not timed. Call-by-call alternation would time each engine against the last
     one's idle workers: ONNX Runtime's spin after a call, and on BERT-base that doubled both
-    candidates' times and picked the slower one."""
+    candidates' times and picked the slower one. Each round starts one candidate later, so none
+    always runs first or after the same neighbour: a host whose speed moves between bursts (on
+    DLRM, two bursts of one engine in one round measured 0.60 and 0.47 ms) then favours none."""
     times: dict[Any, list[float]] = {k: [] for k in calls}
-    for _ in range(rounds):
-        for k, call in calls.items():
+    order = list(calls)
+    for r in range(rounds):
+        for k in order[r % len(order):] + order[:r % len(order)]:
+            call = calls[k]
             call()  # untimed: first-call allocations, and the previous candidate's workers settle
             end, n = time.perf_counter() + seconds / rounds, 0
             while n < 2 or time.perf_counter() < end:  # at least 2 timed calls a round
