@@ -1,6 +1,8 @@
 """archfit's own cost per call, the engine stood in: what CompiledModule adds around its engine
 (input checks, the fx host graph, flattening the call and rebuilding the outputs), with and
-without the plain-call fast path (positional tensors in, a tensor or a tuple out: no pytree).
+without its fast paths: the plain call (positional tensors in, a tensor or a tuple out: no
+pytree) and the sole engine (a model compiled whole: the engine called without the fx graph).
+Called outside torch.no_grad, as users call it (the slow path sets grad mode itself).
 
     .venv/bin/python benchmarks/call_layer.py [--calls 3000] [--rounds 7]
 
@@ -28,24 +30,25 @@ def one(name: str, calls: int, rounds: int) -> dict:
     engines = [e for e in m.modules() if isinstance(e, EngineModule)]
     for e in engines:
         e.engine = _Stand(e)
-    plain = m._plain
+    plain, sole = m._plain, m._sole_engine
 
-    def set_plain(on: bool):
-        m.__dict__["_plain"] = plain if on else (False, None)
+    def set_paths(on: tuple[bool, bool]):
+        m.__dict__["_plain"] = plain if on[0] else (False, None)
+        m.__dict__["_sole_engine"] = sole if on[1] else None
 
-    arms = {"fast path": True, "pytree path": False}
+    # (plain call, sole engine): both fast paths / the plain call through the fx graph / neither
+    arms = {"fast paths": (True, True), "no sole-engine path": (True, False), "pytree path": (False, False)}
     best = {k: float("inf") for k in arms}
-    with torch.no_grad():
-        m(*args, **kwargs)
-        for _ in range(rounds):
-            for label, on in arms.items():
-                set_plain(on)
-                t = time.perf_counter()
-                for _ in range(calls):
-                    m(*args, **kwargs)
-                best[label] = min(best[label], (time.perf_counter() - t) / calls * 1e6)
-    set_plain(True)
-    return {"model": name, "plain": plain, "us": best}
+    m(*args, **kwargs)
+    for _ in range(rounds):
+        for label, on in arms.items():
+            set_paths(on)
+            t = time.perf_counter()
+            for _ in range(calls):
+                m(*args, **kwargs)
+            best[label] = min(best[label], (time.perf_counter() - t) / calls * 1e6)
+    set_paths((True, True))
+    return {"model": name, "plain": plain, "sole": sole, "us": best}
 
 
 class _Stand:
@@ -66,11 +69,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     args = p.parse_args()
     torch.set_num_threads(2)
-    print("| model | inputs / outputs | fast path us per call | pytree path us per call |\n|---|---|---|---|")
+    print("| model | inputs / outputs | host graph | fast paths us per call | without the sole-engine path | "
+          "pytree path, fx graph |\n|---|---|---|---|---|---|")
     for name in ("dlrm", "bert-base"):
         r = one(name, args.calls, args.rounds)
         print(f"| {name} (tiny) | {'positional' if r['plain'][0] else 'keywords'} / {r['plain'][1] or 'structured'} "
-              f"| {r['us']['fast path']:.1f} | {r['us']['pytree path']:.1f} |")
+              f"| {'one engine' if r['sole'] else 'engines and host ops'} | {r['us']['fast paths']:.1f} "
+              f"| {r['us']['no sole-engine path']:.1f} | {r['us']['pytree path']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -37,3 +37,24 @@ def test_plain_calls_skip_pytree_and_still_refuse_what_is_not_the_traced_input(m
         module(x.tolist())
     with pytest.raises(archfit.InputError, match=r"called with 1 input\(s\) in another structure"):
         module(x=x)
+
+
+def test_a_model_compiled_whole_calls_its_engine_by_name_without_the_host_graph(mlp, saved_mlp, tmp_path):
+    """The sole-engine path: found for one engine fed every input, not for a host op between
+    engines; the engine is looked up by name per call (auto and per_partition swap engines)."""
+    from archfit.core.compile import EngineModule
+
+    model, (x,) = mlp
+    module = archfit.trace(model, (x,), "openvino", check_payoff=False, validate=False)
+    assert module._sole_engine == "target_0"
+    assert archfit.load(saved_mlp)._sole_engine is None  # two engines, the custom op between them on the host
+    torch.testing.assert_close(module(x), model(x), atol=1e-4, rtol=1e-4)
+    loaded = archfit.load(archfit.save(module, tmp_path / "whole.archfit"))  # the loaded host program too
+    assert loaded._sole_engine == "target_0" and torch.equal(loaded(x), module(x))
+
+    class Zeros:
+        def run(self, inputs):
+            return [torch.zeros(4, 32)]
+
+    setattr(module.graph_module, "target_0", EngineModule(Zeros(), 0, "openvino", [torch.float32]))
+    assert torch.equal(module(x), torch.zeros(4, 32))
