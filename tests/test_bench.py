@@ -42,8 +42,9 @@ def test_run_arms_interleaves_and_reports_a_peer_that_fails():
     assert [r.name for r in results] == ["a", "b", "c"]
     assert results[2].error == "RuntimeError: cannot convert this model" and not results[2].samples_ms
     assert len(results[0].samples_ms) == 6  # 3 calls per round at the least, 2 rounds
-    # interleaved: first call of each arm is the untimed warm-up, then rounds alternate a, b
-    assert order[2:] == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    # interleaved: the build's first call of each arm, then each round a burst per arm (an untimed
+    # call, then 3 timed), the second round starting with b
+    assert order[2:] == ["a"] * 4 + ["b"] * 4 + ["b"] * 4 + ["a"] * 4
 
 
 def test_cli_bench_compares_chosen_arms_on_a_tiny_model():

@@ -16,6 +16,7 @@ import torch
 
 from ..core.capture import capture, normalize_inputs
 from ..core.cost import is_compute, node_flops
+from ..core.timing import interleaved_samples
 from ..errors import CaptureError, first_line
 
 
@@ -175,8 +176,9 @@ def arms(model: torch.nn.Module, inputs: Any, targets=("openvino", "onnxruntime"
 
 def run_arms(builders: dict[str, tuple[str, Callable]], rounds: int = 5, seconds_per_round: float = 1.0,
              log: Callable[[str], None] | None = None) -> list[ArmResult]:
-    """Build every arm, then time them interleaved: each round runs each arm for about
-    `seconds_per_round` (at least 3 calls) and keeps every call's latency."""
+    """Build every arm, then time them interleaved (core.timing.interleaved_samples: each round
+    runs each arm for about `seconds_per_round`, at least 3 timed calls after an untimed one,
+    starting one arm later each round) and keep every call's latency."""
     results, calls = [], []
     for name, (precision, build) in builders.items():
         r = ArmResult(name, precision)
@@ -194,15 +196,10 @@ def run_arms(builders: dict[str, tuple[str, Callable]], rounds: int = 5, seconds
             log(f"built {name}: {r.error or f'{r.build_seconds:.1f} s'}")
         results.append(r)
     with torch.no_grad():
-        for _ in range(rounds):
-            for r, fn in calls:
-                start = time.perf_counter()
-                n = 0
-                while n < 3 or time.perf_counter() - start < seconds_per_round:
-                    t = time.perf_counter()
-                    fn()
-                    r.samples_ms.append((time.perf_counter() - t) * 1e3)
-                    n += 1
+        samples = interleaved_samples({i: fn for i, (_, fn) in enumerate(calls)}, seconds_per_round, rounds,
+                                      min_calls=3)
+    for i, (r, _) in enumerate(calls):
+        r.samples_ms = [1e3 * t for t in samples[i]]
     return results
 
 

@@ -1,4 +1,4 @@
-"""Small timing helper for compile-time decisions (not for benchmarks: those live in benchmarks/)."""
+"""Interleaved timing: compile-time choices (auto, per_partition, host threads) and `archfit bench`/benchmarks/ (same rounds, rotated, untimed first call per burst)."""
 from __future__ import annotations
 
 import statistics
@@ -18,24 +18,31 @@ def median_seconds(fn: Callable[[], object], budget: float = 0.25, min_reps: int
     return statistics.median(times)
 
 
-def interleaved_ms(calls: dict[Any, Callable[[], object]], seconds: float, rounds: int = 3) -> dict[Any, float]:
-    """Median ms of each call within about `seconds` per candidate: in rounds (so a machine slowing
-    down mid-way costs every candidate alike), each round a burst of calls per candidate whose
-    first call is not timed. Call-by-call alternation would time each engine against the last
-    one's idle workers: ONNX Runtime's spin after a call, and on BERT-base that doubled both
-    candidates' times and picked the slower one. Each round starts one candidate later, so none
-    always runs first or after the same neighbour: a host whose speed moves between bursts (on
-    DLRM, two bursts of one engine in one round measured 0.60 and 0.47 ms) then favours none."""
+def interleaved_samples(calls: dict[Any, Callable[[], object]], seconds_per_burst: float, rounds: int,
+                        min_calls: int = 2) -> dict[Any, list[float]]:
+    """Every timed call's seconds, per candidate: `rounds` rounds, each a burst of calls per
+    candidate (about `seconds_per_burst`, at least `min_calls` timed) whose first call is not
+    timed. Call-by-call alternation would time each engine against the last one's idle workers:
+    ONNX Runtime's spin after a call, and on BERT-base that doubled both candidates' times and
+    picked the slower one. Each round starts one candidate later, so none always runs first or
+    after the same neighbour: a host whose speed moves between bursts (on DLRM, two bursts of one
+    engine in one round measured 0.60 and 0.47 ms) then favours none."""
     times: dict[Any, list[float]] = {k: [] for k in calls}
     order = list(calls)
     for r in range(rounds):
         for k in order[r % len(order):] + order[:r % len(order)]:
             call = calls[k]
             call()  # untimed: first-call allocations, and the previous candidate's workers settle
-            end, n = time.perf_counter() + seconds / rounds, 0
-            while n < 2 or time.perf_counter() < end:  # at least 2 timed calls a round
+            end, n = time.perf_counter() + seconds_per_burst, 0
+            while n < min_calls or time.perf_counter() < end:
                 t0 = time.perf_counter()
                 call()
                 times[k].append(time.perf_counter() - t0)
                 n += 1
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved_ms(calls: dict[Any, Callable[[], object]], seconds: float, rounds: int = 3) -> dict[Any, float]:
+    """Median ms of each call within about `seconds` per candidate, timed in interleaved rounds
+    (interleaved_samples): what compile-time choices (auto, per_partition, host threads) compare."""
+    return {k: 1e3 * statistics.median(v) for k, v in interleaved_samples(calls, seconds / rounds, rounds).items()}
