@@ -83,10 +83,15 @@ def one_model(name: str) -> dict:
         "fp32", lambda: bench._archfit(model, inputs, "openvino", "fp32", force_cpu=(mid,))[0])
     forced = "archfit openvino fp32, 1 op on CPU"
     if name in GROUP_BY_PRECISION:
-        # fp32 arms; bf16 arms; the forced op beside the same target fully compiled (each pair of the
-        # table is compared within one group, and eager anchors each)
+        # auto fp32 with the direct peers; the other fp32 arms; bf16 arms; the forced op beside the
+        # same target fully compiled (eager anchors each; a row comes from the first group holding it)
+        # (archfit auto fp32 beside the two direct peers only: with every fp32 arm alive its build
+        # (two candidates, then the winner re-planned per partition) took the process past 24 GiB)
         eager = {"eager PyTorch": builders["eager PyTorch"]}
-        groups = [{k: v for k, v in builders.items() if v[0] == "fp32" and k != forced},
+        auto32 = "archfit auto fp32"
+        directs = {k: builders[k] for k in ("ONNX Runtime direct", "OpenVINO direct")}
+        groups = [{**eager, **directs, auto32: builders[auto32]},
+                  {k: v for k, v in builders.items() if v[0] == "fp32" and k not in (forced, auto32)},
                   {**eager, **{k: v for k, v in builders.items() if v[0] == "bf16"}},
                   {**eager, "archfit openvino fp32": builders["archfit openvino fp32"], forced: builders[forced]}]
     else:
