@@ -1,4 +1,5 @@
-"""Interleaved timing: compile-time choices (auto, per_partition, host threads) and `archfit bench`/benchmarks/ (same rounds, rotated, untimed first call per burst)."""
+"""Interleaved timing, one method for compile-time choices (auto, per_partition, host threads) and
+for `archfit bench` and benchmarks/: rounds of bursts, rotated, each burst's first call untimed."""
 from __future__ import annotations
 
 import statistics
