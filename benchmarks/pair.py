@@ -19,10 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    import archfit
     from archfit import zoo
     from archfit.cli import bench
-    from archfit.core.capture import normalize_inputs
     from archfit.core.timing import interleaved_ms
 
     p = argparse.ArgumentParser()
@@ -35,13 +33,12 @@ def main() -> None:
     torch.set_num_threads(2)
     model, inputs = zoo.build(args.model)
     model.eval()
-    a, kw = normalize_inputs(inputs)
-    compiled = archfit.trace(model, inputs, args.target, precision=args.precision)
+    arm = bench._archfit(model, inputs, args.target, args.precision)[0]  # the peers table's arm
     direct = (bench._openvino_direct(model, inputs, args.precision) if args.target == "openvino"
               else bench._onnxruntime_direct(model, inputs))
     names = (f"archfit {args.target} {args.precision}", f"{'OpenVINO' if args.target == 'openvino' else 'ONNX Runtime'}"
              f" direct{' bf16' if args.precision == 'bf16' else ''}")
-    calls = {names[0]: lambda: compiled(*a, **kw), names[1]: direct}
+    calls = {names[0]: arm, names[1]: direct}
     rounds = []
     with torch.no_grad():
         for _ in range(args.rounds):

@@ -151,4 +151,3 @@ def test_a_swap_measures_the_host_threads_again_around_the_new_engines(mlp, monk
     model, inputs = mlp
     archfit.trace(model, inputs, "openvino", force_cpu=["aten.gelu"], min_partition_size=1, per_partition=True)
     assert measured == [("openvino", "openvino"), ("openvino", "onnxruntime")]  # by partition index
-
