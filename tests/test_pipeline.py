@@ -179,7 +179,7 @@ def test_threads_between_engines_are_measured_recorded_and_saved(monkeypatch, tm
 
     x = torch.randn(4, 32)
     monkeypatch.setattr(compile_, "_in_context_losers", lambda *a: {})  # tiny partitions stay on the target
-    monkeypatch.setattr(threads, "interleaved_ms", lambda calls, seconds: {True: 1.0, False: 2.0})  # one thread wins
+    monkeypatch.setattr(threads, "interleaved_ms", lambda calls, seconds, **kw: {True: 1.0, False: 2.0})  # one thread wins
     light = archfit.trace(_Probed(False).eval(), (x,), "openvino", min_partition_size=1)
     heavy = archfit.trace(_Probed(True).eval(), (x,), "openvino", min_partition_size=1, force_cpu=["aten.matmul"])
     assert len(light.report.partitions) == 2 and getattr(light.graph_module, ONE_THREAD) is True
@@ -192,10 +192,13 @@ def test_threads_between_engines_are_measured_recorded_and_saved(monkeypatch, tm
             _SEEN_THREADS.clear()
             module(x)
             assert _SEEN_THREADS == [want] and torch.get_num_threads() == 2  # restored after the call
-        monkeypatch.setattr(threads, "interleaved_ms", lambda calls, seconds: {True: 2.0, False: 1.0})
+        monkeypatch.setattr(threads, "interleaved_ms", lambda calls, seconds, **kw: {True: 2.0, False: 1.0})
         choose_host_threads(light.graph_module, (x,))  # measured the other way: PyTorch keeps its threads
         _SEEN_THREADS.clear()
         light(x)
         assert _SEEN_THREADS == [2]
+        monkeypatch.setattr(threads, "interleaved_ms", lambda calls, seconds, **kw: {True: 1.02, False: 1.0})
+        choose_host_threads(light.graph_module, (x,))  # a near-tie (noise) goes to one thread
+        assert getattr(light.graph_module, ONE_THREAD) is True
     finally:
         torch.set_num_threads(before)

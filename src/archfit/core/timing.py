@@ -43,7 +43,9 @@ def interleaved_samples(calls: dict[Any, Callable[[], object]], seconds_per_burs
     return times
 
 
-def interleaved_ms(calls: dict[Any, Callable[[], object]], seconds: float, rounds: int = 3) -> dict[Any, float]:
+def interleaved_ms(calls: dict[Any, Callable[[], object]], seconds: float, rounds: int = 3,
+                   min_calls: int = 2) -> dict[Any, float]:
     """Median ms of each call within about `seconds` per candidate, timed in interleaved rounds
     (interleaved_samples): what compile-time choices (auto, per_partition, host threads) compare."""
-    return {k: 1e3 * statistics.median(v) for k, v in interleaved_samples(calls, seconds / rounds, rounds).items()}
+    samples = interleaved_samples(calls, seconds / rounds, rounds, min_calls)
+    return {k: 1e3 * statistics.median(v) for k, v in samples.items()}
