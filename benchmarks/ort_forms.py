@@ -2,8 +2,10 @@
 in the peers table (fp32, batch 1), the floor asks 0.9x. This times ONNX Runtime on every graph
 form of the same model we can hand it, against OpenVINO direct, interleaved in one process:
 
-- archfit onnxruntime fp32 (torch.onnx's dynamo exporter, ORT_ENABLE_ALL, spinning when alone);
-- ONNX Runtime direct (the peers table's arm: dynamo export, ONNX Runtime's default options);
+- archfit onnxruntime fp32 (torch.onnx's dynamo exporter at opset 23, where attention is ONNX's own
+  `Attention` op; ORT_ENABLE_ALL, spinning when alone);
+- ONNX Runtime direct (the peers table's arm: dynamo export at its default opset, attention spelled
+  out as MatMul/Softmax; ONNX Runtime's default options);
 - the TorchScript exporter's graph (torch.onnx.export(dynamo=False)), archfit's session options;
 - the same with transformers' eager attention, through ONNX Runtime's transformer optimizer,
   which fuses each layer's attention into one `Attention` op (and BiasGelu, SkipLayerNormalization):

@@ -23,6 +23,17 @@ def test_tiny_bert_one_partition_matches_eager(tiny_bert, target):
     # and on a fresh input of the same shape, not just the example
     fresh = {"input_ids": torch.randint(1, 512, (1, 16)), "attention_mask": inputs["attention_mask"]}
     assert_close_to_eager(model, compiled, fresh)
+    padded = {"input_ids": fresh["input_ids"], "attention_mask": torch.ones(1, 16, dtype=torch.long)}
+    padded["attention_mask"][0, 11:] = 0  # masked keys: the attention op's mask is in play
+    assert_close_to_eager(model, compiled, padded)
+    if target == "onnxruntime":  # attention handed over as ONNX's Attention op (opset 23), not spelled out
+        import onnx
+
+        from archfit.core.module import _engine
+
+        graph = onnx.load_from_string(_engine(compiled.graph_module, compiled._sole_engine).engine.model).graph
+        ops = [n.op_type for n in graph.node]
+        assert ops.count("Attention") == model.config.num_hidden_layers and "Softmax" not in ops
 
 
 @pytest.mark.parametrize("target", TARGETS)
