@@ -78,7 +78,7 @@ _KEEP_THREADS_MARGIN = 0.03
 _MIN_CALLS = 5  # per candidate and round: a 30 ms model gave 2 calls in a 0.1 s burst
 
 
-def choose_host_threads(gm: torch.nn.Module, inputs, seconds: float = 0.3, rounds: int = 3) -> None:
+def choose_host_threads(gm: torch.nn.Module, inputs, seconds: float = 0.3) -> None:
     """Time a light host both ways, interleaved, and record the choice on `gm` (ONE_THREAD): one
     thread unless PyTorch's threads measure clearly faster (_KEEP_THREADS_MARGIN)."""
     if not light_host(gm):
@@ -90,5 +90,5 @@ def choose_host_threads(gm: torch.nn.Module, inputs, seconds: float = 0.3, round
                 gm(*inputs)
         return call
 
-    ms = interleaved_ms({True: run(True), False: run(False)}, seconds, rounds=rounds, min_calls=_MIN_CALLS)
+    ms = interleaved_ms({True: run(True), False: run(False)}, seconds, min_calls=_MIN_CALLS)
     setattr(gm, ONE_THREAD, not ms[False] < ms[True] * (1 - _KEEP_THREADS_MARGIN))
