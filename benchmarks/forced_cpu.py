@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import THREADS, _mid_graph_node  # noqa: E402 - the node the peers table forces
 
+from archfit.cli import bench  # noqa: E402
 from archfit.core.threads import ONE_THREAD, one_thread_for  # noqa: E402
 from archfit.core.timing import interleaved_ms  # noqa: E402
 
@@ -67,7 +68,7 @@ def main() -> None:
         results[name] = one(name)
         print(name, results[name], flush=True)
         out.write_text(json.dumps(results, indent=1))
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    cpu = bench.cpu_model()
     print(f"\nHost: {cpu}, {os.cpu_count()} cores, {THREADS} threads; torch {torch.__version__}\n")
     print("| model | forced node | fully compiled ms | 1 op on CPU, host on one torch thread | "
           "1 op on CPU, host on PyTorch's threads | archfit's choice at compile time |")

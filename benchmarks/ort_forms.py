@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import warnings
 from pathlib import Path
@@ -51,10 +50,10 @@ def _torchscript_session(model, inputs: dict, fuse: bool):
     if fuse:
         from onnxruntime.transformers.optimizer import optimize_model
 
-        cfg = model.config
-        optimized = optimize_model(str(path), model_type="bert", num_heads=cfg.num_attention_heads if hasattr(
-            cfg, "num_attention_heads") else cfg.n_heads, hidden_size=getattr(cfg, "hidden_size", None) or cfg.dim,
-            opt_level=0)  # the fusions alone: ONNX Runtime's own graph optimizations run in the session
+        cfg = model.config  # DistilBERT's config maps these names to its n_heads and dim
+        optimized = optimize_model(str(path), model_type="bert", num_heads=cfg.num_attention_heads,
+                                   hidden_size=cfg.hidden_size,
+                                   opt_level=0)  # the fusions alone: ONNX Runtime's own graph optimizations run in the session
         fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
         optimized.save_model_to_file(str(path))
     session = ort.InferenceSession(str(path), sess_options=_session_options(spinning=True),
@@ -88,8 +87,7 @@ def main() -> None:
     }
     results = bench.run_arms(builders, rounds=args.rounds, seconds_per_round=args.seconds, log=print)
     best = min(r.p50 for r in results if r.samples_ms)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
+    cpu = bench.cpu_model()
     lines = [f"{args.model}, fp32, batch 1, 2 threads; {cpu}", "",
              "| arm | p50 ms | p90 ms | vs OpenVINO direct |", "|---|---|---|---|"]
     ov = next(r.p50 for r in results if r.name == "OpenVINO direct")

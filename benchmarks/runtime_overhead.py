@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -30,13 +29,6 @@ from archfit.core.compile import EngineModule
 
 RESULTS = Path(__file__).resolve().parent / "results" / "runtime_overhead.json"
 MODELS = (("bert-base", "openvino"), ("mlp-custom-op", "openvino"))
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def arms(name: str, target: str, workdir: Path) -> dict:
@@ -78,7 +70,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     opts = parser.parse_args()
     torch.set_num_threads(2)
-    out = {"cpu": _cpu(), "threads": torch.get_num_threads(), "torch": torch.__version__, "models": {}}
+    out = {"cpu": bench.cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, target in MODELS:
             results = bench.run_arms(arms(name, target, Path(tmp)), rounds=opts.rounds)

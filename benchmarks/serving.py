@@ -316,13 +316,6 @@ def start_archfit(path: Path, port: int, streams: int = 1) -> subprocess.Popen:
         time.sleep(0.5)
 
 
-def cpu_model() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def pct(values, q):
     return float(np.percentile(values, q) * 1000) if values else float("nan")
 
@@ -422,6 +415,8 @@ def main() -> None:
 
     ray.shutdown()
     import torch
+
+    from archfit.cli.bench import cpu_model
 
     result = {"machine": f"{cpu_model()}, {os.cpu_count()} cores", "platform": platform.platform(),
               "torch": torch.__version__, "tiny": args.tiny, "seconds": args.seconds, "rounds": args.rounds,

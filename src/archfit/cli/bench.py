@@ -6,6 +6,7 @@ used directly on the whole model, OpenVINO's own torch.compile backend; archfit 
 precision. Each arm is built lazily and an arm that fails to build is reported, not fatal."""
 from __future__ import annotations
 
+import platform
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -201,6 +202,17 @@ def run_arms(builders: dict[str, tuple[str, Callable]], rounds: int = 5, seconds
     for i, (r, _) in enumerate(calls):
         r.samples_ms = [1e3 * t for t in samples[i]]
     return results
+
+
+def cpu_model() -> str:
+    """The CPU's model name, which every benchmark table prints (hosts differ, figures are not mixed)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def peak_rss_mib() -> float:
