@@ -141,3 +141,17 @@ def test_onnxruntime_workers_spin_only_when_nothing_runs_on_the_host(tiny_bert, 
     model, inputs = mlp_custom
     mixed = archfit.trace(model, inputs, "onnxruntime", check_payoff=False)
     assert _spins(mixed) == {"0"}  # the custom op runs in PyTorch between two engines: workers sleep
+
+
+def test_openvino_sends_no_usage_reports(monkeypatch):
+    """`import archfit` hides OpenVINO's telemetry package (each report forks the whole process:
+    archfit/__init__.py says why), so its converter uses OpenVINO's own stand-in; a converter
+    imported before archfit is rebound to that stand-in."""
+    import openvino.tools.ovc.convert_impl as convert_impl
+    from openvino.tools.ovc import telemetry_stub, telemetry_utils
+
+    assert isinstance(telemetry_utils.init_ovc_telemetry(), telemetry_stub.Telemetry)
+    assert convert_impl.tm is telemetry_stub
+    monkeypatch.setattr(convert_impl, "tm", None)  # as if bound to the real package before archfit
+    archfit._no_openvino_usage_reports()
+    assert convert_impl.tm is telemetry_stub

@@ -40,6 +40,30 @@ def _hide_triton_beside_tensorflow() -> None:
 _hide_triton_beside_tensorflow()
 
 
+def _no_openvino_usage_reports() -> None:
+    """OpenVINO reports usage to Google Analytics when imported and on every convert_model call
+    unless the user ran its opt-out tool. On Linux each report forks the whole process and the
+    child waits up to 3 s for a network answer; until it ends, every page the parent writes takes
+    a copy-on-write fault. archfit converts once per partition and bucket, so those faults were
+    most of its test suite's kernel time (README, Development), and its users never asked to
+    report. Hidden, the package is what OpenVINO treats as not installed: it uses its own stand-in.
+    If OpenVINO's converter was imported before archfit, its modules are rebound to that stand-in."""
+    import sys
+
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
+    if "openvino.tools.ovc" in sys.modules:
+        import importlib
+
+        stub = importlib.import_module("openvino.tools.ovc.telemetry_stub")
+        for name in ("convert_impl", "telemetry_utils", "utils"):  # the modules that bind it as `tm`
+            module = sys.modules.get(f"openvino.tools.ovc.{name}")
+            if module is not None and hasattr(module, "tm"):
+                module.tm = stub
+
+
+_no_openvino_usage_reports()
+
+
 def __getattr__(name: str):
     import importlib
 
