@@ -182,10 +182,27 @@ OPSET = 23
 LOWERING = 1
 
 
+@lru_cache(maxsize=None)
+def _torchlib_registry(opset: int):
+    from torch.onnx._internal.exporter import _registration
+
+    return _registration.ONNXRegistry.from_torchlib(opset_version=opset)
+
+
+def onnx_export(ep: torch.export.ExportedProgram):
+    """torch.onnx.export(ep, dynamo=True, optimize=True, opset_version=OPSET), with the table of
+    ATen-to-ONNX functions built once per process. Why by hand: torch.onnx.export rebuilds that
+    table from onnxscript's torchlib on every call, 0.43 s (AMD EPYC), more than exporting a small
+    partition; the exporter only reads it (`benchmarks/compile_time.py`)."""
+    from torch.onnx._internal.exporter import _core
+
+    return _core.export(ep, registry=_torchlib_registry(OPSET), dynamic_shapes={}, optimize=True, verbose=False,
+                        opset_version=OPSET)
+
+
 def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], precision: str) -> OnnxRuntimeEngine:
     with quiet():
-        program = torch.onnx.export(export_partition(gm, example_inputs, contiguous_reshapes=True), dynamo=True,
-                                    optimize=True, verbose=False, opset_version=OPSET)
+        program = onnx_export(export_partition(gm, example_inputs, contiguous_reshapes=True))
     return OnnxRuntimeEngine(externalize(program.model_proto))
 
 
