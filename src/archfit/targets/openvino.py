@@ -89,7 +89,8 @@ def _sharing() -> dict:
 
 # Bumped when compile_partition rewrites graphs differently: engines in the compile cache (keyed by
 # versions()) built the old way are then compiled again. 2: aten.stack as unsqueeze + cat; 3: the same
-# in compile_dynamic too (a program rewrite, not a graph copy).
+# in compile_dynamic too (a program rewrite, not a graph copy); the graph edited in place since
+# (the same converted model: no bump).
 LOWERING = 3
 
 
@@ -126,23 +127,32 @@ def _config(precision: str) -> dict:
     return {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
 
 
-def _stack(tensors, dim=0):
-    return torch.cat([t.unsqueeze(dim) for t in tensors], dim)
-
-
 def _stack_as_concat(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    """ep with each aten.stack written as cat of unsqueezed inputs (the same values).
+    """ep with each aten.stack written as cat of unsqueezed inputs (the same values), in place.
 
     Why: OpenVINO's converter lowers aten.stack to concat + reshape, and that form matches its CPU
     plugin's DLRM "Interaction" fusion (concat -> reshape -> matmul(x, x^T) -> gather), a kernel
     that ran DLRM's feature interaction 3.5x slower in bf16 (0.28 vs 0.08 ms a call) and 1.5x in
     fp32 than the MatMul + Gather it replaces (benchmarks/dlrm_profile.py, AMD EPYC); OpenVINO's
     own conversion of the model (TorchScript) produces unsqueeze + concat, and so does this.
-    run_decompositions with a one-entry table rewrites that op only (and keeps the program's
-    signature and dynamic dims, so fixed-shape and dynamic compiles share it)."""
-    if not any(n.target is torch.ops.aten.stack.default for n in ep.graph.nodes):
-        return ep
-    return ep.run_decompositions({torch.ops.aten.stack.default: _stack})
+    The graph is edited rather than re-traced (run_decompositions with a one-entry table did the
+    same in one more trace of the whole program): the converter re-traces it with its own
+    decompositions anyway, which fills in the new nodes' shapes. The signature and dynamic dims
+    are kept, so fixed-shape and dynamic compiles share it; ep is each compile's own program."""
+    graph = ep.graph_module.graph
+    stacks = [n for n in graph.nodes if n.target is torch.ops.aten.stack.default]
+    for node in stacks:
+        tensors = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        with graph.inserting_before(node):
+            parts = [graph.call_function(torch.ops.aten.unsqueeze.default, (t, dim)) for t in tensors]
+            cat = graph.call_function(torch.ops.aten.cat.default, (parts, dim))
+        cat.meta = dict(node.meta)  # the stack's value and source line hold for its replacement
+        node.replace_all_uses_with(cat)
+        graph.erase_node(node)
+    if stacks:
+        ep.graph_module.recompile()
+    return ep
 
 
 def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], precision: str) -> OpenVINOEngine:
