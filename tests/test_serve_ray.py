@@ -62,3 +62,25 @@ def _replica_logs(temp: str, lines: int = 40) -> str:
     for log in sorted(Path(temp).glob("session_*/logs/serve/replica_*.log")):
         out.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
     return "\n".join(out) or "(no replica logs)"
+
+
+def test_a_cluster_started_by_archfit_sends_no_usage_stats(saved_mlp, monkeypatch):
+    """`archfit serve --ray` without an address starts Ray with its usage reports off, unless the
+    user set RAY_USAGE_STATS_ENABLED; joining a cluster leaves that cluster's setting alone."""
+    import os
+
+    from ray import serve
+
+    from archfit.serve import ray as archfit_ray
+
+    seen = []
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.append((kw["address"], os.environ.get("RAY_USAGE_STATS_ENABLED"))))
+    monkeypatch.setattr(serve, "start", lambda **kw: None)
+    monkeypatch.setattr(serve, "run", lambda *a, **kw: None)
+    for address, preset in ((None, None), (None, "1"), ("ray://head:10001", None)):
+        if preset is None:
+            monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+        else:
+            monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", preset)
+        archfit_ray.run([f"mlp={saved_mlp}"], address=address)
+    assert seen == [(None, "0"), (None, "1"), ("ray://head:10001", None)]

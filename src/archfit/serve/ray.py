@@ -8,6 +8,7 @@ fight over its cores."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 from ..errors import InputError
 
@@ -61,6 +62,8 @@ def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, address: st
     from ray import serve
 
     app = application(specs, **kwargs)
+    if address is None:  # a cluster started here reports Ray's usage stats unless told not to (README, Targets)
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
     serve.run(app, name="archfit", route_prefix="/", blocking=True)
