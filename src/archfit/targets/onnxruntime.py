@@ -192,8 +192,9 @@ def _torchlib_registry(opset: int):
 def onnx_export(ep: torch.export.ExportedProgram):
     """torch.onnx.export(ep, dynamo=True, optimize=True, opset_version=OPSET), with the table of
     ATen-to-ONNX functions built once per process. Why by hand: torch.onnx.export rebuilds that
-    table from onnxscript's torchlib on every call, 0.43 s (AMD EPYC), more than exporting a small
-    partition; the exporter only reads it (`benchmarks/compile_time.py`)."""
+    table from onnxscript's torchlib on every call, a third to a half of exporting a small
+    partition; the exporter only reads it, and the files are byte-identical
+    (`benchmarks/onnx_export.py`, `benchmarks/compile_time.py`)."""
     from torch.onnx._internal.exporter import _core
 
     return _core.export(ep, registry=_torchlib_registry(OPSET), dynamic_shapes={}, optimize=True, verbose=False,
