@@ -28,10 +28,10 @@ import archfit  # noqa: E402
 from archfit import zoo  # noqa: E402
 from archfit.cli.bench import cpu_model  # noqa: E402
 from archfit.targets import onnxruntime as ort_target  # noqa: E402
+from onnx_export import public_export  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 SIZES = (64, 128, 256)
 TINY_SIZES = (32, 64, 128)  # the tiny BERT has 130 positions
-_OVC = ("convert_impl", "telemetry_utils", "utils")  # the converter modules that bind telemetry as `tm`
 
 
 def _reports(on: bool) -> None:
@@ -41,19 +41,14 @@ def _reports(on: bool) -> None:
         tm = importlib.import_module("openvino_telemetry")
     else:
         tm = importlib.import_module("openvino.tools.ovc.telemetry_stub")
-    for name in _OVC:
-        setattr(importlib.import_module(f"openvino.tools.ovc.{name}"), "tm", tm)
-
-
-def _public_export(ep):
-    return torch.onnx.export(ep, dynamo=True, optimize=True, verbose=False, opset_version=ort_target.OPSET)
+    archfit._bind_openvino_telemetry(tm)
 
 
 _ONNX_EXPORT = ort_target.onnx_export
 ARMS = {
     ("openvino", "usage reports on (OpenVINO's default)"): lambda: _reports(True),
     ("openvino", "usage reports off (archfit)"): lambda: _reports(False),
-    ("onnxruntime", "torch.onnx.export"): lambda: setattr(ort_target, "onnx_export", _public_export),
+    ("onnxruntime", "torch.onnx.export"): lambda: setattr(ort_target, "onnx_export", public_export),
     ("onnxruntime", "function table built once (archfit)"): lambda: setattr(ort_target, "onnx_export", _ONNX_EXPORT),
 }
 

@@ -26,7 +26,8 @@ from archfit.targets.base import export_partition
 MODELS = [("bert-base", True), ("dlrm", True), ("resnet18", True), ("bert-base", False), ("resnet50", False)]
 
 
-def _public(ep):
+def public_export(ep):
+    """The onnxruntime target's export through the public API (compile_time.py uses it too)."""
     return torch.onnx.export(ep, dynamo=True, optimize=True, verbose=False, opset_version=ort_target.OPSET)
 
 
@@ -36,7 +37,7 @@ def one(name: str, tiny: bool, rounds: int) -> dict:
     args, kwargs = normalize_inputs(inputs)
     flat = pytree.tree_flatten((args, kwargs))[0]
     ep = export_partition(captured.graph_module, flat, contiguous_reshapes=True)
-    arms = {"torch.onnx.export": _public, "archfit onnx_export": ort_target.onnx_export}
+    arms = {"torch.onnx.export": public_export, "archfit onnx_export": ort_target.onnx_export}
     seconds = {arm: [] for arm in arms}
     with ort_target.quiet():
         ort_target.onnx_export(ep)  # the table is built once per process, before either arm is timed

@@ -1,5 +1,6 @@
-"""How fast can ONNX Runtime run BERT at all? archfit's onnxruntime arm is 0.81x OpenVINO direct
-in the peers table (fp32, batch 1), the floor asks 0.9x. This times ONNX Runtime on every graph
+"""How fast can ONNX Runtime run BERT at all? archfit's onnxruntime arm was 0.81x OpenVINO direct
+in the peers table (fp32, batch 1) before the opset-23 export this benchmark led to (0.85-0.88x
+since); the floor asks 0.9x. This times ONNX Runtime on every graph
 form of the same model we can hand it, against OpenVINO direct, interleaved in one process:
 
 - archfit onnxruntime fp32 (torch.onnx's dynamo exporter at opset 23, where attention is ONNX's own

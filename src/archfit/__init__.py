@@ -54,11 +54,18 @@ def _no_openvino_usage_reports() -> None:
     if "openvino.tools.ovc" in sys.modules:
         import importlib
 
-        stub = importlib.import_module("openvino.tools.ovc.telemetry_stub")
-        for name in ("convert_impl", "telemetry_utils", "utils"):  # the modules that bind it as `tm`
-            module = sys.modules.get(f"openvino.tools.ovc.{name}")
-            if module is not None and hasattr(module, "tm"):
-                module.tm = stub
+        _bind_openvino_telemetry(importlib.import_module("openvino.tools.ovc.telemetry_stub"))
+
+
+def _bind_openvino_telemetry(tm) -> None:
+    """Bind `tm` (OpenVINO's telemetry package or its stand-in) into the converter's modules
+    already imported: each binds it as `tm` when imported. benchmarks/compile_time.py binds both."""
+    import sys
+
+    for name in ("convert_impl", "telemetry_utils", "utils"):
+        module = sys.modules.get(f"openvino.tools.ovc.{name}")
+        if module is not None and hasattr(module, "tm"):
+            module.tm = tm
 
 
 _no_openvino_usage_reports()
