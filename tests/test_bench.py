@@ -62,3 +62,20 @@ def test_cli_bench_compares_chosen_arms_on_a_tiny_model():
         assert r["error"] is None and r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"] and r["vs_eager"] > 0
     assert rows["eager PyTorch"]["vs_eager"] == pytest.approx(1.0)
     assert data["gflop"] > 0 and data["matmul_peak_gflops"]["fp32"] > 0
+
+
+def test_table_pairs_an_arm_with_the_best_peer_round_by_round():
+    # the host slows down in round 2: archfit is 10% ahead within each round, but its samples fall
+    # mostly in the slow round, so the ratio of overall p50s says it is behind
+    peer = bench.ArmResult("OpenVINO direct", "fp32", samples_ms=[11, 11, 11, 22], rounds_ms=[11, 22])
+    arm = bench.ArmResult("archfit openvino fp32", "fp32", samples_ms=[10, 20, 20, 20], rounds_ms=[10, 20])
+    rows = {r["arm"]: r for r in bench.table([peer, arm], flops=1e9, peaks={"fp32": 1000.0})}
+    assert rows["archfit openvino fp32"]["vs_best_peer"] < 1.0
+    assert rows["archfit openvino fp32"]["paired_vs_best_peer"] == pytest.approx(1.1)
+    assert rows["OpenVINO direct"]["paired_vs_best_peer"] == pytest.approx(1.0)
+
+
+def test_run_arms_keeps_each_rounds_median():
+    ticks = iter(range(1000))
+    results = bench.run_arms({"a": ("fp32", lambda: (lambda: next(ticks)))}, rounds=3, seconds_per_round=0.0)
+    assert len(results[0].rounds_ms) == 3 and len(results[0].samples_ms) == 9

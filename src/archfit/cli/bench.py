@@ -7,6 +7,7 @@ precision. Each arm is built lazily and an arm that fails to build is reported, 
 from __future__ import annotations
 
 import platform
+import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ class ArmResult:
     precision: str
     build_seconds: float | None = None
     samples_ms: list[float] = field(default_factory=list)
+    rounds_ms: list[float] = field(default_factory=list)  # each round's median: arms pair up round by round
     error: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -197,10 +199,12 @@ def run_arms(builders: dict[str, tuple[str, Callable]], rounds: int = 5, seconds
             log(f"built {name}: {r.error or f'{r.build_seconds:.1f} s'}")
         results.append(r)
     with torch.no_grad():
-        samples = interleaved_samples({i: fn for i, (_, fn) in enumerate(calls)}, seconds_per_round, rounds,
-                                      min_calls=3)
-    for i, (r, _) in enumerate(calls):
-        r.samples_ms = [1e3 * t for t in samples[i]]
+        for n in range(rounds):  # one round at a time, so that each arm's rounds pair with the others'
+            samples = interleaved_samples({i: fn for i, (_, fn) in enumerate(calls)}, seconds_per_round, 1,
+                                          min_calls=3, start=n)
+            for i, (r, _) in enumerate(calls):
+                r.samples_ms += [1e3 * t for t in samples[i]]
+                r.rounds_ms.append(1e3 * statistics.median(samples[i]))
     return results
 
 
@@ -276,15 +280,25 @@ def table(results: list[ArmResult], flops: int, peaks: dict[str, float]) -> list
     ok = [r for r in results if r.samples_ms]
     rows = []
     for r in results:
-        best_peer = min((p.p50 for p in ok if not p.name.startswith("archfit") and p.precision == r.precision),
-                        default=float("nan"))
+        peer = min((p for p in ok if not p.name.startswith("archfit") and p.precision == r.precision),
+                   key=lambda p: p.p50, default=None)
+        best_peer = peer.p50 if peer is not None else float("nan")
         gflops = flops / (r.p50 / 1e3) / 1e9 if r.samples_ms else float("nan")
         rows.append({"arm": r.name, "precision": r.precision, "p50_ms": r.p50, "p90_ms": r.p90,
                      "vs_eager": eager / r.p50 if r.samples_ms else float("nan"),
                      "vs_best_peer": best_peer / r.p50 if r.samples_ms else float("nan"),
                      "gflops": gflops, "share_of_peak": gflops / peaks[r.precision] if r.samples_ms else float("nan"),
-                     "build_s": r.build_seconds, "error": r.error, **r.extra})
+                     "paired_vs_best_peer": _paired(peer, r), "build_s": r.build_seconds, "error": r.error,
+                     **r.extra})
     return rows
+
+
+def _paired(peer: ArmResult | None, arm: ArmResult) -> float:
+    """The median over rounds of peer / arm, each round's medians: both met the same host within a
+    round, and this VM's speed moves between rounds by more than the gaps measured (the ratio of
+    the overall medians mixes rounds). NaN without rounds on both sides."""
+    pairs = [p / a for p, a in zip(peer.rounds_ms, arm.rounds_ms)] if peer is not None and arm.samples_ms else []
+    return statistics.median(pairs) if pairs else float("nan")
 
 
 def render(rows: list[dict]) -> str:

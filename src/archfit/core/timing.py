@@ -20,17 +20,18 @@ def median_seconds(fn: Callable[[], object], budget: float = 0.25, min_reps: int
 
 
 def interleaved_samples(calls: dict[Any, Callable[[], object]], seconds_per_burst: float, rounds: int,
-                        min_calls: int = 2) -> dict[Any, list[float]]:
+                        min_calls: int = 2, start: int = 0) -> dict[Any, list[float]]:
     """Every timed call's seconds, per candidate: `rounds` rounds, each a burst of calls per
     candidate (about `seconds_per_burst`, at least `min_calls` timed) whose first call is not
     timed. Call-by-call alternation would time each engine against the last one's idle workers:
     ONNX Runtime's spin after a call, and on BERT-base that doubled both candidates' times and
     picked the slower one. Each round starts one candidate later, so none always runs first or
     after the same neighbour: a host whose speed moves between bursts (on DLRM, two bursts of one
-    engine in one round measured 0.60 and 0.47 ms) then favours none."""
+    engine in one round measured 0.60 and 0.47 ms) then favours none. `start`: the first round's
+    number, for a caller that runs the rounds one call at a time and keeps them apart."""
     times: dict[Any, list[float]] = {k: [] for k in calls}
     order = list(calls)
-    for r in range(rounds):
+    for r in range(start, start + rounds):
         for k in order[r % len(order):] + order[:r % len(order)]:
             call = calls[k]
             call()  # untimed: first-call allocations, and the previous candidate's workers settle
