@@ -175,8 +175,10 @@ def _markdown(results: list[dict]) -> str:
             ahead += lead >= 0.03
             how = f"p50s {by_p50:+.1%}" if "paired_vs_best_peer" in auto else "p50s only: timed before rounds were paired"
             cells.append(f"{lead:+.1%} ({auto['chosen']} vs {peer['arm']}; {how}){'' if lead >= -0.01 else ' MISSED'}")
-        slow = [f"{x['arm'].removeprefix('archfit ')} {x['vs_best_peer']:.2f}x" for x in r["rows"]
-                if not x["error"] and x["arm"].startswith("archfit") and "1 op" not in x["arm"] and x["vs_best_peer"] < 0.9]
+        # paired by round where the run kept rounds (bench._paired), else the p50s' ratio
+        vs = lambda x: x.get("paired_vs_best_peer", x["vs_best_peer"])  # noqa: E731
+        slow = [f"{x['arm'].removeprefix('archfit ')} {vs(x):.2f}x" for x in r["rows"]
+                if not x["error"] and x["arm"].startswith("archfit") and "1 op" not in x["arm"] and vs(x) < 0.9]
         ok = [x for x in r["rows"] if not x["error"] and x["arm"].startswith("archfit") and "1 op" not in x["arm"]]
         fastest = min(ok, key=lambda x: x["p50_ms"])
         best32 = min((x for x in ok if x["precision"] == "fp32"), key=lambda x: x["p50_ms"])
