@@ -139,6 +139,12 @@ def one_model(name: str) -> dict:
     }
 
 
+def _vs_best_peer(row: dict) -> float:
+    """A row against the best peer of its group: paired round by round (bench._paired) where the
+    run kept rounds, else the p50s' ratio (results timed before rounds were kept)."""
+    return row.get("paired_vs_best_peer", row["vs_best_peer"])
+
+
 def _markdown(results: list[dict]) -> str:
     from archfit.cli import bench
     import archfit
@@ -169,16 +175,13 @@ def _markdown(results: list[dict]) -> str:
             if auto is None or peer is None:
                 cells.append("-")
                 continue
-            # the verdict pairs the two arms round by round (bench._paired); the p50s' ratio mixes rounds
             by_p50 = peer["p50_ms"] / auto["p50_ms"] - 1  # positive: archfit faster
-            lead = auto["paired_vs_best_peer"] - 1 if "paired_vs_best_peer" in auto else by_p50
+            lead = _vs_best_peer(auto) - 1
             ahead += lead >= 0.03
             how = f"p50s {by_p50:+.1%}" if "paired_vs_best_peer" in auto else "p50s only: timed before rounds were paired"
             cells.append(f"{lead:+.1%} ({auto['chosen']} vs {peer['arm']}; {how}){'' if lead >= -0.01 else ' MISSED'}")
-        # paired by round where the run kept rounds (bench._paired), else the p50s' ratio
-        vs = lambda x: x.get("paired_vs_best_peer", x["vs_best_peer"])  # noqa: E731
-        slow = [f"{x['arm'].removeprefix('archfit ')} {vs(x):.2f}x" for x in r["rows"]
-                if not x["error"] and x["arm"].startswith("archfit") and "1 op" not in x["arm"] and vs(x) < 0.9]
+        slow = [f"{x['arm'].removeprefix('archfit ')} {_vs_best_peer(x):.2f}x" for x in r["rows"]
+                if not x["error"] and x["arm"].startswith("archfit") and "1 op" not in x["arm"] and _vs_best_peer(x) < 0.9]
         ok = [x for x in r["rows"] if not x["error"] and x["arm"].startswith("archfit") and "1 op" not in x["arm"]]
         fastest = min(ok, key=lambda x: x["p50_ms"])
         best32 = min((x for x in ok if x["precision"] == "fp32"), key=lambda x: x["p50_ms"])
