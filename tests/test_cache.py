@@ -156,3 +156,85 @@ def test_engine_from_cache_saves_and_loads(small, fresh_cache, tmp_path, target)
     assert all(t.cached for t in cached.report.timings.values())
     loaded = archfit.load(archfit.save(cached, tmp_path / "m.archfit"))
     assert torch.equal(loaded(*inputs), cached(*inputs))
+
+
+def _trace_mlp(seed, inputs=None):
+    torch.manual_seed(seed)
+    m = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16)).eval()
+    return archfit.trace(m, inputs or (torch.randn(4, 32),), target="onnxruntime", validate=False, check_payoff=False)
+
+
+def test_bound_evicts_least_recently_used_not_oldest_written(fresh_cache, monkeypatch):
+    """Two engines, the first written used again by a later process: a bound that holds one
+    keeps that one. An engine this process uses is never evicted by it."""
+    x = (torch.randn(4, 32),)
+    _trace_mlp(1, x)
+    (a,) = fresh_cache.glob("*.engine")
+    _trace_mlp(2, x)
+    (b,) = set(fresh_cache.glob("*.engine")) - {a}
+    os.utime(a, (1, 1000)), os.utime(b, (1, 2000))  # written in this order, a second apart
+    monkeypatch.setattr(cache, "_used", set())  # a later process
+    assert all(t.cached for t in _trace_mlp(1, x).report.timings.values())  # uses a again
+    assert cache.evict(a.stat().st_size * 1.5) == 1  # b: written later, used less recently
+    assert a.exists() and not b.exists()
+    assert cache.evict(0) == 0 and a.exists()  # in use by this process: a saved model may re-read it
+
+
+def test_each_write_keeps_the_bound_and_drops_stale_temporaries(fresh_cache, monkeypatch):
+    fresh_cache.mkdir()
+    old = fresh_cache / "0ld.engine"
+    old.write_bytes(b"x" * 100_000)
+    stale, live = fresh_cache / "tmpstale.tmp", fresh_cache / "tmplive.tmp"
+    stale.write_bytes(b"half"), live.write_bytes(b"half")
+    os.utime(old, (1, 1)), os.utime(stale, (1, 1))
+    # room for the old entry or for the new engine (about 14 kB), not for both
+    monkeypatch.setenv("ARCHFIT_CACHE_MAX_GB", repr(100_000 / 2**30))
+    _trace_mlp(3)
+    assert not old.exists() and not stale.exists() and live.exists()  # a write in progress stays
+    assert len(list(fresh_cache.glob("*.engine"))) == 1
+
+
+def test_engine_larger_than_the_bound_is_not_cached_and_said_so(fresh_cache, monkeypatch, caplog):
+    monkeypatch.setattr(cache, "_warned", set())
+    monkeypatch.setenv("ARCHFIT_CACHE_MAX_GB", "0.000001")  # about 1 KiB
+    with caplog.at_level("WARNING", logger="archfit.cache"):
+        _trace_mlp(4)
+    assert not list(fresh_cache.glob("*.engine"))
+    assert "is larger than the compile cache's bound (0.0 MiB, ARCHFIT_CACHE_MAX_GB), so it is not cached" in caplog.text
+
+
+def test_full_disk_leaves_no_half_entry_and_says_so(fresh_cache, monkeypatch, caplog):
+    import errno
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache, "_warned", set())
+    monkeypatch.setattr(cache.os, "replace", full)
+    with caplog.at_level("WARNING", logger="archfit.cache"):
+        c = _trace_mlp(5)
+    assert c.report.timings and not list(fresh_cache.iterdir())  # compiled; no engine, no temporary
+    assert f"could not write to the compile cache {fresh_cache} (No space left on device)" in caplog.text
+
+
+def test_cache_info_and_a_bad_bound(fresh_cache, monkeypatch):
+    from conftest import cli
+
+    _trace_mlp(6)
+    r = cli("cache", "info")
+    assert r.returncode == 0 and r.stdout.startswith(f"{fresh_cache}: 1 engine(s), ")
+    assert "(bound 10.0 GiB; ARCHFIT_CACHE_MAX_GB sets it)" in r.stdout
+    monkeypatch.setenv("ARCHFIT_CACHE_MAX_GB", "ten")
+    r = cli("cache", "info")
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: cache: ARCHFIT_CACHE_MAX_GB='ten' is not a size in GiB; set a number")
+
+
+def test_cache_trim_applies_a_lowered_bound(fresh_cache, monkeypatch):
+    from conftest import cli
+
+    _trace_mlp(7)
+    monkeypatch.setattr(cache, "_used", set())  # the engines of a process that has ended
+    monkeypatch.setenv("ARCHFIT_CACHE_MAX_GB", "0")
+    r = cli("cache", "trim")
+    assert r.returncode == 0 and r.stdout == "removed 1 engine(s); 0 left, 0.0 MiB\n"

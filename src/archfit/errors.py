@@ -42,3 +42,4 @@ class ValidationError(ArchfitError): stage = "validate"  # noqa: E701
 class InputError(ArchfitError): stage = "run"  # noqa: E701
 class ModelError(ArchfitError): stage = "model"  # noqa: E701
 class ArtifactError(ArchfitError): stage = "artifact"  # noqa: E701
+class CacheError(ArchfitError): stage = "cache"  # noqa: E701

@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from ..errors import ArchfitError
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make a PyTorch model fit an inference accelerator.")
 cache_app = typer.Typer(help="The on-disk compile cache.", no_args_is_help=True)
@@ -73,6 +75,30 @@ def cache_clear():
     typer.echo(f"removed {cache.clear()} cached engine(s) from {cache.cache_dir()}")
 
 
+@cache_app.command("trim")
+def cache_trim():
+    """Remove least recently used engines down to the bound now (each compile does this too)."""
+    from ..core import cache
+
+    removed = cache.evict()
+    count, size, _ = cache.info()
+    typer.echo(f"removed {removed} engine(s); {count} left, {cache.size_text(size)}")
+
+
+@cache_app.command("info")
+def cache_info():
+    """Where the cache is, how many engines it holds, their size and the bound (ARCHFIT_CACHE_MAX_GB)."""
+    from ..core import cache
+
+    root = cache.cache_dir()
+    if root is None:
+        typer.echo("disabled (ARCHFIT_CACHE=0)")
+        return
+    count, size, limit = cache.info()
+    bound = "no bound" if limit == float("inf") else f"bound {cache.size_text(limit)}"
+    typer.echo(f"{root}: {count} engine(s), {cache.size_text(size)} ({bound}; ARCHFIT_CACHE_MAX_GB sets it)")
+
+
 @cache_app.command("where")
 def cache_where():
     """Print the cache directory (ARCHFIT_CACHE_DIR; ARCHFIT_CACHE=0 disables it)."""
@@ -99,6 +125,9 @@ def main(argv: Optional[list] = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except ArchfitError as e:  # any command's own error (one line), where the command did not catch it itself
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
     except Exception as e:  # noqa: BLE001 - a bug of ours still gets one line; the traceback on request
         if _interrupted(e):  # Ctrl-C inside an import can surface as another error raised while unwinding
             typer.echo("interrupted", err=True)
