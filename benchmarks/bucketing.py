@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import torch
 
 import archfit
 from archfit import Buckets, zoo
-from fresh import load_and_run  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from fresh import load_and_run, scratch_dir  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ = {"input_ids": 1, "attention_mask": 1}
@@ -64,7 +62,7 @@ def main() -> None:
     hist, _ = squad()
     arms: dict[str, torch.nn.Module] = {}
     info: dict[str, dict] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="archfit-bench-"))
+    tmp = scratch_dir("archfit-bench-")
     for label, spec in (("pad to 384", Buckets(SEQ, sizes=(MAX,))),
                         ("4 buckets", Buckets(SEQ, histogram=tuple(hist), max_buckets=4)),
                         ("8 buckets", Buckets(SEQ, histogram=tuple(hist), max_buckets=8))):

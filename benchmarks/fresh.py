@@ -2,9 +2,20 @@
 benchmark's own process holds every arm at once, so its memory says nothing about one file."""
 from __future__ import annotations
 
+import atexit
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary directory removed when the benchmark exits, however it exits short of a kill:
+    saved files of full-size models are gigabytes, and runs that kept theirs filled the disk."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def load_and_run(path: Path, run: str) -> dict[str, float]:

@@ -18,9 +18,9 @@ import json
 import os
 import random
 import resource
+import shutil
 import signal
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -32,6 +32,8 @@ import openvino  # noqa: F401
 import safetensors.torch  # noqa: F401
 import torch
 import transformers  # noqa: F401
+
+from fresh import scratch_dir  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 with atheris.instrument_imports(include=["archfit"]):
     import archfit
@@ -203,6 +205,7 @@ def one_input(data: bytes) -> None:
         _finding(data, f"resident memory {rss:.0f} MiB, {rss - BASE_RSS:.0f} MiB over the start")
     if STATS["iterations"] >= ARGS.iterations:
         report()
+        shutil.rmtree(WORKDIR, ignore_errors=True)  # os._exit skips scratch_dir's atexit
         os._exit(0)
 
 
@@ -236,7 +239,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100_000)
     ARGS, rest = parser.parse_known_args()
     torch.set_num_threads(1)
-    WORKDIR = Path(tempfile.mkdtemp(prefix="archfit-fuzz-"))
+    WORKDIR = scratch_dir("archfit-fuzz-")
     os.environ["ARCHFIT_CACHE"] = "0"
     SEEDS = seeds(WORKDIR)
     for data in SEEDS:  # the seeds themselves must load

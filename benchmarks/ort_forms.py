@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+from fresh import scratch_dir  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def _torchscript_session(model, inputs: dict, fuse: bool):
         def forward(self, *args):
             return self.m(**dict(zip(inputs, args)))[0]
 
-    path = Path(tempfile.mkdtemp()) / "model.onnx"
+    path = scratch_dir("archfit-ort-") / "model.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(Positional(model).eval(), tuple(inputs.values()), str(path), dynamo=False,

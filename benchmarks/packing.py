@@ -26,7 +26,6 @@ import gc
 import json
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from archfit.shapes.packing import pack, packing_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bucketing import MAX, SEQ, requests, squad  # noqa: E402 - same requests as the bucketing benchmark
-from fresh import load_and_run  # noqa: E402
+from fresh import load_and_run, scratch_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +101,7 @@ def main() -> None:
     hist, _ = squad()
     reqs = requests(args.requests)
     lengths = [int(r["input_ids"].shape[1]) for r in reqs]
-    tmp = Path(tempfile.mkdtemp(prefix="archfit-bench-"))
+    tmp = scratch_dir("archfit-bench-")
     keep = ("last_hidden_state",)
     builds = {"pad to 384": dict(buckets=Buckets(SEQ, sizes=(MAX,)))}
     if args.buckets:

@@ -16,12 +16,11 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from fresh import load_and_run  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from fresh import load_and_run, scratch_dir  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -123,7 +122,7 @@ def one_model(name: str) -> dict:
     # Artifact of archfit's best fp32 target: size, load time and memory in a fresh process.
     target = best_archfit["chosen"].split()[0] if "chosen" in best_archfit else best_archfit["arm"].split()[1]
     compiled = archfit.trace(model, inputs, target)
-    tmp = Path(tempfile.mkdtemp(prefix="archfit-peers-"))
+    tmp = scratch_dir("archfit-peers-")
     path = archfit.save(compiled, tmp / f"{name}.archfit")
     torch.save(normalize_inputs(inputs), tmp / "inputs.pt")
     artifact = {"target": target, "size_mib": path.stat().st_size / 2**20, **_load_in_fresh_process(path, tmp / "inputs.pt")}
@@ -230,6 +229,9 @@ def _markdown(results: list[dict]) -> str:
 
 def main() -> None:
     names = sys.argv[1:] or list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        sys.exit(f"usage: peers.py [{' '.join(MODELS)}]...; not a model of this table: {' '.join(unknown)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     if len(names) == 1 and os.environ.get("ARCHFIT_PEERS_CHILD"):
         t0 = time.perf_counter()

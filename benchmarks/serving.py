@@ -38,12 +38,12 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from fresh import scratch_dir  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX = 384
@@ -239,7 +239,7 @@ def start_peers(ir_pad: str, ir_dyn: str, tiny: bool, port: int) -> dict[str, st
     from ray import serve
 
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-             _temp_dir=tempfile.mkdtemp(prefix="ray-"))
+             _temp_dir=str(scratch_dir("ray-")))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     peers = {"Ray Serve + eager, pad to 384 (TorchServe-style)": ("eager", True, None),
              "Ray Serve + eager, batch's longest": ("eager", False, None),
@@ -343,7 +343,7 @@ def main() -> None:
     hist, lengths_axis = squad()
     lengths = [min(MAX, int(n)) for n in np.random.default_rng(0).choice(lengths_axis, size=args.requests,
                                                                          p=hist / hist.sum())]
-    tmp = Path(tempfile.mkdtemp(prefix="archfit-serving-"))
+    tmp = scratch_dir("archfit-serving-")
     files, ir_pad, ir_dyn = compile_files(args.tiny, tmp)
     procs, paths, ports = {}, {}, {}
     # four archfit servers beside the eight Ray replicas exceed 24 GiB: --bucket-streams swaps the
