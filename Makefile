@@ -13,6 +13,9 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@# the HTML report's tests drive Debian's Chromium (Playwright's own browser download needs the internet)
 	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@# the venv takes about 8 GiB (torch's CUDA build is the wheel on this disk); say so before pip fails half-way
+	@avail=$$(df -Pk . | awk 'NR==2 {print $$4}'); [ "$$avail" -ge 9437184 ] || \
+	  echo "make install: warning: $$((avail / 1048576)) GiB free here, the install needs about 9 GiB; free some (old venvs, ~/.cache/archfit) if pip fails with 'No space left on device'" >&2
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
