@@ -139,7 +139,7 @@ def one_model(name: str) -> dict:
 
 
 def _vs_best_peer(row: dict) -> float:
-    """A row against the best peer of its group: paired round by round (bench._paired) where the
+    """A row against the best peer of its group: paired round by round (bench.paired_ratio) where the
     run kept rounds, else the p50s' ratio (results timed before rounds were kept)."""
     return row.get("paired_vs_best_peer", row["vs_best_peer"])
 

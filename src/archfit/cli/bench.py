@@ -288,12 +288,12 @@ def table(results: list[ArmResult], flops: int, peaks: dict[str, float]) -> list
                      "vs_eager": eager / r.p50 if r.samples_ms else float("nan"),
                      "vs_best_peer": best_peer / r.p50 if r.samples_ms else float("nan"),
                      "gflops": gflops, "share_of_peak": gflops / peaks[r.precision] if r.samples_ms else float("nan"),
-                     "paired_vs_best_peer": _paired(peer, r), "build_s": r.build_seconds, "error": r.error,
+                     "paired_vs_best_peer": paired_ratio(peer, r), "build_s": r.build_seconds, "error": r.error,
                      **r.extra})
     return rows
 
 
-def _paired(peer: ArmResult | None, arm: ArmResult) -> float:
+def paired_ratio(peer: ArmResult | None, arm: ArmResult) -> float:
     """The median over rounds of peer / arm, each round's medians: both met the same host within a
     round, and this VM's speed moves between rounds by more than the gaps measured (the ratio of
     the overall medians mixes rounds). NaN without rounds on both sides."""
