@@ -3,14 +3,13 @@
     .venv/bin/python benchmarks/fit_table.py [MODEL ...]
 
 For each model: archfit.analyze on every target (inf1/inf2 are profiles with estimated latency),
-archfit.trace on the runnable targets, and eager PyTorch against the compiled module, timed in
-interleaved rounds in this one process (2 threads). Results accumulate in
-benchmarks/results/fit.json, so a run can be resumed model by model."""
+archfit.trace on the runnable targets (fit, accuracy, compile time). Nothing is timed here: speed
+is measured side by side with every peer by benchmarks/peers.py (BENCHMARKS.md). Results
+accumulate in benchmarks/results/fit.json, so a run can be resumed model by model."""
 from __future__ import annotations
 
 import json
 import platform
-import statistics
 import sys
 import time
 import traceback
@@ -20,31 +19,12 @@ import torch
 
 import archfit
 from archfit import zoo
-from archfit.core.capture import normalize_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/fit.json"
 OUT = ROOT / "FIT.md"
 RUNNABLE = ("openvino", "onnxruntime")
 PROFILES = ("inf1", "inf2")
-ROUNDS, PER_ROUND = 7, 3
-
-
-def interleaved_ms(fns: dict, budget_s: float = 20.0) -> dict:
-    """Median ms per call of each fn, alternating fns each round so drift hits all alike."""
-    times = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()  # warm-up
-    start = time.perf_counter()
-    for r in range(ROUNDS):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(PER_ROUND):
-                fn()
-            times[k].append((time.perf_counter() - t0) / PER_ROUND * 1e3)
-        if time.perf_counter() - start > budget_s and r >= 2:
-            break
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _fallback(report) -> str:
@@ -86,12 +66,6 @@ def run_model(name: str) -> dict:
         t.update(verdict=rep.verdict, partitions=len(rep.partitions), fallback=_fallback(rep),
                  flop_share=rep.flop_share, op_share=rep.op_share, max_rel_err=rep.validation.max_rel,
                  compile_s=rep.compile_seconds)
-        if not imported.foreign:
-            args, kwargs = normalize_inputs(inputs)
-            with torch.no_grad():
-                ms = interleaved_ms({"eager": lambda: model(*args, **kwargs),
-                                     "archfit": lambda: compiled(*args, **kwargs)})
-            t.update(eager_ms=ms["eager"], archfit_ms=ms["archfit"])
         del compiled
     return row
 
