@@ -173,7 +173,10 @@ def _in_context_losers(gm: fx.GraphModule, engine_mods: dict[int, EngineModule],
     PyTorch's, cold caches, copies. So each is judged by the whole model, run both ways, and
     the ways are timed interleaved (core.timing): timed one after the other, a slow spell of the
     host lands on one side only; in the garden run it once dropped maxvit_t's onnxruntime
-    partition (72 ms against 100 in PyTorch when interleaved), leaving the model at 0.63x eager."""
+    partition (72 ms against 100 in PyTorch when interleaved), leaving the model at 0.63x eager.
+    A partition that measured faster alone is dropped only if a second, longer timing agrees:
+    the next garden run dropped r3d_18's openvino partition (190 ms against 330 in PyTorch when
+    run again), and dropping a partition that pays costs far more than keeping one that ties."""
     def variant(in_pytorch: int | None):
         def run():
             for i, mod in engine_mods.items():
@@ -183,17 +186,18 @@ def _in_context_losers(gm: fx.GraphModule, engine_mods: dict[int, EngineModule],
         return run
 
     ms = interleaved_ms({None: variant(None), **{i: variant(i) for i in engine_mods}}, seconds)
-    for i, mod in engine_mods.items():
-        setattr(gm, f"{PREFIX}{i}", mod)
-    on_target = ms[None]
     losers = {}
     for i in engine_mods:
-        in_pytorch = ms[i]
-        timings[i] = replace(timings[i], model_ms_on_target=on_target, model_ms_in_pytorch=in_pytorch)
+        on_target, in_pytorch, t = ms[None], ms[i], timings[i]
+        if in_pytorch < on_target * (1 - PAYOFF_NOISE) and t.compiled_ms < t.eager_ms * (1 - PAYOFF_NOISE):
+            again = interleaved_ms({None: variant(None), i: variant(i)}, 3 * seconds)  # the two disagree
+            on_target, in_pytorch = again[None], again[i]
+        timings[i] = replace(t, model_ms_on_target=on_target, model_ms_in_pytorch=in_pytorch)
         if in_pytorch < on_target * (1 - PAYOFF_NOISE):
-            t = timings[i]
             losers[i] = (f"whole model {in_pytorch:.3f} ms with it in PyTorch vs {on_target:.3f} ms on the target "
                          f"(alone: compiled {t.compiled_ms:.3f} ms vs PyTorch {t.eager_ms:.3f} ms)")
+    for i, mod in engine_mods.items():
+        setattr(gm, f"{PREFIX}{i}", mod)
     return losers
 
 
