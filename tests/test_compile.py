@@ -26,12 +26,29 @@ class EagerEngine(archfit.targets.base.Engine):
             return [o + self.offset for o in self.gm(*inputs)]
 
 
-def _target(name, **engine_kwargs):
+def _target(name, engine=EagerEngine, **engine_kwargs):
     return archfit.Target(
         name=name, backend="torch", device="CPU", description="test backend",
         supports=onnx_supports,
-        compile=lambda gm, inputs, precision: EagerEngine(gm, **engine_kwargs),
+        compile=lambda gm, inputs, precision: engine(gm, **engine_kwargs),
     )
+
+
+def _flag_during(monkeypatch, module, name, first_call_only=False):
+    """Patch module.name so that a returned flag is set while it runs (its first call only, if
+    asked); the flag's list also counts the calls."""
+    flag, fn = [False, 0], getattr(module, name)
+
+    def flagged(*a, **k):
+        flag[1] += 1
+        flag[0] = not first_call_only or flag[1] == 1
+        try:
+            return fn(*a, **k)
+        finally:
+            flag[0] = False
+
+    monkeypatch.setattr(module, name, flagged)
+    return flag
 
 
 def test_third_party_target_registers_without_touching_core(mlp_custom):
@@ -68,7 +85,8 @@ def test_payoff_times_both_ways_interleaved(monkeypatch):
     100 and ran at 0.63x eager)."""
     from archfit.core import compile as compile_
 
-    calls, timing = [], [False]
+    calls = []
+    timing = _flag_during(monkeypatch, compile_, "_in_context_losers")
 
     class Recording(EagerEngine):
         def run(self, inputs):
@@ -76,18 +94,7 @@ def test_payoff_times_both_ways_interleaved(monkeypatch):
                 calls.append(time.perf_counter())
             return super().run(inputs)
 
-    losers = compile_._in_context_losers
-
-    def recorded(*a, **k):
-        timing[0] = True
-        try:
-            return losers(*a, **k)
-        finally:
-            timing[0] = False
-
-    monkeypatch.setattr(compile_, "_in_context_losers", recorded)
-    target = archfit.Target(name="recording-test", backend="torch", device="CPU", description="test backend",
-                            supports=onnx_supports, compile=lambda gm, inputs, precision: Recording(gm))
+    target = _target("recording-test", Recording)
     model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
     archfit.trace(model, (torch.randn(2, 16),), target=target, validate=False)
     gaps = [b - a for a, b in zip(calls, calls[1:])]
@@ -101,7 +108,7 @@ def test_partition_faster_alone_is_dropped_only_if_a_second_timing_agrees(monkey
     stays, with the second timing's figures in the report."""
     from archfit.core import compile as compile_
 
-    spell = [False]
+    spell = _flag_during(monkeypatch, compile_, "interleaved_ms", first_call_only=True)
 
     class Memo(EagerEngine):  # faster than PyTorch alone: the model's inputs never change here
         out = None
@@ -113,23 +120,11 @@ def test_partition_faster_alone_is_dropped_only_if_a_second_timing_agrees(monkey
                 self.out = super().run(inputs)
             return self.out
 
-    timed, n = compile_.interleaved_ms, [0]
-
-    def slow_first(*a, **k):
-        n[0] += 1
-        spell[0] = n[0] == 1
-        try:
-            return timed(*a, **k)
-        finally:
-            spell[0] = False
-
-    monkeypatch.setattr(compile_, "interleaved_ms", slow_first)
-    target = archfit.Target(name="memo-test", backend="torch", device="CPU", description="test backend",
-                            supports=onnx_supports, compile=lambda gm, inputs, precision: Memo(gm))
+    target = _target("memo-test", Memo)
     model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256)).eval()
     compiled = archfit.trace(model, (torch.randn(64, 256),), target=target, validate=False)
     (timing,) = compiled.report.timings.values()
-    assert n[0] == 2 and len(compiled.report.partitions) == 1
+    assert spell[1] == 2 and len(compiled.report.partitions) == 1
     assert timing.model_ms_on_target < 5.0 and timing.pays_off  # the second timing's, without the spell
 
 
