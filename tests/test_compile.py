@@ -51,7 +51,11 @@ def _flag_during(monkeypatch, module, name, first_call_only=False):
     return flag
 
 
-def test_third_party_target_registers_without_touching_core(mlp_custom):
+def test_third_party_target_registers_without_touching_core(mlp_custom, monkeypatch):
+    from archfit.targets import registry
+
+    archfit.list_targets()  # built-ins loaded first: the registry is restored after this test, with them
+    monkeypatch.setattr(registry, "_TARGETS", dict(registry._TARGETS))  # else target="auto" elsewhere meets it
     target = archfit.register_target(_target("reference-test"), replace=True)
     assert archfit.get_target("reference-test") is target
     assert "reference-test" in [t.name for t in archfit.list_targets()]
