@@ -36,18 +36,15 @@ def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
             html: Optional[Path] = typer.Option(None, "--html", help=HTML_HELP),
             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Fit report per target, without compiling."""
-    from .. import ArchfitError, analyze as run_analyze
+    from .. import analyze as run_analyze
     from .models import load_model
 
     from ..artifact.container import check_output_path
 
-    try:
-        if html is not None:
-            check_output_path(html)
-        mod, inputs, name = load_model(model, tiny, shape)
-        result = run_analyze(mod, inputs, targets=target, precision=precision, force_cpu=force_cpu, name=name)
-    except ArchfitError as e:
-        fail(e)
+    if html is not None:
+        check_output_path(html)
+    mod, inputs, name = load_model(model, tiny, shape)
+    result = run_analyze(mod, inputs, targets=target, precision=precision, force_cpu=force_cpu, name=name)
     emit(result.to_dict()) if as_json else typer.echo(result.to_text())
     if html is not None:
         write_page(html, result.to_html(), not as_json)
@@ -122,37 +119,31 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
                                                      "per partition, the one the whole model measures fastest with."),
              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Compile for a target, validate against eager PyTorch, compare latency, optionally save."""
-    from .. import ArchfitError, save, trace
+    from .. import save, trace
     from ..artifact.container import check_output_path
     from .models import load_model
 
-    try:
-        for path in (output, html):  # before any work: a bad path found after a long compile loses it
-            if path is not None:
-                check_output_path(path)
-    except ArchfitError as e:
-        fail(e)
+    for path in (output, html):  # before any work: a bad path found after a long compile loses it
+        if path is not None:
+            check_output_path(path)
     if generate:
         return _compile_seq2seq(model, tiny, output, target, precision, source_buckets, max_new_tokens, num_beams,
                                 not no_cache, as_json, html, compare, accuracy)
-    try:
-        mod, inputs, name = load_model(model, tiny, shape)
-        if batch is not None:
-            inputs = _with_batch(inputs, batch, dynamic_batch)
-        if pack is not None:
-            spec, packing = None, _packing(pack, pack_rows, pack_output, pool, vary, buckets, lengths, max_buckets)
-        else:
-            spec, packing = _buckets(vary, buckets, lengths, max_buckets, pad), None
-        with progress_line(not as_json) as progress:
-            compiled = trace(mod, inputs, target=target, precision=precision, force_cpu=force_cpu,
-                             require_full=require_full, min_partition_size=min_partition_size,
-                             cache=not no_cache, progress=progress, name=name, buckets=spec,
-                             dynamic_batch=dynamic_batch, packing=packing, accuracy=accuracy or declared_gate(model),
-                             per_partition=per_partition)
-        if output is not None:
-            save(compiled, output)
-    except ArchfitError as e:
-        fail(e)
+    mod, inputs, name = load_model(model, tiny, shape)
+    if batch is not None:
+        inputs = _with_batch(inputs, batch, dynamic_batch)
+    if pack is not None:
+        spec, packing = None, _packing(pack, pack_rows, pack_output, pool, vary, buckets, lengths, max_buckets)
+    else:
+        spec, packing = _buckets(vary, buckets, lengths, max_buckets, pad), None
+    with progress_line(not as_json) as progress:
+        compiled = trace(mod, inputs, target=target, precision=precision, force_cpu=force_cpu,
+                         require_full=require_full, min_partition_size=min_partition_size,
+                         cache=not no_cache, progress=progress, name=name, buckets=spec,
+                         dynamic_batch=dynamic_batch, packing=packing, accuracy=accuracy or declared_gate(model),
+                         per_partition=per_partition)
+    if output is not None:
+        save(compiled, output)
     latency, line = None, "latency: not compared (--no-compare)"
     if compare:
         latency, line = _compare(mod, compiled, inputs)
@@ -203,26 +194,23 @@ def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, sou
                      accuracy: str | None = None) -> None:
     import torch
 
-    from .. import ArchfitError, save, trace_seq2seq
+    from .. import save, trace_seq2seq
     from ..errors import InputError
     from .models import load_model
     from ..core.timing import median_seconds
 
+    mod, inputs, _name = load_model(model, tiny)
+    hf = getattr(mod, "model", mod)  # the zoo wraps seq2seq models as one decoder step
     try:
-        mod, inputs, _name = load_model(model, tiny)
-        hf = getattr(mod, "model", mod)  # the zoo wraps seq2seq models as one decoder step
-        try:
-            buckets = tuple(int(x) for x in source_buckets.split(","))
-        except ValueError:
-            raise InputError(f"--source-buckets {source_buckets!r} must be sizes like 16,32,64") from None
-        with progress_line(not as_json) as progress:
-            compiled = trace_seq2seq(hf, target, source_buckets=buckets, num_beams=num_beams,
-                                     max_new_tokens=max_new_tokens, precision=precision, cache=cache,
-                                     progress=progress, accuracy=accuracy)
-        if output is not None:
-            save(compiled, output)
-    except ArchfitError as e:
-        fail(e)
+        buckets = tuple(int(x) for x in source_buckets.split(","))
+    except ValueError:
+        raise InputError(f"--source-buckets {source_buckets!r} must be sizes like 16,32,64") from None
+    with progress_line(not as_json) as progress:
+        compiled = trace_seq2seq(hf, target, source_buckets=buckets, num_beams=num_beams,
+                                 max_new_tokens=max_new_tokens, precision=precision, cache=cache,
+                                 progress=progress, accuracy=accuracy)
+    if output is not None:
+        save(compiled, output)
     ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs[0]
     ids = ids[:, :compiled.source_len]  # the comparison runs within the largest source bucket
     n = min(max_new_tokens, 32)
@@ -326,34 +314,31 @@ def bench_(model: str = typer.Argument(..., help=MODEL_HELP + " Or a file writte
     """archfit against eager PyTorch and the other ways to run the model, side by side."""
     import torch
 
-    from .. import ArchfitError, load
+    from .. import load
     from . import bench
     from .models import load_model
 
-    try:
-        if model.endswith(".archfit"):
-            module = load(model)
-            flat = [torch.zeros(s.shape, dtype=s.dtype) for s in module.inputs]
-            args, kwargs = torch.utils._pytree.tree_unflatten(flat, module.in_spec)
-            builders = {f"archfit {module.target} {module.precision} (loaded)":
-                        (module.precision, lambda: (lambda: module(*args, **kwargs)))}
-            flops, peaks = 0, {"fp32": float("nan"), "bf16": float("nan")}  # no model here to count or compare
-        else:
-            mod, inputs, _name = load_model(model, tiny)
-            mod.eval()
-            builders = bench.arms(mod, inputs, targets=target, precisions=precision, peers=peers,
-                                  accuracy=declared_gate(model))
-            flops = bench.model_flops(mod, inputs)
-            peaks = {p: bench.matmul_peak_gflops(dtype, seconds=2 * seconds) if p == "fp32" or bench.bf16_units()
-                     else float("nan")  # no bf16 units: PyTorch's bf16 matmul is a slow emulation, not a peak
-                     for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-        if arm:
-            builders = {k: v for k, v in builders.items() if k == "eager PyTorch" or any(a in k for a in arm)}
-        with progress_line(not as_json) as progress:
-            results = bench.run_arms(builders, rounds=rounds, seconds_per_round=seconds, log=progress)
-        rows = bench.table(results, flops, peaks)
-    except ArchfitError as e:
-        fail(e)
+    if model.endswith(".archfit"):
+        module = load(model)
+        flat = [torch.zeros(s.shape, dtype=s.dtype) for s in module.inputs]
+        args, kwargs = torch.utils._pytree.tree_unflatten(flat, module.in_spec)
+        builders = {f"archfit {module.target} {module.precision} (loaded)":
+                    (module.precision, lambda: (lambda: module(*args, **kwargs)))}
+        flops, peaks = 0, {"fp32": float("nan"), "bf16": float("nan")}  # no model here to count or compare
+    else:
+        mod, inputs, _name = load_model(model, tiny)
+        mod.eval()
+        builders = bench.arms(mod, inputs, targets=target, precisions=precision, peers=peers,
+                              accuracy=declared_gate(model))
+        flops = bench.model_flops(mod, inputs)
+        peaks = {p: bench.matmul_peak_gflops(dtype, seconds=2 * seconds) if p == "fp32" or bench.bf16_units()
+                 else float("nan")  # no bf16 units: PyTorch's bf16 matmul is a slow emulation, not a peak
+                 for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    if arm:
+        builders = {k: v for k, v in builders.items() if k == "eager PyTorch" or any(a in k for a in arm)}
+    with progress_line(not as_json) as progress:
+        results = bench.run_arms(builders, rounds=rounds, seconds_per_round=seconds, log=progress)
+    rows = bench.table(results, flops, peaks)
     if as_json:
         emit({"model": model, "gflop": flops / 1e9, "matmul_peak_gflops": peaks, "rows": rows})
         return

@@ -54,52 +54,49 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
     import torch
     from torch.utils import _pytree as pytree
 
-    from .. import ArchfitError, load
+    from .. import load
     from ..core.capture import leaf_names, normalize_inputs
     from ..errors import InputError
     from .models import load_model
 
-    try:
-        for name in imports:
-            try:
-                importlib.import_module(name)
-            except ImportError as e:
-                raise InputError(f"--import {name}: {e}") from None
-        given = {}
-        for item in input:
-            if "=" not in item:
-                raise InputError(f"--input {item!r} must be NAME=PATH")
-            key, path = item.split("=", 1)
-            given[key] = _read_tensor(key, path)
-        attach_to, example = None, None
-        if model is not None:
-            attach_to, example, _name = load_model(model, tiny)
-        module = load(file, model=attach_to)
-        module.check_finite = check_finite
-        ids = module.speak_torch()  # an ONNX/TF/MXNet model: run gives torch tensors by name
-        given = {k: v.long() if k in ids else v for k, v in given.items()}
-        if getattr(module, "manifest", {}).get("kind") == "seq2seq":
-            raise InputError(f"{file} is a seq2seq generator: use `archfit generate {file} --ids ...`")
-        if batch_file is not None:
-            return _run_batch_file(module, file, batch_file, output_dir, fmt)
-        if module.kind == "packed":
-            raise InputError(f"{file} is packed: give its sequences with --batch-file FILE, one per line")
-        if example is not None:  # the model's own input structure; leaves named as capture names them
-            args, kwargs = normalize_inputs(example)
-            leaves, in_spec = pytree.tree_flatten((args, kwargs))
-            names = leaf_names(attach_to, args, kwargs)
-            defaults = dict(zip(names, leaves)) if not given else {}
-        else:
-            in_spec, names, defaults = module.in_spec, [s.name for s in module.inputs], {}
-        given = defaults | given
-        missing, extra = [n for n in names if n not in given], [n for n in given if n not in names]
-        if missing or extra:
-            raise InputError(f"inputs must be exactly {', '.join(names)}; missing: {', '.join(missing) or '-'}, "
-                             f"unknown: {', '.join(extra) or '-'}")
-        args, kwargs = pytree.tree_unflatten([given[n] for n in names], in_spec)
-        outputs = module(*args, **kwargs)
-    except ArchfitError as e:
-        fail(e)
+    for name in imports:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise InputError(f"--import {name}: {e}") from None
+    given = {}
+    for item in input:
+        if "=" not in item:
+            raise InputError(f"--input {item!r} must be NAME=PATH")
+        key, path = item.split("=", 1)
+        given[key] = _read_tensor(key, path)
+    attach_to, example = None, None
+    if model is not None:
+        attach_to, example, _name = load_model(model, tiny)
+    module = load(file, model=attach_to)
+    module.check_finite = check_finite
+    ids = module.speak_torch()  # an ONNX/TF/MXNet model: run gives torch tensors by name
+    given = {k: v.long() if k in ids else v for k, v in given.items()}
+    if getattr(module, "manifest", {}).get("kind") == "seq2seq":
+        raise InputError(f"{file} is a seq2seq generator: use `archfit generate {file} --ids ...`")
+    if batch_file is not None:
+        return _run_batch_file(module, file, batch_file, output_dir, fmt)
+    if module.kind == "packed":
+        raise InputError(f"{file} is packed: give its sequences with --batch-file FILE, one per line")
+    if example is not None:  # the model's own input structure; leaves named as capture names them
+        args, kwargs = normalize_inputs(example)
+        leaves, in_spec = pytree.tree_flatten((args, kwargs))
+        names = leaf_names(attach_to, args, kwargs)
+        defaults = dict(zip(names, leaves)) if not given else {}
+    else:
+        in_spec, names, defaults = module.in_spec, [s.name for s in module.inputs], {}
+    given = defaults | given
+    missing, extra = [n for n in names if n not in given], [n for n in given if n not in names]
+    if missing or extra:
+        raise InputError(f"inputs must be exactly {', '.join(names)}; missing: {', '.join(missing) or '-'}, "
+                         f"unknown: {', '.join(extra) or '-'}")
+    args, kwargs = pytree.tree_unflatten([given[n] for n in names], in_spec)
+    outputs = module(*args, **kwargs)
     output_dir.mkdir(parents=True, exist_ok=True)
     flat, _ = pytree.tree_flatten_with_path(outputs)
     for path, tensor in flat:
@@ -156,26 +153,23 @@ def generate_(file: Path = typer.Argument(..., help="A file written by `archfit 
     """Generate with a saved seq2seq file; prints one line of token ids per sequence."""
     import torch
 
-    from .. import ArchfitError, load
+    from .. import load
     from ..errors import InputError
 
+    module = load(file)
+    if getattr(module, "manifest", {}).get("kind") != "seq2seq":
+        raise InputError(f"{file} is not a seq2seq generator (compile with --generate); use `archfit run`")
     try:
-        module = load(file)
-        if getattr(module, "manifest", {}).get("kind") != "seq2seq":
-            raise InputError(f"{file} is not a seq2seq generator (compile with --generate); use `archfit run`")
-        try:
-            rows = [[int(x) for x in line.split(",")] for line in ids]
-        except ValueError:
-            raise InputError("--ids must be comma-separated integers, e.g. --ids 37,215,9") from None
-        width = max(len(r) for r in rows)
-        pad = module.generation_config.pad_token_id or 0
-        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        kwargs = {k: v for k, v in dict(max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                        num_return_sequences=num_return_sequences).items() if v is not None}
-        out = module.generate(input_ids, attention_mask=mask, **kwargs)
-    except ArchfitError as e:
-        fail(e)
+        rows = [[int(x) for x in line.split(",")] for line in ids]
+    except ValueError:
+        raise InputError("--ids must be comma-separated integers, e.g. --ids 37,215,9") from None
+    width = max(len(r) for r in rows)
+    pad = module.generation_config.pad_token_id or 0
+    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    kwargs = {k: v for k, v in dict(max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                    num_return_sequences=num_return_sequences).items() if v is not None}
+    out = module.generate(input_ids, attention_mask=mask, **kwargs)
     for row in out.tolist():
         typer.echo(",".join(map(str, row)))
 
@@ -229,7 +223,6 @@ def _describe(file: Path, manifest: dict) -> list[str]:
 def inspect(file: Path = typer.Argument(..., help="A file written by `archfit compile -o`."),
             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """What a saved file holds: signature, partitions, buckets, versions, report."""
-    from .. import ArchfitError
     from ..artifact import read_manifest
     from ..errors import ArtifactError
 
@@ -239,8 +232,6 @@ def inspect(file: Path = typer.Argument(..., help="A file written by `archfit co
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         fail(ArtifactError(f"{file}: manifest is malformed ({type(e).__name__}); the file was not written by "
                            f"archfit.save, or is damaged"))
-    except ArchfitError as e:
-        fail(e)
     if as_json:
         emit({k: v for k, v in manifest.items() if k != "files"} | {"size_bytes": file.stat().st_size})
         return

@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import app, fail
+from .app import app
 
 
 @app.command()
@@ -26,22 +26,17 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
                                                            "start`); default: a local Ray instance.")):
     """Serve files over HTTP (KServe v2 / Open Inference Protocol: Triton's and KServe's clients work
     unchanged) with dynamic batching per bucket and Prometheus metrics at /metrics."""
-    from ..errors import ArchfitError
+    if ray:
+        from ..serve import ray as on_ray
 
-    try:
-        if ray:
-            from ..serve import ray as on_ray
+        on_ray.run(files, host=host, port=port, address=address, replicas=replicas, threads=threads or 1,
+                   max_delay_ms=max_delay_ms, max_queue=max_queue, max_body=int(max_body_mb * (1 << 20)))
+        return
+    from ..serve import run
 
-            on_ray.run(files, host=host, port=port, address=address, replicas=replicas, threads=threads or 1,
-                       max_delay_ms=max_delay_ms, max_queue=max_queue, max_body=int(max_body_mb * (1 << 20)))
-            return
-        from ..serve import run
+    def ready(server):
+        names = ", ".join(f"{n} ({s.kind})" for n, s in server.models.items())
+        typer.echo(f"serving {names} on http://{host}:{port}/v2 (metrics at /metrics)", err=True)
 
-        def ready(server):
-            names = ", ".join(f"{n} ({s.kind})" for n, s in server.models.items())
-            typer.echo(f"serving {names} on http://{host}:{port}/v2 (metrics at /metrics)", err=True)
-
-        run(files, host=host, port=port, max_delay_ms=max_delay_ms, max_queue=max_queue, max_body_mb=max_body_mb,
-            streams=streams, threads=threads, on_ready=ready)
-    except ArchfitError as e:
-        fail(e)
+    run(files, host=host, port=port, max_delay_ms=max_delay_ms, max_queue=max_queue, max_body_mb=max_body_mb,
+        streams=streams, threads=threads, on_ready=ready)
