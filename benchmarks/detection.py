@@ -7,7 +7,13 @@ to hold the NMS too), and archfit (network compiled, post-processing on the host
 and precision. Batch 1, images/s = 1000 / p50 ms.
 
     .venv/bin/python benchmarks/detection.py --rounds 3
-writes benchmarks/results/detection-MODEL.json and prints a Markdown table for BENCHMARKS.md."""
+    .venv/bin/python benchmarks/detection.py --weights shapes --rounds 3
+
+writes benchmarks/results/detection-MODEL[-shapes].json and prints a Markdown table for
+BENCHMARKS.md. `--weights random` (the zoo's) scores every box about alike, so bf16 fails the
+detection gate there, and the last arm shows the speed bf16 offers ungated; `--weights shapes`
+uses weights trained here on synthetic scenes, and a scene as the image (benchmarks/shapes.py;
+the first run trains them: ~13 min YOLOv5s, ~36 min SSD300)."""
 from __future__ import annotations
 
 import argparse
@@ -24,17 +30,23 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("ssd300_vgg16", "yolov5s")
 
 
-def one(name: str, rounds: int, seconds: float) -> dict:
+def one(name: str, rounds: int, seconds: float, weights: str, accuracy: str | None) -> dict:
     from archfit import zoo
     from archfit.cli.bench import arms, run_arms
 
     torch.set_num_threads(2)
-    model, inputs = zoo.build(name)
+    if weights == "shapes":
+        from shapes import trained  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+
+        model, inputs = trained(name)
+    else:
+        model, inputs = zoo.build(name)
     # archfit's arms validate with the detector's task gate (boxes, labels, recall, precision)
+    accuracy = accuracy or zoo.get(name).accuracy
     builders = arms(model, inputs, targets=("openvino", "onnxruntime"), precisions=("fp32", "bf16"),
-                    accuracy=zoo.get(name).accuracy)
+                    accuracy=accuracy)
     builders.pop("eager PyTorch bf16 autocast", None)
-    if "archfit openvino bf16" in builders:  # the speed bf16 offers, whatever the gate says of these weights
+    if "archfit openvino bf16" in builders and weights == "random":  # the speed bf16 offers, whatever the gate says of these weights
         from archfit.cli.bench import _archfit
 
         builders["archfit openvino bf16, not validated (speed only)"] = (
@@ -46,8 +58,8 @@ def one(name: str, rounds: int, seconds: float) -> dict:
              "vs_eager": eager.p50 / r.p50 if r.samples_ms else None, "build_s": r.build_seconds, "error": r.error,
              **r.extra}
             for r in results]
-    return {"model": name, "machine": platform.processor(), "threads": 2, "rows": rows,
-            "split": split(model, inputs, zoo.get(name).accuracy)}
+    return {"model": name, "weights": weights, "gate": accuracy, "machine": platform.processor(), "threads": 2,
+            "rows": rows, "split": split(model, inputs, accuracy)}
 
 
 def split(model, inputs, accuracy: str | None, calls: int = 7) -> dict:
@@ -82,7 +94,9 @@ def split(model, inputs, accuracy: str | None, calls: int = 7) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = [f"\n{result['model']}, batch 1, 2 threads\n", "| arm | precision | p50 ms | p90 ms | images/s | vs eager |",
+    weights = {"random": "random weights", "shapes": "weights trained on synthetic shapes, a shapes scene"}
+    lines = [f"\n{result['model']}, {weights[result.get('weights', 'random')]}, gate {result.get('gate')!r}, "
+             "batch 1, 2 threads\n", "| arm | precision | p50 ms | p90 ms | images/s | vs eager |",
              "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if r["error"]:
@@ -111,16 +125,20 @@ def main() -> None:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--weights", choices=("random", "shapes"), default="random")
+    p.add_argument("--accuracy", help="the gate archfit validates with (default: the zoo entry's, 'detection')")
     p.add_argument("--one", help=argparse.SUPPRESS)  # child process: one model
     args = p.parse_args()
+    suffix = "-shapes" if args.weights == "shapes" else ""
     if args.one:
-        out = one(args.one, args.rounds, args.seconds)
-        (ROOT / "benchmarks" / "results" / f"detection-{args.one}.json").write_text(json.dumps(out, indent=1))
+        out = one(args.one, args.rounds, args.seconds, args.weights, args.accuracy)
+        (ROOT / "benchmarks" / "results" / f"detection-{args.one}{suffix}.json").write_text(json.dumps(out, indent=1))
         return
     for name in args.models.split(","):  # a fresh process per model: no arm inherits another's memory
         subprocess.run([sys.executable, __file__, "--one", name, "--rounds", str(args.rounds),
-                        "--seconds", str(args.seconds)], check=True)
-        print(table(json.loads((ROOT / "benchmarks" / "results" / f"detection-{name}.json").read_text())))
+                        "--seconds", str(args.seconds), "--weights", args.weights]
+                       + (["--accuracy", args.accuracy] if args.accuracy else []), check=True)
+        print(table(json.loads((ROOT / "benchmarks" / "results" / f"detection-{name}{suffix}.json").read_text())))
 
 
 if __name__ == "__main__":
