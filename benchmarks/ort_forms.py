@@ -4,7 +4,9 @@ since); the floor asks 0.9x. This times ONNX Runtime on every graph
 form of the same model we can hand it, against OpenVINO direct, interleaved in one process:
 
 - archfit onnxruntime fp32 (torch.onnx's dynamo exporter at opset 23, where attention is ONNX's own
-  `Attention` op; ORT_ENABLE_ALL, spinning when alone);
+  `Attention` op; ORT_ENABLE_ALL but SkipLayerNormFusion, spinning when alone);
+- the same engine in a session with SkipLayerNormFusion on (ONNX Runtime's default, and archfit's
+  until this benchmark measured its fused kernel slower than the Add and LayerNormalization);
 - ONNX Runtime direct (the peers table's arm: dynamo export at its default opset, attention spelled
   out as MatMul/Softmax; ONNX Runtime's default options);
 - the TorchScript exporter's graph (torch.onnx.export(dynamo=False)), archfit's session options;
@@ -65,6 +67,17 @@ def _torchscript_session(model, inputs: dict, fuse: bool):
     return fn
 
 
+def _archfit_with_skip_layer_norm(model, inputs):
+    from archfit.cli import bench
+    from archfit.core.module import _engine
+    from archfit.targets.onnxruntime import _session_options
+
+    fn, compiled = bench._archfit(model, inputs, "onnxruntime", "fp32")
+    engine = _engine(compiled.graph_module, compiled._sole_engine).engine
+    engine._open(_session_options(spinning=engine.spinning), disabled_optimizers=())
+    return fn
+
+
 def main() -> None:
     from archfit import zoo
     from archfit.cli import bench
@@ -80,6 +93,7 @@ def main() -> None:
     eager_attention.config._attn_implementation = "eager"  # the attention pattern ORT's optimizer fuses
     builders = {
         "archfit onnxruntime fp32": ("fp32", lambda: bench._archfit(model, inputs, "onnxruntime", "fp32")[0]),
+        "archfit onnxruntime fp32, SkipLayerNormFusion on": ("fp32", lambda: _archfit_with_skip_layer_norm(model, inputs)),
         "ONNX Runtime direct": ("fp32", lambda: bench._onnxruntime_direct(model, inputs)),
         "ONNX Runtime, TorchScript export": ("fp32", lambda: _torchscript_session(model, inputs, fuse=False)),
         "ONNX Runtime, TorchScript export, eager attention, transformer optimizer":

@@ -51,6 +51,14 @@ def _session_options(spinning: bool = False):
     return opts
 
 
+# ONNX Runtime's graph optimizations that archfit turns off. SkipLayerNormFusion folds each
+# residual Add and the LayerNormalization after it into one SkipLayerNormalization, whose CPU
+# kernel is slower than the two it replaces: in ONNX Runtime 1.32's own per-node profile of
+# BERT-base (seq 128), 6.9 ms for 25 of them against 2.0 ms for the Adds and LayerNormalizations,
+# and whole calls 5.5% faster on BERT-base and 6.7% on DistilBERT without it (paired rounds,
+# benchmarks/ort_forms.py). A session option: engines already in the cache get it too.
+DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+
 # Weights by content digest, shared by every session in this process that uses them: the engines
 # of a model's shape buckets hold the same weights, which then exist once in memory.
 _WEIGHTS: "weakref.WeakValueDictionary[str, np.ndarray]" = weakref.WeakValueDictionary()
@@ -99,7 +107,7 @@ class OnnxRuntimeEngine(Engine):
         self.spinning = False
         self._open(options if options is not None else _session_options())
 
-    def _open(self, opts) -> None:
+    def _open(self, opts, disabled_optimizers: Sequence[str] = DISABLED_OPTIMIZERS) -> None:
         import onnxruntime as ort
 
         if self._weights:
@@ -107,7 +115,8 @@ class OnnxRuntimeEngine(Engine):
             arrays = [self._weights[n] for n in names]
             opts.add_external_initializers_from_files_in_memory(names, arrays, [a.nbytes for a in arrays])
         self.session = None  # the old session's memory goes before the new one's comes
-        self.session = ort.InferenceSession(self.model, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(self.model, sess_options=opts, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=list(disabled_optimizers))
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def run_alone(self) -> None:
