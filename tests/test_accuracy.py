@@ -33,6 +33,23 @@ def test_detection_matches_boxes_by_iou_and_label():
     assert Detection().measure([rows], [rows[:1]]) == {"recall": 1.0, "precision": 0.5}
 
 
+def test_a_failed_detection_gate_names_the_score_above_which_it_passes():
+    """A tail of low, near-equal scores (a detector's evaluation threshold) reorders in reduced
+    precision while the confident boxes match: the failure says from which score the gate holds."""
+    from archfit.core.validate import check_gate
+
+    tail = [[100, 100, 110, 110], [120, 120, 130, 130], [140, 140, 150, 150]]
+    want = _dets([[0, 0, 10, 10], [20, 20, 40, 40]] + tail, [0.9, 0.8, 0.05, 0.04, 0.03], [1, 2, 1, 1, 1])
+    moved = [[b[0] + 5, b[1], b[2] + 5, b[3]] for b in tail]
+    got = _dets([[0, 0, 10, 10], [20, 20, 40, 40]] + moved, [0.9, 0.8, 0.05, 0.04, 0.03], [1, 2, 1, 1, 1])
+    with pytest.raises(archfit.ValidationError, match=r"recall 0\.4 < 0\.99 \(short by 0\.59\) \(it passes on the "
+                                                      r"boxes scoring >= 0\.8: accuracy='detection:score_threshold=0\.8'"):
+        check_gate(Detection(), got, want, "example inputs", "bf16", blame=lambda: "")
+    assert Detection(score_threshold=0.8).check(got, want, "").ok  # the hint's gate holds
+    top_moved = _dets([[3, 0, 13, 10], [20, 20, 40, 40]] + tail, [0.9, 0.8, 0.05, 0.04, 0.03], [1, 2, 1, 1, 1])
+    assert Detection().hint(top_moved, want) == ""  # no threshold helps when the best box moved
+
+
 def test_classification_embedding_and_token_gates_measure_what_they_say():
     want = torch.tensor([[5.0, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5]])
     swapped = torch.tensor([[4.0, 5, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5]])  # row 0's top two swap

@@ -12,7 +12,7 @@ returns (before flattening), so a gate finds its tensors by what they are: torch
 detection dicts, [N, 6] box tensors, logits, embeddings, token ids."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
 import torch
@@ -56,6 +56,10 @@ class Accuracy:
 
     def describe(self) -> str:
         return f"{self.name} ({', '.join(f'{f.name}={getattr(self, f.name):g}' for f in fields(self))})"
+
+    def hint(self, got: Any, want: Any) -> str:
+        """After a failed check: a measured way the gate would pass that the task may allow, or ''."""
+        return ""
 
     def check(self, got: Any, want: Any, label: str) -> MetricCheck:
         values = self.measure(got, want)
@@ -175,6 +179,21 @@ class Detection(Accuracy):
                     free[j] = False
                     matched += 1
         return {"recall": matched / n_want if n_want else 1.0, "precision": matched / n_got if n_got else 1.0}
+
+    def hint(self, got, want) -> str:
+        """The lowest score above which the gate passes, when raising score_threshold makes it pass:
+        a detector that keeps every box down to an evaluation threshold (torchvision's SSD: 0.01)
+        ends in a tail of near-equal low scores that reduced precision reorders, while the boxes a
+        deployment acts on may all match."""
+        scores = torch.cat([s.float() for _, s, _ in self._images(want)])
+        above = sorted({float(x) for x in scores if x > self.score_threshold})
+        step = max(1, len(above) // 50)  # at most ~50 candidate thresholds: the hint, not a search
+        for t in above[::step]:
+            t = float(f"{t:.3g}")  # the value the hint prints is the one checked
+            if replace(self, score_threshold=t).check(got, want, "").ok:
+                return (f" (it passes on the boxes scoring >= {t:g}: accuracy='{self.name}:score_threshold={t:g}', "
+                        f"if the task acts only on those)")
+        return ""
 
     def _images(self, out) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         found = []

@@ -186,7 +186,8 @@ def check_gate(gate: Accuracy, got, want, label: str, precision: str, blame: Cal
     if raise_on_failure and not metric.ok:
         fix = "use precision='fp32', " if precision != "fp32" else ""
         raise ValidationError(
-            f"{prefix}the {gate.describe()} gate fails on the {label} ({precision}): {metric.shortfall()}{blame()}; "
+            f"{prefix}the {gate.describe()} gate fails on the {label} ({precision}): {metric.shortfall()}"
+            f"{gate.hint(got, want)}{blame()}; "
             f"{fix}loosen the gate's bounds if the task allows, or force ops to the CPU with force_cpu=[...]")
     return metric
 
