@@ -30,6 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("ssd300_vgg16", "yolov5s")
 
 
+def _result_path(name: str, weights: str) -> Path:
+    return ROOT / "benchmarks" / "results" / f"detection-{name}{'-shapes' if weights == 'shapes' else ''}.json"
+
+
 def one(name: str, rounds: int, seconds: float, weights: str, accuracy: str | None) -> dict:
     from archfit import zoo
     from archfit.cli.bench import arms, run_arms
@@ -129,16 +133,15 @@ def main() -> None:
     p.add_argument("--accuracy", help="the gate archfit validates with (default: the zoo entry's, 'detection')")
     p.add_argument("--one", help=argparse.SUPPRESS)  # child process: one model
     args = p.parse_args()
-    suffix = "-shapes" if args.weights == "shapes" else ""
     if args.one:
         out = one(args.one, args.rounds, args.seconds, args.weights, args.accuracy)
-        (ROOT / "benchmarks" / "results" / f"detection-{args.one}{suffix}.json").write_text(json.dumps(out, indent=1))
+        _result_path(args.one, args.weights).write_text(json.dumps(out, indent=1))
         return
     for name in args.models.split(","):  # a fresh process per model: no arm inherits another's memory
         subprocess.run([sys.executable, __file__, "--one", name, "--rounds", str(args.rounds),
                         "--seconds", str(args.seconds), "--weights", args.weights]
                        + (["--accuracy", args.accuracy] if args.accuracy else []), check=True)
-        print(table(json.loads((ROOT / "benchmarks" / "results" / f"detection-{name}{suffix}.json").read_text())))
+        print(table(json.loads(_result_path(name, args.weights).read_text())))
 
 
 if __name__ == "__main__":

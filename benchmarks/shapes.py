@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+from torch.utils import _pytree as pytree
 
 KINDS = ("rectangle", "ellipse", "triangle")
 CACHE = Path.home() / ".cache" / "archfit-bench"
 STEPS = {"yolov5s": 1200, "ssd300_vgg16": 700}
-SIZES = {"yolov5s": 640, "ssd300_vgg16": 300}
 RECIPE = 1  # part of the cache key: bump it when scenes, losses or optimisers change
 
 
@@ -59,10 +59,9 @@ def scene(size: int, g: torch.Generator, max_objects: int = 4, min_side: int = 2
     return img.clamp(0, 1), torch.tensor(boxes, dtype=torch.float32), torch.tensor(labels)
 
 
-def example_scenes(size: int, n: int = 1) -> list[torch.Tensor]:
-    """The benchmark's images: fixed scenes with up to 8 shapes, none of them seen in training."""
-    g = torch.Generator().manual_seed(7)
-    return [scene(size, g, max_objects=8)[0][None] for _ in range(n)]
+def example_scene(size: int) -> torch.Tensor:
+    """The benchmark's image: a fixed scene with up to 8 shapes, not seen in training."""
+    return scene(size, torch.Generator().manual_seed(7), max_objects=8)[0]
 
 
 def _yolo_assign(boxes: torch.Tensor, labels: torch.Tensor, size: int):
@@ -169,12 +168,12 @@ def trained(name: str, steps: int | None = None, log=print):
     shapes scene as the example image."""
     from archfit import zoo
 
-    model, _ = zoo.build(name)
-    net = model.net if name == "yolov5s" else model
+    model, example = zoo.build(name)
+    net = getattr(model, "net", model)  # YOLO: the network inside the zoo's Detector
     missing, unexpected = net.load_state_dict(weights(name, steps, log), strict=False)
     assert not unexpected and all(".grid" in k for k in missing), (missing, unexpected)
-    image = example_scenes(SIZES[name])[0]
-    return model.eval(), ((image,) if name == "yolov5s" else ([image[0]],))  # torchvision: a list of 3-d images
+    # the zoo's input structure (YOLO: a batch tensor; torchvision: a list of 3-d images), a scene in it
+    return model.eval(), pytree.tree_map(lambda t: example_scene(t.shape[-1]).view(t.shape), example)
 
 
 def main() -> None:
