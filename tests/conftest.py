@@ -135,6 +135,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def settle(seconds: float = 0.0, until=None, timeout: float = 30.0) -> None:
+    """Wait while tritonclient's async requests go on: they are gevent greenlets on this thread, and
+    time.sleep or a threading wait would block them (a request sent "before" might never leave).
+    With `until`, waits (at most `timeout`) for that to hold."""
+    import time
+
+    import gevent
+
+    deadline = time.monotonic() + timeout
+    gevent.sleep(seconds)
+    while until is not None and not until():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {until}"
+        gevent.sleep(0.02)
+
+
 class Running:
     """A Server on a uvicorn thread in this process (loading once per module, no interpreter start)."""
 

@@ -19,7 +19,7 @@ import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
 import archfit
-from conftest import Running, cli, free_port, metric_total
+from conftest import Running, cli, free_port, metric_total, settle
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +176,9 @@ def test_queue_bound_503_and_a_gone_client_is_dropped(bert_file):
     try:
         c = r.client()
         first = c.async_infer("bert", bert_inputs(8)[1])  # taken by the engine, which waits at the gate
-        assert gate.started.wait(30)
+        settle(until=gate.started.is_set)
         queued = [c.async_infer("bert", bert_inputs(8, seed=i)[1]) for i in range(2)]  # fills the queue
-        time.sleep(0.3)
+        settle(0.3)
         text = _infer_error(r, bert_inputs(8)[1])
         assert "overloaded: model 'bert' has 2 rows queued (limit 2); retry shortly" in text
         status, _, headers = r.post("/v2/models/bert/infer", json.dumps({"inputs": [
@@ -196,7 +196,7 @@ def test_queue_bound_503_and_a_gone_client_is_dropped(bert_file):
         gate.open.clear()
         gate.started.clear()
         blocker = c.async_infer("bert", bert_inputs(8)[1])
-        assert gate.started.wait(30)
+        settle(until=gate.started.is_set)
         with socket.create_connection(("127.0.0.1", r.port)) as s:
             s.sendall(b"POST /v2/models/bert/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                       b"Content-Length: %d\r\n\r\n" % len(body) + body)
@@ -232,7 +232,7 @@ def test_cli_serves_and_sigterm_drains_in_flight_requests(bert_file):
             time.sleep(0.2)
         given, inputs = bert_inputs(5)
         pending = c.async_infer("bert", inputs)  # waits up to 1.5 s in the batcher for company
-        time.sleep(0.4)
+        settle(0.4)
         proc.send_signal(signal.SIGTERM)
         res = pending.get_result()  # answered, not dropped
         assert res.as_numpy("last_hidden_state").shape == (1, 5, 64)
@@ -283,10 +283,7 @@ def test_two_streams_run_two_batches_at_once_with_the_same_answers(bert_file, mo
     try:
         c = r.client()
         futures = [c.async_infer("bert", bert_inputs(n, seed=n)[1]) for n in (4, 12)]  # two buckets: two batches
-        deadline = time.monotonic() + 30
-        while len(gate.seen) < 2:  # both reach the engine while neither has finished
-            assert time.monotonic() < deadline, gate.seen
-            time.sleep(0.02)
+        settle(until=lambda: len(gate.seen) >= 2)  # both reach the engine while neither has finished
         gate.open.set()
         loaded = archfit.load(bert_file)
         for n, fut in zip((4, 12), futures):
