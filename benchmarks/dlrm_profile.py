@@ -58,12 +58,12 @@ def _archfit_model(model, inputs):
 
     from archfit.core.capture import capture
     from archfit.targets.base import export_partition
-    from archfit.targets.openvino import _stack_as_concat
+    from archfit.targets.openvino import _lower
 
     captured = capture(model, inputs)
     gm = captured.graph_module
     flat = [n.meta["val"] for n in gm.graph.nodes if n.op == "placeholder"]
-    ep = _stack_as_concat(export_partition(gm, [torch.zeros(v.shape, dtype=v.dtype) for v in flat]))
+    ep = _lower(export_partition(gm, [torch.zeros(v.shape, dtype=v.dtype) for v in flat]))
     converted = ov.convert_model(ep)
     converted.reshape({i: ov.PartialShape(list(v.shape)) for i, v in enumerate(flat)})
     return converted

@@ -224,3 +224,49 @@ def test_threads_between_engines_are_measured_recorded_and_saved(monkeypatch, tm
         assert getattr(light.graph_module, ONE_THREAD) is True
     finally:
         torch.set_num_threads(before)
+
+
+class _Picks(torch.nn.Module):
+    """Index picks on several dims: DLRM's pairwise pick z[:, li, lj], a pick on leading dims with
+    negative indices, and one on non-consecutive dims (a form the OpenVINO rewrite leaves alone)."""
+
+    def __init__(self):
+        super().__init__()
+        li, lj = torch.tril_indices(6, 6, offset=-1)
+        self.register_buffer("li", li)
+        self.register_buffer("lj", lj)
+        self.register_buffer("neg", torch.tensor([-1, 0, -3, 2]))
+
+    def forward(self, x):
+        z = torch.bmm(x, x.transpose(1, 2))  # (2, 6, 6)
+        return z[:, self.li, self.lj], z[self.neg % 2, self.neg], z[self.neg % 2, :, self.neg]
+
+
+def test_openvino_hands_multi_dim_picks_over_as_one_gather():
+    """x[:, i, j] reaches OpenVINO as flatten + index_select (targets/openvino._index_as_gather):
+    the compiled engine runs no Transpose for it, and equals eager, negative indices included;
+    the non-consecutive form stays an aten.index."""
+    from archfit.core.compile import EngineModule
+    from archfit.targets.openvino import _lower
+
+    model, x = _Picks().eval(), torch.randn(2, 6, 8)
+    picks = archfit.trace(_PicksOnly(model), (x,), "openvino", check_payoff=False, cache=False)
+    assert_close_to_eager(_PicksOnly(model), picks, (x,))
+    (engine,) = [m.engine for m in picks.modules() if isinstance(m, EngineModule)]
+    assert "Transpose" not in {op.get_rt_info()["layerType"].astype(str)
+                               for op in engine.compiled_model.get_runtime_model().get_ordered_ops()}
+    ep = _lower(torch.export.export(model, (x,)))
+    index = [n for n in ep.graph.nodes if n.target is torch.ops.aten.index.Tensor]
+    assert len(index) == 1 and index[0].args[1][1] is None  # only z[i, :, j] is left
+    torch.testing.assert_close(ep.module()(x), model(x))
+
+
+class _PicksOnly(torch.nn.Module):
+    """The two forms the rewrite takes."""
+
+    def __init__(self, picks):
+        super().__init__()
+        self.picks = picks
+
+    def forward(self, x):
+        return self.picks(x)[:2]
