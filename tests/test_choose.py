@@ -4,6 +4,7 @@ it was left out."""
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import archfit
 from archfit.choose import Alternative
@@ -131,6 +132,31 @@ def test_auto_with_per_partition_measures_plain_candidates_then_mixes_the_winner
     assert sorted(calls[:-1]) == [("onnxruntime", "fp32", False), ("openvino", "fp32", False)]
     assert calls[-1] == ("onnxruntime", "fp32", True) and module.per_partition
     assert [a.target for a in module.alternatives if a.chosen] == ["onnxruntime"]
+
+
+def test_auto_does_not_ask_again_for_a_model_on_one_engine(mlp, monkeypatch):
+    """A model wholly in one partition: per_partition would time each target's engine on the whole
+    model a second time, so the candidates' measurement stands and nothing is mixed; a model
+    split by a host op still is."""
+    import archfit.pipeline as pipeline
+    from archfit.core.compile import EngineModule
+
+    mixed = []
+    real = pipeline.mix_targets
+    monkeypatch.setattr(pipeline, "mix_targets", lambda *a, **k: mixed.append(1) or real(*a, **k))
+    model, inputs = mlp
+    whole = archfit.trace(model, inputs, target="auto", per_partition=True, check_payoff=False)
+    assert not mixed and len(whole.report.partitions) == 1
+    (chosen,) = [a for a in whole.report.alternatives if a.chosen]
+    engines = [m.target for m in whole.modules() if isinstance(m, EngineModule)]
+    assert whole.target == chosen.target and engines == [chosen.target]
+    assert_close_to_eager(model, whole, inputs)
+    linear = torch.nn.Linear
+    deeper = torch.nn.Sequential(linear(64, 128), torch.nn.ReLU(), linear(128, 128), torch.nn.GELU(),
+                                 linear(128, 128), torch.nn.ReLU(), linear(128, 32)).eval()
+    split = archfit.trace(deeper, inputs, target="auto", per_partition=True, check_payoff=False,
+                          force_cpu=["aten.gelu"])
+    assert mixed and len(split.report.partitions) == 2
 
 
 def test_a_swap_measures_the_host_threads_again_around_the_new_engines(mlp, monkeypatch):

@@ -52,6 +52,16 @@ def candidates(target: str, precision: str | None) -> tuple[list[tuple[str, str]
     return pairs, out
 
 
+def _whole_graph_on_one_engine(module: ArchfitModule) -> bool:
+    """Every op of the model in one partition: mixing per partition would only time each target's
+    engine on the whole model again, which the candidates' measurement just did. Asked twice,
+    this host's noise answered differently (ResNet-50, 2026-12-03: openvino chosen at 24.20 vs
+    25.58 ms, then its one partition moved to onnxruntime), so the first answer stands."""
+    report = module.report
+    return (isinstance(report, FitReport) and len(report.partitions) == 1
+            and report.supported_ops == report.total_ops)
+
+
 def trace_auto(trace: Callable[..., ArchfitModule], model, example_inputs: Any, target: str, precision: str | None,
                seconds: float = 1.0, **options) -> ArchfitModule:
     """Compile every candidate with trace(model, example_inputs, target, precision=..., **options),
@@ -76,7 +86,8 @@ def trace_auto(trace: Callable[..., ArchfitModule], model, example_inputs: Any, 
     best = min(ms, key=ms.get)
     alternatives = tuple(sorted((Alternative(t, p, ms[(t, p)], chosen=(t, p) == best) for t, p in built),
                                 key=lambda a: a.ms) + left_out)
-    if per_partition:  # the engines come from the compile cache (unless cache=False): this re-plans, not re-compiles
+    if per_partition and not _whole_graph_on_one_engine(built[best]):
+        # the engines come from the compile cache (unless cache=False): this re-plans, not re-compiles
         built.clear()  # every candidate's engines freed first (DLRM's hold 2 GB each)
         module = trace(model, example_inputs, best[0], precision=best[1], per_partition=True, **options)
     else:
