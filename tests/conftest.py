@@ -135,6 +135,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def openvino_layer_types(compiled) -> set[str]:
+    """The layer types OpenVINO's CPU plugin runs for a compiled module's engines (after its own fusions)."""
+    from archfit.core.compile import EngineModule
+
+    return {op.get_rt_info()["layerType"].astype(str) for m in compiled.modules() if isinstance(m, EngineModule)
+            for op in m.engine.compiled_model.get_runtime_model().get_ordered_ops()}
+
+
 def settle(seconds: float = 0.0, until=None, timeout: float = 30.0) -> None:
     """Wait while tritonclient's async requests go on: they are gevent greenlets on this thread, and
     time.sleep or a threading wait would block them (a request sent "before" might never leave).

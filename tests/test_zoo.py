@@ -9,7 +9,7 @@ import pytest
 import archfit
 from archfit import zoo
 from archfit.targets.neuron import neuron_data, ts_name
-from conftest import assert_close_to_eager
+from conftest import assert_close_to_eager, openvino_layer_types
 
 DETECTORS = {"ssd300_vgg16", "retinanet_resnet50_fpn", "yolov3", "yolov4", "yolov5s"}  # see test_regions.py
 # the tensorflow, onnx and mxnet families go through the frontends: test_frontends.py checks them against
@@ -74,14 +74,7 @@ def test_tiny_zoo_model_matches_eager(analyses, name, target):
     assert_close_to_eager(analysis.module, compiled, analysis.example_inputs)
     if (name, target) == ("dlrm", "openvino"):  # the stack goes over as unsqueeze + concat, the pairwise
         # pick as one Gather (targets/openvino.py): no Interaction kernel, no Transpose
-        assert not {"Interaction", "Transpose"} & _openvino_layer_types(compiled)
-
-
-def _openvino_layer_types(compiled) -> set[str]:
-    from archfit.core.compile import EngineModule
-
-    return {op.get_rt_info()["layerType"].astype(str) for m in compiled.modules() if isinstance(m, EngineModule)
-            for op in m.engine.compiled_model.get_runtime_model().get_ordered_ops()}
+        assert not {"Interaction", "Transpose"} & openvino_layer_types(compiled)
 
 
 def test_captured_ops_without_a_torch_neuron_entry(analyses):
