@@ -8,7 +8,7 @@ import torch
 
 import archfit
 from archfit.choose import Alternative
-from archfit.core.timing import interleaved_ms
+from archfit.core.timing import interleaved_ms, settled_ms
 from archfit.targets.openvino import bf16_units
 from conftest import assert_close_to_eager, cli
 
@@ -58,6 +58,29 @@ def test_measure_interleaves_in_bursts_and_takes_the_median():
     assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3 + ["a"] * 3 + ["b"] * 3
     assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
     assert Alternative("x", "fp32").ms is None
+
+
+def test_two_candidates_too_close_to_call_are_timed_again_alone():
+    import time
+
+    calls = []
+    candidates = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b"),
+                  "slow": lambda: calls.append("slow") or time.sleep(0.01)}
+    # the first look: three rounds of a burst each (one untimed call, two timed); a and b, both
+    # no-ops, are then within `close` of each other, "slow" is not
+    ms = settled_ms(candidates, seconds=0.0, close=1.0)
+    first, second = calls[:27], calls[27:]
+    assert sorted(set(first)) == ["a", "b", "slow"]
+    # the second look: a and b alone, six rounds, each burst one untimed call and three timed
+    assert sorted(second) == ["a"] * 24 + ["b"] * 24
+    bursts = [second[i:i + 4] for i in range(0, 48, 4)]
+    assert all(len(set(b)) == 1 for b in bursts)
+    x, y = bursts[0][0], bursts[1][0]  # the faster first; each round starts one candidate later
+    assert x != y and [b[0] for b in bursts[:4]] == [x, y, y, x]
+    assert set(ms) == {"a", "b", "slow"} and ms["slow"] > max(ms["a"], ms["b"])
+    calls.clear()
+    settled_ms({"a": candidates["a"], "slow": candidates["slow"]}, seconds=0.0)
+    assert len(calls) == 18  # 10 ms against a no-op: told apart at the first look, no second
 
 
 def test_cli_compile_auto_prints_the_measured_alternatives(mlp, tmp_path):

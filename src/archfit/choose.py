@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from .core.capture import normalize_inputs
 from .core.module import ArchfitModule
-from .core.timing import interleaved_ms as measure
+from .core.timing import settled_ms as measure
 from .errors import ArchfitError, first_line
 from .report.fit import FitReport
 from .targets.registry import get_target, list_targets
