@@ -50,3 +50,20 @@ def test_force_cpu_by_op_and_by_node_name(tiny_bert):
     forced = {n.name for n in table.nodes if n.reason is Reason.FORCED}
     assert forced == {n.name for n in table.nodes if n.op in ("aten.gelu", "aten.tanh")}
     assert len(forced) == 3
+
+
+def test_onnxruntime_judges_ops_by_the_exporters_own_decompositions():
+    """torch.onnx decomposes what torchlib lacks with torch._decomp's wider table, not only torch's
+    default one: adaptive_avg_pool2d (VGG's, ResNet's) is exported, so it stays in the engine
+    instead of splitting the model around a host op."""
+    from conftest import assert_close_to_eager
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d((7, 7)),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 49, 10)).eval()
+    for size in (14, 16):  # divisible (an average pool) and not (windows of two sizes)
+        inputs = (torch.randn(2, 3, size, size),)
+        table = check_support(capture(model, inputs), get_target("onnxruntime"))
+        assert all(n.supported for n in table.nodes), [n.detail for n in table.nodes if not n.supported]
+    compiled = archfit.trace(model, inputs, "onnxruntime", check_payoff=False)
+    assert len(compiled.report.partitions) == 1
+    assert_close_to_eager(model, compiled, inputs)

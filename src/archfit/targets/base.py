@@ -23,9 +23,10 @@ PRECISIONS = ("fp32", "bf16")
 _DECOMPOSED: dict[tuple, tuple] = {}  # (op, argument signature) -> core ATen ops, for the process
 
 
-def core_ops(node: fx.Node) -> tuple:
-    """The core ATen ops `node` decomposes into under torch's default decomposition table (the
-    node's own op when it has none).
+def core_ops(node: fx.Node, table: Callable[[], dict] | None = None) -> tuple:
+    """The core ATen ops `node` decomposes into under torch's default decomposition table, or
+    under `table()` where a backend's exporter decomposes with its own (the node's own op when
+    it has none).
 
     Backends publish support as lists of core ATen ops (OpenVINO's torch.compile list, ONNX's
     torchlib), while export keeps high-level ops (linear, layer_norm, sdpa) that backends lower
@@ -36,11 +37,13 @@ def core_ops(node: fx.Node) -> tuple:
         return (node.target,)
     leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
     values = [leaf.meta.get("val") if isinstance(leaf, fx.Node) else leaf for leaf in leaves]
-    key = (node.target, tuple((tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else repr(v) for v in values))
+    table = table or _default_table
+    key = (table, node.target,
+           tuple((tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else repr(v) for v in values))
     if key not in _DECOMPOSED:
         if len(_DECOMPOSED) > 4096:
             _DECOMPOSED.clear()
-        _DECOMPOSED[key] = _decompose(node.target, values, spec)
+        _DECOMPOSED[key] = _decompose(node.target, values, spec, table())
     return _DECOMPOSED[key]
 
 
@@ -49,7 +52,7 @@ def _default_table() -> dict:
     return dict(torch.export.default_decompositions().items())
 
 
-def _decompose(op, values: list, spec) -> tuple:
+def _decompose(op, values: list, spec, table: dict) -> tuple:
     from torch.fx.experimental.proxy_tensor import make_fx
 
     tensors = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
@@ -68,7 +71,7 @@ def _decompose(op, values: list, spec) -> tuple:
     inputs = [torch.empty_strided(tuple(values[i].shape), tuple(values[i].stride()), dtype=values[i].dtype)
               for i in tensors]
     try:
-        gm = make_fx(call, decomposition_table=_default_table(), tracing_mode="fake")(*inputs)
+        gm = make_fx(call, decomposition_table=table, tracing_mode="fake")(*inputs)
     except Exception:  # noqa: BLE001 - no decomposition (custom ops, symbolic shapes): judge the op itself
         return (op,)
     found = [n.target for n in gm.graph.nodes
@@ -243,13 +246,15 @@ def to_numpy(t: torch.Tensor):
     return t.detach().contiguous().numpy()
 
 
-def listed_or_decomposed(is_listed: Callable[[object], bool], source: str) -> SupportRule:
+def listed_or_decomposed(is_listed: Callable[[object], bool], source: str,
+                         table: Callable[[], dict] | None = None) -> SupportRule:
     """Support rule from a backend's published op list: a node is supported when its op is
-    listed, or when every core ATen op it decomposes into is (see core_ops)."""
+    listed, or when every core ATen op it decomposes into is (see core_ops; `table`: the
+    decomposition table the backend's exporter applies, when it is not torch's default)."""
     def rule(node: fx.Node) -> str | None:
         if not isinstance(node.target, torch._ops.OpOverload) or is_listed(node.target):
             return None
-        missing = [op for op in core_ops(node) if not is_listed(op)]
+        missing = [op for op in core_ops(node, table) if not is_listed(op)]
         if not missing:
             return None
         if missing == [node.target]:
