@@ -121,3 +121,30 @@ def test_loaded_program_equals_traced_outputs(saved_mlp, mlp_custom):
     assert type(loaded.graph_module).__name__ == "HostProgram"  # interpreted, never code generated from the file
     with torch.no_grad():
         assert torch.allclose(loaded(*inputs), model(*inputs), atol=1e-4, rtol=1e-3)
+
+
+def test_operator_spelled_ops_on_the_host_save_and_load(tmp_path):
+    """`a & b` on tensors captures as aten.__and__; a file never names a dunder, so such ops are
+    stored as the bitwise ops computing the same, and the saved file loads and answers alike."""
+    class Masked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x, a, b):
+            keep = (a & b) | (a ^ b) | ((a.long() << 1) >> 1).bool()
+            return self.lin(x) * keep.float()
+
+    model = Masked().eval()
+    inputs = (torch.randn(4, 8), torch.rand(4, 8) > 0.5, torch.rand(4, 8) > 0.5)
+    compiled = archfit.trace(model, inputs, target="openvino", check_payoff=False, validate=False,
+                             force_cpu=["__and__", "__or__", "__xor__", "__lshift__", "__rshift__"])
+    host = {str(n.target) for n in compiled.graph_module.graph.nodes if n.op == "call_function"}
+    assert {"aten.__and__.Tensor", "aten.__or__.Tensor", "aten.__xor__.Tensor"} <= host, host
+    path = archfit.save(compiled, tmp_path / "masked.archfit")
+    with zipfile.ZipFile(path) as z:
+        stored = z.read("main/host.json").decode()
+    assert "__" not in stored and "aten.bitwise_and.Tensor" in stored
+    with torch.no_grad():
+        assert torch.equal(archfit.load(path)(*inputs), compiled(*inputs))
+        assert torch.allclose(compiled(*inputs), model(*inputs), atol=1e-5)

@@ -56,9 +56,32 @@ MAX_NODES = 200_000  # a real host program has a few thousand at most (BERT-larg
 MAX_DEPTH = 8  # nesting of lists/tuples in one argument
 
 
+# ATen's operator spellings (`a & b` on tensors captures as aten.__and__) stored as the bitwise ops
+# that compute the same: a file's names never hold dunders (resolve_op refuses them), and before
+# this a host program holding one (a BERT attention mask's `&`, left on the host) saved but
+# could not be loaded.
+_DUNDER_OPS = {"aten.__and__.Tensor": "aten.bitwise_and.Tensor", "aten.__and__.Scalar": "aten.bitwise_and.Scalar",
+               "aten.__or__.Tensor": "aten.bitwise_or.Tensor", "aten.__or__.Scalar": "aten.bitwise_or.Scalar",
+               "aten.__xor__.Tensor": "aten.bitwise_xor.Tensor", "aten.__xor__.Scalar": "aten.bitwise_xor.Scalar",
+               "aten.__lshift__.Tensor": "aten.bitwise_left_shift.Tensor",
+               "aten.__lshift__.Scalar": "aten.bitwise_left_shift.Tensor_Scalar",
+               "aten.__rshift__.Tensor": "aten.bitwise_right_shift.Tensor",
+               "aten.__rshift__.Scalar": "aten.bitwise_right_shift.Tensor_Scalar"}
+
+
 def target_name(target) -> str:
     if isinstance(target, torch._ops.OpOverload):
-        return overload_name(target)
+        name = overload_name(target)
+        if name in _DUNDER_OPS:
+            resolve_op(_DUNDER_OPS[name])  # the plain op passes load's checks (raises otherwise)
+            return _DUNDER_OPS[name]
+        # what resolve_op accepts, checked when saving: a file that cannot be loaded is lost work
+        if not all(_IDENT.match(p) and "__" not in p for p in name.split(".")):
+            raise ArtifactError(f"cannot save host op {name}: a file names ops by plain identifiers, which load "
+                                f"checks; run this op on the target, or map it in host_program._DUNDER_OPS")
+        if (why := refusal(target)) is not None:
+            raise ArtifactError(f"cannot save host op {name}: archfit does not run it from a file, as {why}")
+        return name
     name = f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}"
     if name in PY_FUNCTIONS:
         return name
