@@ -45,6 +45,16 @@ def test_tiny_bert_one_partition_matches_eager(tiny_bert, target, tmp_path):
         ran = [n.op_type for n in onnx.load(opts.optimized_model_filepath, load_external_data=False).graph.node]
         assert "SkipLayerNormalization" not in ran and ran.count("LayerNormalization") == ops.count("LayerNormalization")
         assert_close_to_eager(model, compiled, padded)
+        # that is archfit's choice: the "ONNX Runtime direct" peer of `archfit bench` keeps ONNX
+        # Runtime's defaults, the fusion included
+        from archfit.cli.bench import _onnxruntime_direct
+
+        peer = _onnxruntime_direct(model, inputs).engine
+        opts = _session_options()
+        opts.optimized_model_filepath = str(tmp_path / "peer.onnx")
+        peer._open(opts)
+        assert "SkipLayerNormalization" in [n.op_type for n in onnx.load(opts.optimized_model_filepath,
+                                                                        load_external_data=False).graph.node]
 
 
 @pytest.mark.parametrize("target", TARGETS)

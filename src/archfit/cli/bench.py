@@ -76,9 +76,14 @@ def _onnxruntime_direct(model, inputs):
     with quiet():
         program = torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, optimize=True, verbose=False)
     # externalize: models over protobuf's 2 GB (DLRM) cannot be serialised whole
-    engine = OnnxRuntimeEngine(externalize(program.model_proto), ort.SessionOptions())
+    # ONNX Runtime's defaults, every graph optimization on: archfit's engines turn SkipLayerNormFusion
+    # off (targets/onnxruntime.py), which is archfit's choice, not the peer's (until 2026-12-03's last
+    # tables it leaked into this peer through the shared engine class)
+    engine = OnnxRuntimeEngine(externalize(program.model_proto), ort.SessionOptions(), disabled_optimizers=())
     flat = torch.utils._pytree.tree_flatten((args, kwargs))[0]
-    return lambda: engine.run(flat)
+    run = lambda: engine.run(flat)  # noqa: E731
+    run.engine = engine
+    return run
 
 
 def _openvino_direct(model, inputs, precision: str):

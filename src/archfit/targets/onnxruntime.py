@@ -109,7 +109,9 @@ class OnnxRuntimeEngine(Engine):
     """An ONNX model whose large weights live outside it (see externalize), given as the parts
     dict or as a zip of those parts (the compile cache's form)."""
 
-    def __init__(self, data: bytes | dict[str, bytes], options=None):
+    def __init__(self, data: bytes | dict[str, bytes], options=None,
+                 disabled_optimizers: Sequence[str] = DISABLED_OPTIMIZERS):
+        self.disabled_optimizers = tuple(disabled_optimizers)  # kept for every session reopened
         parts = data if isinstance(data, dict) else _unzip(data)
         self.model = parts[MODEL]
         # Only the shared arrays are kept, not the bytes they came from: holding both would
@@ -119,8 +121,11 @@ class OnnxRuntimeEngine(Engine):
         self.spinning = False
         self._open(options if options is not None else _session_options())
 
-    def _open(self, opts, disabled_optimizers: Sequence[str] = DISABLED_OPTIMIZERS) -> None:
+    def _open(self, opts, disabled_optimizers: Sequence[str] | None = None) -> None:
         import onnxruntime as ort
+
+        if disabled_optimizers is None:
+            disabled_optimizers = self.disabled_optimizers
 
         if self._weights:
             names = list(self._weights)
