@@ -119,7 +119,7 @@ def test_a_mixed_file_loads_each_engine_on_its_own_target(mlp, tmp_path, monkeyp
 
     # whatever this CPU measures, partition 0 stays on openvino and partition 1 goes to onnxruntime
     verdicts = iter([{"openvino": 1.0, "onnxruntime": 2.0}, {"openvino": 2.0, "onnxruntime": 1.0}])
-    monkeypatch.setattr(mixed, "interleaved_ms", lambda calls, seconds: next(verdicts))
+    monkeypatch.setattr(mixed, "settled_ms", lambda calls, seconds: next(verdicts))
     model, inputs = mlp
     compiled = archfit.trace(model, inputs, "openvino", force_cpu=["aten.gelu"], check_payoff=False, min_partition_size=1,
                              per_partition=True)
@@ -171,7 +171,7 @@ def test_auto_does_not_ask_again_for_a_model_on_one_engine(mlp, monkeypatch):
     real = pipeline.mix_targets
     monkeypatch.setattr(pipeline, "mix_targets", lambda *a, **k: mixed.append(1) or real(*a, **k))
     for module in (choose, mixing):  # which target wins is not the point here: short measurements
-        monkeypatch.setattr(module, "measure" if module is choose else "interleaved_ms",
+        monkeypatch.setattr(module, "measure" if module is choose else "settled_ms",
                             lambda calls, seconds: interleaved_ms(calls, 0.05))
     model, inputs = mlp
     whole = archfit.trace(model, inputs, target="auto", per_partition=True, check_payoff=False)
@@ -203,7 +203,7 @@ def test_a_swap_measures_the_host_threads_again_around_the_new_engines(mlp, monk
     monkeypatch.setattr(mixed, "choose_host_threads", choose)
     monkeypatch.setattr(compile_mod, "_in_context_losers", lambda *a: [])  # every partition pays off
     verdicts = iter([{"openvino": 1.0, "onnxruntime": 2.0}, {"openvino": 2.0, "onnxruntime": 1.0}])
-    monkeypatch.setattr(mixed, "interleaved_ms", lambda calls, seconds: next(verdicts))
+    monkeypatch.setattr(mixed, "settled_ms", lambda calls, seconds: next(verdicts))
     model, inputs = mlp
     archfit.trace(model, inputs, "openvino", force_cpu=["aten.gelu"], min_partition_size=1, per_partition=True)
     assert measured == [("openvino", "openvino"), ("openvino", "onnxruntime")]  # by partition index

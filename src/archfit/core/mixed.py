@@ -23,7 +23,7 @@ from .compile import (PAYOFF_NOISE, PREFIX, CompiledGraph, EngineModule, _check_
                       hand_over_if_alone)
 from .support import check_support
 from .threads import ONE_THREAD, choose_host_threads, host_threads, one_thread_for
-from .timing import interleaved_ms
+from .timing import settled_ms
 
 log = logging.getLogger("archfit")
 
@@ -67,7 +67,9 @@ def mix_targets(captured: Captured, compiled: CompiledGraph, primary: Target, ot
                     gm(*inputs)
             return run
 
-        ms = interleaved_ms({k: with_engine(m) for k, m in candidates.items()}, seconds) if len(candidates) > 1 else {}
+        # a second look when the two fastest are close (settled_ms): one look of a second gave two answers
+        # for one model (VGG16's target="auto", BENCHMARKS.md)
+        ms = settled_ms({k: with_engine(m) for k, m in candidates.items()}, seconds) if len(candidates) > 1 else {}
         best = min(ms, key=ms.get) if ms else primary.name
         if best != primary.name and ms[best] >= ms[primary.name] * (1 - PAYOFF_NOISE):
             best = primary.name  # within noise: the plan's own target keeps it
