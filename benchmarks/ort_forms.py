@@ -74,7 +74,8 @@ def _archfit_with_skip_layer_norm(model, inputs):
 
     fn, compiled = bench._archfit(model, inputs, "onnxruntime", "fp32")
     engine = _engine(compiled.graph_module, compiled._sole_engine).engine
-    engine._open(_session_options(spinning=engine.spinning), disabled_optimizers=())
+    engine.disabled_optimizers = ()
+    engine._open(_session_options(spinning=engine.spinning))
     return fn
 
 

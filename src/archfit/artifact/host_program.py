@@ -69,6 +69,13 @@ _DUNDER_OPS = {"aten.__and__.Tensor": "aten.bitwise_and.Tensor", "aten.__and__.S
                "aten.__rshift__.Scalar": "aten.bitwise_right_shift.Tensor_Scalar"}
 
 
+def _plain_op_name(name: str) -> bool:
+    """'namespace.op.overload', each part an identifier without dunders: the only op names a file
+    may hold (checked by load, and by save so that what it writes loads)."""
+    parts = name.split(".") if isinstance(name, str) else []
+    return len(parts) == 3 and all(_IDENT.match(p) and "__" not in p for p in parts)
+
+
 def target_name(target) -> str:
     if isinstance(target, torch._ops.OpOverload):
         name = overload_name(target)
@@ -76,7 +83,7 @@ def target_name(target) -> str:
             resolve_op(_DUNDER_OPS[name])  # the plain op passes load's checks (raises otherwise)
             return _DUNDER_OPS[name]
         # what resolve_op accepts, checked when saving: a file that cannot be loaded is lost work
-        if not all(_IDENT.match(p) and "__" not in p for p in name.split(".")):
+        if not _plain_op_name(name):
             raise ArtifactError(f"cannot save host op {name}: a file names ops by plain identifiers, which load "
                                 f"checks; run this op on the target, or map it in host_program._DUNDER_OPS")
         if (why := refusal(target)) is not None:
@@ -117,10 +124,9 @@ def resolve_op(name: str):
     exact name (never by walking attributes), then checked against the vocabulary."""
     if name in PY_FUNCTIONS:
         return PY_FUNCTIONS[name]
-    parts = name.split(".") if isinstance(name, str) else []
-    if len(parts) != 3 or not all(_IDENT.match(p) and "__" not in p for p in parts):
+    if not _plain_op_name(name):
         raise ArtifactError(f"host program names an unknown function {str(name)[:100]!r}; the file is not from archfit")
-    namespace, op, overload = parts
+    namespace, op, overload = name.split(".")
     try:
         handle = torch._C._dispatch_find_schema_or_throw(f"{namespace}::{op}", "" if overload == "default" else overload)
     except RuntimeError:

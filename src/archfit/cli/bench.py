@@ -18,7 +18,7 @@ import torch
 
 from ..core.capture import capture, normalize_inputs
 from ..core.cost import is_compute, node_flops
-from ..core.timing import interleaved_samples
+from ..core.timing import interleaved_rounds
 from ..errors import CaptureError, first_line
 
 
@@ -184,7 +184,7 @@ def arms(model: torch.nn.Module, inputs: Any, targets=("openvino", "onnxruntime"
 
 def run_arms(builders: dict[str, tuple[str, Callable]], rounds: int = 5, seconds_per_round: float = 1.0,
              log: Callable[[str], None] | None = None) -> list[ArmResult]:
-    """Build every arm, then time them interleaved (core.timing.interleaved_samples: each round
+    """Build every arm, then time them interleaved (core.timing.interleaved_rounds: each round
     runs each arm for about `seconds_per_round`, at least 3 timed calls after an untimed one,
     starting one arm later each round) and keep every call's latency."""
     results, calls = [], []
@@ -204,9 +204,8 @@ def run_arms(builders: dict[str, tuple[str, Callable]], rounds: int = 5, seconds
             log(f"built {name}: {r.error or f'{r.build_seconds:.1f} s'}")
         results.append(r)
     with torch.no_grad():
-        for n in range(rounds):  # one round at a time, so that each arm's rounds pair with the others'
-            samples = interleaved_samples({i: fn for i, (_, fn) in enumerate(calls)}, seconds_per_round, 1,
-                                          min_calls=3, start=n)
+        # one round at a time, so that each arm's rounds pair with the others'
+        for samples in interleaved_rounds({i: fn for i, (_, fn) in enumerate(calls)}, seconds_per_round, rounds):
             for i, (r, _) in enumerate(calls):
                 r.samples_ms += [1e3 * t for t in samples[i]]
                 r.rounds_ms.append(1e3 * statistics.median(samples[i]))

@@ -45,6 +45,14 @@ def interleaved_samples(calls: dict[Any, Callable[[], object]], seconds_per_burs
     return times
 
 
+def interleaved_rounds(calls: dict[Any, Callable[[], object]], seconds_per_burst: float, rounds: int,
+                       min_calls: int = 3, max_calls: int | None = None) -> list[dict[Any, list[float]]]:
+    """interleaved_samples, each round's samples kept apart: two calls pair up round by round (both
+    met the same host within a round; between rounds its speed moves by more than the gaps measured)."""
+    return [interleaved_samples(calls, seconds_per_burst, 1, min_calls, start=n, max_calls=max_calls)
+            for n in range(rounds)]
+
+
 def interleaved_ms(calls: dict[Any, Callable[[], object]], seconds: float, rounds: int = 3,
                    min_calls: int = 2) -> dict[Any, float]:
     """Median ms of each call within about `seconds` per candidate, timed in interleaved rounds
@@ -67,9 +75,6 @@ def settled_ms(calls: dict[Any, Callable[[], object]], seconds: float, rounds: i
     first, second = sorted(ms, key=ms.get)[:2]
     if ms[second] > ms[first] * (1 + close):
         return ms
-    pair = {k: calls[k] for k in (first, second)}
-    medians: dict[Any, list[float]] = {k: [] for k in pair}
-    for n in range(second_rounds):
-        for k, v in interleaved_samples(pair, seconds / rounds, 1, min_calls=3, start=n, max_calls=max_calls).items():
-            medians[k].append(statistics.median(v))
-    return ms | {k: 1e3 * statistics.median(v) for k, v in medians.items()}
+    looks = interleaved_rounds({k: calls[k] for k in (first, second)}, seconds / rounds, second_rounds,
+                               max_calls=max_calls)
+    return ms | {k: 1e3 * statistics.median([statistics.median(look[k]) for look in looks]) for k in (first, second)}

@@ -121,11 +121,8 @@ class OnnxRuntimeEngine(Engine):
         self.spinning = False
         self._open(options if options is not None else _session_options())
 
-    def _open(self, opts, disabled_optimizers: Sequence[str] | None = None) -> None:
+    def _open(self, opts) -> None:
         import onnxruntime as ort
-
-        if disabled_optimizers is None:
-            disabled_optimizers = self.disabled_optimizers
 
         if self._weights:
             names = list(self._weights)
@@ -133,7 +130,7 @@ class OnnxRuntimeEngine(Engine):
             opts.add_external_initializers_from_files_in_memory(names, arrays, [a.nbytes for a in arrays])
         self.session = None  # the old session's memory goes before the new one's comes
         self.session = ort.InferenceSession(self.model, sess_options=opts, providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=list(disabled_optimizers))
+                                            disabled_optimizers=list(self.disabled_optimizers))
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def run_alone(self) -> None:
