@@ -278,3 +278,48 @@ class _PicksOnly(torch.nn.Module):
 
     def forward(self, x):
         return self.picks(x)[:2]
+
+
+class _Lookups(torch.nn.Module):
+    """Lookups of id columns stacked with a dense feature (DLRM's form), with a negative column
+    index and a negative stack dim, one lookup stacked twice, and a stack along another dim that
+    the rewrite must leave as it is."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables = torch.nn.ModuleList(torch.nn.Embedding(10 + k, 4) for k in range(3))
+
+    def forward(self, dense, ids):
+        looked = [t(ids[:, i]) for i, t in enumerate(self.tables)]
+        last = self.tables[0](ids[:, -1])
+        feats = torch.stack([dense] + looked + [last, last], dim=-2)  # (B, 6, 4)
+        across = torch.stack([t(ids[:, i]) for i, t in enumerate(self.tables)], dim=0)  # (3, B, 4): another dim
+        return feats, across
+
+
+def test_stacked_lookups_read_their_id_column_split_off():
+    """targets/lowering.stack_as_concat: stacked lookups of id columns reach the backends as one
+    Split and a lookup per column, without a Squeeze/Unsqueeze pair each (DLRM: 52 fewer ONNX
+    nodes); the edited program and both engines equal eager."""
+    import collections
+
+    import onnx
+
+    from archfit.core.compile import EngineModule
+    from archfit.targets.lowering import lower, stack_as_concat
+
+    model, dense, ids = _Lookups().eval(), torch.randn(5, 4), torch.randint(0, 10, (5, 3))
+    ep = lower(torch.export.export(model, (dense, ids)), ((torch.ops.aten.stack.default, stack_as_concat),))
+    ops = collections.Counter(n.target for n in ep.graph.nodes if n.op == "call_function")
+    aten = torch.ops.aten
+    assert ops[aten.split_with_sizes.default] == 1 and ops[aten.stack.default] == 0
+    assert ops[aten.select.int] == 3  # the `across` stack keeps its selects; the feats lookups lost theirs
+    for got, want in zip(ep.module()(dense, ids), model(dense, ids)):
+        assert torch.equal(got, want)
+    compiled = {t: archfit.trace(model, (dense, ids), t, check_payoff=False, cache=False)
+                for t in ("onnxruntime", "openvino")}
+    for module in compiled.values():
+        assert_close_to_eager(model, module, (dense, ids))
+    (engine,) = [m.engine for m in compiled["onnxruntime"].modules() if isinstance(m, EngineModule)]
+    nodes = collections.Counter(n.op_type for n in onnx.load_from_string(engine.model).graph.node)
+    assert nodes["Split"] == 1 and nodes["Squeeze"] == 0 and nodes["Unsqueeze"] == 1 + 3, nodes  # dense; across

@@ -17,6 +17,7 @@ import torch
 from torch import fx
 
 from .base import Engine, Target, export_partition, listed_or_decomposed, requires, thread_limit, to_numpy
+from .lowering import lower, stack_as_concat
 from .registry import register_target
 
 
@@ -201,8 +202,11 @@ def precision_unavailable(precision: str) -> str | None:
 # there; at the default opset the exporter spells attention out (MatMul, Softmax and an IsNaN/Where
 # guard per layer), which ONNX Runtime runs ~6% slower on BERT-base (benchmarks/ort_forms.py).
 OPSET = 23
-# Compile-cache key (versions()): engines exported before are built again. 1: opset 23.
-LOWERING = 1
+# Compile-cache key (versions()): engines exported before are built again. 1: opset 23; 2: stacked
+# lookups of id columns look up the column split off (lowering.stack_as_concat).
+LOWERING = 2
+# The edits ONNX Runtime's exporter takes (targets/lowering.py says why; index_as_gather is not one).
+REWRITES = ((torch.ops.aten.stack.default, stack_as_concat),)
 
 
 @lru_cache(maxsize=None)
@@ -226,7 +230,7 @@ def onnx_export(ep: torch.export.ExportedProgram):
 
 def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], precision: str) -> OnnxRuntimeEngine:
     with quiet():
-        program = onnx_export(export_partition(gm, example_inputs, contiguous_reshapes=True))
+        program = onnx_export(lower(export_partition(gm, example_inputs, contiguous_reshapes=True), REWRITES))
     return OnnxRuntimeEngine(externalize(program.model_proto))
 
 

@@ -13,6 +13,7 @@ from torch import fx
 
 from ..errors import ArtifactError
 from .base import Engine, Target, export_partition, listed_or_decomposed, requires, stream_count, thread_limit, to_numpy
+from .lowering import index_as_gather, lower, stack_as_concat
 from .registry import register_target
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -90,8 +91,9 @@ def _sharing() -> dict:
 # Bumped when compile_partition rewrites graphs differently: engines in the compile cache (keyed by
 # versions()) built the old way are then compiled again. 2: aten.stack as unsqueeze + cat; 3: the same
 # in compile_dynamic too (a program rewrite, not a graph copy); the graph edited in place since
-# (the same converted model: no bump); 4: x[:, i, j] as flatten + index_select.
-LOWERING = 4
+# (the same converted model: no bump); 4: x[:, i, j] as flatten + index_select; 5: stacked lookups of
+# id columns look up the column split off (lowering.stack_as_concat).
+LOWERING = 5
 
 
 def versions() -> dict:
@@ -127,73 +129,12 @@ def _config(precision: str) -> dict:
     return {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
 
 
+# The edits OpenVINO's converter takes (targets/lowering.py says why each).
+REWRITES = ((torch.ops.aten.stack.default, stack_as_concat), (torch.ops.aten.index.Tensor, index_as_gather))
+
+
 def _lower(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    """ep with the edits below, in place, for forms OpenVINO's converter lowers to slow kernels.
-
-    The graph is edited rather than re-traced (run_decompositions with a one-entry table did the
-    same in one more trace of the whole program): the converter re-traces it with its own
-    decompositions anyway, which fills in the new nodes' shapes. The signature and dynamic dims
-    are kept, so fixed-shape and dynamic compiles share it; ep is each compile's own program."""
-    graph = ep.graph_module.graph
-    edited = [_stack_as_concat(graph, n) for n in list(graph.nodes) if n.target is torch.ops.aten.stack.default]
-    edited += [_index_as_gather(graph, n) for n in list(graph.nodes) if n.target is torch.ops.aten.index.Tensor]
-    if any(edited):
-        ep.graph_module.recompile()
-    return ep
-
-
-def _replace(graph: fx.Graph, node: fx.Node, new: fx.Node) -> bool:
-    new.meta = dict(node.meta)  # the old node's value and source line hold for its replacement
-    node.replace_all_uses_with(new)
-    graph.erase_node(node)
-    return True
-
-
-def _stack_as_concat(graph: fx.Graph, node: fx.Node) -> bool:
-    """aten.stack written as cat of unsqueezed inputs (the same values).
-
-    Why: OpenVINO's converter lowers aten.stack to concat + reshape, and that form matches its CPU
-    plugin's DLRM "Interaction" fusion (concat -> reshape -> matmul(x, x^T) -> gather), a kernel
-    that ran DLRM's feature interaction 3.5x slower in bf16 (0.28 vs 0.08 ms a call) and 1.5x in
-    fp32 than the MatMul + Gather it replaces (benchmarks/dlrm_profile.py, AMD EPYC); OpenVINO's
-    own conversion of the model (TorchScript) produces unsqueeze + concat, and so does this."""
-    tensors = node.args[0]
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    with graph.inserting_before(node):
-        parts = [graph.call_function(torch.ops.aten.unsqueeze.default, (t, dim)) for t in tensors]
-        cat = graph.call_function(torch.ops.aten.cat.default, (parts, dim))
-    return _replace(graph, node, cat)
-
-
-def _index_as_gather(graph: fx.Graph, node: fx.Node) -> bool:
-    """x[:, i, j] (1-D index tensors of one length on consecutive dims d..d+k-1, k >= 2) written as
-    x.flatten(d, d+k-1).index_select(d, i * size_j + j): the same values.
-
-    Why: OpenVINO lowers indexing on several dims as Transpose (those dims first) + GatherND +
-    Transpose back; DLRM's pairwise-interaction pick `z[:, li, lj]` spent 0.107 ms of its 0.54 ms
-    of layers in that first Transpose at batch 128 (fp32, AMD EPYC; ad hoc per-layer profile). A
-    flatten is a free reshape and the pick one Gather. Other index forms are left as they are.
-    Not done for ONNX Runtime: there the same rewrite made a DLRM call slower (0.54 vs 0.45 ms, ad hoc)."""
-    x, indices = node.args
-    where = [k for k, t in enumerate(indices) if t is not None]
-    if (len(where) < 2 or where != list(range(where[0], where[-1] + 1)) or x.meta.get("val") is None
-            or not all(isinstance(indices[k], fx.Node) for k in where)):
-        return False
-    shape = tuple(x.meta["val"].shape)
-    vals = [indices[k].meta.get("val") for k in where]
-    if (any(v is None or v.dim() != 1 or v.dtype not in (torch.int64, torch.int32) for v in vals)
-            or len({v.shape[0] for v in vals}) != 1 or not all(isinstance(shape[k], int) for k in where)):
-        return False
-    d = where[0]
-    with graph.inserting_before(node):
-        flat = graph.call_function(torch.ops.aten.flatten.using_ints, (x, d, where[-1]))
-        linear = None
-        for k in where:  # row-major position in the flattened dims; negative indices count from the end
-            i = graph.call_function(torch.ops.aten.remainder.Scalar, (indices[k], shape[k]))
-            linear = i if linear is None else graph.call_function(
-                torch.ops.aten.add.Tensor, (graph.call_function(torch.ops.aten.mul.Tensor, (linear, shape[k])), i))
-        picked = graph.call_function(torch.ops.aten.index_select.default, (flat, d, linear))
-    return _replace(graph, node, picked)
+    return lower(ep, REWRITES)
 
 
 def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], precision: str) -> OpenVINOEngine:

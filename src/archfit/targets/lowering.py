@@ -1,0 +1,137 @@
+"""Graph edits made to a partition's program just before a backend converts it: the same values,
+in forms the backend runs faster. Each target names the edits it takes (measured per backend:
+an edit that helps one converter can slow another).
+
+The graph is edited in place rather than re-traced (run_decompositions with a one-entry table did
+the same in one more trace of the whole program). New nodes get their values (meta["val"])
+computed on the program's fake tensors, as a trace would, since converters read them. The
+signature and dynamic dims are kept, so fixed-shape and dynamic compiles share these edits."""
+from __future__ import annotations
+
+import operator
+from typing import Callable, Sequence
+
+import torch
+from torch import fx
+
+aten = torch.ops.aten
+Rewrite = Callable[[fx.Graph, fx.Node], bool]
+
+
+def lower(ep: torch.export.ExportedProgram, rewrites: Sequence[tuple[object, Rewrite]]) -> torch.export.ExportedProgram:
+    """ep with each (op, rewrite) applied to every node calling op, in the order given."""
+    graph = ep.graph_module.graph
+    edited = False
+    for op, rewrite in rewrites:
+        for node in [n for n in graph.nodes if n.op == "call_function" and n.target is op]:
+            edited |= rewrite(graph, node)
+    if edited:
+        ep.graph_module.recompile()
+    return ep
+
+
+def _call(graph: fx.Graph, op, args: tuple) -> fx.Node:
+    """A new node calling op, with the value a trace would give it (when its inputs have theirs)."""
+    node = graph.call_function(op, args)
+    vals = [a.meta.get("val") if isinstance(a, fx.Node) else a for a in _flat(args)]
+    fake = next((v for v in vals if isinstance(v, torch.Tensor)), None)
+    if fake is not None and all(v is not None for v in vals):
+        mode = getattr(fake, "fake_mode", None)
+        real = fx.node.map_arg(args, lambda a: a.meta["val"])
+        if mode is not None:
+            with mode:
+                node.meta["val"] = op(*real)
+    return node
+
+
+def _flat(args) -> list:
+    out = []
+    for a in args:
+        out.extend(_flat(a) if isinstance(a, (list, tuple)) else [a])
+    return out
+
+
+def _replace(graph: fx.Graph, node: fx.Node, new: fx.Node) -> bool:
+    new.meta = dict(node.meta)  # the old node's value and source line hold for its replacement
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    return True
+
+
+def stack_as_concat(graph: fx.Graph, node: fx.Node) -> bool:
+    """aten.stack written as cat of unsqueezed inputs (the same values); an input that is an
+    embedding lookup of one column of an id tensor, stacked along that column's dim, looks up the
+    column split off instead (`emb(ids[:, i]).unsqueeze(1)` == `emb(ids.split(1, 1)[i])`).
+
+    Why, OpenVINO: its converter lowers aten.stack to concat + reshape, and that form matches its CPU
+    plugin's DLRM "Interaction" fusion (concat -> reshape -> matmul(x, x^T) -> gather), a kernel
+    that ran DLRM's feature interaction 3.5x slower in bf16 (0.28 vs 0.08 ms a call) and 1.5x in
+    fp32 than the MatMul + Gather it replaces (benchmarks/dlrm_profile.py, AMD EPYC).
+    Why the lookups, both backends: DLRM's 26 lookups otherwise reach them as one Split, 26 Squeeze,
+    26 Gather and 26 Unsqueeze; a node costs a sub-millisecond model a dispatch each, and the
+    squeeze/unsqueeze pairs cancel (benchmarks/dlrm_profile.py)."""
+    tensors = node.args[0]
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    splits: dict[tuple[fx.Node, int], fx.Node] = {}
+    with graph.inserting_before(node):
+        parts = [_lookup_keeping_dim(graph, t, dim, splits) or _call(graph, aten.unsqueeze.default, (t, dim))
+                 for t in tensors]
+        cat = _call(graph, aten.cat.default, (parts, dim))
+    _replace(graph, node, cat)
+    for t in dict.fromkeys(tensors):  # lookups now read their split column: the old lookup and select go
+        if isinstance(t, fx.Node) and not t.users and t.target is aten.embedding.default:
+            select = t.args[1]
+            graph.erase_node(t)
+            if not select.users:
+                graph.erase_node(select)
+    return True
+
+
+def _lookup_keeping_dim(graph: fx.Graph, t, dim: int, splits: dict) -> fx.Node | None:
+    """embedding(W, ids.split(1, d)[i]) for t = embedding(W, ids.select(d, i)) stacked along d,
+    else None. Both have ids' dims with size 1 at d, then the embedding dim."""
+    if not (isinstance(t, fx.Node) and t.target is aten.embedding.default and len(t.users) == 1):
+        return None
+    select = t.args[1]
+    if not (isinstance(select, fx.Node) and select.target is aten.select.int):
+        return None
+    ids, d, i = select.args
+    val = ids.meta.get("val") if isinstance(ids, fx.Node) else None
+    if val is None or d % val.dim() != dim % (val.dim() + 1) or not isinstance(val.shape[d], int):
+        return None
+    d = d % val.dim()
+    if (ids, d) not in splits:
+        splits[ids, d] = _call(graph, aten.split_with_sizes.default, (ids, [1] * val.shape[d], d))
+    column = _call(graph, operator.getitem, (splits[ids, d], i % val.shape[d]))
+    return _call(graph, aten.embedding.default, (t.args[0], column, *t.args[2:]))
+
+
+def index_as_gather(graph: fx.Graph, node: fx.Node) -> bool:
+    """x[:, i, j] (1-D index tensors of one length on consecutive dims d..d+k-1, k >= 2) written as
+    x.flatten(d, d+k-1).index_select(d, i * size_j + j): the same values.
+
+    Why: OpenVINO lowers indexing on several dims as Transpose (those dims first) + GatherND +
+    Transpose back; DLRM's pairwise-interaction pick `z[:, li, lj]` spent 0.107 ms of its 0.54 ms
+    of layers in that first Transpose at batch 128 (fp32, AMD EPYC; ad hoc per-layer profile). A
+    flatten is a free reshape and the pick one Gather. Other index forms are left as they are.
+    Not taken by ONNX Runtime: there the same rewrite made a DLRM call slower (0.54 vs 0.45 ms, ad hoc)."""
+    x, indices = node.args
+    where = [k for k, t in enumerate(indices) if t is not None]
+    if (len(where) < 2 or where != list(range(where[0], where[-1] + 1)) or x.meta.get("val") is None
+            or not all(isinstance(indices[k], fx.Node) for k in where)):
+        return False
+    shape = tuple(x.meta["val"].shape)
+    vals = [indices[k].meta.get("val") for k in where]
+    if (any(v is None or v.dim() != 1 or v.dtype not in (torch.int64, torch.int32) for v in vals)
+            or len({v.shape[0] for v in vals}) != 1 or not all(isinstance(shape[k], int) for k in where)):
+        return False
+    d = where[0]
+    with graph.inserting_before(node):
+        flat = _call(graph, aten.flatten.using_ints, (x, d, where[-1]))
+        linear = None
+        for k in where:  # row-major position in the flattened dims; negative indices count from the end
+            i = _call(graph, aten.remainder.Scalar, (indices[k], shape[k]))
+            linear = i if linear is None else _call(
+                graph, aten.add.Tensor, (_call(graph, aten.mul.Tensor, (linear, shape[k])), i))
+        picked = _call(graph, aten.index_select.default, (flat, d, linear))
+    return _replace(graph, node, picked)
