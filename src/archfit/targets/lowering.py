@@ -69,7 +69,8 @@ def stack_as_concat(graph: fx.Graph, node: fx.Node) -> bool:
     fp32 than the MatMul + Gather it replaces (benchmarks/dlrm_profile.py, AMD EPYC).
     Why the lookups, both backends: DLRM's 26 lookups otherwise reach them as one Split, 26 Squeeze,
     26 Gather and 26 Unsqueeze; a node costs a sub-millisecond model a dispatch each, and the
-    squeeze/unsqueeze pairs cancel (benchmarks/dlrm_profile.py)."""
+    squeeze/unsqueeze pairs cancel. Full DLRM fp32, batch 128, AMD EPYC, ad hoc A/B over 12
+    interleaved rounds: 0.97x the time a call on both backends (paired median of the rounds)."""
     tensors = node.args[0]
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     splits: dict[tuple[fx.Node, int], fx.Node] = {}
