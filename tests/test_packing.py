@@ -285,7 +285,7 @@ class _Stacked(torch.nn.Module):
 
 
 def test_dynamic_lengths_hand_openvino_stack_as_concat(monkeypatch):
-    """compile_dynamic rewrites aten.stack like fixed-shape compiles do (targets/openvino._stack_as_concat),
+    """compile_dynamic rewrites aten.stack like fixed-shape compiles do (targets/lowering.stack_as_concat),
     keeping the symbolic length; the engine equals eager at two lengths."""
     import openvino
 

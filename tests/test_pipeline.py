@@ -253,7 +253,7 @@ class _Picks(torch.nn.Module):
 
 
 def test_openvino_hands_multi_dim_picks_over_as_one_gather():
-    """x[:, i, j] reaches OpenVINO as flatten + index_select (targets/openvino._index_as_gather):
+    """x[:, i, j] reaches OpenVINO as flatten + index_select (targets/lowering.index_as_gather):
     the compiled engine runs no Transpose for it, and equals eager, negative indices included;
     the non-consecutive form stays an aten.index."""
     from archfit.targets.openvino import _lower
