@@ -206,6 +206,8 @@ OPSET = 23
 # lookups of id columns look up the column split off (lowering.stack_as_concat).
 LOWERING = 2
 # The edits ONNX Runtime's exporter takes (targets/lowering.py says why; index_as_gather is not one).
+# stack_as_concat changes only the stacked lookups here: torchlib lowers any other aten.stack to the
+# same Unsqueeze + Concat.
 REWRITES = ((torch.ops.aten.stack.default, stack_as_concat),)
 
 
