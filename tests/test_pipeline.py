@@ -323,3 +323,35 @@ def test_stacked_lookups_read_their_id_column_split_off():
     (engine,) = [m.engine for m in compiled["onnxruntime"].modules() if isinstance(m, EngineModule)]
     nodes = collections.Counter(n.op_type for n in onnx.load_from_string(engine.model).graph.node)
     assert nodes["Split"] == 1 and nodes["Squeeze"] == 0 and nodes["Unsqueeze"] == 1 + 3, nodes  # dense; across
+
+
+def test_openvino_engine_hands_matching_inputs_over_shared_and_converts_the_rest(monkeypatch):
+    """OpenVINOEngine.run binds inputs whose dtype matches the engine's port as shared tensors (no
+    Python converters: half a small engine's call), and leaves any other input to OpenVINO's
+    converters; both give the same answers as eager."""
+    import openvino
+
+    from archfit.core.compile import EngineModule
+
+    class Pick(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Embedding(20, 8)
+
+        def forward(self, x, ids):
+            return torch.relu(x + self.table(ids))
+
+    model, x, ids = Pick().eval(), torch.randn(4, 8), torch.randint(0, 20, (4,))
+    compiled = archfit.trace(model, (x, ids), "openvino", check_payoff=False, cache=False)
+    (engine,) = [m.engine for m in compiled.modules() if isinstance(m, EngineModule)]
+    made, tensor = [], openvino.Tensor
+    monkeypatch.setattr(openvino, "Tensor", lambda *a, **k: made.append(k) or tensor(*a, **k))
+    with torch.no_grad():
+        want = model(x, ids)
+    (got,) = engine.run([x, ids])
+    assert made == [{"shared_memory": True}] * 2
+    torch.testing.assert_close(got, want)
+    made.clear()
+    (got,) = engine.run([x, ids.to(torch.int32)])  # another dtype than the port's: OpenVINO converts it
+    assert made == []  # OpenVINO's own converters made the tensors, not run's shared binding
+    torch.testing.assert_close(got, want)
