@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import fx
+from torch.utils import _pytree as pytree
 
 aten = torch.ops.aten
 Rewrite = Callable[[fx.Graph, fx.Node], bool]
@@ -33,22 +34,12 @@ def lower(ep: torch.export.ExportedProgram, rewrites: Sequence[tuple[object, Rew
 def _call(graph: fx.Graph, op, args: tuple) -> fx.Node:
     """A new node calling op, with the value a trace would give it (when its inputs have theirs)."""
     node = graph.call_function(op, args)
-    vals = [a.meta.get("val") if isinstance(a, fx.Node) else a for a in _flat(args)]
-    fake = next((v for v in vals if isinstance(v, torch.Tensor)), None)
-    if fake is not None and all(v is not None for v in vals):
-        mode = getattr(fake, "fake_mode", None)
-        real = fx.node.map_arg(args, lambda a: a.meta["val"])
-        if mode is not None:
-            with mode:
-                node.meta["val"] = op(*real)
+    inputs = [a.meta.get("val") for a in node.all_input_nodes]  # a split's value is a list of them
+    mode = next((v.fake_mode for v in pytree.tree_leaves(inputs) if hasattr(v, "fake_mode")), None)
+    if mode is not None and all(v is not None for v in inputs):
+        with mode:
+            node.meta["val"] = op(*fx.node.map_arg(args, lambda a: a.meta["val"]))
     return node
-
-
-def _flat(args) -> list:
-    out = []
-    for a in args:
-        out.extend(_flat(a) if isinstance(a, (list, tuple)) else [a])
-    return out
 
 
 def _replace(graph: fx.Graph, node: fx.Node, new: fx.Node) -> bool:
