@@ -51,7 +51,7 @@ def _profile(compiled, feeds, calls: int) -> dict:
                         for k, v in sorted(per_type.items(), key=lambda kv: -kv[1])}}
 
 
-def _archfit_model(model, inputs):
+def _archfit_model(model, inputs, precision: str):
     """The ov.Model archfit compiles for DLRM (one partition): capture, then the partition's export,
     as targets/openvino.compile_partition does it."""
     import openvino as ov
@@ -63,7 +63,7 @@ def _archfit_model(model, inputs):
     captured = capture(model, inputs)
     gm = captured.graph_module
     flat = [n.meta["val"] for n in gm.graph.nodes if n.op == "placeholder"]
-    ep = _lower(export_partition(gm, [torch.zeros(v.shape, dtype=v.dtype) for v in flat]))
+    ep = _lower(export_partition(gm, [torch.zeros(v.shape, dtype=v.dtype) for v in flat]), precision)
     converted = ov.convert_model(ep)
     converted.reshape({i: ov.PartialShape(list(v.shape)) for i, v in enumerate(flat)})
     return converted
@@ -127,9 +127,12 @@ def main() -> None:
     feeds = [t.numpy() for t in inputs]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        graphs = {"OpenVINO direct": ov.convert_model(model, example_input=inputs), "archfit": _archfit_model(model, inputs)}
+        direct = ov.convert_model(model, example_input=inputs)
     out = {}
     for precision, hint in (("fp32", "f32"), ("bf16", "bf16")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graphs = {"OpenVINO direct": direct, "archfit": _archfit_model(model, inputs, precision)}
         config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
         compiled = {k: ov.Core().compile_model(g, "CPU", config) for k, g in graphs.items()}
         out[precision] = {k: _profile(c, feeds, args.calls) for k, c in compiled.items()}

@@ -263,10 +263,53 @@ def test_openvino_hands_multi_dim_picks_over_as_one_gather():
     picks = archfit.trace(taken, (x,), "openvino", check_payoff=False, cache=False)
     assert_close_to_eager(taken, picks, (x,))
     assert len(picks.report.partitions) == 1 and "Transpose" not in openvino_layer_types(picks)
-    ep = _lower(torch.export.export(model, (x,)))
+    ep = _lower(torch.export.export(model, (x,)), "fp32")
     index = [n for n in ep.graph.nodes if n.target is torch.ops.aten.index.Tensor]
     assert len(index) == 1 and index[0].args[1][1] is None  # only z[i, :, j] is left
     torch.testing.assert_close(ep.module()(x), model(x))
+
+
+class _Head(torch.nn.Module):
+    """A classifier head: 2048x2048 weights (the rewrite's 4M-element floor) read by few rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = torch.nn.Linear(2048, 2048), torch.nn.Linear(2048, 16)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(x)))
+
+
+def test_openvino_fp32_linears_get_the_kernel_their_rows_run_fastest_on():
+    """targets/lowering: with at most 8 rows against large weights, relu(linear(x)) reaches OpenVINO
+    as clamp_min, which it does not fuse, so the FullyConnected runs on MLAS (gemv_relu_apart); with
+    more rows a linear with no activation after it gets a +-float32-max clamp, which it fuses, so it
+    runs on oneDNN (gemm_clamped), as the fused fc does. Equal to eager either way; bf16 programs
+    are not edited."""
+    from archfit.targets.openvino import _lower
+
+    def kernels(compiled) -> list[str]:
+        from archfit.core.compile import EngineModule
+
+        return [op.get_rt_info()["primitiveType"].astype(str) for m in compiled.modules() if isinstance(m, EngineModule)
+                for op in m.engine.compiled_model.get_runtime_model().get_ordered_ops()
+                if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"]
+
+    model = _Head().eval()
+    for rows, mlas in ((1, True), (16, False)):
+        x = torch.randn(rows, 2048)
+        head = archfit.trace(model, (x,), "openvino", check_payoff=False, cache=False)
+        assert_close_to_eager(model, head, (x,))
+        assert len(kernels(head)) == 2 and all(("mlas" in k) is mlas for k in kernels(head)), kernels(head)
+        assert not {"Relu", "Clamp"} & openvino_layer_types(head)  # fused, or a Maximum after MLAS
+
+    def ops(rows: int, precision: str) -> list[str]:
+        ep = _lower(torch.export.export(model, (torch.randn(rows, 2048),)), precision)
+        return [n.target.__name__ for n in ep.graph.nodes if n.op == "call_function"]
+
+    assert ops(1, "fp32") == ["linear.default", "clamp_min.default", "linear.default"]
+    assert ops(16, "fp32") == ["linear.default", "relu.default", "linear.default", "clamp.default"]
+    assert ops(1, "bf16") == ops(16, "bf16") == ["linear.default", "relu.default", "linear.default"]
 
 
 class _PicksOnly(torch.nn.Module):

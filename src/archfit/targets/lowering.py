@@ -127,3 +127,59 @@ def index_as_gather(graph: fx.Graph, node: fx.Node) -> bool:
                 graph, aten.add.Tensor, (_call(graph, aten.mul.Tensor, (linear, shape[k])), i))
         picked = _call(graph, aten.index_select.default, (flat, d, linear))
     return _replace(graph, node, picked)
+
+
+# OpenVINO's CPU plugin runs an fp32 FullyConnected with nothing fused into it on MLAS's GEMM, and one
+# with a post-op (an activation, a clamp) on oneDNN's brgemm. Which is faster depends on the rows
+# (AMD EPYC, 2 threads, interleaved, ad hoc): at a few rows against large weights, a read of the
+# weights from memory, MLAS (4096x4096: 37% faster at 1 row, 22% at 4, 11% at 8, 11% slower at 16;
+# 25088x4096: 24% at 1, 16% at 8; 1024x1024: 7% faster at 2 rows, 8% slower at 8, cache-resident);
+# at BERT's 128 rows oneDNN (3072->768 30% faster, 768x768 6%, 768->3072 3%). So these two
+# edits hand OpenVINO the form that gets the faster kernel. bf16 runs on oneDNN either way.
+GEMV_ROWS = 8
+GEMV_WEIGHTS = 4 << 20  # elements: 16 MB of fp32, past this CPU's caches
+# what OpenVINO fuses into a FullyConnected: a linear followed by one of these is on oneDNN already
+_FUSED = {aten.relu.default, aten.gelu.default, aten.sigmoid.default, aten.tanh.default, aten.silu.default,
+          aten.hardswish.default, aten.hardtanh.default, aten.elu.default, aten.clamp.default,
+          aten.clamp_min.default}
+
+
+def _rows_and_weights(linear: fx.Node) -> tuple[int, int] | None:
+    """(rows of x, elements of the weights) of a static fp32 aten.linear, else None."""
+    x, w = (a.meta.get("val") if isinstance(a, fx.Node) else None for a in linear.args[:2])
+    if (x is None or w is None or x.dtype != torch.float32
+            or not all(isinstance(d, int) for d in (*x.shape, *w.shape))):
+        return None
+    return x.numel() // max(x.shape[-1], 1), w.numel()
+
+
+def gemv_relu_apart(graph: fx.Graph, node: fx.Node) -> bool:
+    """relu(linear(x)), x of at most GEMV_ROWS rows and the weights past GEMV_WEIGHTS elements,
+    written as clamp_min(linear(x), 0): the same values. OpenVINO does not fuse that Maximum, so
+    the FullyConnected runs on MLAS (above): VGG16's classifier, 123M weights at batch 1, took the
+    whole model to 0.95x the time (ad hoc, AMD EPYC, 6 interleaved rounds; BENCHMARKS.md has the
+    peers run)."""
+    linear = node.args[0]
+    if not (isinstance(linear, fx.Node) and linear.target is aten.linear.default and len(linear.users) == 1):
+        return False
+    shape = _rows_and_weights(linear)
+    if shape is None or shape[0] > GEMV_ROWS or shape[1] < GEMV_WEIGHTS:
+        return False
+    with graph.inserting_before(node):
+        apart = _call(graph, aten.clamp_min.default, (linear, 0.0))
+    return _replace(graph, node, apart)
+
+
+def gemm_clamped(graph: fx.Graph, node: fx.Node) -> bool:
+    """linear(x), x of more than GEMV_ROWS rows and no activation after it, written as
+    clamp(linear(x), -m, m) for m float32's largest value: the same values, except that an
+    overflow to +-inf reads +-m. OpenVINO fuses the Clamp, so the FullyConnected runs on oneDNN
+    (above) and the Clamp costs no pass of its own."""
+    shape = _rows_and_weights(node)
+    if shape is None or shape[0] <= GEMV_ROWS or any(u.target in _FUSED for u in node.users):
+        return False
+    m = torch.finfo(torch.float32).max
+    with graph.inserting_after(node):
+        clamped = _call(graph, aten.clamp.default, (node, -m, m))
+    node.replace_all_uses_with(clamped, delete_user_cb=lambda user: user is not clamped)
+    return True

@@ -13,7 +13,7 @@ from torch import fx
 
 from ..errors import ArtifactError
 from .base import Engine, Target, export_partition, listed_or_decomposed, requires, stream_count, thread_limit, to_numpy
-from .lowering import index_as_gather, lower, stack_as_concat
+from .lowering import gemm_clamped, gemv_relu_apart, index_as_gather, lower, stack_as_concat
 from .registry import register_target
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -111,8 +111,9 @@ def _sharing() -> dict:
 # versions()) built the old way are then compiled again. 2: aten.stack as unsqueeze + cat; 3: the same
 # in compile_dynamic too (a program rewrite, not a graph copy); the graph edited in place since
 # (the same converted model: no bump); 4: x[:, i, j] as flatten + index_select; 5: stacked lookups of
-# id columns look up the column split off (lowering.stack_as_concat).
-LOWERING = 5
+# id columns look up the column split off (lowering.stack_as_concat); 6: fp32 linears handed over in
+# the form that gets the faster kernel for their rows (lowering.gemv_relu_apart, gemm_clamped).
+LOWERING = 6
 
 
 def versions() -> dict:
@@ -148,18 +149,19 @@ def _config(precision: str) -> dict:
     return {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
 
 
-# The edits OpenVINO's converter takes (targets/lowering.py says why each).
+# The edits OpenVINO's converter takes (targets/lowering.py says why each), and those it takes in fp32.
 REWRITES = ((torch.ops.aten.stack.default, stack_as_concat), (torch.ops.aten.index.Tensor, index_as_gather))
+FP32_REWRITES = ((torch.ops.aten.relu.default, gemv_relu_apart), (torch.ops.aten.linear.default, gemm_clamped))
 
 
-def _lower(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    return lower(ep, REWRITES)
+def _lower(ep: torch.export.ExportedProgram, precision: str) -> torch.export.ExportedProgram:
+    return lower(ep, REWRITES + (FP32_REWRITES if precision == "fp32" else ()))
 
 
 def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], precision: str) -> OpenVINOEngine:
     import openvino as ov
 
-    model = ov.convert_model(_lower(export_partition(gm, example_inputs)))
+    model = ov.convert_model(_lower(export_partition(gm, example_inputs), precision))
     # Fixed shapes: the whole point of compiling per shape bucket is to let the backend specialise.
     model.reshape({i: ov.PartialShape(list(t.shape)) for i, t in enumerate(example_inputs)})
     config = _config(precision)
@@ -172,7 +174,7 @@ def compile_dynamic(ep: torch.export.ExportedProgram, shapes: Sequence[Sequence[
     input, each dim a fixed size or a (low, high) range."""
     import openvino as ov
 
-    model = ov.convert_model(_lower(ep))
+    model = ov.convert_model(_lower(ep, precision))
     model.reshape({i: ov.PartialShape([ov.Dimension(*d) if isinstance(d, tuple) else ov.Dimension(d) for d in shape])
                    for i, shape in enumerate(shapes)})
     config = _config(precision)
