@@ -1,0 +1,129 @@
+"""OpenVINO's fp32 FullyConnected kernels by rows: archfit's openvino target with its two linear
+edits (targets/lowering.gemv_relu_apart and gemm_clamped) against the same target without them
+(the program as the model writes it, which is what OpenVINO's own conversion hands its CPU plugin
+too), with OpenVINO direct beside on whole models.
+
+    .venv/bin/python benchmarks/fc_kernels.py [--rounds 6] [--seconds 1.0] [MODEL ...]
+
+Part one, single linears (a ReLU after some): the kernel OpenVINO ran each FullyConnected on and
+the time of a call, both ways. Part two, whole models from the zoo (default bert-base,
+distilbert-base, vgg16) at batch 1, fp32. Arms interleaved over rounds in one process; the ratio
+is the paired median of the rounds' ratios. Writes benchmarks/results/fc_kernels.json."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# rows, in features, out features, ReLU after
+SHAPES = [(1, 25088, 4096, True), (1, 4096, 4096, True), (8, 4096, 4096, True), (16, 4096, 4096, True),
+          (128, 768, 768, False), (128, 3072, 768, False), (128, 768, 3072, False)]
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self, k: int, n: int, relu: bool):
+        super().__init__()
+        self.fc, self.relu = torch.nn.Linear(k, n), relu
+
+    def forward(self, x):
+        y = self.fc(x)
+        return torch.relu(y) if self.relu else y
+
+
+@contextlib.contextmanager
+def _edits(on: bool):
+    """The openvino target with or without its fp32 linear edits."""
+    from archfit.targets import openvino
+
+    keep = openvino.FP32_REWRITES
+    openvino.FP32_REWRITES = keep if on else ()
+    try:
+        yield
+    finally:
+        openvino.FP32_REWRITES = keep
+
+
+def _compiled(model, inputs, on: bool):
+    import archfit
+
+    with _edits(on):
+        # min_partition_size: a lone linear is a partition too
+        return archfit.trace(model, inputs, "openvino", precision="fp32", check_payoff=False, cache=False,
+                             min_partition_size=1)
+
+
+def _kernels(module) -> list[str]:
+    from archfit.core.compile import EngineModule
+
+    return [op.get_rt_info()["primitiveType"].astype(str) for m in module.modules() if isinstance(m, EngineModule)
+            for op in m.engine.compiled_model.get_runtime_model().get_ordered_ops()
+            if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"]
+
+
+def _timed(arms: dict, base: str, rounds: int, seconds: float) -> dict:
+    from archfit.core.timing import interleaved_rounds
+
+    with torch.no_grad():
+        looks = interleaved_rounds(arms, seconds, rounds)
+    return {k: {"p50_ms": 1e3 * statistics.median(t for look in looks for t in look[k]),
+                "time_vs_" + base: statistics.median(statistics.median(look[k]) / statistics.median(look[base])
+                                                     for look in looks)} for k in arms}
+
+
+def shapes(rounds: int, seconds: float) -> list[dict]:
+    out = []
+    for rows, k, n, relu in SHAPES:
+        model, x = _Linear(k, n, relu).eval(), torch.randn(rows, k)
+        without, with_ = _compiled(model, (x,), False), _compiled(model, (x,), True)
+        arms = {"without": lambda: without(x), "with": lambda: with_(x)}
+        out.append({"rows": rows, "in": k, "out": n, "relu": relu, "kernel_without": _kernels(without),
+                    "kernel_with": _kernels(with_), **_timed(arms, "without", rounds, seconds)})
+    return out
+
+
+def whole(name: str, rounds: int, seconds: float) -> dict:
+    from archfit import zoo
+    from archfit.cli.bench import _call, _openvino_direct
+
+    model, inputs = zoo.build(name)
+    model.eval()
+    arms = {"without": _call(_compiled(model, inputs, False), inputs),  # key "without": _timed's base
+            "archfit openvino fp32": _call(_compiled(model, inputs, True), inputs),
+            "OpenVINO direct fp32": _openvino_direct(model, inputs, "fp32")}
+    return {"model": name, "arms": _timed(arms, "without", rounds, seconds)}
+
+
+def main() -> None:
+    from archfit.cli.bench import cpu_model, matmul_peak_gflops
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="*", default=["bert-base", "distilbert-base", "vgg16"])
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    result = {"cpu": cpu_model(), "fp32_matmul_peak_gflops": matmul_peak_gflops(torch.float32),
+              "shapes": shapes(args.rounds, args.seconds / 2),
+              "models": [whole(m, args.rounds, args.seconds) for m in args.models]}
+    (ROOT / "benchmarks" / "results" / "fc_kernels.json").write_text(json.dumps(result, indent=1))
+    print(f"{result['cpu']}, fp32 matmul peak {result['fp32_matmul_peak_gflops']:.0f} GFLOP/s\n")
+    print("| rows x in -> out | ReLU | kernel without -> with | p50 ms without | p50 ms with | with / without |")
+    print("|---|---|---|---|---|---|")
+    for s in result["shapes"]:
+        kernels = f"{'/'.join(sorted(set(s['kernel_without'])))} -> {'/'.join(sorted(set(s['kernel_with'])))}"
+        print(f"| {s['rows']} x {s['in']} -> {s['out']} | {'yes' if s['relu'] else 'no'} | {kernels} | "
+              f"{s['without']['p50_ms']:.3f} | {s['with']['p50_ms']:.3f} | {s['with']['time_vs_without']:.2f}x |")
+    print("\n| model | arm | p50 ms | time vs without the edits (paired) |\n|---|---|---|---|")
+    for m in result["models"]:
+        for k, a in m["arms"].items():
+            label = "archfit openvino fp32, without the edits" if k == "without" else k
+            print(f"| {m['model']} | {label} | {a['p50_ms']:.2f} | {a['time_vs_without']:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
