@@ -135,7 +135,9 @@ def index_as_gather(graph: fx.Graph, node: fx.Node) -> bool:
 # weights from memory, MLAS (4096x4096: 37% faster at 1 row, 22% at 4, 11% at 8, 11% slower at 16;
 # 25088x4096: 24% at 1, 16% at 8; 1024x1024: 7% faster at 2 rows, 8% slower at 8, cache-resident);
 # at BERT's 128 rows oneDNN (3072->768 30% faster, 768x768 6%, 768->3072 3%). So these two
-# edits hand OpenVINO the form that gets the faster kernel. bf16 runs on oneDNN either way.
+# edits hand OpenVINO the form that gets the faster kernel. bf16 runs on oneDNN either way (measured:
+# the same kernel with or without them). Measured on CPUs with AVX-512, and taken there only
+# (openvino.linear_edits).
 GEMV_ROWS = 8
 GEMV_WEIGHTS = 4 << 20  # elements: 16 MB of fp32, past this CPU's caches
 # what OpenVINO fuses into a FullyConnected: a linear followed by one of these is on oneDNN already

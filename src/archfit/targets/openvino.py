@@ -119,7 +119,15 @@ LOWERING = 6
 def versions() -> dict:
     import openvino
 
-    return {"openvino": openvino.__version__, "archfit_lowering": LOWERING}
+    return {"openvino": openvino.__version__, "archfit_lowering": LOWERING, "archfit_linear_edits": linear_edits()}
+
+
+@lru_cache(maxsize=1)
+def linear_edits() -> bool:
+    """Does this CPU take the fp32 linear edits (lowering.gemv_relu_apart, gemm_clamped)? They were
+    measured on CPUs with AVX-512, where OpenVINO's oneDNN kernels are brgemm; on an AVX2-only CPU
+    its kernels differ and the edits are unmeasured, so programs go over as the model writes them."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 @lru_cache(maxsize=1)
@@ -155,7 +163,7 @@ FP32_REWRITES = ((torch.ops.aten.relu.default, gemv_relu_apart), (torch.ops.aten
 
 
 def _lower(ep: torch.export.ExportedProgram, precision: str) -> torch.export.ExportedProgram:
-    return lower(ep, REWRITES + (FP32_REWRITES if precision == "fp32" else ()))
+    return lower(ep, REWRITES + (FP32_REWRITES if precision == "fp32" and linear_edits() else ()))
 
 
 def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], precision: str) -> OpenVINOEngine:
