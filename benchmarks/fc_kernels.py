@@ -40,12 +40,12 @@ def _edits(on: bool):
     """The openvino target with or without its fp32 linear edits."""
     from archfit.targets import openvino
 
-    keep = openvino.FP32_REWRITES
-    openvino.FP32_REWRITES = keep if on else ()
+    keep = openvino.linear_edits
+    openvino.linear_edits = keep if on else (lambda: False)  # the target's own switch (AVX2-only CPUs)
     try:
         yield
     finally:
-        openvino.FP32_REWRITES = keep
+        openvino.linear_edits = keep
 
 
 def _compiled(model, inputs, on: bool):
@@ -60,9 +60,8 @@ def _compiled(model, inputs, on: bool):
 def _kernels(module) -> list[str]:
     from archfit.core.compile import EngineModule
 
-    return [op.get_rt_info()["primitiveType"].astype(str) for m in module.modules() if isinstance(m, EngineModule)
-            for op in m.engine.compiled_model.get_runtime_model().get_ordered_ops()
-            if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"]
+    return [kernel for m in module.modules() if isinstance(m, EngineModule)
+            for kind, kernel in m.engine.layers() if kind == "FullyConnected"]
 
 
 def _timed(arms: dict, base: str, rounds: int, seconds: float) -> dict:

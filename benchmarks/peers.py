@@ -248,10 +248,8 @@ def _markdown(results: list[dict]) -> str:
                     f"p50s {by_p50:+.1%}" if "paired_vs_best_peer" in auto else "p50s only: timed before rounds were paired")
             ahead += lead >= 0.03
             cells.append(f"{lead:+.1%} ({how}){'' if lead >= -0.01 else ' MISSED'}")
-        slow = [f"{x['arm'].removeprefix('archfit ')} {_arm_vs_best_peer(r, x):.2f}x" for x in r["rows"]
-                if not x["error"] and x["arm"].startswith("archfit") and "1 op" not in x["arm"]
-                and _arm_vs_best_peer(r, x) < 0.9]
         ok = [x for x in r["rows"] if not x["error"] and x["arm"].startswith("archfit") and "1 op" not in x["arm"]]
+        slow = [f"{x['arm'].removeprefix('archfit ')} {v:.2f}x" for x in ok if (v := _arm_vs_best_peer(r, x)) < 0.9]
         fastest = min(ok, key=lambda x: x["p50_ms"])
         best32 = min((x for x in ok if x["precision"] == "fp32"), key=lambda x: x["p50_ms"])
         pc = r["partition_cost"]["cost"]

@@ -135,12 +135,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def openvino_layer_types(compiled) -> set[str]:
-    """The layer types OpenVINO's CPU plugin runs for a compiled module's engines (after its own fusions)."""
+def openvino_layers(compiled) -> list[tuple[str, str]]:
+    """(layer type, kernel) of every layer OpenVINO's CPU plugin runs for a compiled module's engines."""
     from archfit.core.compile import EngineModule
 
-    return {op.get_rt_info()["layerType"].astype(str) for m in compiled.modules() if isinstance(m, EngineModule)
-            for op in m.engine.compiled_model.get_runtime_model().get_ordered_ops()}
+    return [layer for m in compiled.modules() if isinstance(m, EngineModule) for layer in m.engine.layers()]
+
+
+def openvino_layer_types(compiled) -> set[str]:
+    """The layer types OpenVINO's CPU plugin runs for a compiled module's engines (after its own fusions)."""
+    return {kind for kind, _ in openvino_layers(compiled)}
 
 
 def settle(seconds: float = 0.0, until=None, timeout: float = 30.0) -> None:

@@ -70,6 +70,12 @@ class OpenVINOEngine(Engine):
             with self.lock:
                 self.idle.append(request)
 
+    def layers(self) -> list[tuple[str, str]]:
+        """(layer type, kernel) of each layer OpenVINO's CPU plugin runs, after its own fusions:
+        ("FullyConnected", "gemm_mlas_f32"), say."""
+        return [(info["layerType"].astype(str), info["primitiveType"].astype(str))
+                for info in (op.get_rt_info() for op in self.compiled_model.get_runtime_model().get_ordered_ops())]
+
     def serialize(self) -> bytes:
         """One JSON line of the compile config, then OpenVINO's compiled blob. The config must go
         along: imported without it, OpenVINO falls back to its default (bf16 on bf16 CPUs).
