@@ -1,14 +1,18 @@
-"""OpenVINO's fp32 FullyConnected kernels by rows: archfit's openvino target with its two linear
-edits (targets/lowering.gemv_relu_apart and gemm_clamped) against the same target without them
-(the program as the model writes it, which is what OpenVINO's own conversion hands its CPU plugin
-too), with OpenVINO direct beside on whole models.
+"""The fp32 linear edits of a target against the same target without them (the program as the
+model writes it, which is what the backend's own converter hands it too), with the direct peers
+beside on whole models.
 
-    .venv/bin/python benchmarks/fc_kernels.py [--rounds 6] [--seconds 1.0] [MODEL ...]
+- openvino (default): OpenVINO's FullyConnected kernels by rows (targets/lowering.gemv_relu_apart
+  and gemm_clamped);
+- onnxruntime: rows padded where they alias in MLAS's kernel (lowering.linear_rows_unaliased).
 
-Part one, single linears (a ReLU after some): the kernel OpenVINO ran each FullyConnected on and
-the time of a call, both ways. Part two, whole models from the zoo (default bert-base,
-distilbert-base, vgg16) at batch 1, fp32. Arms interleaved over rounds in one process; the ratio
-is the paired median of the rounds' ratios. Writes benchmarks/results/fc_kernels.json."""
+    .venv/bin/python benchmarks/fc_kernels.py [--target openvino] [--rounds 6] [--seconds 1.0] [MODEL ...]
+
+Part one, single linears (a ReLU after some): the time of a call both ways (and for openvino the
+kernel each FullyConnected ran on). Part two, whole models from the zoo (default: openvino
+bert-base, distilbert-base, vgg16; onnxruntime bert-base, distilbert-base) at batch 1, fp32. Arms
+interleaved over rounds in one process; the ratio is the paired median of the rounds' ratios.
+Writes benchmarks/results/fc_kernels.json (openvino) or fc_kernels-onnxruntime.json."""
 from __future__ import annotations
 
 import argparse
@@ -20,9 +24,14 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# rows, in features, out features, ReLU after
-SHAPES = [(1, 25088, 4096, True), (1, 4096, 4096, True), (8, 4096, 4096, True), (16, 4096, 4096, True),
-          (128, 768, 768, False), (128, 3072, 768, False), (128, 768, 3072, False)]
+# per target: rows, in features, out features, ReLU after
+SHAPES = {"openvino": [(1, 25088, 4096, True), (1, 4096, 4096, True), (8, 4096, 4096, True), (16, 4096, 4096, True),
+                       (128, 768, 768, False), (128, 3072, 768, False), (128, 768, 3072, False)],
+          # 11 rows and 768 in features: left as written, timed as the control
+          "onnxruntime": [(11, 1024, 1024, False), (12, 1024, 1024, False), (128, 1024, 1024, False),
+                          (128, 3072, 768, False), (128, 4096, 1024, False), (384, 1024, 4096, False),
+                          (128, 2048, 512, False), (128, 768, 768, False)]}
+MODELS = {"openvino": ["bert-base", "distilbert-base", "vgg16"], "onnxruntime": ["bert-base", "distilbert-base"]}
 
 
 class _Linear(torch.nn.Module):
@@ -36,31 +45,32 @@ class _Linear(torch.nn.Module):
 
 
 @contextlib.contextmanager
-def _edits(on: bool):
-    """The openvino target with or without its fp32 linear edits."""
-    from archfit.targets import openvino
+def _edits(target: str, on: bool):
+    """The target with or without its fp32 linear edits."""
+    import importlib
 
-    keep = openvino.linear_edits
-    openvino.linear_edits = keep if on else (lambda: False)  # the target's own switch (AVX2-only CPUs)
+    module = importlib.import_module(f"archfit.targets.{target}")
+    keep = module.linear_edits
+    module.linear_edits = keep if on else (lambda: False)  # the target's own switch (AVX2-only CPUs)
     try:
         yield
     finally:
-        openvino.linear_edits = keep
+        module.linear_edits = keep
 
 
-def _compiled(model, inputs, on: bool):
+def _compiled(model, inputs, target: str, on: bool):
     import archfit
 
-    with _edits(on):
+    with _edits(target, on):
         # min_partition_size: a lone linear is a partition too
-        return archfit.trace(model, inputs, "openvino", precision="fp32", check_payoff=False, cache=False,
+        return archfit.trace(model, inputs, target, precision="fp32", check_payoff=False, cache=False,
                              min_partition_size=1)
 
 
 def _kernels(module) -> list[str]:
     from archfit.core.compile import EngineModule
 
-    return [kernel for m in module.modules() if isinstance(m, EngineModule)
+    return [kernel for m in module.modules() if isinstance(m, EngineModule) and hasattr(m.engine, "layers")
             for kind, kernel in m.engine.layers() if kind == "FullyConnected"]
 
 
@@ -74,26 +84,28 @@ def _timed(arms: dict, base: str, rounds: int, seconds: float) -> dict:
                                                      for look in looks)} for k in arms}
 
 
-def shapes(rounds: int, seconds: float) -> list[dict]:
+def shapes(target: str, rounds: int, seconds: float) -> list[dict]:
     out = []
-    for rows, k, n, relu in SHAPES:
+    for rows, k, n, relu in SHAPES[target]:
         model, x = _Linear(k, n, relu).eval(), torch.randn(rows, k)
-        without, with_ = _compiled(model, (x,), False), _compiled(model, (x,), True)
+        without, with_ = _compiled(model, (x,), target, False), _compiled(model, (x,), target, True)
         arms = {"without": lambda: without(x), "with": lambda: with_(x)}
         out.append({"rows": rows, "in": k, "out": n, "relu": relu, "kernel_without": _kernels(without),
                     "kernel_with": _kernels(with_), **_timed(arms, "without", rounds, seconds)})
     return out
 
 
-def whole(name: str, rounds: int, seconds: float) -> dict:
+def whole(target: str, name: str, rounds: int, seconds: float) -> dict:
     from archfit import zoo
-    from archfit.cli.bench import _call, _openvino_direct
+    from archfit.cli.bench import _call, _onnxruntime_direct, _openvino_direct
 
     model, inputs = zoo.build(name)
     model.eval()
-    arms = {"without": _call(_compiled(model, inputs, False), inputs),  # key "without": _timed's base
-            "archfit openvino fp32": _call(_compiled(model, inputs, True), inputs),
+    arms = {"without": _call(_compiled(model, inputs, target, False), inputs),  # key "without": _timed's base
+            f"archfit {target} fp32": _call(_compiled(model, inputs, target, True), inputs),
             "OpenVINO direct fp32": _openvino_direct(model, inputs, "fp32")}
+    if target == "onnxruntime":
+        arms["ONNX Runtime direct"] = _onnxruntime_direct(model, inputs)
     return {"model": name, "arms": _timed(arms, "without", rounds, seconds)}
 
 
@@ -101,26 +113,29 @@ def main() -> None:
     from archfit.cli.bench import cpu_model, matmul_peak_gflops
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("models", nargs="*", default=["bert-base", "distilbert-base", "vgg16"])
+    ap.add_argument("models", nargs="*")
+    ap.add_argument("--target", choices=sorted(SHAPES), default="openvino")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=1.0)
     args = ap.parse_args()
     torch.set_num_threads(2)
     result = {"cpu": cpu_model(), "fp32_matmul_peak_gflops": matmul_peak_gflops(torch.float32),
-              "shapes": shapes(args.rounds, args.seconds / 2),
-              "models": [whole(m, args.rounds, args.seconds) for m in args.models]}
-    (ROOT / "benchmarks" / "results" / "fc_kernels.json").write_text(json.dumps(result, indent=1))
+              "target": args.target, "shapes": shapes(args.target, args.rounds, args.seconds / 2),
+              "models": [whole(args.target, m, args.rounds, args.seconds) for m in args.models or MODELS[args.target]]}
+    name = "fc_kernels.json" if args.target == "openvino" else f"fc_kernels-{args.target}.json"
+    (ROOT / "benchmarks" / "results" / name).write_text(json.dumps(result, indent=1))
     print(f"{result['cpu']}, fp32 matmul peak {result['fp32_matmul_peak_gflops']:.0f} GFLOP/s\n")
     print("| rows x in -> out | ReLU | kernel without -> with | p50 ms without | p50 ms with | with / without |")
     print("|---|---|---|---|---|---|")
     for s in result["shapes"]:
         kernels = f"{'/'.join(sorted(set(s['kernel_without'])))} -> {'/'.join(sorted(set(s['kernel_with'])))}"
+        kernels = kernels if kernels != " -> " else "(MLAS)"
         print(f"| {s['rows']} x {s['in']} -> {s['out']} | {'yes' if s['relu'] else 'no'} | {kernels} | "
               f"{s['without']['p50_ms']:.3f} | {s['with']['p50_ms']:.3f} | {s['with']['time_vs_without']:.2f}x |")
     print("\n| model | arm | p50 ms | time vs without the edits (paired) |\n|---|---|---|---|")
     for m in result["models"]:
         for k, a in m["arms"].items():
-            label = "archfit openvino fp32, without the edits" if k == "without" else k
+            label = f"archfit {args.target} fp32, without the edits" if k == "without" else k
             print(f"| {m['model']} | {label} | {a['p50_ms']:.2f} | {a['time_vs_without']:.3f}x |")
 
 

@@ -313,6 +313,52 @@ def test_openvino_fp32_linears_get_the_kernel_their_rows_run_fastest_on():
         assert not {"Relu", "Clamp"} & openvino_layer_types(head)  # fused, or a Maximum after MLAS
 
 
+class _Rows(torch.nn.Module):
+    """Linears whose rows span 4 KiB (1024 fp32 in features), one weight read twice (tied), one of
+    few outputs, and one of 768 in features."""
+
+    def __init__(self):
+        super().__init__()
+        self.wide, self.tied = torch.nn.Linear(1024, 768), torch.nn.Linear(1024, 1024, bias=False)
+        self.few = torch.nn.Linear(1024, 512)  # few outputs: the pad would cost more than it saves
+        self.narrow = torch.nn.Linear(768, 8)
+
+    def forward(self, x, z):
+        return self.wide(x), self.tied(self.tied(x)), self.narrow(z), self.few(x)
+
+
+def test_onnxruntime_pads_rows_that_alias_in_mlas_kernel():
+    """targets/lowering.linear_rows_unaliased: a linear of 12 rows or more whose rows span a multiple
+    of 4 KiB reaches ONNX Runtime with 16 zero columns on x (a Pad) and on its weights (in the
+    program's state, so the initializer is padded, not padded per call); fewer rows, other widths,
+    fewer than 768 outputs and a weight two linears share are left as written, as is every linear on a CPU without
+    AVX-512. Equal to eager."""
+    import onnx
+
+    from archfit.core.compile import EngineModule
+    from archfit.targets import onnxruntime
+
+    model = _Rows().eval()
+
+    def onnx_graph(rows: int):
+        inputs = (torch.randn(rows, 1024), torch.randn(rows, 768))
+        compiled = archfit.trace(model, inputs, "onnxruntime", check_payoff=False, cache=False)
+        assert_close_to_eager(model, compiled, inputs)
+        engine = next(m.engine for m in compiled.modules() if isinstance(m, EngineModule))
+        graph = onnx.load_from_string(engine.model).graph
+        return [n.op_type for n in graph.node].count("Pad"), {tuple(i.dims) for i in graph.initializer if len(i.dims) == 2}
+
+    if onnxruntime.linear_edits():
+        pads, weights = onnx_graph(12)
+        assert pads == 1 and {(1040, 768), (768, 1040)} & weights, weights  # the wide linear's, as MatMul or Gemm
+        assert (1024, 1024) in weights and not {(1040, 1024), (1024, 1040)} & weights  # tied: as written
+        assert {(1024, 512), (512, 1024)} & weights  # few outputs: as written
+    assert onnx_graph(11)[0] == 0
+    with pytest.MonkeyPatch.context() as mp:  # as on a CPU without AVX-512
+        mp.setattr(onnxruntime, "linear_edits", lambda: False)
+        assert onnx_graph(12)[0] == 0
+
+
 class _PicksOnly(torch.nn.Module):
     """The two forms the rewrite takes."""
 

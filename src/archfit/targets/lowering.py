@@ -9,6 +9,7 @@ signature and dynamic dims are kept, so fixed-shape and dynamic compiles share t
 from __future__ import annotations
 
 import operator
+from functools import lru_cache
 from typing import Callable, Sequence
 
 import torch
@@ -16,7 +17,7 @@ from torch import fx
 from torch.utils import _pytree as pytree
 
 aten = torch.ops.aten
-Rewrite = Callable[[fx.Graph, fx.Node], bool]
+Rewrite = Callable[[torch.export.ExportedProgram, fx.Node], bool]  # edits ep.graph (and ep's state)
 
 
 def lower(ep: torch.export.ExportedProgram, rewrites: Sequence[tuple[object, Rewrite]]) -> torch.export.ExportedProgram:
@@ -25,10 +26,18 @@ def lower(ep: torch.export.ExportedProgram, rewrites: Sequence[tuple[object, Rew
     edited = False
     for op, rewrite in rewrites:
         for node in [n for n in graph.nodes if n.op == "call_function" and n.target is op]:
-            edited |= rewrite(graph, node)
+            edited |= rewrite(ep, node)
     if edited:
         ep.graph_module.recompile()
     return ep
+
+
+@lru_cache(maxsize=1)
+def avx512() -> bool:
+    """Does this CPU run the backends' AVX-512 kernels? The linear edits below were measured on such
+    CPUs only; on an AVX2-only CPU the backends' kernels differ, and each target then hands its
+    programs over as the model writes them (openvino.linear_edits, onnxruntime.linear_edits)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def _call(graph: fx.Graph, op, args: tuple) -> fx.Node:
@@ -49,7 +58,7 @@ def _replace(graph: fx.Graph, node: fx.Node, new: fx.Node) -> bool:
     return True
 
 
-def stack_as_concat(graph: fx.Graph, node: fx.Node) -> bool:
+def stack_as_concat(ep: torch.export.ExportedProgram, node: fx.Node) -> bool:
     """aten.stack written as cat of unsqueezed inputs (the same values); an input that is an
     embedding lookup of one column of an id tensor, stacked along that column's dim, looks up the
     column split off instead (`emb(ids[:, i]).unsqueeze(1)` == `emb(ids.split(1, 1)[i])`).
@@ -62,6 +71,7 @@ def stack_as_concat(graph: fx.Graph, node: fx.Node) -> bool:
     26 Gather and 26 Unsqueeze; a node costs a sub-millisecond model a dispatch each, and the
     squeeze/unsqueeze pairs cancel. Full DLRM fp32, batch 128, AMD EPYC, ad hoc A/B over 12
     interleaved rounds: 0.97x the time a call on both backends (paired median of the rounds)."""
+    graph = ep.graph
     tensors = node.args[0]
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     splits: dict[tuple[fx.Node, int], fx.Node] = {}
@@ -98,7 +108,7 @@ def _lookup_keeping_dim(graph: fx.Graph, t, dim: int, splits: dict) -> fx.Node |
     return _call(graph, aten.embedding.default, (t.args[0], column, *t.args[2:]))
 
 
-def index_as_gather(graph: fx.Graph, node: fx.Node) -> bool:
+def index_as_gather(ep: torch.export.ExportedProgram, node: fx.Node) -> bool:
     """x[:, i, j] (1-D index tensors of one length on consecutive dims d..d+k-1, k >= 2) written as
     x.flatten(d, d+k-1).index_select(d, i * size_j + j): the same values.
 
@@ -107,6 +117,7 @@ def index_as_gather(graph: fx.Graph, node: fx.Node) -> bool:
     of layers in that first Transpose at batch 128 (fp32, AMD EPYC; ad hoc per-layer profile). A
     flatten is a free reshape and the pick one Gather. Other index forms are left as they are.
     Not taken by ONNX Runtime: there the same rewrite made a DLRM call slower (0.54 vs 0.45 ms, ad hoc)."""
+    graph = ep.graph
     x, indices = node.args
     where = [k for k, t in enumerate(indices) if t is not None]
     if (len(where) < 2 or where != list(range(where[0], where[-1] + 1)) or x.meta.get("val") is None
@@ -155,12 +166,13 @@ def _rows_and_weights(linear: fx.Node) -> tuple[int, int] | None:
     return x.numel() // max(x.shape[-1], 1), w.numel()
 
 
-def gemv_relu_apart(graph: fx.Graph, node: fx.Node) -> bool:
+def gemv_relu_apart(ep: torch.export.ExportedProgram, node: fx.Node) -> bool:
     """relu(linear(x)), x of at most GEMV_ROWS rows and the weights past GEMV_WEIGHTS elements,
     written as clamp_min(linear(x), 0): the same values. OpenVINO does not fuse that Maximum, so
     the FullyConnected runs on MLAS (above): VGG16's classifier, 123M weights at batch 1, took the
     whole model to 0.95x the time (ad hoc, AMD EPYC, 6 interleaved rounds; BENCHMARKS.md has the
     peers run)."""
+    graph = ep.graph
     linear = node.args[0]
     if not (isinstance(linear, fx.Node) and linear.target is aten.linear.default and len(linear.users) == 1):
         return False
@@ -172,11 +184,12 @@ def gemv_relu_apart(graph: fx.Graph, node: fx.Node) -> bool:
     return _replace(graph, node, apart)
 
 
-def gemm_clamped(graph: fx.Graph, node: fx.Node) -> bool:
+def gemm_clamped(ep: torch.export.ExportedProgram, node: fx.Node) -> bool:
     """linear(x), x of more than GEMV_ROWS rows and no activation after it, written as
     clamp(linear(x), -m, m) for m float32's largest value: the same values, except that an
     overflow to +-inf reads +-m. OpenVINO fuses the Clamp, so the FullyConnected runs on oneDNN
     (above) and the Clamp costs no pass of its own."""
+    graph = ep.graph
     shape = _rows_and_weights(node)
     if shape is None or shape[0] <= GEMV_ROWS or any(u.target in _FUSED for u in node.users):
         return False
@@ -184,4 +197,50 @@ def gemm_clamped(graph: fx.Graph, node: fx.Node) -> bool:
     with graph.inserting_after(node):
         clamped = _call(graph, aten.clamp.default, (node, -m, m))
     node.replace_all_uses_with(clamped, delete_user_cb=lambda user: user is not clamped)
+    return True
+
+
+
+# ONNX Runtime's fp32 GEMM (MLAS, AVX-512 kernel) multiplies 12 rows of x at a time, read straight
+# from x at its row stride (it packs only the weights). When a row spans a multiple of 4 KiB (in
+# features a multiple of 1024), those 12 rows fall in one set of the L1 cache, which holds 8 ways on
+# this CPU, and evict one another at every step. 16 zeros more per row put them in different sets
+# (AMD EPYC, 2 threads, ad hoc, 8 interleaved rounds, a Pad op included: 128 x 3072 -> 768, BERT's
+# second feed-forward linear, 0.72x the time; 1024 -> 1024 0.73-0.92x from 12 to 512 rows; 768
+# in features, not a multiple, 0.72x the speed padded, so only multiples are padded). The Pad is a
+# pass over x, a larger share of a linear with few outputs: at 512 outputs the whole measured
+# 0.81-1.08x across runs, so only linears of MIN_OUT outputs or more are padded.
+ALIASED_ROW_BYTES = 4096
+K_PAD = 16
+MLAS_ROWS = 12
+MIN_OUT = 768
+
+
+def linear_rows_unaliased(ep: torch.export.ExportedProgram, node: fx.Node) -> bool:
+    """linear(x, w, b), x of at least MLAS_ROWS rows whose in features span a multiple of
+    ALIASED_ROW_BYTES and w a weight of the program of MIN_OUT outputs or more, read by this linear
+    alone, written as
+    linear(pad(x, K_PAD), w', b) with w' = w padded by K_PAD zero columns in the program's state:
+    the same values (zeros on both sides of the dot products). w is padded in the state, not by an
+    op: ONNX Runtime would pad it on every call (it did not fold that Pad), and its weights would
+    no longer be constants packed once."""
+    shape = _rows_and_weights(node)
+    if shape is None or shape[0] < MLAS_ROWS:
+        return False
+    x, w = node.args[:2]
+    k = x.meta["val"].shape[-1]
+    if ((k * x.meta["val"].element_size()) % ALIASED_ROW_BYTES or w.op != "placeholder" or len(w.users) != 1
+            or w.meta["val"].shape[0] < MIN_OUT):
+        return False
+    spec = next((s for s in ep.graph_signature.input_specs if s.arg.name == w.name), None)
+    store = next((d for d in (ep.state_dict, ep.constants) if spec is not None and spec.target in d), None)
+    if store is None:  # a user input, not a weight of the program
+        return False
+    old = store[spec.target]
+    padded = torch.nn.functional.pad(old.detach(), (0, K_PAD))
+    store[spec.target] = torch.nn.Parameter(padded, requires_grad=False) if isinstance(old, torch.nn.Parameter) else padded
+    with w.meta["val"].fake_mode:
+        w.meta["val"] = torch.empty(padded.shape, dtype=padded.dtype)
+    with ep.graph.inserting_before(node):
+        node.args = (_call(ep.graph, aten.constant_pad_nd.default, (x, [0, K_PAD])), *node.args[1:])
     return True

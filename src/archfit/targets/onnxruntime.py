@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from .base import Engine, Target, export_partition, listed_or_decomposed, requires, thread_limit, to_numpy
-from .lowering import lower, stack_as_concat
+from .lowering import avx512, linear_rows_unaliased, lower, stack_as_concat
 from .registry import register_target
 
 
@@ -203,12 +203,20 @@ def precision_unavailable(precision: str) -> str | None:
 # guard per layer), which ONNX Runtime runs ~6% slower on BERT-base (benchmarks/ort_forms.py).
 OPSET = 23
 # Compile-cache key (versions()): engines exported before are built again. 1: opset 23; 2: stacked
-# lookups of id columns look up the column split off (lowering.stack_as_concat).
-LOWERING = 2
+# lookups of id columns look up the column split off (lowering.stack_as_concat); 3: fp32 linears
+# whose rows alias in MLAS's kernel padded (lowering.linear_rows_unaliased).
+LOWERING = 3
 # The edits ONNX Runtime's exporter takes (targets/lowering.py says why; index_as_gather is not one).
 # stack_as_concat changes only the stacked lookups here: torchlib lowers any other aten.stack to the
 # same Unsqueeze + Concat.
 REWRITES = ((torch.ops.aten.stack.default, stack_as_concat),)
+LINEAR_EDITS = ((torch.ops.aten.linear.default, linear_rows_unaliased),)
+
+
+def linear_edits() -> bool:
+    """Does this CPU take the linear edit (lowering.linear_rows_unaliased)? It was measured against
+    MLAS's AVX-512 kernel, 12 rows at a time; the AVX2 one takes 6 (lowering.avx512)."""
+    return avx512()
 
 
 @lru_cache(maxsize=None)
@@ -232,7 +240,8 @@ def onnx_export(ep: torch.export.ExportedProgram):
 
 def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], precision: str) -> OnnxRuntimeEngine:
     with quiet():
-        program = onnx_export(lower(export_partition(gm, example_inputs, contiguous_reshapes=True), REWRITES))
+        program = onnx_export(lower(export_partition(gm, example_inputs, contiguous_reshapes=True),
+                                    REWRITES + (LINEAR_EDITS if linear_edits() else ())))
     return OnnxRuntimeEngine(externalize(program.model_proto))
 
 
@@ -242,7 +251,7 @@ def versions() -> dict:
     import onnxscript
 
     return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__,
-            "archfit_lowering": LOWERING}
+            "archfit_lowering": LOWERING, "archfit_linear_edits": linear_edits()}
 
 
 unavailable = requires("onnxruntime", "onnxscript")

@@ -13,7 +13,7 @@ from torch import fx
 
 from ..errors import ArtifactError
 from .base import Engine, Target, export_partition, listed_or_decomposed, requires, stream_count, thread_limit, to_numpy
-from .lowering import gemm_clamped, gemv_relu_apart, index_as_gather, lower, stack_as_concat
+from .lowering import avx512, gemm_clamped, gemv_relu_apart, index_as_gather, lower, stack_as_concat
 from .registry import register_target
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -128,12 +128,10 @@ def versions() -> dict:
     return {"openvino": openvino.__version__, "archfit_lowering": LOWERING, "archfit_linear_edits": linear_edits()}
 
 
-@lru_cache(maxsize=1)
 def linear_edits() -> bool:
     """Does this CPU take the fp32 linear edits (lowering.gemv_relu_apart, gemm_clamped)? They were
-    measured on CPUs with AVX-512, where OpenVINO's oneDNN kernels are brgemm; on an AVX2-only CPU
-    its kernels differ and the edits are unmeasured, so programs go over as the model writes them."""
-    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+    measured on CPUs with AVX-512, where OpenVINO's oneDNN kernels are brgemm (lowering.avx512)."""
+    return avx512()
 
 
 @lru_cache(maxsize=1)
