@@ -12,7 +12,14 @@ Part one, single linears (a ReLU after some): the time of a call both ways (and 
 kernel each FullyConnected ran on). Part two, whole models from the zoo (default: openvino
 bert-base, distilbert-base, vgg16; onnxruntime bert-base, distilbert-base) at batch 1, fp32. Arms
 interleaved over rounds in one process; the ratio is the paired median of the rounds' ratios.
-Writes benchmarks/results/fc_kernels.json (openvino) or fc_kernels-onnxruntime.json."""
+Writes benchmarks/results/fc_kernels.json (openvino) or fc_kernels-onnxruntime.json.
+
+    .venv/bin/python benchmarks/fc_kernels.py --dynamic [--rounds 8] [--seconds 3]
+
+instead times openvino's engine for a range of lengths (BERT-base, `Packing(strategy="dynamic")`,
+lengths 2..384 in one engine, OpenVINO's bounded dynamic shapes), whose linears take the edits
+by the most rows of the range, on eight requests of SQuAD-like lengths a call; writes
+fc_kernels-dynamic.json."""
 from __future__ import annotations
 
 import argparse
@@ -109,6 +116,31 @@ def whole(target: str, name: str, rounds: int, seconds: float) -> dict:
     return {"model": name, "arms": _timed(arms, "without", rounds, seconds)}
 
 
+def dynamic_lengths(rounds: int, seconds: float) -> dict:
+    import archfit
+    from archfit import zoo
+    from archfit.shapes.packed import Packing
+
+    model, _ = zoo.build("bert-base")
+    model.eval()
+    example = {"input_ids": torch.randint(1000, 30000, (1, 384)), "attention_mask": torch.ones(1, 384, dtype=torch.long)}
+    g = torch.Generator().manual_seed(0)
+    lengths = (40, 90, 150, 250, 120, 180, 64, 300)
+    requests = [{"input_ids": torch.randint(1000, 30000, (1, n), generator=g)} for n in lengths]
+    modules = {}
+    for key, on in (("without", False), ("with", True)):
+        with _edits("openvino", on):
+            modules[key] = archfit.trace(model, example, "openvino", precision="fp32", check_payoff=False, cache=False,
+                                         packing=Packing(384, outputs=("last_hidden_state",), strategy="dynamic"))
+    with torch.no_grad():
+        want = [model(**r).last_hidden_state for r in requests]
+        error = max(float((o["last_hidden_state"] - w).abs().max())
+                    for o, w in zip(modules["with"].run(requests), want))
+    arms = {k: (lambda m=m: m.run(requests)) for k, m in modules.items()}
+    return {"model": "bert-base", "lengths": lengths, "max_abs_error_vs_eager": error,
+            "arms": _timed(arms, "without", rounds, seconds)}
+
+
 def main() -> None:
     from archfit.cli.bench import cpu_model, matmul_peak_gflops
 
@@ -117,8 +149,19 @@ def main() -> None:
     ap.add_argument("--target", choices=sorted(SHAPES), default="openvino")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--dynamic", action="store_true", help="openvino's engine for a range of lengths instead")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.dynamic:
+        result = {"cpu": cpu_model(), **dynamic_lengths(args.rounds, args.seconds)}
+        (ROOT / "benchmarks" / "results" / "fc_kernels-dynamic.json").write_text(json.dumps(result, indent=1))
+        print(f"{result['cpu']}; BERT-base, one engine for lengths 2..384, 8 requests a call "
+              f"(lengths {', '.join(map(str, result['lengths']))}); max abs error vs eager "
+              f"{result['max_abs_error_vs_eager']:.2e}\n")
+        print("| arm | p50 ms per call of 8 requests | time vs without the edits (paired) |\n|---|---|---|")
+        for k, a in result["arms"].items():
+            print(f"| archfit openvino fp32, {k} the edits | {a['p50_ms']:.1f} | {a['time_vs_without']:.3f}x |")
+        return
     result = {"cpu": cpu_model(), "fp32_matmul_peak_gflops": matmul_peak_gflops(torch.float32),
               "target": args.target, "shapes": shapes(args.target, args.rounds, args.seconds / 2),
               "models": [whole(args.target, m, args.rounds, args.seconds) for m in args.models or MODELS[args.target]]}

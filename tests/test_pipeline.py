@@ -313,6 +313,35 @@ def test_openvino_fp32_linears_get_the_kernel_their_rows_run_fastest_on():
         assert not {"Relu", "Clamp"} & openvino_layer_types(head)  # fused, or a Maximum after MLAS
 
 
+def test_openvino_fp32_linears_compiled_for_a_range_of_rows_get_the_kernel_of_its_most_rows():
+    """compile_dynamic takes the linear edits too, by the most rows its range holds: up to 8
+    rows, relu(linear) as clamp_min (MLAS); up to 64, a clamp after the linear without an
+    activation (oneDNN, as the fused one). The engine equals eager across the range."""
+    from archfit.targets import openvino
+    from archfit.targets.openvino import _lower, compile_dynamic
+
+    if not openvino.linear_edits():
+        pytest.skip("the fp32 linear edits are taken on CPUs with AVX-512 only (tested on one in the test above)")
+    model = _Head().eval()
+
+    def export(high: int):
+        rows = torch.export.Dim("rows", min=2, max=high)
+        return torch.export.export(model, (torch.randn(4, 2048),), dynamic_shapes=({0: rows},), strict=False)
+
+    def ops(ep) -> list[str]:
+        return [n.target.__name__ for n in ep.graph.nodes if n.op == "call_function"]
+
+    assert ops(_lower(export(8), "fp32")) == ["linear.default", "clamp_min.default", "linear.default"]
+    assert ops(_lower(export(64), "fp32")) == ["linear.default", "relu.default", "linear.default", "clamp.default"]
+    engine = compile_dynamic(export(64), [[(2, 64), 2048]], "fp32")
+    kernels = [kernel for kind, kernel in engine.layers() if kind == "FullyConnected"]
+    assert len(kernels) == 2 and not any("mlas" in k for k in kernels), kernels
+    for rows in (2, 9, 64):
+        x = torch.randn(rows, 2048)
+        with torch.no_grad():
+            torch.testing.assert_close(engine.run([x])[0], model(x), atol=1e-4, rtol=1e-4)
+
+
 class _Rows(torch.nn.Module):
     """Linears whose rows span 4 KiB (1024 fp32 in features), one weight read twice (tied), one of
     few outputs, and one of 768 in features."""

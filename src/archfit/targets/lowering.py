@@ -158,12 +158,23 @@ _FUSED = {aten.relu.default, aten.gelu.default, aten.sigmoid.default, aten.tanh.
 
 
 def _rows_and_weights(linear: fx.Node) -> tuple[int, int] | None:
-    """(rows of x, elements of the weights) of a static fp32 aten.linear, else None."""
+    """(rows of x, elements of the weights) of an fp32 aten.linear with fixed in features and
+    weights, else None. Where the rows vary (a program compiled for a range of sizes), the most
+    rows the program takes: the kernel is chosen once for every size, and a range's calls are
+    mostly near its top (padded lengths, batches filled under load)."""
     x, w = (a.meta.get("val") if isinstance(a, fx.Node) else None for a in linear.args[:2])
-    if (x is None or w is None or x.dtype != torch.float32
-            or not all(isinstance(d, int) for d in (*x.shape, *w.shape))):
+    if (x is None or w is None or x.dtype != torch.float32 or not isinstance(x.shape[-1], int)
+            or not all(isinstance(d, int) for d in w.shape)):
         return None
-    return x.numel() // max(x.shape[-1], 1), w.numel()
+    rows = 1
+    for d in x.shape[:-1]:
+        rows = rows * d
+    if isinstance(rows, torch.SymInt):
+        most = rows.node.shape_env.bound_sympy(rows.node.expr).upper
+        if not most.is_finite:
+            return None
+        rows = int(most)
+    return rows, w.numel()
 
 
 def gemv_relu_apart(ep: torch.export.ExportedProgram, node: fx.Node) -> bool:

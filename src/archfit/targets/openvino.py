@@ -118,8 +118,9 @@ def _sharing() -> dict:
 # in compile_dynamic too (a program rewrite, not a graph copy); the graph edited in place since
 # (the same converted model: no bump); 4: x[:, i, j] as flatten + index_select; 5: stacked lookups of
 # id columns look up the column split off (lowering.stack_as_concat); 6: fp32 linears handed over in
-# the form that gets the faster kernel for their rows (lowering.gemv_relu_apart, gemm_clamped).
-LOWERING = 6
+# the form that gets the faster kernel for their rows (lowering.gemv_relu_apart, gemm_clamped); 7:
+# the same in compile_dynamic, by the most rows of the range.
+LOWERING = 7
 
 
 def versions() -> dict:
