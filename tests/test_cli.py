@@ -102,10 +102,12 @@ def test_python_file_function_as_model(tmp_path):
         "    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))\n"
         "    return model, (torch.randn(4, 8),)\n"
     )
-    r = run("compile", f"{src}:build", "-t", "onnxruntime", "--json", "--no-compare")
+    # --no-payoff: whether ONNX Runtime beats PyTorch on three tiny ops is a timing a loaded host
+    # can flip (the suite once dropped the partition); the file's function is what is tested here
+    r = run("compile", f"{src}:build", "-t", "onnxruntime", "--json", "--no-compare", "--no-payoff")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
-    assert data["model"] == "build" and data["validation"]["ok"] and len(data["partitions"]) == 1
+    assert data["model"] == "build" and data["validation"]["ok"] and len(data["partitions"]) == 1, data
     assert data["latency_ms"] is None  # --no-compare
     r = run("analyze", f"{src}:missing")
     assert r.returncode == 1 and "has no function 'missing'" in r.stderr

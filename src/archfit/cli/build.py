@@ -80,6 +80,9 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
                                                                 "default: the target's own."),
              force_cpu: List[str] = typer.Option([], "--force-cpu", help="Op or node name to keep on the CPU."),
              require_full: bool = typer.Option(False, help="Fail unless every op runs on the target."),
+             payoff: bool = typer.Option(True, help="Keep a partition on the target only if the whole model measures "
+                                                    "faster with it there; --no-payoff keeps every supported "
+                                                    "partition, as an accelerator SDK does."),
              min_partition_size: Optional[int] = typer.Option(None, help="Smallest partition, in compute ops "
                                                                          "(default: the target's own)."),
              no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the compile cache."),
@@ -138,7 +141,7 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
         spec, packing = _buckets(vary, buckets, lengths, max_buckets, pad), None
     with progress_line(not as_json) as progress:
         compiled = trace(mod, inputs, target=target, precision=precision, force_cpu=force_cpu,
-                         require_full=require_full, min_partition_size=min_partition_size,
+                         require_full=require_full, min_partition_size=min_partition_size, check_payoff=payoff,
                          cache=not no_cache, progress=progress, name=name, buckets=spec,
                          dynamic_batch=dynamic_batch, packing=packing, accuracy=accuracy or declared_gate(model),
                          per_partition=per_partition)
