@@ -8,6 +8,7 @@ computed on the program's fake tensors, as a trace would, since converters read 
 signature and dynamic dims are kept, so fixed-shape and dynamic compiles share these edits."""
 from __future__ import annotations
 
+import math
 import operator
 from functools import lru_cache
 from typing import Callable, Sequence
@@ -166,9 +167,7 @@ def _rows_and_weights(linear: fx.Node) -> tuple[int, int] | None:
     if (x is None or w is None or x.dtype != torch.float32 or not isinstance(x.shape[-1], int)
             or not all(isinstance(d, int) for d in w.shape)):
         return None
-    rows = 1
-    for d in x.shape[:-1]:
-        rows = rows * d
+    rows = math.prod(x.shape[:-1])
     if isinstance(rows, torch.SymInt):
         most = rows.node.shape_env.bound_sympy(rows.node.expr).upper
         if not most.is_finite:
@@ -211,7 +210,6 @@ def gemm_clamped(ep: torch.export.ExportedProgram, node: fx.Node) -> bool:
     return True
 
 
-
 # ONNX Runtime's fp32 GEMM (MLAS, AVX-512 kernel) multiplies 12 rows of x at a time, read straight
 # from x at its row stride (it packs only the weights). When a row spans a multiple of 4 KiB (in
 # features a multiple of 1024), those 12 rows fall in one set of the L1 cache, which holds 8 ways on
@@ -230,8 +228,8 @@ MIN_OUT = 768
 def linear_rows_unaliased(ep: torch.export.ExportedProgram, node: fx.Node) -> bool:
     """linear(x, w, b), x of at least MLAS_ROWS rows whose in features span a multiple of
     ALIASED_ROW_BYTES and w a weight of the program of MIN_OUT outputs or more, read by this linear
-    alone, written as
-    linear(pad(x, K_PAD), w', b) with w' = w padded by K_PAD zero columns in the program's state:
+    alone, written as linear(pad(x, K_PAD), w', b) with w' = w padded by K_PAD zero columns in the
+    program's state:
     the same values (zeros on both sides of the dot products). w is padded in the state, not by an
     op: ONNX Runtime would pad it on every call (it did not fold that Pad), and its weights would
     no longer be constants packed once."""
