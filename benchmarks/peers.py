@@ -36,14 +36,18 @@ BIG_BATCH = {"dlrm": 1024}  # others: 8
 GROUP_BY_PRECISION = {"dlrm"}
 # The verdict on archfit auto against the best peer comes from runs of their own after the table:
 # auto, the peers within 10% of the table's best at that precision, and any archfit arm the table
-# put below 0.9x that peer, alone in VERDICT_PROCESSES fresh processes (VERDICT_ROUNDS rounds of
-# VERDICT_SECONDS an arm each, the precisions' processes alternating). With fourteen arms a round
-# spreads two arms' bursts seconds apart, and arms that run the same engine differed by 5-12% in
-# one table (2026-12-03: BERT-base's archfit openvino fp32 71.08 ms, its auto 74.65, which chose
-# that same engine); and one process's verdict is one draw: the same code's DistilBERT fp32
-# verdict read +15.8% in one process and +1.2% in the next (2026-12-03), OpenVINO direct 15%
-# faster in the second. The rounds of every process are pooled (each is paired within itself).
-VERDICT_PROCESSES, VERDICT_ROUNDS, VERDICT_SECONDS = 3, 4, 2.5
+# put below 0.9x that peer, alone in VERDICT_PROCESSES fresh processes (VERDICT_SECONDS_PER_ARM an
+# arm each, the precisions' processes alternating). With fourteen arms a round spreads two arms'
+# bursts seconds apart, and arms that run the same engine differed by 5-12% in one table
+# (2026-12-03: BERT-base's archfit openvino fp32 71.08 ms, its auto 74.65, which chose that same
+# engine); and one process's verdict is one draw: the same code's DistilBERT fp32 verdict read
+# +15.8% in one process and +1.2% in the next (2026-12-03), OpenVINO direct 15% faster in the
+# second. The rounds of every process are pooled (each is paired within itself). Bursts are
+# BURST_CALLS calls of the slowest arm, within [MIN_BURST_S, MAX_BURST_S]: DLRM's round medians
+# (about 1 ms a call) moved 2x between 2.5 s rounds of one arm, so its arms must meet the host
+# within a fraction of a second to pair; a 110 ms BERT call needs seconds for a stable median.
+VERDICT_PROCESSES, VERDICT_SECONDS_PER_ARM = 3, 10.0
+BURST_CALLS, MIN_BURST_S, MAX_BURST_S = 30, 0.25, 2.5
 ARM_FLOOR = 0.9  # #17: no archfit arm below 0.9x the best peer at its precision
 
 
@@ -174,16 +178,24 @@ def _verdict_arms(rows: list[dict]) -> dict[str, list[str]]:
     return out
 
 
-def verdict_process(name: str, arms: list[str]) -> dict:
+def _verdict_rounds(rows: list[dict], arms: list[str]) -> tuple[int, float]:
+    """(rounds, seconds an arm a round) of one verdict process: bursts of BURST_CALLS calls of the
+    slowest arm as the table timed it, VERDICT_SECONDS_PER_ARM in all."""
+    slowest_s = max(r["p50_ms"] for r in rows if r["arm"] in arms) / 1e3
+    burst = min(MAX_BURST_S, max(MIN_BURST_S, BURST_CALLS * slowest_s))
+    return round(VERDICT_SECONDS_PER_ARM / burst), burst
+
+
+def verdict_process(name: str, arms: list[str], rounds: int, seconds: float) -> dict:
     """One verdict run (in a fresh process): `arms` built as the table builds them, timed alone."""
     from archfit.cli import bench
 
     model, inputs, _ = _model_and_inputs(name)
     builders = bench.arms(model, inputs)
-    timed = bench.run_arms({a: builders[a] for a in arms}, VERDICT_ROUNDS, VERDICT_SECONDS,
+    timed = bench.run_arms({a: builders[a] for a in arms}, rounds, seconds,
                            log=lambda m: print(f"[{name} verdict] {m}", flush=True))
     return {"errors": {r.name: r.error for r in timed if r.error},
-            "rounds_ms": [{r.name: r.rounds_ms[n] for r in timed if not r.error} for n in range(VERDICT_ROUNDS)],
+            "rounds_ms": [{r.name: r.rounds_ms[n] for r in timed if not r.error} for n in range(rounds)], "burst_s": seconds,
             "chosen": next((r.extra.get("chosen") for r in timed if "chosen" in r.extra), None)}
 
 
@@ -200,11 +212,12 @@ def _pooled_verdict(prec: str, arms: list[str], runs: list[dict]) -> dict:
     peer = min(peers, key=lambda a: med([r[a] for r in rounds]))
     ratio = lambda rs, a: med([r[peer] / r[a] for r in rs])  # noqa: E731
     auto = f"archfit auto {prec}"
-    return {"peer": peer, "ahead": ratio(rounds, auto) - 1, "chosen": runs[0]["chosen"],
+    chosen = list(dict.fromkeys(run["chosen"] for run in runs))  # measured again in each process
+    return {"peer": peer, "ahead": ratio(rounds, auto) - 1, "chosen": " / ".join(map(str, chosen)),
             "per_process": [ratio(run["rounds_ms"], auto) - 1 for run in runs],
             "arms_vs_peer": {a: ratio(rounds, a) for a in arms if a.startswith("archfit") and a != auto},
             "p50_ms": {a: med([r[a] for r in rounds]) for a in arms},
-            "processes": len(runs), "rounds_ms": rounds}
+            "processes": len(runs), "burst_s": runs[0].get("burst_s"), "rounds_ms": rounds}
 
 
 def _run_verdicts(name: str) -> None:
@@ -221,7 +234,8 @@ def _run_verdicts(name: str) -> None:
         for prec, arms in result["verdict_arms"].items():
             out = tmp / f"{prec}-{k}.json"
             subprocess.run([sys.executable, __file__, name], check=True, env={
-                **os.environ, "ARCHFIT_PEERS_VERDICT": json.dumps({"arms": arms, "out": str(out)})})
+                **os.environ, "ARCHFIT_PEERS_VERDICT": json.dumps(
+                    {"arms": arms, "out": str(out), "timing": _verdict_rounds(result["rows"], arms)})})
             runs[prec].append(json.loads(out.read_text()))
             out.unlink()
     result["verdicts"] = {prec: _pooled_verdict(prec, result["verdict_arms"][prec], rs) for prec, rs in runs.items()}
@@ -277,8 +291,9 @@ def _markdown(results: list[dict]) -> str:
             "<= 15% (convnets), DLRM's explained per component.", "",
             f"Auto against the best peer: from runs of their own after the table, {VERDICT_PROCESSES} fresh processes "
             f"per precision (alternating), each timing archfit auto, the peers within 10% of the table's best at "
-            f"that precision and any archfit arm the table put below {ARM_FLOOR}x, {VERDICT_ROUNDS} rounds of "
-            f"{VERDICT_SECONDS:g} s an arm. Their rounds pooled: the best peer is the one with the least median, "
+            f"that precision and any archfit arm the table put below {ARM_FLOOR}x, {VERDICT_SECONDS_PER_ARM:g} s an "
+            f"arm in rounds of {BURST_CALLS} calls of the slowest ({MIN_BURST_S:g}-{MAX_BURST_S:g} s). Their rounds "
+            "pooled: the best peer is the one with the least median, "
             "the figure the median over rounds of its time over the arm's (both met the same host within a round); "
             "per process in the model's rows below. The table's own pairing of auto and its best peer beside it.",
             "",
@@ -301,7 +316,7 @@ def _markdown(results: list[dict]) -> str:
             if verdict and "error" in verdict:
                 cells.append(f"verdict run failed: {verdict['error']} MISSED")
                 continue
-            if verdict:  # the run of its own after the table (VERDICT_ROUNDS): the verdict
+            if verdict:  # the runs of their own after the table: the verdict
                 lead = verdict["ahead"]
                 how = f"{verdict['chosen']} vs {verdict['peer']}; in the table {in_table:+.1%}"
             else:  # results from before verdict runs: the table's own pairing
@@ -357,8 +372,10 @@ def _markdown(results: list[dict]) -> str:
         for prec, v in r.get("verdicts", {}).items():
             if "error" not in v:
                 v = {"processes": 1, "per_process": [v["ahead"]], "arms_vs_peer": {}} | v  # older runs: one process
-                out.append(f"- verdict runs, {prec} ({v['processes']} processes x {VERDICT_ROUNDS} rounds of "
-                           f"{VERDICT_SECONDS:g} s an arm, medians of the pooled rounds): "
+                rounds = len(v["rounds_ms"]) // v["processes"]
+                burst = f"{v['burst_s']:.2f} s" if v.get("burst_s") else "3 s"  # older runs: 6 rounds of 3 s
+                out.append(f"- verdict runs, {prec} ({v['processes']} processes x {rounds} rounds of "
+                           f"{burst} an arm, medians of the pooled rounds): "
                            + ", ".join(f"{k} {ms:.2f} ms" for k, ms in v["p50_ms"].items())
                            + f"; archfit auto {prec} ({v['chosen']}) against {v['peer']}: {v['ahead']:+.1%} "
                            "(per process " + ", ".join(f"{x:+.1%}" for x in v["per_process"]) + ")"
@@ -380,7 +397,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if len(names) == 1 and os.environ.get("ARCHFIT_PEERS_VERDICT"):
         job = json.loads(os.environ["ARCHFIT_PEERS_VERDICT"])
-        Path(job["out"]).write_text(json.dumps(verdict_process(names[0], job["arms"])))
+        Path(job["out"]).write_text(json.dumps(verdict_process(names[0], job["arms"], *job["timing"])))
         return
     if len(names) == 1 and os.environ.get("ARCHFIT_PEERS_CHILD"):
         t0 = time.perf_counter()
