@@ -207,17 +207,16 @@ def _pooled_verdict(prec: str, arms: list[str], runs: list[dict]) -> dict:
     if errors:
         return {"error": "; ".join(f"{k}: {v}" for k, v in errors.items())}
     rounds = [r for run in runs for r in run["rounds_ms"]]
-    med = lambda xs: statistics.median(xs)  # noqa: E731
     peers = [a for a in arms if not a.startswith("archfit")]
-    peer = min(peers, key=lambda a: med([r[a] for r in rounds]))
-    ratio = lambda rs, a: med([r[peer] / r[a] for r in rs])  # noqa: E731
+    peer = min(peers, key=lambda a: statistics.median(r[a] for r in rounds))
+    ratio = lambda rs, a: statistics.median(r[peer] / r[a] for r in rs)  # noqa: E731
     auto = f"archfit auto {prec}"
     chosen = list(dict.fromkeys(run["chosen"] for run in runs))  # measured again in each process
     return {"peer": peer, "ahead": ratio(rounds, auto) - 1, "chosen": " / ".join(map(str, chosen)),
             "per_process": [ratio(run["rounds_ms"], auto) - 1 for run in runs],
             "arms_vs_peer": {a: ratio(rounds, a) for a in arms if a.startswith("archfit") and a != auto},
-            "p50_ms": {a: med([r[a] for r in rounds]) for a in arms},
-            "processes": len(runs), "burst_s": runs[0].get("burst_s"), "rounds_ms": rounds}
+            "p50_ms": {a: statistics.median(r[a] for r in rounds) for a in arms},
+            "processes": len(runs), "burst_s": runs[0]["burst_s"], "rounds_ms": rounds}
 
 
 def _run_verdicts(name: str) -> None:
@@ -226,8 +225,6 @@ def _run_verdicts(name: str) -> None:
     peers-NAME.json's "verdicts"."""
     path = RESULTS / f"peers-{name}.json"
     result = json.loads(path.read_text())
-    # tables written before the verdicts ran apart name no arms: the same rule on their rows
-    result["verdict_arms"] = result.get("verdict_arms") or _verdict_arms(result["rows"])
     runs: dict[str, list[dict]] = {prec: [] for prec in result["verdict_arms"]}
     tmp = scratch_dir("archfit-verdict-")
     for k in range(VERDICT_PROCESSES):
@@ -263,14 +260,15 @@ def _vs_best_peer(row: dict) -> float:
 
 
 def _arm_vs_best_peer(result: dict, row: dict) -> tuple[float, str]:
-    """An archfit arm against the best peer, and where that figure comes from: auto's, and any arm
-    the table put below ARM_FLOOR, from the verdict runs (the runs that decide them; in the table
-    arms running one engine measured 5-12% apart), every other arm's from the table."""
+    """An archfit arm against the best peer, and where that figure comes from: "verdict runs" for
+    auto's, "rechecked" for an arm the table put below ARM_FLOOR and its verdict runs timed again
+    (the runs that decide them; in the table arms running one engine measured 5-12% apart), else
+    "table"."""
     verdict = result.get("verdicts", {}).get(row["precision"]) or {}
     if row["arm"] == f"archfit auto {row['precision']}" and "ahead" in verdict:
         return 1 + verdict["ahead"], "verdict runs"
     if row["arm"] in verdict.get("arms_vs_peer", {}):
-        return verdict["arms_vs_peer"][row["arm"]], f"verdict runs; {_vs_best_peer(row):.2f}x in the table"
+        return verdict["arms_vs_peer"][row["arm"]], "rechecked"
     return _vs_best_peer(row), "table"
 
 
@@ -327,10 +325,12 @@ def _markdown(results: list[dict]) -> str:
             ahead += lead >= 0.03
             cells.append(f"{lead:+.1%} ({how}){'' if lead >= -0.01 else ' MISSED'}")
         ok = [x for x in r["rows"] if not x["error"] and x["arm"].startswith("archfit") and "1 op" not in x["arm"]]
-        judged = [(x["arm"].removeprefix("archfit "), *_arm_vs_best_peer(r, x)) for x in ok]
-        slow = [f"{a} {v:.2f}x ({src})" for a, v, src in judged if v < ARM_FLOOR]
-        cleared = [f"{a} {v:.2f}x in its verdict runs ({src.split('; ')[1]})" for a, v, src in judged
-                   if v >= ARM_FLOOR and "in the table" in src]
+        judged = [(x["arm"].removeprefix("archfit "), *_arm_vs_best_peer(r, x), f"{_vs_best_peer(x):.2f}x in the table")
+                  for x in ok]
+        slow = [f"{a} {v:.2f}x ({f'verdict runs; {t}' if how == 'rechecked' else how})"
+                for a, v, how, t in judged if v < ARM_FLOOR]
+        cleared = [f"{a} {v:.2f}x in its verdict runs ({t})" for a, v, how, t in judged
+                   if v >= ARM_FLOOR and how == "rechecked"]
         fastest = min(ok, key=lambda x: x["p50_ms"])
         best32 = min((x for x in ok if x["precision"] == "fp32"), key=lambda x: x["p50_ms"])
         pc = r["partition_cost"]["cost"]
@@ -371,11 +371,9 @@ def _markdown(results: list[dict]) -> str:
                    f"fully compiled: {pc['cost']:+.1%} ({floor})")
         for prec, v in r.get("verdicts", {}).items():
             if "error" not in v:
-                v = {"processes": 1, "per_process": [v["ahead"]], "arms_vs_peer": {}} | v  # older runs: one process
                 rounds = len(v["rounds_ms"]) // v["processes"]
-                burst = f"{v['burst_s']:.2f} s" if v.get("burst_s") else "3 s"  # older runs: 6 rounds of 3 s
                 out.append(f"- verdict runs, {prec} ({v['processes']} processes x {rounds} rounds of "
-                           f"{burst} an arm, medians of the pooled rounds): "
+                           f"{v['burst_s']:.2f} s an arm, medians of the pooled rounds): "
                            + ", ".join(f"{k} {ms:.2f} ms" for k, ms in v["p50_ms"].items())
                            + f"; archfit auto {prec} ({v['chosen']}) against {v['peer']}: {v['ahead']:+.1%} "
                            "(per process " + ", ".join(f"{x:+.1%}" for x in v["per_process"]) + ")"
