@@ -4,6 +4,7 @@ that use no model, a gather of random rows from a 1 GiB table (memory latency) a
 fp32 matmul (the cores).
 
     .venv/bin/python benchmarks/process_spread.py dlrm --processes 5
+    .venv/bin/python benchmarks/process_spread.py dlrm --batch 1024 --arms "archfit openvino fp32,torch.compile (Inductor)"
 
 Per process: each arm's median over its rounds. Over every round of every process: each arm's
 round medians correlated (Pearson, on logs) with the other arms' and the probes'. Arms that move
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from fresh import scratch_dir  # noqa: E402 - benchmarks/ is on sys.path when run as a script
-from peers import RESULTS, _model_and_inputs
+from peers import RESULTS, _batch, _model_and_inputs
 
 DEFAULT_ARMS = {"dlrm": ["archfit openvino fp32", "OpenVINO direct", "ONNX Runtime direct", "torch.compile (Inductor)"]}
 PROBES = ("probe: gather 1 GiB", "probe: matmul fp32")
@@ -36,11 +37,12 @@ def _probes() -> dict:
     return {PROBES[0]: lambda: table.index_select(0, rows), PROBES[1]: lambda: a @ b}
 
 
-def one_process(model: str, arms: list[str], rounds: int, burst: float) -> dict:
+def one_process(model: str, arms: list[str], rounds: int, burst: float, batch: int | None) -> dict:
     from archfit.cli import bench
     from archfit.core.timing import interleaved_rounds
 
     net, inputs, _ = _model_and_inputs(model)
+    inputs = _batch(inputs, batch) if batch else inputs
     builders = bench.arms(net, inputs)
     calls = {}
     with torch.no_grad():
@@ -67,36 +69,39 @@ def main() -> None:
     p.add_argument("--processes", type=int, default=5)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--burst", type=float, default=0.25, help="seconds an arm a round")
+    p.add_argument("--batch", type=int, help="the model's inputs at this batch (default: the peers table's)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     arms = args.arms.split(",") if args.arms else DEFAULT_ARMS[args.model]
     if args.child:
-        Path(args.child).write_text(json.dumps(one_process(args.model, arms, args.rounds, args.burst)))
+        Path(args.child).write_text(json.dumps(one_process(args.model, arms, args.rounds, args.burst, args.batch)))
         return
     tmp = scratch_dir("archfit-spread-")
     runs = []
     for k in range(args.processes):
         out = tmp / f"{k}.json"
+        batch = ["--batch", str(args.batch)] if args.batch else []
         subprocess.run([sys.executable, __file__, args.model, "--arms", ",".join(arms), "--rounds", str(args.rounds),
-                        "--burst", str(args.burst), "--child", str(out)], check=True, env=os.environ)
+                        "--burst", str(args.burst), "--child", str(out), *batch], check=True, env=os.environ)
         runs.append(json.loads(out.read_text()))
         print(f"process {k + 1}: " + ", ".join(f"{a} {statistics.median(v):.3f}" for a, v in runs[-1].items()), flush=True)
     names = list(runs[0])
     pooled = {a: [x for run in runs for x in run[a]] for a in names}
     from archfit.cli.bench import cpu_model
 
-    result = {"model": args.model, "cpu": cpu_model(), "processes": args.processes, "rounds": args.rounds,
+    result = {"model": args.model, "batch": args.batch, "cpu": cpu_model(), "processes": args.processes, "rounds": args.rounds,
               "burst_s": args.burst, "runs": runs,
               "per_process_ms": {a: [statistics.median(run[a]) for run in runs] for a in names},
               "correlation": {a: {b: _pearson(pooled[a], pooled[b]) for b in names if b != a} for a in names}}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"spread-{args.model}.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"spread-{args.model}{f'-{args.batch}' if args.batch else ''}.json").write_text(json.dumps(result, indent=1))
     print(markdown(result))
 
 
 def markdown(result: dict) -> str:
     names = list(result["per_process_ms"])
-    out = [f"{result['model']}, {result['cpu']}, {result['processes']} fresh processes x {result['rounds']} rounds "
+    batch = f", batch {result['batch']}" if result.get("batch") else ""
+    out = [f"{result['model']}{batch}, {result['cpu']}, {result['processes']} fresh processes x {result['rounds']} rounds "
            f"of {result['burst_s']:g} s an arm, interleaved", "",
            "| arm | " + " | ".join(f"process {k + 1} ms" for k in range(result["processes"])) + " | max/min |",
            "|---|" + "---:|" * (result["processes"] + 1)]
