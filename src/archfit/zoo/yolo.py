@@ -2,7 +2,8 @@
 package provides them under a license archfit can depend on). Each returns decoded boxes
 (B, N, 5 + classes): xywh in pixels, objectness and class probabilities, i.e. everything up to
 the data-dependent score filter and NMS, which `Detector` adds: the zoo's entries are the whole
-detectors. `width` scales channels (tiny variants)."""
+detectors. `width` scales channels and `depth` the repeats of each stage's blocks (tiny variants:
+1/8 of the channels, one block a stage: the same structure, a fraction of the nodes to export)."""
 from __future__ import annotations
 
 import torch
@@ -75,16 +76,20 @@ def _c(width: float, c: int) -> int:
     return max(8, int(c * width))
 
 
+def _d(depth: float, n: int) -> int:
+    return max(1, round(n * depth))
+
+
 # ---- YOLOv3: Darknet-53 + three-scale FPN head --------------------------------------------------
 
 class Darknet53(nn.Module):
-    def __init__(self, width: float, act: str = "leaky"):
+    def __init__(self, width: float, act: str = "leaky", depth: float = 1.0):
         super().__init__()
         c = lambda n: _c(width, n)  # noqa: E731
         self.stem = Conv(3, c(32), 3, act=act)
         stages, cin = [], c(32)
         for cout, n in ((64, 1), (128, 2), (256, 8), (512, 8), (1024, 4)):
-            layers = [Conv(cin, c(cout), 3, 2, act=act)] + [Residual(c(cout), c(cout // 2), act) for _ in range(n)]
+            layers = [Conv(cin, c(cout), 3, 2, act=act)] + [Residual(c(cout), c(cout // 2), act) for _ in range(_d(depth, n))]
             stages.append(nn.Sequential(*layers))
             cin = c(cout)
         self.stages = nn.ModuleList(stages)
@@ -104,10 +109,10 @@ def _five(c1: int, c: int, act: str = "leaky") -> nn.Sequential:
 
 
 class YOLOv3(nn.Module):
-    def __init__(self, classes: int = 80, size: int = 416, width: float = 1.0):
+    def __init__(self, classes: int = 80, size: int = 416, width: float = 1.0, depth: float = 1.0):
         super().__init__()
         c = lambda n: _c(width, n)  # noqa: E731
-        self.backbone = Darknet53(width)
+        self.backbone = Darknet53(width, depth=depth)
         self.h5, self.h4, self.h3 = _five(c(1024), c(512)), _five(c(512) + c(256), c(256)), _five(c(256) + c(128), c(128))
         self.r5, self.r4 = Conv(c(512), c(256), 1), Conv(c(256), c(128), 1)
         self.o5, self.o4, self.o3 = Conv(c(512), c(1024), 3), Conv(c(256), c(512), 3), Conv(c(128), c(256), 3)
@@ -145,13 +150,13 @@ class SPP(nn.Module):
 
 
 class YOLOv4(nn.Module):
-    def __init__(self, classes: int = 80, size: int = 608, width: float = 1.0):
+    def __init__(self, classes: int = 80, size: int = 608, width: float = 1.0, depth: float = 1.0):
         super().__init__()
         c = lambda n: _c(width, n)  # noqa: E731
         self.stem = Conv(3, c(32), 3, act="mish")
         stages, cin = [], c(32)
         for i, (cout, n) in enumerate(((64, 1), (128, 2), (256, 8), (512, 8), (1024, 4))):
-            stages.append(CSPStage(cin, c(cout), n, first=i == 0))
+            stages.append(CSPStage(cin, c(cout), _d(depth, n), first=i == 0))
             cin = c(cout)
         self.stages = nn.ModuleList(stages)
         self.pre_spp = nn.Sequential(Conv(c(1024), c(512), 1), Conv(c(512), c(1024), 3), Conv(c(1024), c(512), 1), SPP())
@@ -220,7 +225,7 @@ class YOLOv5(nn.Module):
     def __init__(self, classes: int = 80, size: int = 640, width: float = 0.5, depth: float = 0.33):
         super().__init__()
         c = lambda n: _c(width, n)  # noqa: E731
-        d = lambda n: max(1, round(n * depth))  # noqa: E731
+        d = lambda n: _d(depth, n)  # noqa: E731
         self.b1 = nn.Sequential(Conv(3, c(64), 6, 2, act="silu", p=2), Conv(c(64), c(128), 3, 2, act="silu"),
                                 C3(c(128), c(128), d(3)), Conv(c(128), c(256), 3, 2, act="silu"), C3(c(256), c(256), d(6)))
         self.b2 = nn.Sequential(Conv(c(256), c(512), 3, 2, act="silu"), C3(c(512), c(512), d(9)))
@@ -271,7 +276,7 @@ class Detector(nn.Module):
 
 def _build(cls, size: int, tiny: bool, **kw):
     if tiny:
-        kw = kw | {"width": kw.get("width", 1.0) / 8}
+        kw = kw | {"width": kw.get("width", 1.0) / 8, "depth": kw.get("depth", 1.0) / 8}
         size = 128
     net = cls(classes=3 if tiny else 80, size=size, **kw)
     # Batch-norm statistics measured on random images, as training would have set them: with the
@@ -296,4 +301,4 @@ def yolov4(tiny: bool):
 
 
 def yolov5s(tiny: bool):
-    return _build(YOLOv5, 640, tiny, width=0.5)
+    return _build(YOLOv5, 640, tiny, width=0.5, depth=0.33)
