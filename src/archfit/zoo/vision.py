@@ -15,12 +15,22 @@ def resnet18(tiny: bool):
     return _classifier(torchvision.models.resnet18, tiny)
 
 
+def _bottleneck_net(factory, tiny: bool, **groups):
+    """ResNet-50 / ResNeXt-50; tiny: the same Bottleneck blocks (grouped for ResNeXt) and stage
+    widths, one block a stage instead of 3-4-6-3, so its capture is a quarter of the nodes."""
+    if not tiny:
+        return _classifier(factory, tiny)
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    return ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10, **groups), (torch.randn(1, 3, 64, 64),)
+
+
 def resnet50(tiny: bool):
-    return _classifier(torchvision.models.resnet50, tiny)
+    return _bottleneck_net(torchvision.models.resnet50, tiny)
 
 
 def resnext50_32x4d(tiny: bool):
-    return _classifier(torchvision.models.resnext50_32x4d, tiny)
+    return _bottleneck_net(torchvision.models.resnext50_32x4d, tiny, groups=32, width_per_group=4)
 
 
 def vgg16(tiny: bool):
