@@ -60,7 +60,16 @@ def retinanet_resnet50_fpn(tiny: bool):
     Score threshold 0.005, not 0.05: the head's prior makes random-weight scores about 0.01, and
     a detector that keeps no box would leave its post-processing untested and unmeasured."""
     size = 128 if tiny else 800
-    model = torchvision.models.detection.retinanet_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=5 if tiny else 91, min_size=size, max_size=size,
-        score_thresh=0.005)
-    return model, _detection_input(size)
+    options = dict(min_size=size, max_size=size, score_thresh=0.005)
+    if not tiny:
+        model = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, **options)
+        return model, _detection_input(size)
+    # tiny: the same detector built as torchvision builds it (retinanet_resnet50_fpn, untrained), on
+    # the tiny ResNet-50's one Bottleneck a stage
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.models.detection.retinanet import RetinaNet
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    backbone = _resnet_fpn_extractor(resnet50(tiny=True)[0], 5, returned_layers=[2, 3, 4],
+                                     extra_blocks=LastLevelP6P7(256, 256))
+    return RetinaNet(backbone, 5, **options), _detection_input(size)
