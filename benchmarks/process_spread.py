@@ -38,23 +38,18 @@ def _probes() -> dict:
 
 
 def one_process(model: str, arms: list[str], rounds: int, burst: float, batch: int | None) -> dict:
+    """Each arm's and probe's round medians (ms), timed interleaved as the peers table times them."""
     from archfit.cli import bench
-    from archfit.core.timing import interleaved_rounds
 
     net, inputs, _ = _model_and_inputs(model)
     inputs = _batch(inputs, batch) if batch else inputs
     builders = bench.arms(net, inputs)
-    calls = {}
-    with torch.no_grad():
-        for arm in arms:
-            calls[arm] = builders[arm][1]()
-            calls[arm]()
-        calls |= _probes()
-        out = {k: [] for k in calls}
-        for samples in interleaved_rounds(calls, burst, rounds):
-            for k, v in samples.items():
-                out[k].append(1e3 * statistics.median(v))
-    return out
+    probes = {name: ("fp32", lambda fn=fn: fn) for name, fn in _probes().items()}
+    timed = bench.run_arms({a: builders[a] for a in arms} | probes, rounds, burst)
+    failed = [f"{r.name}: {r.error}" for r in timed if r.error]
+    if failed:
+        sys.exit("process_spread: an arm failed to build: " + "; ".join(failed))
+    return {r.name: r.rounds_ms for r in timed}
 
 
 def _pearson(x: list[float], y: list[float]) -> float:
