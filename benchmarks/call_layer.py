@@ -21,7 +21,7 @@ def one(name: str, calls: int, rounds: int) -> dict:
     import archfit
     from archfit import zoo
     from archfit.core.capture import normalize_inputs
-    from archfit.core.compile import EngineModule
+    from archfit.core.engines import EngineModule
 
     model, inputs = zoo.build(name, tiny=True)
     model.eval()

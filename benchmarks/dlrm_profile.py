@@ -84,7 +84,7 @@ def forced_components(model, inputs, calls: int) -> dict:
     module's call split into its engines' calls (timed inside the call) and the rest (the
     host op, Python dispatch between engines), against the fully compiled module's engine."""
     import archfit
-    from archfit.core.compile import EngineModule
+    from archfit.core.engines import EngineModule
     from peers import _mid_graph_node  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
     node = _mid_graph_node(model, inputs)

@@ -32,7 +32,7 @@ class _Linear(torch.nn.Module):
 
 
 def _engine(module):
-    from archfit.core.compile import EngineModule
+    from archfit.core.engines import EngineModule
 
     (engine,) = [m.engine for m in module.modules() if isinstance(m, EngineModule)]
     return engine

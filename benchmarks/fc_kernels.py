@@ -75,7 +75,7 @@ def _compiled(model, inputs, target: str, on: bool):
 
 
 def _kernels(module) -> list[str]:
-    from archfit.core.compile import EngineModule
+    from archfit.core.engines import EngineModule
 
     return [kernel for m in module.modules() if isinstance(m, EngineModule) and hasattr(m.engine, "layers")
             for kind, kernel in m.engine.layers() if kind == "FullyConnected"]

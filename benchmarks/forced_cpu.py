@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import THREADS, _mid_graph_node  # noqa: E402 - the node the peers table forces
 
 from archfit.cli import bench  # noqa: E402
-from archfit.core.threads import ONE_THREAD, one_thread_for  # noqa: E402
 from archfit.core.timing import interleaved_ms  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +38,11 @@ def one(name: str, rounds: int = 3, seconds: float = 2.0) -> dict:
     # the payoff check on (the default): it also times the host part both ways and records the faster
     forced = archfit.trace(model, inputs, "openvino", precision="fp32", force_cpu=(node,))
     args, kwargs = normalize_inputs(inputs)
-    chosen = one_thread_for(forced.graph_module)
+    chosen = forced.one_thread is True
 
     def run_forced(one: bool):
         def call():
-            setattr(forced.graph_module, ONE_THREAD, one)  # switched per call for the comparison
+            forced.one_thread = one  # switched per call for the comparison
             forced(*args, **kwargs)
         return call
 

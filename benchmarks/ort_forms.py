@@ -69,11 +69,11 @@ def _torchscript_session(model, inputs: dict, fuse: bool):
 
 def _archfit_with_skip_layer_norm(model, inputs):
     from archfit.cli import bench
-    from archfit.core.module import _engine
+    from archfit.core.engines import engine_named
     from archfit.targets.onnxruntime import _session_options
 
     fn, compiled = bench._archfit(model, inputs, "onnxruntime", "fp32")
-    engine = _engine(compiled.graph_module, compiled._sole_engine).engine
+    engine = engine_named(compiled.graph_module, compiled._sole_engine).engine
     engine.disabled_optimizers = ()
     engine._open(_session_options(spinning=engine.spinning))
     return fn

@@ -25,7 +25,7 @@ import archfit
 from archfit import zoo
 from archfit.cli import bench
 from archfit.core.capture import normalize_inputs
-from archfit.core.compile import EngineModule
+from archfit.core.engines import EngineModule
 
 RESULTS = Path(__file__).resolve().parent / "results" / "runtime_overhead.json"
 MODELS = (("bert-base", "openvino"), ("mlp-custom-op", "openvino"))

@@ -137,7 +137,7 @@ def free_port() -> int:
 
 def openvino_layers(compiled) -> list[tuple[str, str]]:
     """(layer type, kernel) of every layer OpenVINO's CPU plugin runs for a compiled module's engines."""
-    from archfit.core.compile import EngineModule
+    from archfit.core.engines import EngineModule
 
     return [layer for m in compiled.modules() if isinstance(m, EngineModule) for layer in m.engine.layers()]
 

@@ -58,7 +58,7 @@ def test_compile_save_inspect_run_end_to_end(tmp_path):
     assert "target: onnxruntime on CPU, precision fp32" in r.stdout and "inputs: x[1, 3, 64, 64]:float32" in r.stdout
     assert "versions: archfit" in r.stdout and "verdict: FITS" in r.stdout
     meta = json.loads(run("inspect", str(out), "--json").stdout)
-    assert meta["engines"][0]["module"] == "target_0" and meta["components"]["main"]["buckets"] is None
+    assert meta["engines"][0]["module"] == "target_0" and meta["kind"] == meta["components"]["main"]["kind"] == "static"
     x = torch.randn(1, 3, 64, 64)
     np.save(tmp_path / "x.npy", x.numpy())
     r = run("run", str(out), "--input", f"x={tmp_path / 'x.npy'}", "-d", str(tmp_path / "out"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import archfit
-from archfit.core.compile import EngineModule
+from archfit.core.engines import EngineModule
 from archfit.errors import InputError, ModelError
 from archfit.zoo import build
 

@@ -42,7 +42,7 @@ def test_plain_calls_skip_pytree_and_still_refuse_what_is_not_the_traced_input(m
 def test_a_model_compiled_whole_calls_its_engine_by_name_without_the_host_graph(mlp, saved_mlp, tmp_path):
     """The sole-engine path: found for one engine fed every input, not for a host op between
     engines; the engine is looked up by name per call (auto and per_partition swap engines)."""
-    from archfit.core.compile import EngineModule
+    from archfit.core.engines import EngineModule
 
     model, (x,) = mlp
     module = archfit.trace(model, (x,), "openvino", check_payoff=False, validate=False)

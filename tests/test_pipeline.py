@@ -29,9 +29,9 @@ def test_tiny_bert_one_partition_matches_eager(tiny_bert, target, tmp_path):
     if target == "onnxruntime":  # attention handed over as ONNX's Attention op (opset 23), not spelled out
         import onnx
 
-        from archfit.core.module import _engine
+        from archfit.core.engines import engine_named
 
-        engine = _engine(compiled.graph_module, compiled._sole_engine).engine
+        engine = engine_named(compiled.graph_module, compiled._sole_engine).engine
         graph = onnx.load_from_string(engine.model).graph
         ops = [n.op_type for n in graph.node]
         assert ops.count("Attention") == model.config.num_hidden_layers and "Softmax" not in ops
@@ -206,16 +206,16 @@ def test_threads_between_engines_are_measured_recorded_and_saved(monkeypatch, tm
     that only glues engines is timed both ways at compile time, the faster recorded, honoured on
     every call and kept by saved files; a host doing heavy arithmetic keeps PyTorch's threads."""
     import archfit.core.compile as compile_
-    import archfit.core.threads as threads
-    from archfit.core.threads import ONE_THREAD, choose_host_threads
+    import archfit.core.timing as timing
+    from archfit.core.threads import choose_host_threads
 
     x = torch.randn(4, 32)
     monkeypatch.setattr(compile_, "_in_context_losers", lambda *a: {})  # tiny partitions stay on the target
-    monkeypatch.setattr(threads, "interleaved_ms", lambda calls, seconds, **kw: {True: 1.0, False: 2.0})  # one thread wins
+    monkeypatch.setattr(timing, "interleaved_ms", lambda calls, seconds, **kw: {True: 1.0, False: 2.0})  # one thread wins
     light = archfit.trace(_Probed(False).eval(), (x,), "openvino", min_partition_size=1)
     heavy = archfit.trace(_Probed(True).eval(), (x,), "openvino", min_partition_size=1, force_cpu=["aten.matmul"])
-    assert len(light.report.partitions) == 2 and getattr(light.graph_module, ONE_THREAD) is True
-    assert {g.op for g in heavy.report.fallback} >= {"aten.matmul"} and not hasattr(heavy.graph_module, ONE_THREAD)
+    assert len(light.report.partitions) == 2 and light.one_thread is True
+    assert {g.op for g in heavy.report.fallback} >= {"aten.matmul"} and heavy.one_thread is None
     loaded = archfit.load(archfit.save(light, tmp_path / "light.archfit"))
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # test workers run one thread: give the host two to take away
@@ -224,14 +224,13 @@ def test_threads_between_engines_are_measured_recorded_and_saved(monkeypatch, tm
             _SEEN_THREADS.clear()
             module(x)
             assert _SEEN_THREADS == [want] and torch.get_num_threads() == 2  # restored after the call
-        monkeypatch.setattr(threads, "interleaved_ms", lambda calls, seconds, **kw: {True: 2.0, False: 1.0})
-        choose_host_threads(light.graph_module, (x,))  # measured the other way: PyTorch keeps its threads
+        monkeypatch.setattr(timing, "interleaved_ms", lambda calls, seconds, **kw: {True: 2.0, False: 1.0})
+        light.one_thread = choose_host_threads(light.graph_module, (x,))  # measured the other way: PyTorch keeps its threads
         _SEEN_THREADS.clear()
         light(x)
         assert _SEEN_THREADS == [2]
-        monkeypatch.setattr(threads, "interleaved_ms", lambda calls, seconds, **kw: {True: 1.02, False: 1.0})
-        choose_host_threads(light.graph_module, (x,))  # a near-tie (noise) goes to one thread
-        assert getattr(light.graph_module, ONE_THREAD) is True
+        monkeypatch.setattr(timing, "interleaved_ms", lambda calls, seconds, **kw: {True: 1.02, False: 1.0})
+        assert choose_host_threads(light.graph_module, (x,)) is True  # a near-tie (noise) goes to one thread
     finally:
         torch.set_num_threads(before)
 
@@ -364,7 +363,7 @@ def test_onnxruntime_pads_rows_that_alias_in_mlas_kernel():
     AVX-512. Equal to eager."""
     import onnx
 
-    from archfit.core.compile import EngineModule
+    from archfit.core.engines import EngineModule
     from archfit.targets import onnxruntime
 
     model = _Rows().eval()
@@ -424,7 +423,7 @@ def test_stacked_lookups_read_their_id_column_split_off():
 
     import onnx
 
-    from archfit.core.compile import EngineModule
+    from archfit.core.engines import EngineModule
     from archfit.targets.lowering import lower, stack_as_concat
 
     model, dense, ids = _Lookups().eval(), torch.randn(5, 4), torch.randint(0, 10, (5, 3))
@@ -450,7 +449,7 @@ def test_openvino_engine_hands_matching_inputs_over_shared_and_converts_the_rest
     converters; both give the same answers as eager."""
     import openvino
 
-    from archfit.core.compile import EngineModule
+    from archfit.core.engines import EngineModule
 
     class Pick(torch.nn.Module):
         def __init__(self):

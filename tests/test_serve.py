@@ -246,7 +246,7 @@ def test_cli_serves_and_sigterm_drains_in_flight_requests(bert_file):
 def test_thread_limit_unpins_openvino_engines(bert_file, monkeypatch):
     """ARCHFIT_THREADS (set per Ray replica): engines take that many threads and are not pinned to
     cores (OpenVINO pins by default, and two processes on Linux pin to the same core)."""
-    from archfit.core.compile import EngineModule
+    from archfit.core.engines import EngineModule
 
     monkeypatch.setenv("ARCHFIT_THREADS", "1")
     engines = [m.engine for m in archfit.load(bert_file).modules() if isinstance(m, EngineModule)]
@@ -257,7 +257,7 @@ def test_thread_limit_unpins_openvino_engines(bert_file, monkeypatch):
 
 
 def test_thread_limit_holds_for_engines_compiled_here_too(mlp, monkeypatch):
-    from archfit.core.compile import EngineModule
+    from archfit.core.engines import EngineModule
 
     monkeypatch.setenv("ARCHFIT_THREADS", "1")
     model, inputs = mlp
@@ -271,7 +271,7 @@ def test_thread_limit_holds_for_engines_compiled_here_too(mlp, monkeypatch):
 def test_two_streams_run_two_batches_at_once_with_the_same_answers(bert_file, monkeypatch):
     """--streams 2: engines load with two OpenVINO streams and the batcher keeps two batches in
     flight; answers equal archfit.load's."""
-    from archfit.core.compile import EngineModule
+    from archfit.core.engines import EngineModule
     from archfit.serve import Server, load_models
 
     monkeypatch.setenv("ARCHFIT_STREAMS", "2")

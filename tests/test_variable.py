@@ -43,7 +43,7 @@ def test_html_page_has_the_bucket_table(bucketed_bert):
     rows = page["buckets"]["rows"]
     assert [r["size"] for r in rows] == list(SIZES) and all(r["ok"] for r in rows)
     assert all(r["partitions"] == len(module.report.partitions) for r in rows)
-    html = module.to_html()
+    html = archfit.report.to_html(module)
     assert '"buckets":{"rows":[{"size":%d' % SIZES[0] in html and html.startswith("<!DOCTYPE html>")
 
 

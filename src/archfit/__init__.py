@@ -13,7 +13,7 @@ _LAZY = {
     "load": "artifact", "save": "artifact", "ArchfitModule": "core.module", "CompiledModule": "core.module",
     "TOLERANCES": "core.validate", **{name: "core.accuracy" for name in ("Accuracy", "Classification", "Detection",
                                                                           "Embedding", "Tokens")},
-    "Analysis": "pipeline", "TraceOptions": "pipeline", "analyze": "pipeline",
+    "Analysis": "pipeline", "TraceOptions": "core.options", "analyze": "pipeline",
     "trace": "pipeline", "trace_seq2seq": "pipeline", "AttachedModule": "regions", "HostRegion": "regions",
     "FitReport": "report", "BucketChoice": "shapes", "BucketedModule": "shapes", "Buckets": "shapes",
     "PackedModule": "shapes", "Packing": "shapes",
@@ -91,7 +91,8 @@ if TYPE_CHECKING:  # what the names above are, for type checkers and editors
     from .core.validate import TOLERANCES  # noqa: F401
     from .errors import (ArchfitError, ArtifactError, CaptureError, CompileError, InputError,  # noqa: F401
                          ModelError, TargetError, UnsupportedOpsError, ValidationError)
-    from .pipeline import Analysis, TraceOptions, analyze, trace, trace_seq2seq  # noqa: F401
+    from .core.options import TraceOptions  # noqa: F401
+    from .pipeline import Analysis, analyze, trace, trace_seq2seq  # noqa: F401
     from .regions import AttachedModule, HostRegion  # noqa: F401
     from .report import FitReport  # noqa: F401
     from .seq2seq import Seq2SeqModule  # noqa: F401

@@ -12,23 +12,23 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from .core.accuracy import Accuracy, accuracy_gate
+from .core.accuracy import Accuracy
 from .core.capture import Captured, CaptureFailure, capture_fixed, normalize_inputs
 from .core.compile import compile_plan
-from .core.mixed import mix_targets, other_targets
 from .core.module import ArchfitModule, CompiledModule
+from .core.options import TraceOptions, resolve_precision
 from .core.partition import PartitionPlan, drop_partitions, is_acyclic, plan_partitions, require_full as check_full
+from .core.per_partition import mix_targets
 from .core.support import Reason, check_support
 from .core.validate import validate as run_validation
 from .errors import ArchfitError, CaptureError
-from .frontends import Imported, adopt, import_model
+from .frontends import Imported, import_model, to_source_framework
 from .regions import (AttachedModule, RegionPlan, plan_regions, plan_to_dict, regions_page, render_regions,
                       validate_attached)
 from .report import FitReport, build_report, estimate_latency, measure_host_ms
-from .shapes import Buckets, Packing, trace_buckets
+from .shapes import Buckets, trace_buckets
 from .shapes.pack_trace import trace_packed
 from .targets import Target, get_target
-from .targets.base import PRECISIONS
 
 DEFAULT_TARGETS = ("openvino", "onnxruntime")
 
@@ -56,9 +56,10 @@ class Analysis:
         was analysed: after changing its weights or code, call archfit.trace instead."""
         if self.module is None:
             raise ArchfitError("this analysis holds no model to compile; call archfit.trace(model, inputs, ...)")
-        module = trace(self.module, self.example_inputs, target, name=self.model, _analysis=self, **options)
+        opts = TraceOptions.of(**({"name": self.model} | options | {"target": target}))
+        module = _trace(self.module, self.example_inputs, opts, self)
         if self.imported is not None and self.imported.foreign:
-            return adopt(module, self.imported, options.get("validate", True))
+            return to_source_framework(module, self.imported, opts.validate)
         return module
 
     def __getitem__(self, target: str) -> FitReport:
@@ -90,42 +91,6 @@ class Analysis:
 
     def __str__(self) -> str:
         return self.to_text()
-
-
-@dataclass(frozen=True)
-class TraceOptions:
-    """What `trace` was asked for, handed unchanged to every graph it compiles (the whole model,
-    each bucket, each region)."""
-
-    target: Target
-    precision: str
-    force_cpu: tuple[str, ...] = ()
-    require_full: bool = False
-    min_partition_size: int | None = None
-    check_payoff: bool = True
-    validate: bool = True
-    cache: bool = True
-    progress: Callable[[str], None] | None = None
-    accuracy: Accuracy | None = None  # a task gate deciding validation (core/accuracy.py)
-    per_partition: bool = False  # each partition on the real target the whole model measures fastest with
-    # validation measured and reported but not deciding: a detector's regions under a whole-model task
-    # gate (their outputs are raw box offsets and logits, where bf16's elementwise error says little)
-    report_only: bool = False
-
-    def say(self, message: str) -> None:
-        if self.progress is not None:
-            self.progress(message)
-
-
-def _precision(target: Target, precision: str | None) -> str:
-    precision = precision or target.default_precision
-    if precision not in PRECISIONS or precision not in target.precisions:
-        raise ArchfitError(f"precision {precision!r} is not offered by target {target.name!r}; "
-                           f"choose one of {', '.join(target.precisions)}")
-    why = target.precision_unavailable(precision)
-    if why is not None:
-        raise ArchfitError(f"precision {precision!r} on target {target.name!r}: {why}")
-    return precision
 
 
 def _plan(captured: Captured, target: Target, force_cpu: Iterable[str], min_size: int | None) -> PartitionPlan:
@@ -163,7 +128,7 @@ def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str |
         out = []
         for t in targets:
             target = get_target(t)
-            prec = _precision(target, precision)
+            prec = resolve_precision(target, precision)
             plan = _plan(graph, target, force_cpu, min_partition_size)
             out.append(build_report(label, plan, prec, target.emulated, estimate=_estimate(graph, plan, target, prec),
                                     graph_module=graph.graph_module))
@@ -181,30 +146,26 @@ def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str |
                     **kept)
 
 
-def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "openvino", *,
-          precision: str | None = None, force_cpu: Iterable[str] = (), require_full: bool = False,
-          min_partition_size: int | None = None, check_payoff: bool = True,
-          validate: bool = True, validation_inputs: Any = None, cache: bool = True, progress=None,
-          name: str | None = None, buckets: Buckets | None = None, dynamic_batch: bool = False,
-          check_padding: bool = True, packing: Packing | None = None, accuracy: str | Accuracy | None = None,
-          per_partition: bool = False, _analysis: Analysis | None = None) -> ArchfitModule:
+def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target | None = None, *,
+          options: TraceOptions | None = None, **keywords) -> ArchfitModule:
     """Compile `model` for `target` at the example inputs' shapes; returns an nn.Module that
     takes the same inputs and returns the same output structure as `model`.
 
-    force_cpu: op names ('aten.gelu', 'gelu') or node names to keep in PyTorch.
-    require_full: fail, listing every node, unless the whole model runs on the target.
+    Options come as one archfit.TraceOptions (`options=`), as keywords of the same names, or both
+    (keywords then set those fields of `options`):
     target: a target name, or "auto": compile on every real target here, measure the whole model
         with each on the example inputs and keep the fastest (the report lists the alternatives).
     precision: "fp32", "bf16", the target's default (None) or "auto": each precision the target
         computes in here and that passes validation, measured like target="auto".
+    force_cpu: op names ('aten.gelu', 'gelu') or node names to keep in PyTorch.
+    require_full: fail, listing every node, unless the whole model runs on the target.
     check_payoff: time each partition at compile time and keep it on the target only if it
         beats PyTorch including the boundary crossing.
     validate: compare with eager PyTorch on the example and one random input (see TOLERANCES).
     validation_inputs: more inputs to validate on, structured like example_inputs.
     accuracy: a task gate that decides validation instead of the elementwise tolerance (which is
         still reported): archfit.Detection(), Classification(), Embedding(), Tokens(), or a name,
-        e.g. "detection" or "detection:recall=0.98" (see archfit.core.accuracy). bf16 on a
-        detector passes or fails on what the task needs, and the report prints the metric.
+        e.g. "detection" or "detection:recall=0.98" (see archfit.core.accuracy).
     per_partition: after compiling on `target`, compile each partition on every other real target
         that takes all its ops too, and keep, per partition, the one the whole model measures
         fastest with (the report names each partition's target; the file records it).
@@ -216,9 +177,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
         batch size, smaller ones are padded.
     check_padding: with buckets, verify at compile time that padding leaves real positions unchanged.
     packing: archfit.Packing: compile an encoder over rows that hold several variable-length
-        sequences each (block-diagonal attention, positions restarting per sequence); returns a
-        PackedModule whose run/map take lists of sequences. Refused, naming the reason, for a model
-        whose outputs for a packed sequence differ from the model run on it alone.
+        sequences each; returns a PackedModule whose run/map take lists of sequences.
 
     A model that cannot be captured whole at fixed shapes (a branch on a tensor's value, an op
     whose output size depends on data, such as NMS) comes back as an AttachedModule: its
@@ -227,47 +186,67 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target = "o
     ONNX and TensorFlow/Keras models (see analyze) are imported into the same graph, validated
     against their own framework's outputs too, and the module returned takes and gives arrays.
     """
-    # every keyword argument as given, for the two paths that call trace again with them
-    given = {k: v for k, v in locals().items() if k not in ("model", "example_inputs", "target", "_analysis")}
+    if target is not None:
+        keywords["target"] = target
+    options = TraceOptions.of(options, **keywords)
     imported = import_model(model, example_inputs)
-    if imported.foreign:
-        module = trace(imported.module, imported.inputs, target, **(given | {"name": name or imported.name}))
-        return adopt(module, imported, validate)
-    if target == "auto" or precision == "auto":  # every candidate compiled, measured, the fastest kept
-        from .choose import trace_auto
-
-        given.pop("precision")
-        return trace_auto(trace, model, example_inputs, target, precision, **given)
-    t0 = time.perf_counter()
-    target = get_target(target)
-    options = TraceOptions(target, _precision(target, precision), tuple(force_cpu), require_full, min_partition_size,
-                           check_payoff, validate, cache, progress, accuracy_gate(accuracy), per_partition)
-    name = name or type(model).__name__
-    if packing is not None:
-        if buckets is not None or dynamic_batch:
-            raise ArchfitError("packing takes its row lengths from Packing(sizes=/sample=/histogram=) and its batch "
-                               "from Packing(rows=); pass neither buckets nor dynamic_batch with it")
-        return trace_packed(lambda module, inputs: _trace_model(module, inputs, options, name, None, time.perf_counter()),
-                            model, example_inputs, packing, target, options.precision, progress)
-    if buckets is not None or dynamic_batch:
-        def trace_one(inputs) -> ArchfitModule:
-            return _trace_model(model, inputs, options, name, None, time.perf_counter())
-
-        return trace_buckets(trace_one, model, example_inputs, buckets, dynamic_batch, options.precision,
-                             check_padding=check_padding, progress=progress)
-    return _trace_model(model, example_inputs, options, name, validation_inputs, t0, _analysis)
+    options = dataclasses.replace(options, name=options.name or imported.name)
+    module = _trace(imported.module, imported.inputs, options)
+    return to_source_framework(module, imported, options.validate) if imported.foreign else module
 
 
-def _trace_model(model, example_inputs, options: TraceOptions, name: str, validation_inputs, t0: float,
-                 analysis: Analysis | None = None):
+def _trace_auto(model, example_inputs, options: TraceOptions, analysis=None) -> ArchfitModule:
+    from .auto import trace_auto
+
+    return trace_auto(_trace, model, example_inputs, options)
+
+
+def _trace_packing(model, example_inputs, options: TraceOptions, analysis=None) -> ArchfitModule:
+    o = dataclasses.replace(options.resolved(), validation_inputs=None)  # packed rows are checked per sequence
+    if o.buckets is not None or o.dynamic_batch:
+        raise ArchfitError("packing takes its row lengths from Packing(sizes=/sample=/histogram=) and its batch "
+                           "from Packing(rows=); pass neither buckets nor dynamic_batch with it")
+    return trace_packed(lambda module, inputs: _trace_model(module, inputs, o), model, example_inputs, o.packing,
+                        o.target, o.precision, o.progress)
+
+
+def _trace_buckets(model, example_inputs, options: TraceOptions, analysis=None) -> ArchfitModule:
+    o = dataclasses.replace(options.resolved(), validation_inputs=None)
+    return trace_buckets(lambda inputs: _trace_model(model, inputs, o), model, example_inputs, o.buckets,
+                         o.dynamic_batch, o.precision, check_padding=o.check_padding, progress=o.progress)
+
+
+def _trace_fixed(model, example_inputs, options: TraceOptions, analysis=None) -> ArchfitModule:
+    return _trace_model(model, example_inputs, options.resolved(), analysis)
+
+
+# The paths of trace, the first that applies taking the model: (what it is for, when, how).
+_PATHS: tuple[tuple[str, Callable[[TraceOptions], bool], Callable[..., ArchfitModule]], ...] = (
+    ("target or precision measured", lambda o: o.target == "auto" or o.precision == "auto", _trace_auto),
+    ("several sequences per compiled row", lambda o: o.packing is not None, _trace_packing),
+    ("one static module per size", lambda o: o.buckets is not None or o.dynamic_batch, _trace_buckets),
+    ("one fixed shape", lambda o: True, _trace_fixed),
+)
+
+
+def _trace(model: torch.nn.Module, example_inputs: Any, options: TraceOptions,
+           analysis: Analysis | None = None) -> ArchfitModule:
+    """A torch model through the first path of _PATHS that applies (an analysis: its graphs)."""
+    how = next(run for _what, applies, run in _PATHS if applies(options))
+    return how(model, example_inputs, options, analysis)
+
+
+def _trace_model(model, example_inputs, options: TraceOptions, analysis: Analysis | None = None):
     """One fixed-shape graph, or, when the model cannot be captured whole, its regions (those an
-    analysis captured already when given one)."""
+    analysis captured already when given one). `options` resolved."""
+    t0 = time.perf_counter()
     if analysis is None:
         captured, why = capture_fixed(model, example_inputs)
     else:
         captured, why = analysis.captured.get(analysis.model), analysis.failure
+    name = options.name or type(model).__name__
     if why is None:
-        return _trace_captured(model, captured, options, name, validation_inputs, t0)
+        return _trace_captured(model, captured, options, name, t0)
     if options.require_full:
         raise CaptureError(f"{name}: {why}; require_full asks for the whole model on the target: move that code out "
                            f"of forward()")
@@ -276,28 +255,26 @@ def _trace_model(model, example_inputs, options: TraceOptions, name: str, valida
 
 
 def _trace_captured(model: torch.nn.Module, captured: Captured, options: TraceOptions, name: str,
-                    validation_inputs=None, t0: float | None = None) -> CompiledModule:
+                    t0: float | None = None) -> CompiledModule:
     """Partition, compile, validate and report a graph captured at fixed shapes."""
     t0 = time.perf_counter() if t0 is None else t0
     target, precision = options.target, options.precision
     plan = _plan(captured, target, options.force_cpu, options.min_partition_size)
     if options.require_full:
         check_full(plan)
-    compiled = compile_plan(captured, plan, target, precision, options.check_payoff and target.measure_payoff,
-                            use_cache=options.cache, progress=options.progress)
+    compiled = compile_plan(captured, plan, options)
     if options.require_full:  # nodes the backend rejected at compile time went to the CPU
         check_full(compiled.plan)
     if options.per_partition and compiled.plan.partitions:
-        compiled = mix_targets(captured, compiled, target, other_targets(target, precision), precision,
-                               options.force_cpu, options.cache, options.progress)
+        compiled = mix_targets(captured, compiled, options)
 
     def module(report=None) -> CompiledModule:
         return CompiledModule(compiled.graph_module, captured.in_spec, captured.out_spec, captured.inputs,
-                              target.name, precision, report, target.emulated)
+                              target.name, precision, report, target.emulated, one_thread=compiled.one_thread)
 
     validation = None
     if options.validate:
-        extra = normalize_inputs(validation_inputs) if validation_inputs is not None else None
+        extra = normalize_inputs(options.validation_inputs) if options.validation_inputs is not None else None
         validation = run_validation(model, module(), captured, compiled, precision, extra_inputs=extra,
                                     accuracy=options.accuracy, raise_on_failure=not options.report_only)
     return module(build_report(name, compiled.plan, precision, target.emulated, compiled.timings, validation,
@@ -319,7 +296,8 @@ def _trace_regions(model, example_inputs, why: CaptureFailure, options: TraceOpt
         options.say(f"region {path} ({i + 1}/{len(plan.captured)})")
         # a region's outputs are features, not the task's: its check is elementwise; with a task gate
         # the whole model's gate below decides, and the regions' errors are only reported
-        region_options = dataclasses.replace(options, accuracy=None, report_only=options.accuracy is not None)
+        region_options = dataclasses.replace(options, accuracy=None, report_only=options.accuracy is not None,
+                                             validation_inputs=None)
         module = _trace_captured(model.get_submodule(path), graph, region_options, f"{plan.model}.{path}")
         if module.report.partitions:  # a region that runs wholly in PyTorch stays the model's own module
             compiled[path] = module

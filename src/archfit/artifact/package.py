@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -16,40 +15,31 @@ from torch.utils import _pytree as pytree
 
 from .._version import __version__
 from ..core.capture import TensorSpec, attr_of
-from ..core.compile import EngineModule, hand_over_if_alone
-from ..core.module import ArchfitModule, CompiledModule
-from ..core.threads import ONE_THREAD, one_thread_for
+from ..core.compile import give_cores_to_sole_engine
+from ..core.engines import EngineModule, engines_of
+from ..core.kinds import kind_class
+from ..core.module import MAX_DIM, ArchfitModule, CompiledModule, Parts
 from ..errors import ArtifactError, TargetError, first_line
 from ..ops import library_name
-from ..shapes.choose import BucketChoice
-from ..shapes.dispatch import BucketedModule, Padding
-from ..shapes.dynamic import DynamicModule, dynamic_entry
-from ..shapes.dynamic import from_entry as dynamic_from_entry
 from ..targets import get_target
 from . import container
 from .host_program import DTYPES, HostProgram, graph_from_json, graph_to_json
 
 MAX_INPUTS = 4096
 MAX_RANK = 16
-MAX_DIM = 2**31
-MAX_BUCKETS = 4096
 
 
 def _versions(target) -> dict:
     return {"archfit": __version__, "torch": torch.__version__, **target.versions()}
 
 
-def _engine_modules(gm: torch.nn.Module) -> list[tuple[str, EngineModule]]:
-    """(name, engine module) of a traced graph module or a loaded host program."""
-    children = gm.engines.items() if isinstance(gm, HostProgram) else gm.named_children()
-    return [(name, m) for name, m in children if isinstance(m, EngineModule)]
-
-
 def _host_weights(gm: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # a loaded HostProgram keeps its weights in a flat dict (attr), a traced graph as attributes
+    attr = getattr(gm, "attr", None) or (lambda target: attr_of(gm, target))
     out = {}
     for n in gm.graph.nodes:
         if n.op == "get_attr":
-            obj = gm.attr(n.target) if isinstance(gm, HostProgram) else attr_of(gm, n.target)
+            obj = attr(n.target)
             # safetensors refuses shared or strided storage: store a compact copy of each
             out[n.target] = obj.detach().contiguous().clone()
     return out
@@ -93,11 +83,11 @@ def _module_files(module: CompiledModule, target, prefix: str) -> tuple[dict[str
 
     gm = module.graph_module
     files: dict[str, bytes] = {}
-    engines = [_engine_files(name, mod, target, prefix, files) for name, mod in _engine_modules(gm)]
+    engines = [_engine_files(name, mod, target, prefix, files) for name, mod in engines_of(gm)]
     files[f"{prefix}host.json"] = json.dumps(graph_to_json(gm.graph)).encode()
     files[f"{prefix}host_weights.safetensors"] = save_tensors(_host_weights(gm))
     entry = {"inputs": _input_entries(module.inputs), "engines": engines, "custom_ops": _custom_ops(gm),
-             "prefix": prefix, "host_one_thread": one_thread_for(gm)}
+             "prefix": prefix, "host_one_thread": module.one_thread is True}
     return files, entry
 
 
@@ -106,36 +96,23 @@ def _input_entries(inputs) -> list[dict]:
             for s in inputs]
 
 
-def _dynamic_component(module: DynamicModule, target, prefix: str) -> tuple[dict[str, bytes], dict]:
-    """A dynamic-length module: its one engine and its input bounds, no host program."""
-    files: dict[str, bytes] = {}
-    engine = _engine_files("dynamic", module.engine, target, prefix, files)
-    entry = {"inputs": _input_entries(module.inputs), "engines": [engine], "custom_ops": [], "prefix": prefix}
-    return files, {"inputs": entry["inputs"], "modules": [entry], "buckets": None, "dynamic": dynamic_entry(module)}
-
-
 def _component(module: ArchfitModule, target, prefix: str) -> tuple[dict[str, bytes], dict]:
-    """Files and manifest entry of one static or bucketed module (all its buckets)."""
-    if isinstance(module, DynamicModule):
-        return _dynamic_component(module, target, prefix)
-    if isinstance(module, BucketedModule):
-        parts = [(module.buckets[str(s)], f"{prefix}bucket_{s}/") for s in module.sizes]
-        choice = module.choice
-        buckets = {"sizes": list(module.sizes), "padding": module.padding.to_dict(),
-                   "choice": None if choice is None else asdict(choice),
-                   "safety": [list(s) for s in module.safety or ()]}
-    elif isinstance(module, CompiledModule):
-        parts, buckets = [(module, prefix)], None
-    else:
-        raise ArtifactError(f"cannot store a {type(module).__name__} as a component")
+    """Files and manifest entry of one component: its kind's parts (static graphs, each with its
+    host program, or bare engines) under `prefix`, and its kind's own data."""
+    parts = module.stored_parts()
     files: dict[str, bytes] = {}
     entries = []
-    for part, part_prefix in parts:
-        part_files, entry = _module_files(part, target, part_prefix)
-        files |= part_files
+    for sub, graph in parts.graphs:
+        graph_files, entry = _module_files(graph, target, f"{prefix}{sub}")
+        files |= graph_files
         entries.append(entry)
-    return files, {"inputs": entries[-1]["inputs"], "in_spec": pytree.treespec_dumps(module.in_spec),
-                   "out_spec": pytree.treespec_dumps(module.out_spec), "modules": entries, "buckets": buckets}
+    if parts.engines:  # engines with no host program between them (a dynamic-length engine)
+        engines = [_engine_files(name, engine, target, prefix, files) for name, engine in parts.engines]
+        entries.append({"inputs": _input_entries(parts.inputs), "engines": engines, "custom_ops": [], "prefix": prefix})
+    entry = {"kind": module.kind, "inputs": _input_entries(parts.inputs), "modules": entries}
+    if parts.specs is not None:
+        entry |= {"in_spec": pytree.treespec_dumps(parts.specs[0]), "out_spec": pytree.treespec_dumps(parts.specs[1])}
+    return files, entry | parts.table
 
 
 def save(module: ArchfitModule, path: str | os.PathLike) -> Path:
@@ -155,17 +132,16 @@ def save(module: ArchfitModule, path: str | os.PathLike) -> Path:
     text = report.to_text() if report is not None else ""
     summary = module.summary()
     files["report.txt"] = (text + ("\n" + summary + "\n" if summary else "")).encode()
-    first = next(iter(components.values()))
     manifest = {
         "versions": _versions(target), "target": target.name, "backend": target.backend, "device": target.device,
         "precision": module.precision, "emulated": module.emulated, "kind": module.kind,
-        "inputs": first["inputs"] if module.kind != "attached" else [],
+        "inputs": module.file_inputs(components),
         "components": components, "meta": module.file_meta(),
         "engines": [e for c in components.values() for m in c["modules"] for e in m["engines"]],
         "custom_ops": sorted({op for c in components.values() for m in c["modules"] for op in m["custom_ops"]}),
     }
     if module.frontend is not None:  # an imported model: its input names and output type, plain data
-        manifest["frontend"] = module.frontend
+        manifest["frontend"] = module.frontend.to_dict()
     return container.write(path, manifest, files)
 
 
@@ -176,14 +152,27 @@ def read_manifest(path: str | os.PathLike) -> tuple[dict, str]:
     manifest, blobs = container.read(path)
     try:
         _import_own_ops(manifest)
+        _name_kinds(manifest)
         for component in manifest["components"].values():
-            for entry in component["modules"] if not component.get("dynamic") else ():
+            for entry in component["modules"]:
                 name = f"{entry['prefix']}host.json"
-                graph_from_json(container.parse_json(blobs[name], name, path), None)
+                if name in blobs:  # a component of bare engines has no host program
+                    graph_from_json(container.parse_json(blobs[name], name, path), None)
     except (KeyError, TypeError, AttributeError) as e:
         raise ArtifactError(f"{path}: manifest is malformed ({type(e).__name__}); the file was not written by "
                             f"archfit.save, or is damaged: save it again") from None
     return manifest, blobs.get("report.txt", b"").decode("utf-8", errors="replace")
+
+
+def _name_kinds(manifest: dict) -> None:
+    """Files written before kinds were named by shape call static, bucketed and dynamic files
+    "module" and leave their components unnamed: the names they would have now, from their entries."""
+    for component in manifest["components"].values():
+        if "kind" not in component:
+            component["kind"] = ("dynamic" if component.get("dynamic") else "bucketed" if component.get("buckets")
+                                 else "static")
+    if manifest.get("kind") == "module":
+        manifest["kind"] = manifest["components"]["main"]["kind"]
 
 
 def _import_own_ops(manifest: dict) -> None:
@@ -216,6 +205,12 @@ def _tensor_spec(d: dict, path: Path) -> TensorSpec:
     if limit is not None and not (type(limit) is int and 0 < limit <= MAX_DIM):
         raise ArtifactError(f"{path}: input {d['name'][:60]!r} has a malformed index limit")
     return TensorSpec(d["name"], tuple(shape), DTYPES[d["dtype"]], limit)
+
+
+def _tensor_specs(inputs, path: Path) -> tuple[TensorSpec, ...]:
+    if not isinstance(inputs, list) or len(inputs) > MAX_INPUTS:
+        raise ArtifactError(f"{path}: input list is malformed")
+    return tuple(_tensor_spec(i, path) for i in inputs)
 
 
 def _engine_target(path: Path, e: dict, target):
@@ -277,55 +272,31 @@ def _load_module(path: Path, manifest: dict, entry: dict, blobs: dict[str, bytes
     host = container.parse_json(blobs[f"{prefix}host.json"], f"{prefix}host.json", path)
     graph = graph_from_json(host, set(weights) | set(engines))
     program = HostProgram(graph, weights, engines)
-    hand_over_if_alone(program)
-    setattr(program, ONE_THREAD, entry.get("host_one_thread") is True)  # the choice measured at compile time
-    inputs = entry["inputs"]
-    if not isinstance(inputs, list) or len(inputs) > MAX_INPUTS:
-        raise ArtifactError(f"{path}: input list is malformed")
-    return CompiledModule(program, in_spec, out_spec, tuple(_tensor_spec(i, path) for i in inputs), target.name,
-                          str(manifest["precision"]), emulated=bool(manifest["emulated"]), manifest=manifest)
-
-
-def _load_dynamic(path: Path, manifest: dict, entry: dict, blobs: dict[str, bytes], target, shared: dict):
-    module = entry["modules"][0]
-    if len(module["engines"]) != 1 or not isinstance(module["inputs"], list) or len(module["inputs"]) > MAX_INPUTS:
-        raise ArtifactError(f"{path}: dynamic module table is malformed")
-
-    once = _once(manifest, blobs, shared)
-    engine = _load_engine(path, manifest, module["engines"][0], blobs, target, once)
-    inputs = [_tensor_spec(i, path) for i in module["inputs"]]
-    return dynamic_from_entry(engine, inputs, entry["dynamic"], manifest, str(path))
+    give_cores_to_sole_engine(program)
+    return CompiledModule(program, in_spec, out_spec, _tensor_specs(entry["inputs"], path), target.name,
+                          str(manifest["precision"]), emulated=bool(manifest["emulated"]), manifest=manifest,
+                          one_thread=entry.get("host_one_thread") is True)  # the choice measured at compile time
 
 
 def _load_component(path: Path, manifest: dict, entry: dict, blobs: dict[str, bytes], target, shared: dict):
-    if entry.get("dynamic"):
-        return _load_dynamic(path, manifest, entry, blobs, target, shared)
-    in_spec, out_spec = _treespec(entry["in_spec"], path), _treespec(entry["out_spec"], path)
-    modules = [_load_module(path, manifest, e, blobs, target, shared, in_spec, out_spec) for e in entry["modules"]]
-    buckets = entry.get("buckets")
-    if not buckets:
-        return modules[0]
-    sizes = buckets["sizes"]
-    if not (isinstance(sizes, list) and 0 < len(sizes) == len(modules) <= MAX_BUCKETS
-            and all(type(s) is int and 0 <= s <= MAX_DIM for s in sizes)):
-        raise ArtifactError(f"{path}: bucket table is malformed")
-    choice = BucketChoice(**{**buckets["choice"], "boundaries": tuple(buckets["choice"]["boundaries"])}) \
-        if buckets["choice"] else None
-    return BucketedModule(dict(zip(sizes, modules)), Padding.from_dict(buckets["padding"]), choice,
-                          tuple(tuple(s) for s in buckets["safety"]), manifest)
-
-
-def _kinds() -> dict[str, type[ArchfitModule]]:
-    """The module class behind each kind of file. Seq2seq imports transformers: only when needed."""
-    from ..regions.attached import AttachedModule
-    from ..shapes.packed import PackedModule
-
-    kinds = {"module": ArchfitModule, "attached": AttachedModule, "packed": PackedModule}
-    try:
-        from ..seq2seq.generate import Seq2SeqModule
-    except ImportError:  # transformers missing: such files are refused below, by kind
-        return kinds
-    return kinds | {"seq2seq": Seq2SeqModule}
+    """One component: its kind's parts loaded (static graphs where the entry has a host program,
+    bare engines where it has none), then handed to the kind to rebuild itself."""
+    kind = kind_class(entry["kind"]) if isinstance(entry["kind"], str) else None
+    if kind is None:
+        raise ArtifactError(f"{path} holds a component of kind {str(entry['kind'])[:40]!r}, which this archfit "
+                            f"({__version__}) cannot load; upgrade archfit")
+    specs = (_treespec(entry["in_spec"], path), _treespec(entry["out_spec"], path)) if "in_spec" in entry else None
+    once = _once(manifest, blobs, shared)
+    graphs, engines = [], []
+    for e in entry["modules"]:
+        if f"{e['prefix']}host.json" in blobs:
+            if specs is None:
+                raise ArtifactError(f"{path}: a host program without its input/output structure")
+            graphs.append((e["prefix"], _load_module(path, manifest, e, blobs, target, shared, *specs)))
+        else:
+            engines += [(x["module"], _load_engine(path, manifest, x, blobs, target, once)) for x in e["engines"]]
+    parts = Parts(_tensor_specs(entry["inputs"], path), tuple(graphs), tuple(engines), specs, entry)
+    return kind.from_parts(parts, manifest, str(path))
 
 
 def load(path: str | os.PathLike, model: torch.nn.Module | None = None) -> ArchfitModule:
@@ -347,7 +318,6 @@ _TOP_LEVEL = {"kind": str, "target": str, "precision": str, "emulated": bool, "m
 
 
 def _load(path: Path, manifest: dict, blobs: dict[str, bytes], model) -> ArchfitModule:
-    from ..regions.attached import check_attachable
     from ..targets.base import PRECISIONS
 
     wrong = [k for k, t in _TOP_LEVEL.items() if not isinstance(manifest.get(k), t)]
@@ -356,39 +326,33 @@ def _load(path: Path, manifest: dict, blobs: dict[str, bytes], model) -> Archfit
                             f"wrong type; the file was not written by archfit.save, or is damaged")
 
     _import_own_ops(manifest)
-    kind = manifest.get("kind")
-    cls = _kinds().get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ArtifactError(f"{path} holds a {str(kind)[:40]!r} model, which this archfit ({__version__}) cannot "
-                            f"load; upgrade archfit")
+    _name_kinds(manifest)
+    kind = kind_class(manifest["kind"])
+    if kind is None:
+        raise ArtifactError(f"{path} holds a {manifest['kind'][:40]!r} model, which this archfit ({__version__}) "
+                            f"cannot load; upgrade archfit")
     try:
         target = get_target(str(manifest["target"]))
     except TargetError as e:
         raise ArtifactError(f"{path} needs target {str(manifest['target'])[:60]!r} (backend "
                             f"{str(manifest.get('backend'))[:60]!r}), which is not usable here: {e.args[0]}") from None
-    if kind == "attached":  # say so before loading any engine
-        check_attachable(manifest["meta"], model, path)
+    kind.check_loadable(manifest["meta"], model, path)  # say so before loading any engine
     shared: dict = {}  # file digest -> what was loaded from it, so common parts exist once in memory
     components = {name: _load_component(path, manifest, c, blobs, target, shared)
                   for name, c in manifest["components"].items()}
-    module = cls.from_file(components, manifest["meta"], manifest, model, str(path))
+    module = kind.from_file(components, manifest["meta"], manifest, model, str(path))
     module.frontend = _frontend(path, manifest.get("frontend"))
     return module
 
 
-def _frontend(path: Path, value) -> dict | None:
+def _frontend(path: Path, value):
     """The imported model's input names and framework, checked as plain data."""
-    from ..frontends import FRAMEWORKS
+    from ..frontends import FrameworkIO
 
     if value is None:
         return None
-    ok = (isinstance(value, dict) and value.get("framework") in FRAMEWORKS and isinstance(value.get("inputs"), list)
-          and all(isinstance(n, str) for n in value["inputs"]))
-    if not ok:
+    io = FrameworkIO.from_dict(value)
+    if io is None:
         raise ArtifactError(f"{path}: manifest field 'frontend' is malformed; the file was not written by "
                             f"archfit.save, or is damaged")
-    outputs, ids = value.get("outputs", "list"), value.get("ids", [])
-    if outputs not in ("list", "dict") or not isinstance(ids, list) or not all(i in value["inputs"] for i in ids):
-        raise ArtifactError(f"{path}: manifest field 'frontend' is malformed; the file was not written by "
-                            f"archfit.save, or is damaged")
-    return {"framework": value["framework"], "inputs": list(value["inputs"]), "outputs": outputs, "ids": list(ids)}
+    return io

@@ -138,7 +138,7 @@ def _archfit(model, inputs, target: str, precision: str, force_cpu=(), **options
 
 def _auto(model, inputs, precision: str, **options):
     """archfit's target="auto" with per_partition; the call carries what was chosen over what."""
-    from ..core.compile import EngineModule
+    from ..core.engines import EngineModule
 
     fn, compiled = _archfit(model, inputs, "auto", precision, per_partition=True, **options)
     alts = getattr(compiled, "alternatives", ()) or ()

@@ -69,66 +69,99 @@ def _with_batch(inputs, batch: int, dynamic_batch: bool):
     return pytree.tree_map(rows, inputs)
 
 
+# compile's options, named here so that its signature reads as a list
+_MODEL = typer.Argument(..., help=MODEL_HELP)
+_OUTPUT = typer.Option(None, "--output", "-o", help="Write the compiled model here.")
+_TARGET = typer.Option("openvino", "--target", "-t",
+    help="A target, or auto: compile on every real target here, measure each, "
+         "keep the fastest.")
+_PRECISION = typer.Option(None, help="fp32, bf16 (auto-casts matmul and convolution) or "
+    "auto (each precision this CPU computes in, measured); "
+    "default: the target's own.")
+_FORCE_CPU = typer.Option([], "--force-cpu", help="Op or node name to keep on the CPU.")
+_REQUIRE_FULL = typer.Option(False, help="Fail unless every op runs on the target.")
+_PAYOFF = typer.Option(True, help="Keep a partition on the target only if the whole model measures "
+    "faster with it there; --no-payoff keeps every supported "
+    "partition, as an accelerator SDK does.")
+_MIN_PARTITION_SIZE = typer.Option(None, help="Smallest partition, in compute ops "
+    "(default: the target's own).")
+_NO_CACHE = typer.Option(False, "--no-cache", help="Do not use the compile cache.")
+_TINY = typer.Option(False, help="Use the tiny variant of a built-in model.")
+_SHAPE = typer.Option([], "--shape", help=SHAPE_HELP)
+_VARY = typer.Option([], "--vary", help="NAME:DIM of an input dim that varies (repeat for "
+    "inputs tied to the same size).")
+_BUCKETS = typer.Option(None, help="Bucket sizes to compile, e.g. 64,128,384.")
+_LENGTHS = typer.Option(None, help="Sizes seen in production, to choose buckets from: a "
+    "JSON list of sizes, or {\"counts\": [...], "
+    "\"lengths_start_at\": 1}.")
+_MAX_BUCKETS = typer.Option(4, help="With --lengths: how many buckets at most.")
+_PAD = typer.Option([], "--pad", help="NAME=VALUE: the pad value of an input (default 0).")
+_DYNAMIC_BATCH = typer.Option(False, help="Accept any batch size in dim 0 (split / pad).")
+_BATCH = typer.Option(None, help="With --dynamic-batch: the batch compiled (rows per engine "
+    "call; the example's rows repeated); default: the "
+    "example's. `archfit serve` fills it with requests.")
+_PACK = typer.Option(None, "--pack", help="Encoders: pack several sequences into rows of "
+    "this many tokens (row lengths: --buckets, or chosen from --lengths).")
+_PACK_ROWS = typer.Option(1, help="With --pack: rows per engine call.")
+_PACK_OUTPUT = typer.Option([], "--pack-output", help="With --pack: a model output to keep "
+    "(repeat; default: every output with one value per token).")
+_POOL = typer.Option(None, help="With --pack: add a per-sequence 'pooled' output: mean or "
+    "first.")
+_GENERATE = typer.Option(False, "--generate", help="Seq2seq models: compile for generation "
+    "(encoder per source bucket, decoder step "
+    "with a static key/value cache).")
+_SOURCE_BUCKETS = typer.Option("16,32,64", help="With --generate: source-length buckets.")
+_MAX_NEW_TOKENS = typer.Option(64, help="With --generate: length of the decoder cache.")
+_NUM_BEAMS = typer.Option(1, help="With --generate: most beams generate will be asked for.")
+_HTML = typer.Option(None, "--html", help=HTML_HELP)
+_COMPARE = typer.Option(True, help="Time the compiled model against eager PyTorch after compiling "
+    "(about 2 s; 4 s with --generate).")
+_ACCURACY = typer.Option(None, help=ACCURACY_HELP)
+_PER_PARTITION = typer.Option(False, "--per-partition",
+    help="Also compile each partition on every other real target and keep, "
+         "per partition, the one the whole model measures fastest with.")
+_AS_JSON = typer.Option(False, "--json", help="Machine-readable output.")
+
+
 @app.command("compile")
-def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
-             output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the compiled model here."),
-             target: str = typer.Option("openvino", "--target", "-t",
-                                        help="A target, or auto: compile on every real target here, measure each, "
-                                             "keep the fastest."),
-             precision: Optional[str] = typer.Option(None, help="fp32, bf16 (auto-casts matmul and convolution) or "
-                                                                "auto (each precision this CPU computes in, measured); "
-                                                                "default: the target's own."),
-             force_cpu: List[str] = typer.Option([], "--force-cpu", help="Op or node name to keep on the CPU."),
-             require_full: bool = typer.Option(False, help="Fail unless every op runs on the target."),
-             payoff: bool = typer.Option(True, help="Keep a partition on the target only if the whole model measures "
-                                                    "faster with it there; --no-payoff keeps every supported "
-                                                    "partition, as an accelerator SDK does."),
-             min_partition_size: Optional[int] = typer.Option(None, help="Smallest partition, in compute ops "
-                                                                         "(default: the target's own)."),
-             no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the compile cache."),
-             tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
-             shape: List[str] = typer.Option([], "--shape", help=SHAPE_HELP),
-             vary: List[str] = typer.Option([], "--vary", help="NAME:DIM of an input dim that varies (repeat for "
-                                                               "inputs tied to the same size)."),
-             buckets: Optional[str] = typer.Option(None, help="Bucket sizes to compile, e.g. 64,128,384."),
-             lengths: Optional[Path] = typer.Option(None, help="Sizes seen in production, to choose buckets from: a "
-                                                               "JSON list of sizes, or {\"counts\": [...], "
-                                                               "\"lengths_start_at\": 1}."),
-             max_buckets: int = typer.Option(4, help="With --lengths: how many buckets at most."),
-             pad: List[str] = typer.Option([], "--pad", help="NAME=VALUE: the pad value of an input (default 0)."),
-             dynamic_batch: bool = typer.Option(False, help="Accept any batch size in dim 0 (split / pad)."),
-             batch: Optional[int] = typer.Option(None, help="With --dynamic-batch: the batch compiled (rows per engine "
-                                                            "call; the example's rows repeated); default: the "
-                                                            "example's. `archfit serve` fills it with requests."),
-             pack: Optional[int] = typer.Option(None, "--pack", help="Encoders: pack several sequences into rows of "
-                                                "this many tokens (row lengths: --buckets, or chosen from --lengths)."),
-             pack_rows: int = typer.Option(1, help="With --pack: rows per engine call."),
-             pack_output: List[str] = typer.Option([], "--pack-output", help="With --pack: a model output to keep "
-                                                   "(repeat; default: every output with one value per token)."),
-             pool: Optional[str] = typer.Option(None, help="With --pack: add a per-sequence 'pooled' output: mean or "
-                                                "first."),
-             generate: bool = typer.Option(False, "--generate", help="Seq2seq models: compile for generation "
-                                                                     "(encoder per source bucket, decoder step "
-                                                                     "with a static key/value cache)."),
-             source_buckets: str = typer.Option("16,32,64", help="With --generate: source-length buckets."),
-             max_new_tokens: int = typer.Option(64, help="With --generate: length of the decoder cache."),
-             num_beams: int = typer.Option(1, help="With --generate: most beams generate will be asked for."),
-             html: Optional[Path] = typer.Option(None, "--html", help=HTML_HELP),
-             compare: bool = typer.Option(True, help="Time the compiled model against eager PyTorch after compiling "
-                                                     "(about 2 s; 4 s with --generate)."),
-             accuracy: Optional[str] = typer.Option(None, help=ACCURACY_HELP),
-             per_partition: bool = typer.Option(False, "--per-partition",
-                                                help="Also compile each partition on every other real target and keep, "
-                                                     "per partition, the one the whole model measures fastest with."),
-             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+def compile_(model: str = _MODEL,
+             output: Optional[Path] = _OUTPUT,
+             target: str = _TARGET,
+             precision: Optional[str] = _PRECISION,
+             force_cpu: List[str] = _FORCE_CPU,
+             require_full: bool = _REQUIRE_FULL,
+             payoff: bool = _PAYOFF,
+             min_partition_size: Optional[int] = _MIN_PARTITION_SIZE,
+             no_cache: bool = _NO_CACHE,
+             tiny: bool = _TINY,
+             shape: List[str] = _SHAPE,
+             vary: List[str] = _VARY,
+             buckets: Optional[str] = _BUCKETS,
+             lengths: Optional[Path] = _LENGTHS,
+             max_buckets: int = _MAX_BUCKETS,
+             pad: List[str] = _PAD,
+             dynamic_batch: bool = _DYNAMIC_BATCH,
+             batch: Optional[int] = _BATCH,
+             pack: Optional[int] = _PACK,
+             pack_rows: int = _PACK_ROWS,
+             pack_output: List[str] = _PACK_OUTPUT,
+             pool: Optional[str] = _POOL,
+             generate: bool = _GENERATE,
+             source_buckets: str = _SOURCE_BUCKETS,
+             max_new_tokens: int = _MAX_NEW_TOKENS,
+             num_beams: int = _NUM_BEAMS,
+             html: Optional[Path] = _HTML,
+             compare: bool = _COMPARE,
+             accuracy: Optional[str] = _ACCURACY,
+             per_partition: bool = _PER_PARTITION,
+             as_json: bool = _AS_JSON):
     """Compile for a target, validate against eager PyTorch, compare latency, optionally save."""
     from .. import save, trace
     from ..artifact.container import check_output_path
     from .models import load_model
 
-    for path in (output, html):  # before any work: a bad path found after a long compile loses it
-        if path is not None:
-            check_output_path(path)
+    for path in filter(None, (output, html)):  # before any work: a bad path found after a long compile loses it
+        check_output_path(path)
     if generate:
         return _compile_seq2seq(model, tiny, output, target, precision, source_buckets, max_new_tokens, num_beams,
                                 not no_cache, as_json, html, compare, accuracy)
@@ -147,13 +180,18 @@ def compile_(model: str = typer.Argument(..., help=MODEL_HELP),
                          per_partition=per_partition)
     if output is not None:
         save(compiled, output)
-    latency, line = None, "latency: not compared (--no-compare)"
-    if compare:
-        latency, line = _compare(mod, compiled, inputs)
+    latency, line = _compare(mod, compiled, inputs) if compare else (None, "latency: not compared (--no-compare)")
+    _tell(compiled, output, html, as_json, line, {"latency_ms": latency})
+
+
+def _tell(compiled, output: Path | None, html: Path | None, as_json: bool, line: str, measured: dict) -> None:
+    """What compile prints (or emits as JSON) and writes as a page once a model is compiled."""
+    from ..report import to_html
+
     if html is not None:
-        write_page(html, compiled.to_html(latency=line), not as_json)
+        write_page(html, to_html(compiled, latency=line), not as_json)
     if as_json:
-        emit(compiled.report.to_dict() | {"latency_ms": latency, "output": str(output) if output else None})
+        emit(compiled.report.to_dict() | measured | {"output": str(output) if output else None})
         return
     typer.echo(compiled.report.to_text())
     if compiled.summary():
@@ -228,17 +266,8 @@ def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, sou
              f"({eager_ms / compiled_ms:.2f}x, {n / compiled_ms * 1e3:.0f} tokens/s)" if compare else "not timed (--no-compare)")
     summary = (f"greedy generation of {n} tokens from {ids.shape[1]} source tokens: {timed}, "
                f"same tokens: {'yes' if same else 'NO'}")
-    if html is not None:
-        write_page(html, compiled.to_html(latency=summary), not as_json)
-    if as_json:
-        emit(compiled.report.to_dict() | {"greedy_ms": {"eager": eager_ms, "compiled": compiled_ms} if compare else None,
-                                           "same_tokens": same, "output": str(output) if output else None})
-        return
-    typer.echo(compiled.report.to_text())
-    typer.echo(compiled.summary())
-    typer.echo(summary)
-    if output is not None:
-        typer.echo(f"saved {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+    _tell(compiled, output, html, as_json, summary,
+          {"greedy_ms": {"eager": eager_ms, "compiled": compiled_ms} if compare else None, "same_tokens": same})
 
 
 def _read_lengths(lengths: Path) -> dict:

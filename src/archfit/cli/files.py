@@ -48,22 +48,11 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
                                                   "per line ({\"input_ids\": [...], ...} or a list of ids); "
                                                   "outputs are written per output name, in line order.")):
     """Run a saved model on inputs from files; writes one file per output."""
-    import importlib
-
-    import numpy as np
-    import torch
-    from torch.utils import _pytree as pytree
-
     from .. import load
-    from ..core.capture import leaf_names, normalize_inputs
     from ..errors import InputError
     from .models import load_model
 
-    for name in imports:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise InputError(f"--import {name}: {e}") from None
+    _import_modules(imports)
     given = {}
     for item in input:
         if "=" not in item:
@@ -75,18 +64,42 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
         attach_to, example, _name = load_model(model, tiny)
     module = load(file, model=attach_to)
     module.check_finite = check_finite
-    ids = module.speak_torch()  # an ONNX/TF/MXNet model: run gives torch tensors by name
+    ids = module.take_torch_tensors()  # an ONNX/TF/MXNet model: run gives torch tensors by name
     given = {k: v.long() if k in ids else v for k, v in given.items()}
-    if getattr(module, "manifest", {}).get("kind") == "seq2seq":
-        raise InputError(f"{file} is a seq2seq generator: use `archfit generate {file} --ids ...`")
+    if module.takes == "generation":
+        raise InputError(f"{file} is a {module.kind} generator: use `archfit generate {file} --ids ...`")
     if batch_file is not None:
         return _run_batch_file(module, file, batch_file, output_dir, fmt)
-    if module.kind == "packed":
-        raise InputError(f"{file} is packed: give its sequences with --batch-file FILE, one per line")
+    if module.takes == "sequences":
+        raise InputError(f"{file} is {module.kind}: give its sequences with --batch-file FILE, one per line")
+    args, kwargs = _call_inputs(module, given, attach_to, example)
+    _write_outputs(module(*args, **kwargs), output_dir, fmt)
+
+
+def _import_modules(names: list[str]) -> None:
+    import importlib
+
+    from ..errors import InputError
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise InputError(f"--import {name}: {e}") from None
+
+
+def _call_inputs(module, given: dict, model, example) -> tuple[tuple, dict]:
+    """The call's arguments: the inputs given by name, structured as the file (or, for a file that
+    attaches to the model's code, as the model's example inputs, which stand in for missing ones)."""
+    from torch.utils import _pytree as pytree
+
+    from ..core.capture import leaf_names, normalize_inputs
+    from ..errors import InputError
+
     if example is not None:  # the model's own input structure; leaves named as capture names them
         args, kwargs = normalize_inputs(example)
         leaves, in_spec = pytree.tree_flatten((args, kwargs))
-        names = leaf_names(attach_to, args, kwargs)
+        names = leaf_names(model, args, kwargs)
         defaults = dict(zip(names, leaves)) if not given else {}
     else:
         in_spec, names, defaults = module.in_spec, [s.name for s in module.inputs], {}
@@ -95,8 +108,15 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
     if missing or extra:
         raise InputError(f"inputs must be exactly {', '.join(names)}; missing: {', '.join(missing) or '-'}, "
                          f"unknown: {', '.join(extra) or '-'}")
-    args, kwargs = pytree.tree_unflatten([given[n] for n in names], in_spec)
-    outputs = module(*args, **kwargs)
+    return pytree.tree_unflatten([given[n] for n in names], in_spec)
+
+
+def _write_outputs(outputs, output_dir: Path, fmt: str) -> None:
+    """One file per output, named by its place in the output structure."""
+    import numpy as np
+    import torch
+    from torch.utils import _pytree as pytree
+
     output_dir.mkdir(parents=True, exist_ok=True)
     flat, _ = pytree.tree_flatten_with_path(outputs)
     for path, tensor in flat:
@@ -118,7 +138,7 @@ def _run_batch_file(module, file: Path, batch_file: Path, output_dir: Path, fmt:
 
     from ..errors import InputError
 
-    if module.kind != "packed":
+    if module.takes != "sequences":
         raise InputError(f"--batch-file needs a packed file (archfit compile --pack); {file} is a {module.kind!r} one")
     if fmt != "npy":
         raise InputError("--batch-file writes .npy/.npz files: leave --format at npy")
@@ -157,7 +177,7 @@ def generate_(file: Path = typer.Argument(..., help="A file written by `archfit 
     from ..errors import InputError
 
     module = load(file)
-    if getattr(module, "manifest", {}).get("kind") != "seq2seq":
+    if module.takes != "generation":
         raise InputError(f"{file} is not a seq2seq generator (compile with --generate); use `archfit run`")
     try:
         rows = [[int(x) for x in line.split(",")] for line in ids]
@@ -183,37 +203,15 @@ def _printable(text: str) -> str:
 
 
 def _describe(file: Path, manifest: dict) -> list[str]:
+    from ..core.kinds import kind_class
+
     emulated = " (EMULATED on the CPU)" if manifest["emulated"] else ""
     lines = [f"{file}: archfit file format {manifest['format_version']}, {file.stat().st_size / 2**20:.1f} MiB",
              f"target: {manifest['target']} on {manifest['device']}{emulated}, precision {manifest['precision']}",
              "versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items())]
-    kind, meta, components = manifest["kind"], manifest["meta"], manifest["components"]
-    if kind == "attached":
-        lines.append(f"needs the model's Python code: {meta['class']} (its compiled regions attach to it: "
-                     f"archfit.load(path, model=...), CLI: archfit run FILE --model NAME)")
-        lines.append(f"compiled regions: {', '.join(meta['regions'])}")
-        lines += [f"host region: {h['module']}: {h['reason']}" + (f" at {h['source']}" if h["source"] else "")
-                  for h in meta["plan"]["host"]]
-    elif kind == "seq2seq":
-        steps = [c for c in components if c.startswith("step_")]
-        lines.append(f"seq2seq generator: source buckets {components['encoder']['buckets']['sizes']}, decoder step "
-                     f"rows {', '.join(c.removeprefix('step_') for c in steps)}, key/value cache "
-                     f"{meta['max_new_tokens']} tokens (archfit generate FILE --ids ...)")
-    else:
-        lines.append("inputs: " + ", ".join(f"{i['name']}{i['shape']}:{i['dtype']}" for i in manifest["inputs"]))
-        b = components["main"]["buckets"]
-        if b:
-            dims = ", ".join(f"{k}[{v}]" for k, v in b["padding"]["dims"].items())
-            batch = ", dynamic batch" if b["padding"].get("batch_follow") else ""
-            lines.append(f"buckets: {', '.join(map(str, b['sizes']))} over {dims}{batch}" if dims
-                         else f"buckets: none{batch}")
-        else:
-            lines.append("buckets: none (fixed shapes)")
-        if kind == "packed":
-            p = meta.get("packing") if isinstance(meta.get("packing"), dict) else {}
-            lines.append(f"packed: several sequences per row, rows of {str(p.get('sizes'))[:80]}, strategy "
-                         f"{str(p.get('strategy'))[:20]}, outputs {str(p.get('outputs'))[:120]}, pool "
-                         f"{str(p.get('pool'))[:20]} (archfit run FILE --batch-file seqs.jsonl -d out/)")
+    kind = kind_class(manifest["kind"])
+    lines += kind.describe_file(manifest) if kind is not None else [f"kind: {str(manifest['kind'])[:40]} (not "
+                                                                      f"known to this archfit; upgrade archfit)"]
     lines.append(f"engines: {len(manifest['engines'])} ({', '.join(e['module'] for e in manifest['engines'])})")
     lines.append(f"custom ops needed at load: {', '.join(manifest['custom_ops']) or 'none'}")
     return lines

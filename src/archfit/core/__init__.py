@@ -4,7 +4,8 @@ from .. import _hide_triton_beside_tensorflow
 
 _hide_triton_beside_tensorflow()  # before torch's FLOP counter (core.cost) imports triton
 from .capture import Captured  # noqa: E402 - after the triton guard, CaptureFailure, TensorSpec, capture, capture_fixed
-from .compile import CompiledGraph, EngineModule, compile_plan
+from .compile import CompiledGraph, compile_plan
+from .engines import EngineModule
 from .module import ArchfitModule, CompiledModule
 from .partition import Partition, PartitionPlan, plan_partitions
 from .support import Reason, SupportTable, check_support

@@ -18,36 +18,18 @@ from ..targets.base import Engine, Target
 from . import cache
 from .capture import Captured
 from .cost import is_compute
-from .narrow import rejected_nodes
+from .options import TraceOptions
+from .engines import PREFIX, EngineModule, engines_in, partition_module, put_partition
+from .bisect_rejects import rejected_nodes
 from .partition import PartitionPlan, drop_partitions, plan_partitions
 from .support import Reason
 from .threads import choose_host_threads
-from .timing import interleaved_ms, median_seconds
+from .timing import interleaved_ms, median_seconds, pick
 
 log = logging.getLogger("archfit.compile")
-PREFIX = "target_"
 # Whole-model timings on this class of machine repeat within about 2%; a partition moves back to
 # PyTorch only when PyTorch is faster by more than that, not on a coin toss between equals.
 PAYOFF_NOISE = 0.02
-
-
-class EngineModule(torch.nn.Module):
-    """Stands in for a partition's submodule: calls the compiled engine."""
-
-    def __init__(self, engine: Engine, index: int, target: str, out_dtypes: Sequence[torch.dtype]):
-        super().__init__()
-        self.engine = engine
-        self.index = index
-        self.target = target
-        self.out_dtypes = tuple(out_dtypes)
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outs = self.engine.run(inputs)
-        # Backends may narrow dtypes (e.g. int64 -> int32); hand PyTorch what it expects.
-        return tuple(o if o.dtype == d else o.to(d) for o, d in zip(outs, self.out_dtypes))
-
-    def extra_repr(self) -> str:
-        return f"partition={self.index}, target={self.target!r}"
 
 
 @dataclass(frozen=True)
@@ -66,7 +48,7 @@ class PartitionTiming:
     @property
     def pays_off(self) -> bool:
         if self.model_ms_on_target is not None and self.model_ms_in_pytorch is not None:
-            return self.model_ms_in_pytorch >= self.model_ms_on_target * (1 - PAYOFF_NOISE)
+            return not _pytorch_wins(self.model_ms_on_target, self.model_ms_in_pytorch)
         return self.compiled_ms < self.eager_ms
 
 
@@ -77,6 +59,8 @@ class CompiledGraph:
     timings: dict[int, PartitionTiming]
     references: dict[int, fx.GraphModule] = field(repr=False)  # eager partitions, for validation
     boundary_inputs: dict[int, tuple[torch.Tensor, ...]] = field(repr=False)
+    # PyTorch's threads for the host ops: True one thread, False its own, None not measured (see threads.py)
+    one_thread: bool | None = None
 
 
 def shared_copy(gm: torch.nn.Module) -> torch.nn.Module:
@@ -122,7 +106,7 @@ def record_partition_inputs(gm: fx.GraphModule, count: int, inputs: Sequence[tor
     for i in range(count):
         def hook(_mod, args, i=i):
             seen[i] = tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args)
-        hooks.append(getattr(gm, f"{PREFIX}{i}").register_forward_pre_hook(hook))
+        hooks.append(partition_module(gm, i).register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
             gm(*inputs)
@@ -132,7 +116,7 @@ def record_partition_inputs(gm: fx.GraphModule, count: int, inputs: Sequence[tor
     return seen
 
 
-def _compile_one(target: Target, sub: fx.GraphModule, args: tuple, precision: str, index: int,
+def compile_partition(target: Target, sub: fx.GraphModule, args: tuple, precision: str, index: int,
                  use_cache: bool) -> tuple[Engine, float, bool]:
     """(engine, seconds, came from the cache)."""
     t0 = time.perf_counter()
@@ -156,7 +140,7 @@ def _compile_one(target: Target, sub: fx.GraphModule, args: tuple, precision: st
     return engine, time.perf_counter() - t0, False
 
 
-def _check_outputs(index: int, target: str, got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> None:
+def check_outputs(index: int, target: str, got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> None:
     if len(got) != len(want) or any(tuple(g.shape) != tuple(w.shape) for g, w in zip(got, want)):
         raise CompileError(
             f"{target} engine for partition {index} returned shapes {[tuple(g.shape) for g in got]}, "
@@ -180,7 +164,7 @@ def _in_context_losers(gm: fx.GraphModule, engine_mods: dict[int, EngineModule],
     def variant(in_pytorch: int | None):
         def run():
             for i, mod in engine_mods.items():
-                setattr(gm, f"{PREFIX}{i}", references[i] if i == in_pytorch else mod)
+                put_partition(gm, i, references[i] if i == in_pytorch else mod)
             with torch.no_grad():
                 gm(*inputs)
         return run
@@ -189,31 +173,35 @@ def _in_context_losers(gm: fx.GraphModule, engine_mods: dict[int, EngineModule],
     losers = {}
     for i in engine_mods:
         on_target, in_pytorch, t = ms[None], ms[i], timings[i]
-        if in_pytorch < on_target * (1 - PAYOFF_NOISE) and t.compiled_ms < t.eager_ms * (1 - PAYOFF_NOISE):
+        if _pytorch_wins(on_target, in_pytorch) and not _pytorch_wins(t.compiled_ms, t.eager_ms, keep="pytorch"):
             again = interleaved_ms({None: variant(None), i: variant(i)}, 3 * seconds)  # the two disagree
             on_target, in_pytorch = again[None], again[i]
         timings[i] = replace(t, model_ms_on_target=on_target, model_ms_in_pytorch=in_pytorch)
-        if in_pytorch < on_target * (1 - PAYOFF_NOISE):
+        if _pytorch_wins(on_target, in_pytorch):
             losers[i] = (f"whole model {in_pytorch:.3f} ms with it in PyTorch vs {on_target:.3f} ms on the target "
                          f"(alone: compiled {t.compiled_ms:.3f} ms vs PyTorch {t.eager_ms:.3f} ms)")
     for i, mod in engine_mods.items():
-        setattr(gm, f"{PREFIX}{i}", mod)
+        put_partition(gm, i, mod)
     return losers
 
 
-def compile_plan(
-    captured: Captured, plan: PartitionPlan, target: Target, precision: str, check_payoff: bool = True,
-    use_cache: bool = True, progress=None,
-) -> CompiledGraph:
+def _pytorch_wins(on_target: float, in_pytorch: float, keep: str = "target") -> bool:
+    """The payoff rule (timing.pick): the side that is not `keep` wins only by more than the noise."""
+    return pick({"target": on_target, "pytorch": in_pytorch}, keep=keep, margin=PAYOFF_NOISE) == "pytorch"
+
+
+def compile_plan(captured: Captured, plan: PartitionPlan, options: TraceOptions) -> CompiledGraph:
     """Compile every partition; re-plan without the nodes the backend rejects and without the
     partitions that do not pay off, until stable. Engines are cached by the partition's node
-    set, so re-planning never recompiles one."""
+    set, so re-planning never recompiles one. `options` resolved (TraceOptions.resolved)."""
+    target, precision, use_cache, progress = options.target, options.precision, options.cache, options.progress
+    check_payoff = options.check_payoff and target.measure_payoff
     engines: dict[tuple[str, ...], tuple[Engine, PartitionTiming, list[torch.dtype]]] = {}
     while True:
         gm = split(captured, plan)
         n = len(plan.partitions)
         boundary = record_partition_inputs(gm, n, captured.example_inputs)
-        references = {i: getattr(gm, f"{PREFIX}{i}") for i in range(n)}
+        references = {i: partition_module(gm, i) for i in range(n)}
         replanned = None
         for i, part in enumerate(plan.partitions):
             sub, args = references[i], boundary[i]
@@ -222,7 +210,7 @@ def compile_plan(
             if progress is not None:
                 progress(f"compiling partition {i + 1}/{n} on {target.name} ({part.compute_ops} ops)")
             try:
-                engine, seconds, cached = _compile_one(target, sub, args, precision, i, use_cache)
+                engine, seconds, cached = compile_partition(target, sub, args, precision, i, use_cache)
             except CompileError as e:
                 if progress is not None:
                     progress(f"partition {i + 1}/{n} failed on {target.name}: finding the nodes it rejects")
@@ -230,7 +218,7 @@ def compile_plan(
                 break
             with torch.no_grad():
                 want = sub(*args)
-                _check_outputs(i, target.name, engine.run(args), want)
+                check_outputs(i, target.name, engine.run(args), want)
                 eager = median_seconds(lambda: sub(*args)) if check_payoff else float("nan")
             compiled = median_seconds(lambda: engine.run(args)) if check_payoff else float("nan")
             timing = PartitionTiming(seconds, compiled * 1e3, eager * 1e3, cached)
@@ -239,7 +227,7 @@ def compile_plan(
             plan = replanned
             continue
         timings = {i: engines[p.nodes][1] for i, p in enumerate(plan.partitions)}
-        engine_mods = {i: EngineModule(engines[p.nodes][0], i, target.name, engines[p.nodes][2])
+        engine_mods = {i: EngineModule(engines[p.nodes][0], i, target.name, engines[p.nodes][2], precision)
                        for i, p in enumerate(plan.partitions)}
         if check_payoff and n:
             if progress is not None:
@@ -249,12 +237,12 @@ def compile_plan(
                 plan = drop_partitions(captured.graph_module, plan, losers, Reason.NO_PAYOFF)
                 continue
         for i, mod in engine_mods.items():
-            setattr(gm, f"{PREFIX}{i}", mod)
+            put_partition(gm, i, mod)
         gm.delete_all_unused_submodules()  # weights now owned by engines need not stay in PyTorch
-        hand_over_if_alone(gm)
-        if check_payoff:  # PyTorch's threads between engines: measured, see threads.py
-            choose_host_threads(gm, captured.example_inputs)
-        return CompiledGraph(gm, plan, timings, references, boundary)
+        give_cores_to_sole_engine(gm)
+        # PyTorch's threads between engines: measured, see threads.py
+        one_thread = choose_host_threads(gm, captured.example_inputs) if check_payoff else None
+        return CompiledGraph(gm, plan, timings, references, boundary, one_thread)
 
 
 def _without_rejected(captured: Captured, plan: PartitionPlan, target: Target, sub: fx.GraphModule,
@@ -278,19 +266,18 @@ def _without_rejected(captured: Captured, plan: PartitionPlan, target: Target, s
     return plan_partitions(captured.graph_module, table, plan.min_size)
 
 
-def hand_over_if_alone(gm: fx.GraphModule) -> None:
+def give_cores_to_sole_engine(gm: torch.nn.Module) -> None:
     """Engines keep their worker threads idle-waiting (not spinning) because PyTorch needs the
     cores for the host ops between engine calls. With one engine and no host compute there is
     nothing to share the cores with, so the engine may run as it would on its own."""
-    engines = [m for m in gm.modules() if isinstance(m, EngineModule)]
+    engines = engines_in(gm)
     host_compute = any(is_compute(n) for n in gm.graph.nodes)
     if len(engines) == 1 and not host_compute:
         engines[0].engine.run_alone()
 
 
 def share_cores(root: torch.nn.Module) -> None:
-    """Undo hand_over_if_alone for engines called from host Python that computes between their
-    calls (a generation loop, a detector's NMS): spinning workers would take its cores."""
-    for m in root.modules():
-        if isinstance(m, EngineModule):
-            m.engine.run_shared()
+    """Undo give_cores_to_sole_engine for engines called from host Python that computes between
+    their calls (a generation loop, a detector's NMS): spinning workers would take its cores."""
+    for m in engines_in(root):
+        m.engine.run_shared()

@@ -1,6 +1,6 @@
 """Stage 7: the modules users call. `ArchfitModule` is what every trace returns, whatever its
-shape (one static graph, buckets, regions attached to a model, a seq2seq generator): the target,
-precision and report it was compiled with, a summary, and the parts its file is made of.
+kind (one static graph, buckets, regions attached to a model, a seq2seq generator): the target,
+precision and report it was compiled with, a summary, and its kind's hooks (core/kinds.py).
 
 `CompiledModule` is the static-shape one: it checks inputs, runs the host graph (which calls
 the engines) and restores the model's output structure. The host graph is fx-generated Python,
@@ -8,26 +8,71 @@ which frees every intermediate right after its last use (the jaxpr-interpreter d
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import fx
 from torch.utils import _pytree as pytree
 
-from ..errors import InputError
+from ..errors import ArtifactError, InputError
 from .capture import TensorSpec
-from .threads import host_threads, one_thread_for
+from .engines import EngineModule, engine_named
+from .kinds import kind_class, register_kind
+from .threads import host_threads
+
+
+MAX_DIM = 2**31  # a dim or size a file may declare, at most
+
+
+class CallAdapter:
+    """How a module takes and gives values in another framework than torch. An imported model's
+    frontend (frontends.FrameworkIO) sets one on the module it compiled; core only calls it."""
+
+    id_inputs: tuple[str, ...] = ()  # inputs the framework gives as floats but the graph takes as ids
+
+    def call(self, run: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """run(**torch_inputs) on the caller's values, the outputs given back in its framework."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        """Plain data for the file's manifest (frontends.FrameworkIO.from_dict reads it back)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What one component of a file holds, written and read by artifact: static graphs (host
+    program, weights, engines) by name prefix, or bare engines (no host program) by name; the
+    component's signature; and its kind's own plain data, kept in its manifest entry."""
+
+    inputs: tuple[TensorSpec, ...]
+    graphs: tuple[tuple[str, "CompiledModule"], ...] = ()
+    engines: tuple[tuple[str, EngineModule], ...] = ()
+    specs: tuple[pytree.TreeSpec, pytree.TreeSpec] | None = None  # input and output structure
+    table: dict = field(default_factory=dict)
 
 
 class ArchfitModule(torch.nn.Module):
     """Base of what archfit.trace / trace_seq2seq return and archfit.load gives back.
 
-    Subclasses name their file `kind` and say which static or bucketed modules their file holds
-    (`file_components`), plus the plain data needed to rebuild them (`file_meta`); `from_file`
-    is the way back."""
+    A subclass that sets `kind` is a module kind (registered by that name, core/kinds.py) and
+    declares its hooks here: a file's kind says which components it holds (`file_components`),
+    the plain data it needs besides (`file_meta`) and how it comes back (`from_file`); a kind
+    that is a component of files says which parts it is made of (`stored_parts`, `from_parts`);
+    `describe_file` / `describe_component` are what `archfit inspect` prints of it without
+    loading an engine; `takes` is what `archfit run` feeds it."""
 
-    kind: ClassVar[str] = "module"
+    kind: ClassVar[str]
+    # "tensors" (by input name: archfit run -i), "sequences" (packed: archfit run --batch-file),
+    # "generation" (archfit generate)
+    takes: ClassVar[str] = "tensors"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            register_kind(cls)
 
     def __init__(self, target: str, precision: str, emulated: bool, report=None, manifest: dict | None = None):
         super().__init__()
@@ -37,25 +82,24 @@ class ArchfitModule(torch.nn.Module):
         self.report = report  # FitReport; None for modules loaded from a file
         self.manifest = manifest  # the file's manifest, for modules loaded from one
         self._check_finite = False
-        # models imported from ONNX/TensorFlow (frontends.Imported.io): inputs by name as numpy
-        # or tf.Tensors, outputs given back in the caller's framework
-        self.frontend: dict | None = None
+        # models imported from ONNX/TensorFlow/MXNet: inputs by name as their arrays, outputs given
+        # back in the caller's framework
+        self.frontend: CallAdapter | None = None
+        # target="auto" / precision="auto": every candidate with its time or why it was left out
+        self.alternatives: tuple = ()
 
-    def speak_torch(self) -> tuple[str, ...]:
+    def take_torch_tensors(self) -> tuple[str, ...]:
         """Take torch tensors by name from now on, as `archfit run` and `archfit serve` give them,
         instead of an imported model's arrays; returns the inputs its framework gave as floats but
         the graph takes as token ids (MXNet), for the caller to cast."""
-        ids = tuple(self.frontend.get("ids", ())) if self.frontend is not None else ()
+        ids = tuple(self.frontend.id_inputs) if self.frontend is not None else ()
         self.frontend = None
         return ids
 
     def __call__(self, *args, **kwargs):
         if self.frontend is None:
             return super().__call__(*args, **kwargs)
-        from ..frontends import feed_of, give_back  # only imported models need it
-
-        feed = feed_of(tuple(self.frontend["inputs"]), args, kwargs, tuple(self.frontend.get("ids", ())))
-        return give_back(self.frontend["framework"], super().__call__(**feed), self.frontend.get("outputs", "list"))
+        return self.frontend.call(super().__call__, args, kwargs)
 
     @property
     def check_finite(self) -> bool:
@@ -77,28 +121,52 @@ class ArchfitModule(torch.nn.Module):
         reports side by side, plus what is particular to this module's shape."""
         return {"sections": [(self.report.model, [self.report])] if self.report is not None else []}
 
-    def to_html(self, latency: str | None = None) -> str:
-        """The report as one self-contained HTML page, with what is particular to this module
-        (bucket table, regions, the generator's parts)."""
-        from ..report.html import render_page  # the report sits above core; only this method needs it
-
-        page = self.page()
-        title = page["sections"][0][0] if page["sections"] else type(self).__name__
-        return render_page(f"{title} on {self.target}", latency=latency, **page)
-
+    # -- its file (artifact/package.py) ------------------------------------------------------
     def file_components(self) -> dict[str, "ArchfitModule"]:
-        """Static or bucketed modules to store, by name."""
+        """Components to store, by name: modules of kinds that store parts (static, bucketed, dynamic)."""
         return {"main": self}
 
     def file_meta(self) -> dict[str, Any]:
         """JSON-able data, besides the components, that `from_file` needs."""
         return {}
 
+    def file_inputs(self, components: dict[str, dict]) -> list[dict]:
+        """The inputs the file's manifest advertises (given the components' manifest entries)."""
+        return next(iter(components.values()))["inputs"]
+
+    @classmethod
+    def check_loadable(cls, meta: dict, model: torch.nn.Module | None, source) -> None:
+        """Refuse, before any engine loads, a file this kind cannot be rebuilt from here (the
+        model it attaches to missing, say)."""
+
     @classmethod
     def from_file(cls, components: dict[str, "ArchfitModule"], meta: dict, manifest: dict,
                   model: torch.nn.Module | None = None, source: str = "the file") -> "ArchfitModule":
         """Rebuild from what `file_components` and `file_meta` stored (`source`: the file, for errors)."""
         return components["main"]
+
+    def stored_parts(self) -> Parts:
+        """The parts of this module as one component of a file."""
+        raise ArtifactError(f"a {self.kind!r} module is not stored as a component of a file; store its "
+                            f"file_components()")
+
+    @classmethod
+    def from_parts(cls, parts: Parts, manifest: dict, source: str) -> "ArchfitModule":
+        """Rebuild a component from the parts artifact loaded (`parts.table`: its manifest entry)."""
+        raise ArtifactError(f"{source}: a {cls.kind!r} module is not stored as a component")
+
+    @classmethod
+    def describe_file(cls, manifest: dict) -> list[str]:
+        """Lines `archfit inspect` prints of a file of this kind (from its manifest alone)."""
+        lines = ["inputs: " + ", ".join(f"{i['name']}{i['shape']}:{i['dtype']}" for i in manifest["inputs"])]
+        main = manifest["components"]["main"]
+        kind = kind_class(main["kind"])
+        return lines + (kind.describe_component(main) if kind is not None else [])
+
+    @classmethod
+    def describe_component(cls, entry: dict) -> list[str]:
+        """Lines `archfit inspect` prints of one component of this kind (its manifest entry)."""
+        return []
 
     def extra_repr(self) -> str:
         emulated = ", EMULATED on the CPU" if self.emulated else ""
@@ -136,23 +204,35 @@ def flatten_call(args: tuple, kwargs: dict, in_spec: pytree.TreeSpec, inputs: tu
     return flat
 
 
-def _engine(host: torch.nn.Module, name: str) -> torch.nn.Module:
-    """An engine submodule by name, of a traced graph (fx.GraphModule: attributes) or of a loaded
-    one (artifact.HostProgram: its `engines` dict)."""
-    return getattr(host, name) if isinstance(host, fx.GraphModule) else host.engines[name]
-
-
 class CompiledModule(ArchfitModule):
-    """Returned by `archfit.trace`: same inputs, same output structure as the traced model."""
+    """Returned by `archfit.trace`: same inputs, same output structure as the traced model.
+    one_thread: PyTorch's threads for the host ops between engines, as measured at compile time
+    (True: one thread; False/None: PyTorch's own; see core/threads.py)."""
+
+    kind = "static"
 
     def __init__(self, graph_module: fx.GraphModule, in_spec: pytree.TreeSpec, out_spec: pytree.TreeSpec,
                  inputs: tuple[TensorSpec, ...], target: str, precision: str, report=None, emulated: bool = False,
-                 manifest: dict | None = None):
+                 manifest: dict | None = None, one_thread: bool | None = None):
         super().__init__(target, precision, emulated, report, manifest)
         self.graph_module = graph_module
         self.in_spec = in_spec
         self.out_spec = out_spec
         self.inputs = inputs
+        self.one_thread = one_thread
+
+    def stored_parts(self) -> Parts:
+        return Parts(self.inputs, graphs=(("", self),), specs=(self.in_spec, self.out_spec))
+
+    @classmethod
+    def from_parts(cls, parts: Parts, manifest: dict, source: str) -> "CompiledModule":
+        if len(parts.graphs) != 1 or parts.engines:
+            raise ArtifactError(f"{source}: a static component holds one host program, not {len(parts.graphs)}")
+        return parts.graphs[0][1]
+
+    @classmethod
+    def describe_component(cls, entry: dict) -> list[str]:
+        return ["buckets: none (fixed shapes)"]
 
     def check(self, flat: list) -> None:
         for spec, value in zip(self.inputs, flat):
@@ -173,8 +253,8 @@ class CompiledModule(ArchfitModule):
     def run_flat(self, flat: list) -> list:
         self.check(flat)
         if self._sole_engine is not None:  # no host op: no grad mode or host threads to set
-            return list(_engine(self.graph_module, self._sole_engine).forward(*flat))
-        with torch.no_grad(), host_threads(one_thread_for(self.graph_module)):
+            return list(engine_named(self.graph_module, self._sole_engine).forward(*flat))
+        with torch.no_grad(), host_threads(self.one_thread is True):
             return list(self.graph_module(*flat))
 
     @cached_property
@@ -184,8 +264,6 @@ class CompiledModule(ArchfitModule):
         graph, two modules' call machinery and the grad-mode switch: archfit's layer around a tiny
         DLRM's engine 11.8 -> 5.6 us a call (benchmarks/call_layer.py), 1.4% of DLRM's 0.45 ms.
         The name, not the module: auto and per_partition swap engines by name."""
-        from .compile import EngineModule  # compile imports this module's neighbours
-
         nodes = list(self.graph_module.graph.nodes)
         inputs = [n for n in nodes if n.op == "placeholder"]
         calls = [n for n in nodes if n.op == "call_module"]
@@ -193,7 +271,7 @@ class CompiledModule(ArchfitModule):
         if (len(calls) != 1 or list(calls[0].args) != inputs or calls[0].kwargs
                 or len(nodes) != len(inputs) + 1 + len(picks) + 1 or nodes[-1].op != "output"):
             return None
-        engine = _engine(self.graph_module, calls[0].target)
+        engine = engine_named(self.graph_module, calls[0].target)
         outs = nodes[-1].args[0]
         if (not isinstance(engine, EngineModule) or not isinstance(outs, (tuple, list)) or list(outs) != picks
                 or len(picks) != len(engine.out_dtypes)

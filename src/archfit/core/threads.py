@@ -6,8 +6,8 @@ PyTorch's OpenMP workers spin-wait for a while after each parallel op, so the en
 next shares its cores with spinning threads. But on DLRM (2.6 ms a call) the spinning workers
 helped (one thread: +7.5%, all threads: -3.3%), so where it matters it is measured: when the host
 only glues engines together (views, elementwise ops; a host doing heavy arithmetic keeps its
-threads), compile_plan times the graph both ways and records the choice on the graph module
-(ONE_THREAD), which saved files keep. A near-tie goes to one thread (_KEEP_THREADS_MARGIN)."""
+threads), compile_plan times the graph both ways and the compiled module keeps the choice
+(CompiledModule.one_thread), as saved files do. A near-tie goes to one thread (_KEEP_THREADS_MARGIN)."""
 from __future__ import annotations
 
 import threading
@@ -15,7 +15,8 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from .timing import interleaved_ms
+from .engines import engines_in
+from .timing import fastest
 
 aten = torch.ops.aten
 _HEAVY = {aten.mm, aten.bmm, aten.addmm, aten.baddbmm, aten.matmul, aten.linear, aten.convolution,
@@ -24,14 +25,9 @@ _HEAVY = {aten.mm, aten.bmm, aten.addmm, aten.baddbmm, aten.matmul, aten.linear,
           aten._embedding_bag}
 
 
-ONE_THREAD = "archfit_host_one_thread"  # graph module attribute: the measured choice (bool)
-
-
 def light_host(gm: torch.nn.Module) -> bool:
     """Does this graph (traced or loaded) call engines and leave no heavy arithmetic to PyTorch?"""
-    from .compile import EngineModule
-
-    if not any(isinstance(m, EngineModule) for m in gm.modules()):
+    if not engines_in(gm):
         return False
     ops = [n.target for n in gm.graph.nodes if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)]
     return bool(ops) and not any(op.overloadpacket in _HEAVY for op in ops)  # host ops, none of them heavy
@@ -66,11 +62,6 @@ def host_threads(one: bool):
     return _one_thread() if one else nullcontext()
 
 
-def one_thread_for(gm: torch.nn.Module) -> bool:
-    """The choice recorded at compile time, else False (not measured: PyTorch's default)."""
-    return bool(getattr(gm, ONE_THREAD, False))
-
-
 # PyTorch's threads must win by this much to be kept: one thread is the common winner by a wide
 # margin (DistilBERT, one op forced: +1% against +17%), the reverse case wins by ~10% (DLRM), and
 # a near-tie decided by noise went the wrong way in a peers run (+23% instead of +1%).
@@ -78,11 +69,11 @@ _KEEP_THREADS_MARGIN = 0.03
 _MIN_CALLS = 5  # per candidate and round: a 30 ms model gave 2 calls in a 0.1 s burst
 
 
-def choose_host_threads(gm: torch.nn.Module, inputs, seconds: float = 0.3) -> None:
-    """Time a light host both ways, interleaved, and record the choice on `gm` (ONE_THREAD): one
-    thread unless PyTorch's threads measure clearly faster (_KEEP_THREADS_MARGIN)."""
+def choose_host_threads(gm: torch.nn.Module, inputs, seconds: float = 0.3) -> bool | None:
+    """Time a light host both ways, interleaved: True (one thread) unless PyTorch's threads
+    measure clearly faster (_KEEP_THREADS_MARGIN); None for a host that is not light (not measured)."""
     if not light_host(gm):
-        return
+        return None
 
     def run(one: bool):
         def call():
@@ -90,5 +81,5 @@ def choose_host_threads(gm: torch.nn.Module, inputs, seconds: float = 0.3) -> No
                 gm(*inputs)
         return call
 
-    ms = interleaved_ms({True: run(True), False: run(False)}, seconds, min_calls=_MIN_CALLS)
-    setattr(gm, ONE_THREAD, not ms[False] < ms[True] * (1 - _KEEP_THREADS_MARGIN))
+    return fastest({True: run(True), False: run(False)}, seconds, keep=True, margin=_KEEP_THREADS_MARGIN,
+                   min_calls=_MIN_CALLS).best

@@ -1,10 +1,15 @@
-"""Interleaved timing, one method for compile-time choices (auto, per_partition, host threads) and
-for `archfit bench` and benchmarks/: rounds of bursts, rotated, each burst's first call untimed."""
+"""Interleaved timing, one method for compile-time choices (auto, per_partition, the payoff of
+each partition, host threads, packing strategies) and for `archfit bench` and benchmarks/: rounds
+of bursts, rotated, each burst's first call untimed. `fastest` is the one "measure and keep the
+fastest" every compile-time choice calls."""
 from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
+
+NOTHING = object()  # `keep` of a choice with no incumbent
 
 
 def median_seconds(fn: Callable[[], object], budget: float = 0.25, min_reps: int = 5, max_reps: int = 200) -> float:
@@ -78,3 +83,28 @@ def settled_ms(calls: dict[Any, Callable[[], object]], seconds: float, rounds: i
     looks = interleaved_rounds({k: calls[k] for k in (first, second)}, seconds / rounds, second_rounds,
                                max_calls=max_calls)
     return ms | {k: 1e3 * statistics.median([statistics.median(look[k]) for look in looks]) for k in (first, second)}
+
+
+def pick(ms: dict[Any, float], keep: Any = NOTHING, margin: float = 0.0) -> Any:
+    """The fastest of `ms`; where there is an incumbent (`keep`), it stays unless the fastest
+    beats it by more than `margin` (a share of its time): a switch decided by timing noise costs
+    more than a tie kept."""
+    best = min(ms, key=ms.get)
+    if keep is not NOTHING and best != keep and not ms[best] < ms[keep] * (1 - margin):
+        return keep
+    return best
+
+
+@dataclass(frozen=True)
+class Fastest:
+    best: Any  # the key chosen
+    ms: dict[Any, float]  # what each candidate measured, median ms a call
+
+
+def fastest(calls: dict[Any, Callable[[], object]], seconds: float, *, keep: Any = NOTHING, margin: float = 0.0,
+            settle: bool = False, min_calls: int = 2) -> Fastest:
+    """Measure the candidates interleaved for about `seconds` each and keep the fastest (see pick).
+    settle: a second look at the two fastest when they are close (settled_ms), where the choice
+    is between whole engines that a one-second look cannot separate."""
+    ms = settled_ms(calls, seconds) if settle else interleaved_ms(calls, seconds, min_calls=min_calls)
+    return Fastest(pick(ms, keep, margin), ms)

@@ -28,6 +28,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..core.module import CallAdapter
+
 FRAMEWORKS = ("pytorch", "onnx", "tensorflow", "mxnet")
 
 
@@ -49,10 +51,9 @@ class Imported:
     def foreign(self) -> bool:
         return self.framework != "pytorch"
 
-    def io(self) -> dict:
-        """What a compiled file keeps of the frontend: how to take inputs and give outputs back."""
-        return {"framework": self.framework, "inputs": list(self.input_names), "outputs": self.outputs_as,
-                "ids": list(self.id_inputs)}
+    def io(self) -> "FrameworkIO":
+        """How the compiled module takes the source framework's inputs and gives outputs back."""
+        return FrameworkIO(self.framework, tuple(self.input_names), self.outputs_as, tuple(self.id_inputs))
 
 
 def _is_onnx(model: Any) -> bool:
@@ -155,10 +156,39 @@ def give_back(framework: str, out, outputs_as: str = "list"):
     return one(out)
 
 
-def adopt(module, imported: Imported, validate: bool):
-    """The compiled module of an imported model: checked against the source framework's own
-    outputs on the example inputs (never only against archfit's own import of it), then set to
-    take and give back the caller's arrays."""
+@dataclass(frozen=True)
+class FrameworkIO(CallAdapter):
+    """A compiled module's calls in its source framework: inputs by name (numpy, tf.Tensors, in
+    input order or as keywords), outputs given back as that framework's arrays; kept in the file."""
+
+    framework: str
+    inputs: tuple[str, ...]
+    outputs: str = "list"  # several outputs as a "list" (ONNX Runtime, Keras) or a "dict" (TF signatures)
+    id_inputs: tuple[str, ...] = ()
+
+    def call(self, run, args: tuple, kwargs: dict):
+        return give_back(self.framework, run(**feed_of(self.inputs, args, kwargs, self.id_inputs)), self.outputs)
+
+    def to_dict(self) -> dict:
+        return {"framework": self.framework, "inputs": list(self.inputs), "outputs": self.outputs,
+                "ids": list(self.id_inputs)}
+
+    @classmethod
+    def from_dict(cls, value) -> "FrameworkIO | None":
+        """From a file's manifest, checked as plain data; None when malformed."""
+        if not (isinstance(value, dict) and value.get("framework") in FRAMEWORKS and isinstance(value.get("inputs"), list)
+                and all(isinstance(n, str) for n in value["inputs"])):
+            return None
+        outputs, ids = value.get("outputs", "list"), value.get("ids", [])
+        if outputs not in ("list", "dict") or not isinstance(ids, list) or not all(i in value["inputs"] for i in ids):
+            return None
+        return cls(value["framework"], tuple(value["inputs"]), outputs, tuple(ids))
+
+
+def to_source_framework(module, imported: Imported, validate: bool):
+    """The compiled module of an imported model, made the source framework's: checked against
+    that framework's own outputs on the example inputs (never only against archfit's own import
+    of it), then set to take and give back the caller's arrays."""
     if validate and imported.reference is not None:
         _check_against_source(module, imported)
     module.frontend = imported.io()

@@ -88,14 +88,30 @@ class AttachedModule(ArchfitModule):
     def file_components(self) -> dict[str, ArchfitModule]:
         return {f"region_{i}": part for i, part in enumerate(self.regions.values())}
 
+    def file_inputs(self, components: dict[str, dict]) -> list[dict]:
+        return []  # the regions' inputs are the model's own intermediates, not the file's
+
     def file_meta(self) -> dict:
         return {"class": self.model_class, "digests": self.digests, "plan": plan_to_dict(self.plan),
                 "regions": list(self.regions)}
 
     @classmethod
+    def check_loadable(cls, meta: dict, model: torch.nn.Module | None, source) -> None:
+        check_attachable(meta, model, source)
+
+    @classmethod
     def from_file(cls, components, meta, manifest, model=None, source="the file") -> "AttachedModule":
         regions = {path: components[f"region_{i}"] for i, path in enumerate(meta["regions"])}
         return attach(meta, model, regions, source, plan_from_dict(meta["plan"]), manifest)
+
+    @classmethod
+    def describe_file(cls, manifest: dict) -> list[str]:
+        meta = manifest["meta"]
+        return ([f"needs the model's Python code: {meta['class']} (its compiled regions attach to it: "
+                 f"archfit.load(path, model=...), CLI: archfit run FILE --model NAME)",
+                 f"compiled regions: {', '.join(meta['regions'])}"]
+                + [f"host region: {h['module']}: {h['reason']}" + (f" at {h['source']}" if h["source"] else "")
+                   for h in meta["plan"]["host"]])
 
     def extra_repr(self) -> str:
         return f"model={self.model_class}, compiled regions={list(self.regions)}, target={self.target!r}"

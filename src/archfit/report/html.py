@@ -60,3 +60,11 @@ def render_page(title: str, sections: Sequence[tuple[str, Sequence["FitReport"]]
     payload = json.dumps(_finite(data), default=str, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     return _TEMPLATE.format(title=html.escape(title), version=__version__, css=_asset("page.css"), js=_asset("page.js"),
                             data=payload)
+
+
+def module_page(module, latency: str | None = None) -> str:
+    """A compiled module (any kind: its page() says what is particular to it: bucket table,
+    regions, the generator's parts) as one self-contained HTML page."""
+    page = module.page()
+    title = page["sections"][0][0] if page["sections"] else type(module).__name__
+    return render_page(f"{title} on {module.target}", latency=latency, **page)

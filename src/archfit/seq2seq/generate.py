@@ -20,7 +20,7 @@ from ..errors import InputError
 
 # generate() arguments with an effect here (besides the token ids and their mask); anything
 # else a GenerationConfig holds (sampling, constraints, assistants, ...) is refused by name.
-_SUPPORTED = {
+GENERATE_ARGUMENTS = {
     "max_new_tokens", "max_length", "min_length", "min_new_tokens", "num_beams", "num_return_sequences",
     "early_stopping", "length_penalty", "no_repeat_ngram_size", "repetition_penalty", "bad_words_ids",
     "forced_bos_token_id", "forced_eos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
@@ -34,6 +34,7 @@ class Seq2SeqModule(ArchfitModule):
     transformers, on the compiled encoder and decoder step."""
 
     kind = "seq2seq"
+    takes = "generation"
 
     def __init__(self, encoder, steps: dict[int, Any], generation_config: GenerationConfig, max_new_tokens: int,
                  source_len: int, report=None, manifest: dict | None = None):
@@ -65,16 +66,18 @@ class Seq2SeqModule(ArchfitModule):
     def rows(self) -> tuple[int, ...]:
         return tuple(int(r) for r in self.steps)
 
-    def _config(self, kwargs: dict) -> GenerationConfig:
+    def generation_config_for(self, kwargs: dict) -> GenerationConfig:
+        """The generation config a generate(**kwargs) call runs with; refuses, in one line, an
+        argument archfit's compiled generation does not take or a length past the compiled cache."""
         # transformers' _prepare_generation_config: the given config, then the model's values and
         # the library defaults where it leaves a field unset, then the keyword arguments
         config = copy.deepcopy(kwargs.pop("generation_config", None) or GenerationConfig())
         config.update(**self.generation_config.to_dict(), defaults_only=True, allow_custom_entries=True)
         config.update(**self.generation_config._get_default_generation_params(), defaults_only=True)
-        unknown = sorted(set(kwargs) - _SUPPORTED)
+        unknown = sorted(set(kwargs) - GENERATE_ARGUMENTS)
         if unknown:
             raise InputError(f"generate: argument {unknown[0]!r} is not supported by archfit's compiled generation; "
-                             f"it takes {', '.join(sorted(_SUPPORTED))}")
+                             f"it takes {', '.join(sorted(GENERATE_ARGUMENTS))}")
         config.update(**kwargs)
         if config.do_sample:
             raise InputError("generate: do_sample=True is not supported; archfit runs greedy and beam search")
@@ -116,7 +119,7 @@ class Seq2SeqModule(ArchfitModule):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """Token ids (batch * num_return_sequences, length), starting with the decoder start token."""
-        config = self._config(dict(kwargs))
+        config = self.generation_config_for(dict(kwargs))
         if input_ids.dim() != 2 or input_ids.dtype != torch.long:
             raise InputError(f"generate: input_ids must be int64 (batch, source length), got "
                              f"{tuple(input_ids.shape)} {input_ids.dtype}")
@@ -145,6 +148,14 @@ class Seq2SeqModule(ArchfitModule):
         if beams == 1:
             return _greedy(run, start, processors, stopping, config, eos)
         return _beam_search(run, start, processors, stopping, config, eos, batch)
+
+    @classmethod
+    def describe_file(cls, manifest: dict) -> list[str]:
+        components, meta = manifest["components"], manifest["meta"]
+        steps = [c for c in components if c.startswith("step_")]
+        return [f"seq2seq generator: source buckets {components['encoder']['buckets']['sizes']}, decoder step "
+                f"rows {', '.join(c.removeprefix('step_') for c in steps)}, key/value cache "
+                f"{meta['max_new_tokens']} tokens (archfit generate FILE --ids ...)"]
 
     def summary(self) -> str:
         return (f"generation: encoder buckets over the source length {', '.join(map(str, self.encoder.sizes))}; "

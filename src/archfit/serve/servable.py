@@ -3,7 +3,8 @@ request is checked (before it queues, so one bad request never fails a batch), w
 share an engine call (`key`: the bucket, the exact length, or one group) and how many rows a call
 takes (`capacity`), and how a group runs and is cut back into one answer per request.
 
-One subclass per module kind; `servable(name, module)` picks it."""
+One subclass per module kind, registered under that kind's name (`serves`); `servable(name,
+module)` picks it by the module's kind. The batching itself is the kind's own public methods."""
 from __future__ import annotations
 
 import math
@@ -16,6 +17,8 @@ from ..core.capture import TensorSpec, output_names
 from ..core.module import ArchfitModule, CompiledModule, check_values
 from ..errors import InputError
 from .protocol import RequestError, datatype
+
+ADAPTERS: dict[str, type["Servable"]] = {}  # module kind -> the adapter that serves it
 
 
 @dataclass(frozen=True)
@@ -53,16 +56,26 @@ class BatchStats:
 
 
 class Servable:
-    """Subclasses set `inputs` and `outputs` (the signature, fixed once loaded) and `capacity`."""
+    """Subclasses name the module kind they serve (`serves`) and set `inputs` and `outputs` (the
+    signature, fixed once loaded) and `capacity`."""
 
-    kind: ClassVar[str] = "static"
+    serves: ClassVar[str]
     inputs: list[TensorMeta]
     outputs: list[TensorMeta]
     capacity: int = 1  # rows per engine call
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "serves" in cls.__dict__:
+            ADAPTERS[cls.serves] = cls
+
     def __init__(self, name: str, module: ArchfitModule):
         self.name = name
         self.module = module
+
+    @property
+    def kind(self) -> str:
+        return self.module.kind
 
     # -- what one engine call holds, for the batcher ----------------------------------------
     @property
@@ -124,7 +137,7 @@ class Servable:
 class StaticServable(Servable):
     """One static-shape module: requests of exactly the compiled shapes, one per engine call."""
 
-    kind = "static"
+    serves = "static"
 
     def __init__(self, name: str, module: CompiledModule):
         super().__init__(name, module)
@@ -173,7 +186,7 @@ class BucketedServable(StaticServable):
     to it and stacked along the batch up to the compiled batch (partial batches padded as the file
     does), then each answer is cut back to its own rows and length."""
 
-    kind = "bucketed"
+    serves = "bucketed"
 
     def __init__(self, name: str, module):
         self.padding = module.padding
@@ -203,9 +216,8 @@ class BucketedServable(StaticServable):
         return self.module.buckets[str(self.module.sizes[-1])]
 
     def item(self, flat):
-        size = self.module._size(flat)  # refuses lengths over the largest bucket, in one line
-        bucket = next(s for s in self.module.sizes if s >= size)
-        return Item(flat, flat[0].shape[0] if self.batched else 1, bucket, size)
+        size = self.module.size_of(flat)  # refuses lengths over the largest bucket, in one line
+        return Item(flat, flat[0].shape[0] if self.batched else 1, self.module.bucket_for(size), size)
 
     def run(self, items):
         from ..shapes.dispatch import cut, resize
@@ -216,7 +228,7 @@ class BucketedServable(StaticServable):
                            math.ceil(rows / self.capacity) * self.capacity * bucket)
         with torch.no_grad():
             if not self.batched or len(items) == 1:
-                out = [m._run_batched(it.inputs) if self.batched else m._run_bucket(it.inputs) for it in items]
+                out = [m.run_batch(it.inputs) if self.batched else m.run_bucket(it.inputs) for it in items]
                 return [dict(zip(self.output_names, o)) for o in out], stats
             index = {s.name: i for i, s in enumerate(self.specs)}
             padded = [list(it.inputs) for it in items]
@@ -224,7 +236,7 @@ class BucketedServable(StaticServable):
                 pad = self.padding.pad_values.get(name, 0)
                 for p in padded:
                     p[index[name]] = resize(p[index[name]], dim, bucket, pad)
-            out = m._run_batched([torch.cat(ts) for ts in zip(*padded)])
+            out = m.run_batch([torch.cat(ts) for ts in zip(*padded)])
         answers, start = [], 0
         for it in items:
             answers.append({n: cut(o.narrow(bf[0], start, it.rows), f, it.size)
@@ -237,7 +249,7 @@ class BucketedServable(StaticServable):
 class DynamicServable(Servable):
     """Bounded dynamic length (OpenVINO): requests of one exact length share an engine call."""
 
-    kind = "dynamic"
+    serves = "dynamic"
 
     def __init__(self, name, module):
         super().__init__(name, module)
@@ -275,7 +287,7 @@ class PackedServable(Servable):
     """Packed encoder: every queued sequence, whatever its length, shares the packed rows of one
     run (the server packs across requests, which is where packing pays most)."""
 
-    kind = "packed"
+    serves = "packed"
 
     def __init__(self, name, module):
         super().__init__(name, module)
@@ -296,7 +308,7 @@ class PackedServable(Servable):
         return item.size
 
     def prepare(self, given, parameters=None):
-        from ..shapes.packed import _sequence
+        from ..shapes.packed import as_sequence
 
         self.check_inputs(given, optional=("attention_mask", "token_type_ids"))
         for spec in self.module.inner.inputs:  # ids outside the tables refused here, not in the shared rows
@@ -306,7 +318,7 @@ class PackedServable(Servable):
         seqs = []
         for b in range(ids.shape[0]):
             seq = {k: v[b] for k, v in given.items()}
-            s = _sequence(seq, b, self.module.spec.token_types)
+            s = as_sequence(seq, b, self.module.spec.token_types)
             n = s["input_ids"].shape[0]
             if n > self.module.spec.max_len:
                 raise RequestError(f"input 'input_ids' row {b} has {n} tokens, more than the packed rows' "
@@ -333,16 +345,16 @@ class Seq2SeqServable(Servable):
     """Generation: one request per run of the host loop; generate() arguments come from the
     request's parameters (max_new_tokens, num_beams, ...)."""
 
-    kind = "seq2seq"
+    serves = "seq2seq"
     inputs = [TensorMeta("input_ids", "INT64", (-1, -1)), TensorMeta("attention_mask", "INT64", (-1, -1))]
     outputs = [TensorMeta("output_ids", "INT64", (-1, -1))]
 
     def prepare(self, given, parameters=None):
-        from ..seq2seq.generate import _SUPPORTED
+        from ..seq2seq.generate import GENERATE_ARGUMENTS
 
         tied = self.check_inputs(given, optional=("attention_mask",))
-        kwargs = {k: v for k, v in (parameters or {}).items() if k in _SUPPORTED}
-        self.module._config(dict(kwargs))  # refuse bad generation arguments before queueing
+        kwargs = {k: v for k, v in (parameters or {}).items() if k in GENERATE_ARGUMENTS}
+        self.module.generation_config_for(dict(kwargs))  # refuse bad generation arguments before queueing
         if tied[1] > self.module.source_len:
             raise RequestError(f"input 'input_ids' has {tied[1]} source tokens, more than the largest source bucket "
                                f"{self.module.source_len}; cut it")
@@ -355,18 +367,10 @@ class Seq2SeqServable(Servable):
 
 
 def servable(name: str, module: ArchfitModule) -> Servable:
-    """The adapter for a loaded module, or one line saying why it cannot be served."""
-    from ..seq2seq import Seq2SeqModule
-    from ..shapes.dispatch import BucketedModule
-    from ..shapes.dynamic import DynamicModule
-    from ..shapes.packed import PackedModule
-
-    module.speak_torch()  # files of ONNX/TF/MXNet models: the protocol gives tensors by name, ids as ints
-    for kind, cls in ((PackedModule, PackedServable), (Seq2SeqModule, Seq2SeqServable),
-                      (BucketedModule, BucketedServable), (DynamicModule, DynamicServable),
-                      (CompiledModule, StaticServable)):
-        if isinstance(module, kind):
-            return cls(name, module)
-    raise InputError(f"model {name!r}: a {type(module).__name__} file cannot be served on its own (it runs inside "
-                     f"the user's model code); serve a file traced whole, with buckets, packing or generation")
-
+    """The adapter for a loaded module, by its kind, or one line saying why it cannot be served."""
+    module.take_torch_tensors()  # files of ONNX/TF/MXNet models: the protocol gives tensors by name, ids as ints
+    adapter = ADAPTERS.get(module.kind)
+    if adapter is None:
+        raise InputError(f"model {name!r}: a {module.kind!r} file cannot be served on its own (it runs inside the "
+                         f"user's model code); serve a file traced whole, with buckets, packing or generation")
+    return adapter(name, module)

@@ -3,13 +3,16 @@ own pad value, run that bucket's static-shape module, slice the outputs back; sp
 than the compiled batch into chunks (torch.neuron's dynamic batch) and concatenate the results."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch.utils import _pytree as pytree
 
-from ..core.module import ArchfitModule, CompiledModule, flatten_call
-from ..errors import InputError
+from ..core.module import MAX_DIM, ArchfitModule, CompiledModule, Parts, flatten_call
+from ..errors import ArtifactError, InputError
+from .choose import BucketChoice
+
+MAX_BUCKETS = 4096  # a file's bucket table, at most
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class BucketedModule(ArchfitModule):
     bucket (and any batch size when dynamic_batch). Its report is the largest bucket's (every
     bucket is partitioned alike)."""
 
+    kind = "bucketed"
+
     def __init__(self, modules: dict[int, CompiledModule], padding: Padding, choice=None, safety=None,
                  manifest: dict | None = None):
         sizes = tuple(sorted(modules))
@@ -72,7 +77,9 @@ class BucketedModule(ArchfitModule):
     def batch(self) -> int | None:
         return self.inputs[0].shape[0] if self.padding.batch_follow is not None else None
 
-    def _size(self, flat: list[torch.Tensor]) -> int:
+    def size_of(self, flat: list[torch.Tensor]) -> int:
+        """The size along the varying dims of a call's flat inputs; refused, in one line, when the
+        inputs disagree or it is over the largest bucket."""
         if not self._varying:
             return self.sizes[-1]
         for i, d in self._varying:
@@ -95,9 +102,14 @@ class BucketedModule(ArchfitModule):
                              f"{self.sizes[-1]}; cut the input or trace with a larger bucket")
         return size
 
-    def _run_bucket(self, flat: list[torch.Tensor]) -> list[torch.Tensor]:
-        size = self._size(flat)
-        bucket = next(s for s in self.sizes if s >= size)
+    def bucket_for(self, size: int) -> int:
+        """The smallest bucket that holds `size` (size_of refuses one over the largest)."""
+        return next(s for s in self.sizes if s >= size)
+
+    def run_bucket(self, flat: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One call at its size: padded to its bucket, run, outputs cut back."""
+        size = self.size_of(flat)
+        bucket = self.bucket_for(size)
         module = self.buckets[str(bucket)]
         if self._varying:
             flat = list(flat)
@@ -109,7 +121,8 @@ class BucketedModule(ArchfitModule):
             return out
         return [cut(o, f, size) if f else o for o, f in zip(out, self.padding.follow)]
 
-    def _run_batched(self, flat: list[torch.Tensor]) -> list[torch.Tensor]:
+    def run_batch(self, flat: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One call of any batch size (dynamic batch): in chunks of the compiled batch, the last padded."""
         if not all(isinstance(t, torch.Tensor) for t in flat):
             raise InputError(f"dynamic batch: every input must be a tensor, got "
                              f"{', '.join(type(t).__name__ for t in flat)}")
@@ -121,22 +134,49 @@ class BucketedModule(ArchfitModule):
                              f"{', '.join(f'{s.name!r} {tuple(t.shape)}' for s, t in zip(self.inputs, flat))}")
         b = self.batch
         if n == b:
-            return self._run_bucket(flat)
+            return self.run_bucket(flat)
         chunks = []
         for start in range(0, n, b):
             part = [t[start:start + b] for t in flat]
             m = part[0].shape[0]
             if m < b:  # pad with copies of the last row: real values keep every op well-defined
                 part = [torch.cat([t, t[-1:].expand(b - m, *t.shape[1:])]) for t in part]
-            out = self._run_bucket(part)
+            out = self.run_bucket(part)
             chunks.append([cut(o, f, m) for o, f in zip(out, self.padding.batch_follow)])
         return [torch.cat(list(parts), dim=f[0]) for parts, f in zip(zip(*chunks), self.padding.batch_follow)]
 
     def forward(self, *args, **kwargs):
         flat = flatten_call(args, kwargs, self.in_spec, self.inputs)
         with torch.no_grad():
-            out = self._run_batched(flat) if self.padding.batch_follow is not None else self._run_bucket(flat)
+            out = self.run_batch(flat) if self.padding.batch_follow is not None else self.run_bucket(flat)
         return pytree.tree_unflatten(out, self.out_spec)
+
+    def stored_parts(self) -> Parts:
+        choice = self.choice
+        table = {"buckets": {"sizes": list(self.sizes), "padding": self.padding.to_dict(),
+                             "choice": None if choice is None else asdict(choice),
+                             "safety": [list(s) for s in self.safety or ()]}}
+        return Parts(self.inputs, graphs=tuple((f"bucket_{s}/", self.buckets[str(s)]) for s in self.sizes),
+                     specs=(self.in_spec, self.out_spec), table=table)
+
+    @classmethod
+    def from_parts(cls, parts: Parts, manifest: dict, source: str) -> "BucketedModule":
+        buckets = parts.table["buckets"]
+        sizes, modules = buckets["sizes"], [m for _prefix, m in parts.graphs]
+        if not (isinstance(sizes, list) and 0 < len(sizes) == len(modules) <= MAX_BUCKETS
+                and all(type(s) is int and 0 <= s <= MAX_DIM for s in sizes)):
+            raise ArtifactError(f"{source}: bucket table is malformed")
+        c = buckets["choice"]
+        choice = BucketChoice(**{**c, "boundaries": tuple(c["boundaries"])}) if c else None
+        return cls(dict(zip(sizes, modules)), Padding.from_dict(buckets["padding"]), choice,
+                   tuple(tuple(s) for s in buckets["safety"]), manifest)
+
+    @classmethod
+    def describe_component(cls, entry: dict) -> list[str]:
+        b = entry["buckets"]
+        dims = ", ".join(f"{k}[{v}]" for k, v in b["padding"]["dims"].items())
+        batch = ", dynamic batch" if b["padding"].get("batch_follow") else ""
+        return [f"buckets: {', '.join(map(str, b['sizes']))} over {dims}{batch}" if dims else f"buckets: none{batch}"]
 
     def page(self) -> dict:
         rows = []

@@ -8,14 +8,13 @@ at least 2, because torch specialises sizes 0 and 1), and the target compiles th
 the bounds (Target.compile_dynamic)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
 
 import torch
 
 from ..core.capture import TensorSpec
-from ..core.compile import EngineModule
-from ..core.module import ArchfitModule, check_values, describe
-from ..errors import ArchfitError, CompileError, InputError, first_line
+from ..core.engines import EngineModule
+from ..core.module import ArchfitModule, Parts, check_values, describe
+from ..errors import ArchfitError, ArtifactError, CompileError, InputError, first_line
 
 LOW = 2  # torch.export specialises dims of size 0 and 1: the shortest length compiled is 2
 
@@ -24,6 +23,8 @@ class DynamicModule(ArchfitModule):
     """One engine over keyword inputs [rows, length], length anywhere in low..high (the specs hold
     the largest shape). More rows than compiled run in chunks, fewer are padded with copies of the
     last; lengths below `low` are padded with each input's pad value and cut back."""
+
+    kind = "dynamic"
 
     def __init__(self, engine: EngineModule, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], low: int,
                  pad_values: dict[str, int], target: str, precision: str, emulated: bool = False, report=None,
@@ -73,6 +74,29 @@ class DynamicModule(ArchfitModule):
         outs = [torch.cat(parts) if len(parts) > 1 else parts[0] for parts in zip(*chunks)]
         return {k: o[:, :length] if length < self.low else o for k, o in zip(self.outputs, outs)}
 
+    def stored_parts(self) -> Parts:
+        """Its one engine and input bounds, no host program."""
+        table = {"dynamic": {"outputs": list(self.outputs), "low": self.low, "pad_values": self.pad_values}}
+        return Parts(self.inputs, engines=(("dynamic", self.engine),), table=table)
+
+    @classmethod
+    def from_parts(cls, parts: Parts, manifest: dict, source: str) -> "DynamicModule":
+        d, inputs = parts.table.get("dynamic"), parts.inputs
+        outputs, low, pads = (d.get("outputs"), d.get("low"), d.get("pad_values")) if isinstance(d, dict) else (None,) * 3
+        if not (len(parts.engines) == 1 and not parts.graphs and isinstance(outputs, list)
+                and all(isinstance(o, str) for o in outputs) and type(low) is int
+                and isinstance(pads, dict) and all(type(v) is int for v in pads.values()) and inputs
+                and all(len(s.shape) == 2 for s in inputs) and 1 <= low <= inputs[0].shape[1]):
+            raise ArtifactError(f"{source}: dynamic module table is malformed")
+        return cls(parts.engines[0][1], tuple(inputs), tuple(outputs), low, {str(k): v for k, v in pads.items()},
+                   str(manifest["target"]), str(manifest["precision"]), bool(manifest["emulated"]), manifest=manifest)
+
+    @classmethod
+    def describe_component(cls, entry: dict) -> list[str]:
+        d = entry.get("dynamic") or {}
+        high = entry["inputs"][0]["shape"][1] if entry.get("inputs") else "?"
+        return [f"dynamic length: one engine for lengths {d.get('low')}..{high}, no buckets"]
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rows={self.rows}, length={self.low}..{self.high}"
 
@@ -100,23 +124,5 @@ def trace_dynamic(module: torch.nn.Module, example: dict[str, torch.Tensor], tar
     with torch.no_grad():
         out = module(**example)
     specs = tuple(TensorSpec(k, (rows, high), v.dtype) for k, v in example.items())
-    return DynamicModule(EngineModule(engine, 0, target.name, [v.dtype for v in out.values()]), specs, tuple(out),
-                         LOW, pad_values, target.name, precision, target.emulated, report)
-
-
-def dynamic_entry(module: DynamicModule) -> dict[str, Any]:
-    """The plain data a file keeps of a DynamicModule besides its engine."""
-    return {"outputs": list(module.outputs), "low": module.low, "pad_values": module.pad_values}
-
-
-def from_entry(engine: EngineModule, inputs: Sequence[TensorSpec], d: dict, manifest: dict, source: str) -> DynamicModule:
-    from ..errors import ArtifactError
-
-    outputs, low, pads = d.get("outputs"), d.get("low"), d.get("pad_values")
-    if not (isinstance(outputs, list) and all(isinstance(o, str) for o in outputs) and type(low) is int
-            and isinstance(pads, dict) and all(type(v) is int for v in pads.values()) and inputs
-            and all(len(s.shape) == 2 for s in inputs) and 1 <= low <= inputs[0].shape[1]):
-        raise ArtifactError(f"{source}: dynamic module table is malformed")
-    return DynamicModule(engine, tuple(inputs), tuple(outputs), low, {str(k): v for k, v in pads.items()},
-                         str(manifest["target"]), str(manifest["precision"]), bool(manifest["emulated"]),
-                         manifest=manifest)
+    handle = EngineModule(engine, 0, target.name, [v.dtype for v in out.values()], precision)
+    return DynamicModule(handle, specs, tuple(out), LOW, pad_values, target.name, precision, target.emulated, report)

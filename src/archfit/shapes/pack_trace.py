@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import time
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from ..core.module import ArchfitModule
+from ..core.timing import fastest
 from ..core.validate import compare_outputs
 from ..errors import ArchfitError, ModelError, ValidationError, first_line
 from .choose import Buckets, choose_buckets
 from .dispatch import BucketedModule
 from .dynamic import trace_dynamic
-from .packed import (ROW_INPUTS, PackedModule, PackedRows, Packing, PackSpec, _sequence, build_rows, log,
+from .packed import (ROW_INPUTS, PackedModule, PackedRows, Packing, PackSpec, as_sequence, build_rows, log,
                      named_outputs, run_packed)
 from .packing import pack, pack_stream
 from .trace import trace_buckets
@@ -130,24 +130,15 @@ def _row_sizes(packing: Packing, per_row: int | None) -> tuple[int, ...]:
     return choose_buckets(used, packing.max_sizes, start=1, max_length=packing.max_len).boundaries
 
 
-def _measure(modules: dict[str, "PackedModule"], packing: Packing, example: dict, seconds: float) -> dict[str, float]:
-    """Sequences per second of each candidate on lengths drawn from those seen (fixed seed), the
-    candidates interleaved, best of the rounds that fit in about `seconds` each."""
+def _measure(modules: dict[str, "PackedModule"], packing: Packing, example: dict, seconds: float) -> tuple[str, dict]:
+    """The fastest candidate on lengths drawn from those seen (fixed seed), timed as every
+    compile-time choice is (core.timing.fastest), and each one's sequences per second."""
     g = np.random.default_rng(0)
     lengths = g.choice(_lengths_seen(packing), size=min(packing.lookahead, 128))
     tokens = example["input_ids"].reshape(-1)
     seqs = [tokens[torch.from_numpy(g.integers(0, tokens.numel(), int(n)))] for n in lengths]
-    best = {k: float("inf") for k in modules}
-    spent = 0.0
-    for m in modules.values():
-        m.run(seqs[:8])  # warm every row length's engine
-    while spent < seconds * len(modules) or any(v == float("inf") for v in best.values()):
-        for k, m in modules.items():
-            t0 = time.perf_counter()
-            m.run(seqs)
-            took = time.perf_counter() - t0
-            best[k], spent = min(best[k], took), spent + took
-    return {k: len(seqs) / v for k, v in best.items()}
+    chosen = fastest({k: (lambda m=m: m.run(seqs)) for k, m in modules.items()}, seconds)
+    return chosen.best, {k: len(seqs) / (ms / 1e3) for k, ms in chosen.ms.items()}
 
 
 def _why_not_dynamic(inner: BucketedModule, target) -> str | None:
@@ -162,12 +153,10 @@ def _why_not_dynamic(inner: BucketedModule, target) -> str | None:
     return None
 
 
-def trace_packed(trace_one: Callable[[torch.nn.Module, Any], ArchfitModule], model: torch.nn.Module,
-                 example_inputs: Any, packing: Packing, target, precision: str, progress=None) -> PackedModule:
-    """Compile `model` over packed rows for `target` (trace_one(module, inputs): archfit.trace's
-    static path on it)."""
-    name = type(model).__name__
-    takes = _takes(model)
+def _packable(model: torch.nn.Module, example_inputs: Any, packing: Packing, target) -> tuple[dict, bool]:
+    """The example as tensors and whether the model takes token types, or one line saying why
+    `model` cannot be packed at all."""
+    name, takes = type(model).__name__, _takes(model)
     if "position_ids" not in takes:
         raise ModelError(f"{name} cannot be packed: its forward() takes no position_ids, so positions cannot restart "
                          f"at each packed sequence; use buckets instead")
@@ -176,14 +165,20 @@ def trace_packed(trace_one: Callable[[torch.nn.Module, Any], ArchfitModule], mod
     if not isinstance(example_inputs, Mapping) or "input_ids" not in example_inputs:
         raise ArchfitError("packing: give the example inputs as a dict with 'input_ids' (and 'attention_mask', "
                            "'token_type_ids' where the model takes them)")
-    example = {k: torch.as_tensor(v) for k, v in example_inputs.items()}
-    token_types = "token_type_ids" in takes and "token_type_ids" in example
     if packing.strategy == "dynamic" and target.compile_dynamic is None:
         raise ArchfitError(f"dynamic lengths: target {target.name!r} compiles fixed shapes only; use strategy='pack' "
                            f"or 'buckets', or a target with bounded dynamic shapes (openvino)")
+    example = {k: torch.as_tensor(v) for k, v in example_inputs.items()}
+    return example, "token_type_ids" in takes and "token_type_ids" in example
+
+
+def _kept_outputs(model: torch.nn.Module, example: dict, packing: Packing, token_types: bool):
+    """(outputs kept, outputs left out): the model's outputs with one value per token, or those
+    named; an output with one value per row (it would mix a row's sequences) refused when named."""
+    name = type(model).__name__
     ids = example["input_ids"].reshape(-1)
     probe = ids.repeat(-(-7 // ids.numel()))[:7]  # 7 tokens: a length no other dim of a tiny model has
-    sample = _alone(model, _sequence({"input_ids": probe}, 0, token_types), token_types)
+    sample = _alone(model, as_sequence({"input_ids": probe}, 0, token_types), token_types)
     per_token = [k for k, v in sample.items() if v.dim() >= 2 and v.shape[1] == 7]
     keep = tuple(packing.outputs) if packing.outputs is not None else tuple(per_token)
     missing = [k for k in keep if k not in sample]
@@ -196,68 +191,92 @@ def trace_packed(trace_one: Callable[[torch.nn.Module, Any], ArchfitModule], mod
                          f"({', '.join(map(repr, per_token)) or 'none'}) and pool per sequence with pool='first' or "
                          f"'mean'")
     left_out = tuple(k for k in sample if k not in keep)
-    offset = packing.position_offset if packing.position_offset is not None else _position_offset(model)
     if left_out:
         log.warning(f"packing {name}: left out {', '.join(left_out)} (one value per row mixes the sequences packed "
                     f"into it); kept {', '.join(keep)}")
+    return keep, left_out
+
+
+def _candidate_specs(model: torch.nn.Module, example: dict, packing: Packing, token_types: bool) -> dict[str, PackSpec]:
+    """The static-shape strategies to compile (each with its row lengths), by strategy name."""
+    keep, left_out = _kept_outputs(model, example, packing, token_types)
+    offset = packing.position_offset if packing.position_offset is not None else _position_offset(model)
     static = {"pack": {"pack": packing.max_per_row}, "buckets": {"buckets": 1}, "dynamic": {"pack": packing.max_per_row},
               "auto": {"pack": packing.max_per_row, "buckets": 1}}[packing.strategy]
-    specs = {k: PackSpec(_row_sizes(packing, n) if packing.strategy != "dynamic" else (packing.max_len,), keep,
-                         token_types, offset, packing.pool, packing.lookahead, n, packing.method, left_out, k)
-             for k, n in static.items()}
-    spec = next(iter(specs.values()))
-    wrapper = PackedRows(model, keep, token_types).eval()
-    seqs = _check_sequences(example, spec.max_len, packing.rows)
+    return {k: PackSpec(_row_sizes(packing, n) if packing.strategy != "dynamic" else (packing.max_len,), keep,
+                        token_types, offset, packing.pool, packing.lookahead, n, packing.method, left_out, k)
+            for k, n in static.items()}
 
+
+def _check_eager(model: torch.nn.Module, wrapper: PackedRows, seqs: list, spec: PackSpec) -> None:
+    """Before any compile: can it be packed at all (the cross-contamination check in eager PyTorch)?"""
     def eager(**rows):
         with torch.no_grad():
             return wrapper(**rows)
 
-    try:  # before any compile: can it be packed at all?
+    try:
         check_contamination(lambda batch: run_packed(batch, spec, eager), model, seqs, spec, "fp32", "eager")
     except (ArchfitError, KeyboardInterrupt):
         raise
     except Exception as e:  # noqa: BLE001 - the model refusing packed rows, named
-        raise ModelError(f"{name} cannot be packed: it fails in eager PyTorch on packed rows with a 4-D attention "
-                         f"mask and position ids ({type(e).__name__}: {first_line(e, 150)}); use buckets "
-                         f"instead") from e
-    packs = pack([s["input_ids"].shape[0] for s in seqs], spec.max_len)
-    rows_example = build_rows(seqs, [packs[i % len(packs)] for i in range(packing.rows)], spec.max_len, offset)
+        raise ModelError(f"{type(model).__name__} cannot be packed: it fails in eager PyTorch on packed rows with a "
+                         f"4-D attention mask and position ids ({type(e).__name__}: {first_line(e, 150)}); use "
+                         f"buckets instead") from e
+
+
+def _compile_candidates(trace_one, wrapper: PackedRows, rows_example: dict, specs: dict[str, PackSpec],
+                        packing: Packing, target, precision: str, progress) -> dict[str, PackedModule]:
+    """Each strategy compiled: static row lengths as buckets with a dynamic batch of rows (strategies
+    with the same row lengths share their engines), and one dynamic-length engine where asked and possible."""
     modules, compiled = {}, {}
     for k, candidate in specs.items():
-        if candidate.sizes not in compiled:  # candidates with the same row lengths share their engines
+        if candidate.sizes not in compiled:
             # bucket padding gets a sequence id of its own (-1): never the group of a row's own padding (0)
             buckets = Buckets({n: 1 for n in ROW_INPUTS}, sizes=candidate.sizes, pad_values={"sequence_ids": -1})
             compiled[candidate.sizes] = trace_buckets(lambda inputs: trace_one(wrapper, inputs), wrapper, rows_example,
                                                       buckets, True, precision, check_padding=len(candidate.sizes) > 1,
                                                       progress=progress)
         modules[k] = PackedModule(compiled[candidate.sizes], candidate)
-    if packing.strategy in ("dynamic", "auto"):
-        fits = _why_not_dynamic(modules["pack"].inner, target)
-        if fits is None:
-            dyn_spec = dataclasses.replace(specs["pack"], sizes=(spec.max_len,), max_per_row=1, strategy="dynamic")
-            if progress is not None:
-                progress(f"dynamic lengths 2..{spec.max_len}")
-            inner = trace_dynamic(wrapper, {k: v[:, :spec.max_len] for k, v in rows_example.items()},
-                                  target, precision, spec.max_len, {"sequence_ids": -1},
-                                  modules["pack"].report)
-            if packing.strategy == "dynamic":
-                modules = {}
-            modules["dynamic"] = PackedModule(inner, dyn_spec)
-        elif packing.strategy == "dynamic":
-            raise ArchfitError(f"dynamic lengths: {fits}; use strategy='pack' or 'buckets'")
-    measured = None
+    if packing.strategy not in ("dynamic", "auto"):
+        return modules
+    why_not = _why_not_dynamic(modules["pack"].inner, target)
+    if why_not is not None:
+        if packing.strategy == "dynamic":
+            raise ArchfitError(f"dynamic lengths: {why_not}; use strategy='pack' or 'buckets'")
+        return modules
+    max_len = packing.max_len
+    dyn_spec = dataclasses.replace(specs["pack"], sizes=(max_len,), max_per_row=1, strategy="dynamic")
+    if progress is not None:
+        progress(f"dynamic lengths 2..{max_len}")
+    inner = trace_dynamic(wrapper, {k: v[:, :max_len] for k, v in rows_example.items()}, target, precision, max_len,
+                          {"sequence_ids": -1}, modules["pack"].report)
+    return ({} if packing.strategy == "dynamic" else modules) | {"dynamic": PackedModule(inner, dyn_spec)}
+
+
+def trace_packed(trace_one: Callable[[torch.nn.Module, Any], ArchfitModule], model: torch.nn.Module,
+                 example_inputs: Any, packing: Packing, target, precision: str, progress=None) -> PackedModule:
+    """Compile `model` over packed rows for `target` (trace_one(module, inputs): archfit.trace's
+    static path on it): every strategy asked for, the fastest kept, checked per sequence."""
+    example, token_types = _packable(model, example_inputs, packing, target)
+    specs = _candidate_specs(model, example, packing, token_types)
+    spec = next(iter(specs.values()))
+    wrapper = PackedRows(model, spec.outputs, token_types).eval()
+    seqs = _check_sequences(example, spec.max_len, packing.rows)
+    _check_eager(model, wrapper, seqs, spec)
+    packs = pack([s["input_ids"].shape[0] for s in seqs], spec.max_len)
+    rows_example = build_rows(seqs, [packs[i % len(packs)] for i in range(packing.rows)], spec.max_len,
+                              spec.position_offset)
+    modules = _compile_candidates(trace_one, wrapper, rows_example, specs, packing, target, precision, progress)
+    chosen, measured = next(iter(modules)), None
     if len(modules) > 1:
         if progress is not None:
             progress(f"measuring {', '.join(modules)} on lengths drawn from those seen")
-        measured = _measure(modules, packing, example, packing.measure_seconds)
-    chosen = max(modules, key=lambda k: measured[k]) if measured else next(iter(modules))
+        chosen, measured = _measure(modules, packing, example, packing.measure_seconds)
     spec = dataclasses.replace(modules[chosen].spec, strategy=chosen, measured=measured)
     inner = modules[chosen].inner
-    module = PackedModule(inner, spec)
-    worst = check_contamination(module.run, model, seqs, spec, precision, f"on {inner.target}")
-    return PackedModule(inner, spec, checks=(len(seqs), len(pack([len(s["input_ids"]) for s in seqs], spec.max_len,
-                                                                   spec.max_per_row)), worst))
+    worst = check_contamination(PackedModule(inner, spec).run, model, seqs, spec, precision, f"on {inner.target}")
+    rows = len(pack([len(s["input_ids"]) for s in seqs], spec.max_len, spec.max_per_row))
+    return PackedModule(inner, spec, checks=(len(seqs), rows, worst))
 
 
 __all__ = ["PackSpec", "PackedModule", "PackedRows", "Packing", "run_packed", "trace_packed"]

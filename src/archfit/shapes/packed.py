@@ -145,7 +145,7 @@ def named_outputs(out) -> dict[str, torch.Tensor]:
     return dict(zip(output_names(spec, len(flat)), flat))
 
 
-def _sequence(item: Any, index: int, token_types: bool) -> dict[str, torch.Tensor]:
+def as_sequence(item: Any, index: int, token_types: bool) -> dict[str, torch.Tensor]:
     """One sequence as 1-D tensors: a dict of inputs (`input_ids`, optional `token_type_ids` and
     `attention_mask`, each 1-D or [1, n]) or the ids alone (tensor, array or list)."""
     if not isinstance(item, Mapping):
@@ -220,7 +220,7 @@ def run_packed(sequences: Sequence[Any], spec: PackSpec, call: Callable[..., dic
     """Pack, run each group of rows through call(**rows) at the smallest row length that holds
     them, and cut every sequence's outputs back out, in the order given. `positions`, when
     given, receives (row length, rows, real tokens) per engine call group (the server's padding metric)."""
-    seqs = [_sequence(s, i, spec.token_types) for i, s in enumerate(sequences)]
+    seqs = [as_sequence(s, i, spec.token_types) for i, s in enumerate(sequences)]
     lengths = [s["input_ids"].shape[0] for s in seqs]
     too_long = next((i for i, n in enumerate(lengths) if n > spec.max_len), None)
     if too_long is not None:
@@ -265,6 +265,7 @@ class PackedModule(ArchfitModule):
     returns the same outputs padded back to [B, n, ...] (zeros at padding)."""
 
     kind = "packed"
+    takes = "sequences"
 
     def __init__(self, inner: BucketedModule | DynamicModule, spec: PackSpec, manifest: dict | None = None, checks=None):
         super().__init__(inner.target, inner.precision, inner.emulated, inner.report, manifest)
@@ -336,6 +337,15 @@ class PackedModule(ArchfitModule):
         if not ok:
             raise ArtifactError(f"{source}: packed rows do not match its packing table")
         return cls(inner, spec, manifest)
+
+    @classmethod
+    def describe_file(cls, manifest: dict) -> list[str]:
+        meta = manifest["meta"]
+        p = meta.get("packing") if isinstance(meta.get("packing"), dict) else {}
+        return super().describe_file(manifest) + [
+            f"packed: several sequences per row, rows of {str(p.get('sizes'))[:80]}, strategy "
+            f"{str(p.get('strategy'))[:20]}, outputs {str(p.get('outputs'))[:120]}, pool {str(p.get('pool'))[:20]} "
+            f"(archfit run FILE --batch-file seqs.jsonl -d out/)"]
 
     def summary(self) -> str:
         s = self.spec

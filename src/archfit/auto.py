@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 from .core.capture import normalize_inputs
 from .core.module import ArchfitModule
-from .core.timing import settled_ms as measure
+from .core.options import TraceOptions
+from .core.timing import fastest
 from .errors import ArchfitError, first_line
 from .report.fit import FitReport
 from .targets.registry import get_target, list_targets
@@ -32,7 +33,7 @@ class Alternative:
     chosen: bool = False
 
 
-def candidates(target: str, precision: str | None) -> tuple[list[tuple[str, str]], list[Alternative]]:
+def candidates(target, precision: str | None) -> tuple[list[tuple[str, str]], list[Alternative]]:
     """(target, precision) pairs to compile, and those left out with the reason."""
     targets = [t for t in list_targets() if not t.emulated] if target == AUTO else [get_target(target)]
     pairs, out = [], []
@@ -62,34 +63,34 @@ def _whole_graph_on_one_engine(module: ArchfitModule) -> bool:
             and report.supported_ops == report.total_ops)
 
 
-def trace_auto(trace: Callable[..., ArchfitModule], model, example_inputs: Any, target: str, precision: str | None,
-               seconds: float = 1.0, **options) -> ArchfitModule:
-    """Compile every candidate with trace(model, example_inputs, target, precision=..., **options),
-    measure them, return the fastest with the alternatives in its report."""
-    pairs, left_out = candidates(target, precision)
+def trace_auto(trace: Callable[[Any, Any, TraceOptions], ArchfitModule], model, example_inputs: Any,
+               options: TraceOptions, seconds: float = 1.0) -> ArchfitModule:
+    """Compile every candidate with trace(model, example_inputs, options for it), measure them,
+    return the fastest with the alternatives in its report."""
+    pairs, left_out = candidates(options.target, options.precision)
     # per_partition runs once, on the winner: on every candidate it would also try the others'
     # engines per partition, so candidates would stop being the targets they are named after
-    per_partition = options.pop("per_partition", False)
+    plain = replace(options, per_partition=False)
     built: dict[tuple[str, str], ArchfitModule] = {}
     for name, p in pairs:
         try:
-            built[(name, p)] = trace(model, example_inputs, name, precision=p, **options)
+            built[(name, p)] = trace(model, example_inputs, replace(plain, target=name, precision=p))
         except ArchfitError as e:  # a candidate that fails to compile or validate is out, with why
             left_out.append(Alternative(name, p, why=first_line(e, 200)))
         except Exception as e:  # noqa: BLE001 - a plug-in target's own bug costs only that candidate, named
             left_out.append(Alternative(name, p, why=f"{type(e).__name__}: {first_line(e, 200)}"))
     if not built:
-        raise ArchfitError(f"target={target!r}, precision={precision!r}: no candidate compiled: "
+        raise ArchfitError(f"target={options.target!r}, precision={options.precision!r}: no candidate compiled: "
                            + "; ".join(f"{a.target} {a.precision}: {a.why}" for a in left_out))
     args, kwargs = normalize_inputs(example_inputs)
-    ms = measure({k: (lambda m=m: m(*args, **kwargs)) for k, m in built.items()}, seconds)
-    best = min(ms, key=ms.get)
+    chosen = fastest({k: (lambda m=m: m(*args, **kwargs)) for k, m in built.items()}, seconds, settle=True)
+    ms, best = chosen.ms, chosen.best
     alternatives = tuple(sorted((Alternative(t, p, ms[(t, p)], chosen=(t, p) == best) for t, p in built),
                                 key=lambda a: a.ms) + left_out)
-    if per_partition and not _whole_graph_on_one_engine(built[best]):
+    if options.per_partition and not _whole_graph_on_one_engine(built[best]):
         # the engines come from the compile cache (unless cache=False): this re-plans, not re-compiles
         built.clear()  # every candidate's engines freed first (DLRM's hold 2 GB each)
-        module = trace(model, example_inputs, best[0], precision=best[1], per_partition=True, **options)
+        module = trace(model, example_inputs, replace(options, target=best[0], precision=best[1]))
     else:
         module = built[best]
     module.alternatives = alternatives

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import archfit
-from archfit.choose import Alternative
+from archfit.auto import Alternative
+from archfit.core import timing
 from archfit.core.timing import interleaved_ms, settled_ms
 from archfit.targets.openvino import bf16_units
 from conftest import assert_close_to_eager, cli
@@ -92,9 +93,9 @@ def test_cli_compile_auto_prints_the_measured_alternatives(mlp, tmp_path):
 
 
 def _engine_targets(module) -> dict[int, str]:
-    from archfit.artifact.package import _engine_modules
+    from archfit.core.engines import engines_of
 
-    return {m.index: m.target for _name, m in _engine_modules(module.graph_module)}
+    return {m.index: m.target for _name, m in engines_of(module.graph_module)}
 
 
 def test_per_partition_measures_each_partition_on_every_real_target(mlp):
@@ -115,11 +116,9 @@ def test_per_partition_measures_each_partition_on_every_real_target(mlp):
 
 
 def test_a_mixed_file_loads_each_engine_on_its_own_target(mlp, tmp_path, monkeypatch):
-    import archfit.core.mixed as mixed
-
     # whatever this CPU measures, partition 0 stays on openvino and partition 1 goes to onnxruntime
     verdicts = iter([{"openvino": 1.0, "onnxruntime": 2.0}, {"openvino": 2.0, "onnxruntime": 1.0}])
-    monkeypatch.setattr(mixed, "settled_ms", lambda calls, seconds: next(verdicts))
+    monkeypatch.setattr(timing, "settled_ms", lambda calls, seconds: next(verdicts))
     model, inputs = mlp
     compiled = archfit.trace(model, inputs, "openvino", force_cpu=["aten.gelu"], check_payoff=False, min_partition_size=1,
                              per_partition=True)
@@ -132,7 +131,7 @@ def test_a_mixed_file_loads_each_engine_on_its_own_target(mlp, tmp_path, monkeyp
 def test_auto_with_per_partition_measures_plain_candidates_then_mixes_the_winner(monkeypatch):
     """Each candidate is its own target (per_partition on every candidate would swap engines
     between them and make the names lie); the winner alone is then mixed per partition."""
-    import archfit.choose as choose
+    import archfit.auto as choose
 
     calls = []
 
@@ -145,13 +144,13 @@ def test_auto_with_per_partition_measures_plain_candidates_then_mixes_the_winner
         def __call__(self):
             return None
 
-    def trace(model, inputs, target, precision=None, per_partition=False, **options):
-        calls.append((target, precision, per_partition))
-        return Fake(target, precision, per_partition)
+    def trace(model, inputs, options):
+        calls.append((options.target, options.precision, options.per_partition))
+        return Fake(options.target, options.precision, options.per_partition)
 
-    monkeypatch.setattr(choose, "measure", lambda calls_, seconds: {k: (1.0 if k[0] == "onnxruntime" else 2.0)
-                                                                    for k in calls_})
-    module = choose.trace_auto(trace, None, (), "auto", "fp32", per_partition=True)
+    monkeypatch.setattr(timing, "settled_ms", lambda calls_, seconds: {k: (1.0 if k[0] == "onnxruntime" else 2.0)
+                                                                        for k in calls_})
+    module = choose.trace_auto(trace, None, (), archfit.TraceOptions("auto", "fp32", per_partition=True))
     # every real target plainly first (in registration order, which follows import order), then the winner mixed
     assert sorted(calls[:-1]) == [("onnxruntime", "fp32", False), ("openvino", "fp32", False)]
     assert calls[-1] == ("onnxruntime", "fp32", True) and module.per_partition
@@ -162,17 +161,14 @@ def test_auto_does_not_ask_again_for_a_model_on_one_engine(mlp, monkeypatch):
     """A model wholly in one partition: per_partition would time each target's engine on the whole
     model a second time, so the candidates' measurement stands and nothing is mixed; a model
     split by a host op still is."""
-    import archfit.choose as choose
-    import archfit.core.mixed as mixing
     import archfit.pipeline as pipeline
-    from archfit.core.compile import EngineModule
+    from archfit.core.engines import EngineModule
 
     mixed = []
     real = pipeline.mix_targets
     monkeypatch.setattr(pipeline, "mix_targets", lambda *a, **k: mixed.append(1) or real(*a, **k))
-    for module in (choose, mixing):  # which target wins is not the point here: short measurements
-        monkeypatch.setattr(module, "measure" if module is choose else "settled_ms",
-                            lambda calls, seconds: interleaved_ms(calls, 0.05))
+    # which target wins is not the point here: short measurements
+    monkeypatch.setattr(timing, "settled_ms", lambda calls, seconds: interleaved_ms(calls, 0.05))
     model, inputs = mlp
     whole = archfit.trace(model, inputs, target="auto", per_partition=True, check_payoff=False)
     assert not mixed and len(whole.report.partitions) == 1
@@ -190,20 +186,19 @@ def test_auto_does_not_ask_again_for_a_model_on_one_engine(mlp, monkeypatch):
 
 def test_a_swap_measures_the_host_threads_again_around_the_new_engines(mlp, monkeypatch):
     import archfit.core.compile as compile_mod
-    import archfit.core.mixed as mixed
-    from archfit.core.threads import ONE_THREAD
+    import archfit.core.per_partition as mixed
 
     measured = []
 
     def choose(gm, inputs, seconds=0.3):  # stands in for the timing: records which engines it saw
         measured.append(tuple(t for _i, t in sorted(_engine_targets(SimpleNamespace(graph_module=gm)).items())))
-        setattr(gm, ONE_THREAD, True)
+        return True
 
     monkeypatch.setattr(compile_mod, "choose_host_threads", choose)
     monkeypatch.setattr(mixed, "choose_host_threads", choose)
     monkeypatch.setattr(compile_mod, "_in_context_losers", lambda *a: [])  # every partition pays off
     verdicts = iter([{"openvino": 1.0, "onnxruntime": 2.0}, {"openvino": 2.0, "onnxruntime": 1.0}])
-    monkeypatch.setattr(mixed, "settled_ms", lambda calls, seconds: next(verdicts))
+    monkeypatch.setattr(timing, "settled_ms", lambda calls, seconds: next(verdicts))
     model, inputs = mlp
     archfit.trace(model, inputs, "openvino", force_cpu=["aten.gelu"], min_partition_size=1, per_partition=True)
     assert measured == [("openvino", "openvino"), ("openvino", "onnxruntime")]  # by partition index

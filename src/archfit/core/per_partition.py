@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Sequence
 
 import torch
 
@@ -19,26 +18,29 @@ from ..errors import ArchfitError, CompileError, first_line
 from ..targets.base import Target
 from ..targets.registry import list_targets
 from .capture import Captured
-from .compile import (PAYOFF_NOISE, PREFIX, CompiledGraph, EngineModule, _check_outputs, _compile_one,
-                      hand_over_if_alone)
+from .compile import PAYOFF_NOISE, CompiledGraph, check_outputs, compile_partition, give_cores_to_sole_engine
+from .engines import EngineModule, partition_module, put_partition
+from .options import TraceOptions
 from .support import check_support
-from .threads import ONE_THREAD, choose_host_threads, host_threads, one_thread_for
-from .timing import settled_ms
+from .threads import choose_host_threads, host_threads
+from .timing import fastest
 
 log = logging.getLogger("archfit")
 
 
-def mix_targets(captured: Captured, compiled: CompiledGraph, primary: Target, others: Sequence[Target],
-                precision: str, force_cpu: Sequence[str] = (), use_cache: bool = True, progress=None,
+def mix_targets(captured: Captured, compiled: CompiledGraph, options: TraceOptions,
                 seconds: float = 1.0) -> CompiledGraph:
+    """`compiled` with each partition's engine on the real target the whole model measures fastest
+    with (`options` resolved: its target is the plan's)."""
     # seconds: per candidate, as target="auto" takes: at 0.3 s a 240 ms detector (SSD300) got 6 calls
     # each, and its mix measured 4% slower than the plan's target alone in the benchmark
+    primary, precision, progress = options.target, options.precision, options.progress
+    others = other_targets(primary, precision)
     gm, inputs = compiled.graph_module, captured.example_inputs
-    timings, swapped = dict(compiled.timings), False
-    tables = {t.name: check_support(captured, t, force_cpu).by_name() for t in others}
+    timings, swapped, one_thread = dict(compiled.timings), False, compiled.one_thread
+    tables = {t.name: check_support(captured, t, options.force_cpu).by_name() for t in others}
     for i, part in enumerate(compiled.plan.partitions):
-        name = f"{PREFIX}{i}"
-        candidates = {primary.name: getattr(gm, name)}
+        candidates = {primary.name: partition_module(gm, i)}
         notes = []
         for alt in others:
             if not all(tables[alt.name][n].supported for n in part.nodes if n in tables[alt.name]):
@@ -48,38 +50,39 @@ def mix_targets(captured: Captured, compiled: CompiledGraph, primary: Target, ot
                 progress(f"partition {i + 1}/{len(compiled.plan.partitions)} on {alt.name} too")
             sub, args = compiled.references[i], compiled.boundary_inputs[i]
             try:
-                engine, _seconds, _cached = _compile_one(alt, sub, args, precision, i, use_cache)
+                engine, _seconds, _cached = compile_partition(alt, sub, args, precision, i, options.cache)
                 with torch.no_grad():
                     want = sub(*args)
-                    _check_outputs(i, alt.name, engine.run(args), want)
+                    check_outputs(i, alt.name, engine.run(args), want)
             except CompileError as e:  # that target is out for this partition, said in the report
                 notes.append(f"{alt.name}: {first_line(e, 120)}")
                 log.info("archfit: partition %d stays off %s: %s", i, alt.name, e)
                 continue
-            candidates[alt.name] = mod = EngineModule(engine, i, alt.name, [t.dtype for t in want])
-            setattr(gm, name, mod)
-            hand_over_if_alone(gm)  # the same thread hand-off as the engine it competes with
+            candidates[alt.name] = mod = EngineModule(engine, i, alt.name, [t.dtype for t in want], precision)
+            put_partition(gm, i, mod)
+            give_cores_to_sole_engine(gm)  # the same thread hand-off as the engine it competes with
 
-        def with_engine(mod):
+        def with_engine(mod, i=i):
             def run():
-                setattr(gm, name, mod)
-                with torch.no_grad(), host_threads(one_thread_for(gm)):
+                put_partition(gm, i, mod)
+                with torch.no_grad(), host_threads(one_thread is True):
                     gm(*inputs)
             return run
 
-        # a second look when the two fastest are close (settled_ms): one look of a second gave two answers
-        # for one model (VGG16's target="auto", BENCHMARKS.md)
-        ms = settled_ms({k: with_engine(m) for k, m in candidates.items()}, seconds) if len(candidates) > 1 else {}
-        best = min(ms, key=ms.get) if ms else primary.name
-        if best != primary.name and ms[best] >= ms[primary.name] * (1 - PAYOFF_NOISE):
-            best = primary.name  # within noise: the plan's own target keeps it
-        setattr(gm, name, candidates[best])
+        # a second look when the two fastest are close (settle): one look of a second gave two answers
+        # for one model (VGG16's target="auto", BENCHMARKS.md); within noise the plan's own target keeps it
+        ms, best = {}, primary.name
+        if len(candidates) > 1:
+            chosen = fastest({k: with_engine(m) for k, m in candidates.items()}, seconds, keep=primary.name,
+                             margin=PAYOFF_NOISE, settle=True)
+            ms, best = chosen.ms, chosen.best
+        put_partition(gm, i, candidates[best])
         swapped = swapped or best != primary.name
         measured = ", ".join([f"{k} {v:.3f} ms" for k, v in sorted(ms.items(), key=lambda kv: kv[1])] + notes)
         timings[i] = replace(timings[i], target=best, measured=measured)
-    if swapped and hasattr(gm, ONE_THREAD):  # the host-thread choice was made around the old engines
-        choose_host_threads(gm, inputs)
-    return replace(compiled, timings=timings)
+    if swapped and one_thread is not None:  # the host-thread choice was made around the old engines
+        one_thread = choose_host_threads(gm, inputs)
+    return replace(compiled, timings=timings, one_thread=one_thread)
 
 
 def other_targets(primary: Target, precision: str) -> list[Target]:

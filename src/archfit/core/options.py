@@ -1,0 +1,79 @@
+"""What `archfit.trace` is asked for, as one object handed down whole to every stage and every
+graph it compiles (the whole model, each bucket, each region), as Torch-TensorRT passes its one
+CompilationSettings: no stage takes the options as loose arguments."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import ArchfitError
+from ..targets.base import PRECISIONS, Target
+from ..targets.registry import get_target
+from .accuracy import Accuracy, accuracy_gate
+
+if TYPE_CHECKING:
+    from ..shapes import Buckets, Packing
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    """Everything `archfit.trace` takes besides the model and its example inputs:
+    `archfit.trace(model, inputs, options=TraceOptions(...))`, or the same names as keywords
+    (README, *Python API*, has what each does)."""
+
+    target: str | Target = "openvino"  # a registered name, a Target, or "auto"
+    precision: str | None = None  # None: the target's default; "fp32", "bf16" or "auto"
+    force_cpu: tuple[str, ...] = ()  # op names ('aten.gelu', 'gelu') or node names to keep in PyTorch
+    require_full: bool = False
+    min_partition_size: int | None = None  # None: the target's
+    check_payoff: bool = True
+    validate: bool = True
+    validation_inputs: Any = None  # more inputs to validate on, structured like the example inputs
+    accuracy: str | Accuracy | None = None  # a task gate deciding validation (core/accuracy.py)
+    per_partition: bool = False  # each partition on the real target the whole model measures fastest with
+    cache: bool = True
+    progress: Callable[[str], None] | None = None  # takes one-line status messages
+    name: str | None = None  # the model's name in reports (default: its class)
+    buckets: Buckets | None = None
+    dynamic_batch: bool = False
+    check_padding: bool = True
+    packing: Packing | None = None
+    # validation measured and reported but not deciding: a detector's regions under a whole-model task
+    # gate (their outputs are raw box offsets and logits, where bf16's elementwise error says little)
+    report_only: bool = False
+
+    @classmethod
+    def of(cls, options: "TraceOptions | None" = None, **keywords) -> "TraceOptions":
+        """`options` with `keywords` set on it (or the defaults with them); an unknown name is
+        refused naming the ones there are."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(keywords) - names)
+        if unknown:
+            raise TypeError(f"trace() got an unexpected option {unknown[0]!r}; the options are "
+                            f"{', '.join(sorted(names))}")
+        if "force_cpu" in keywords:
+            keywords["force_cpu"] = tuple(keywords["force_cpu"])
+        return dataclasses.replace(options or cls(), **keywords)
+
+    def resolved(self) -> "TraceOptions":
+        """The target as a Target, the precision as one it computes in here, the gate as an
+        Accuracy: what the stages below trace read (target and precision "auto" are decided above them)."""
+        target = get_target(self.target)
+        return dataclasses.replace(self, target=target, precision=resolve_precision(target, self.precision),
+                                   accuracy=accuracy_gate(self.accuracy), force_cpu=tuple(self.force_cpu))
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+
+def resolve_precision(target: Target, precision: str | None) -> str:
+    precision = precision or target.default_precision
+    if precision not in PRECISIONS or precision not in target.precisions:
+        raise ArchfitError(f"precision {precision!r} is not offered by target {target.name!r}; "
+                           f"choose one of {', '.join(target.precisions)}")
+    why = target.precision_unavailable(precision)
+    if why is not None:
+        raise ArchfitError(f"precision {precision!r} on target {target.name!r}: {why}")
+    return precision
