@@ -88,7 +88,7 @@ def test_gate_decides_validation_and_the_report_prints_the_metric(mlp):
 
 def test_failed_gate_names_the_metric_and_by_how_much(mlp):
     model, inputs = mlp
-    with pytest.raises(archfit.ValidationError, match=r"validate: the embedding \(cosine=1\) gate fails on the example "
+    with pytest.raises(archfit.ValidationError, match=r"validate: the embedding \(cosine=1, mean_cosine=0\.99\) gate fails on the example "
                                                       r"inputs \(bf16\): cosine 0\.\d+ < 1 \(short by \d(\.\d+)?e-\d+\); partition 0 \(inf1\) is at "
                                                       r"fault"):
         archfit.trace(model, inputs, target="inf1", accuracy=Embedding(cosine=1.0))

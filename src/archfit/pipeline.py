@@ -13,12 +13,13 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .core.accuracy import Accuracy
-from .core.capture import Captured, CaptureFailure, capture_fixed, normalize_inputs
+from .core.capture import Captured, CaptureFailure, capture_fixed
 from .core.compile import compile_plan
 from .core.module import ArchfitModule, CompiledModule
 from .core.options import TraceOptions, resolve_precision
 from .core.partition import PartitionPlan, drop_partitions, is_acyclic, plan_partitions, require_full as check_full
 from .core.per_partition import mix_targets
+from .core.sets import input_sets
 from .core.support import Reason, check_support
 from .core.validate import validate as run_validation
 from .errors import ArchfitError, CaptureError
@@ -274,8 +275,9 @@ def _trace_captured(model: torch.nn.Module, captured: Captured, options: TraceOp
 
     validation = None
     if options.validate:
-        extra = normalize_inputs(options.validation_inputs) if options.validation_inputs is not None else None
-        validation = run_validation(model, module(), captured, compiled, precision, extra_inputs=extra,
+        sets = (input_sets(options.validation_inputs, captured.in_spec, "validation_inputs")
+                if options.validation_inputs is not None else None)
+        validation = run_validation(model, module(), captured, compiled, precision, validation_set=sets,
                                     accuracy=options.accuracy, raise_on_failure=not options.report_only)
     return module(build_report(name, compiled.plan, precision, target.emulated, compiled.timings, validation,
                                time.perf_counter() - t0, estimate=_estimate(captured, compiled.plan, target, precision),
