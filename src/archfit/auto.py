@@ -33,8 +33,10 @@ class Alternative:
     chosen: bool = False
 
 
-def candidates(target, precision: str | None) -> tuple[list[tuple[str, str]], list[Alternative]]:
-    """(target, precision) pairs to compile, and those left out with the reason."""
+def candidates(target, precision: str | None,
+               calibration: bool = False) -> tuple[list[tuple[str, str]], list[Alternative]]:
+    """(target, precision) pairs to compile, and those left out with the reason (int8 with
+    precision="auto" only when calibration data is given)."""
     targets = [t for t in list_targets() if not t.emulated] if target == AUTO else [get_target(target)]
     pairs, out = [], []
     for t in targets:
@@ -46,6 +48,8 @@ def candidates(target, precision: str | None) -> tuple[list[tuple[str, str]], li
         for p in wanted:
             if p not in t.precisions:
                 out.append(Alternative(name, p, why=f"not offered by {name}"))
+            elif p == "int8" and precision == AUTO and not calibration:
+                out.append(Alternative(name, p, why="no calibration data (calibration=...)"))
             elif (why := t.precision_unavailable(p)) is not None:
                 out.append(Alternative(name, p, why=why))
             else:
@@ -67,7 +71,7 @@ def trace_auto(trace: Callable[[Any, Any, TraceOptions], ArchfitModule], model, 
                options: TraceOptions, seconds: float = 1.0) -> ArchfitModule:
     """Compile every candidate with trace(model, example_inputs, options for it), measure them,
     return the fastest with the alternatives in its report."""
-    pairs, left_out = candidates(options.target, options.precision)
+    pairs, left_out = candidates(options.target, options.precision, options.calibration is not None)
     # per_partition runs once, on the winner: on every candidate it would also try the others'
     # engines per partition, so candidates would stop being the targets they are named after
     plain = replace(options, per_partition=False)

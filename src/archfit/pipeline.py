@@ -19,6 +19,8 @@ from .core.module import ArchfitModule, CompiledModule
 from .core.options import TraceOptions, resolve_precision
 from .core.partition import PartitionPlan, drop_partitions, is_acyclic, plan_partitions, require_full as check_full
 from .core.per_partition import mix_targets
+from .core.quantize import control_accuracy
+from .core.timing import median_seconds
 from .core.sets import input_sets
 from .core.support import Reason, check_support
 from .core.validate import validate as run_validation
@@ -202,8 +204,15 @@ def _trace_auto(model, example_inputs, options: TraceOptions, analysis=None) -> 
     return trace_auto(_trace, model, example_inputs, options)
 
 
+def _one_calibration(o: TraceOptions, what: str) -> None:
+    if o.precision == "int8":
+        raise ArchfitError(f"precision='int8' with {what} is not built yet: the calibration sets would need padding "
+                           f"to every compiled size; compile one fixed shape for int8, or use bf16 with {what}")
+
+
 def _trace_packing(model, example_inputs, options: TraceOptions, analysis=None) -> ArchfitModule:
     o = dataclasses.replace(options.resolved(), validation_inputs=None)  # packed rows are checked per sequence
+    _one_calibration(o, "packing")
     if o.buckets is not None or o.dynamic_batch:
         raise ArchfitError("packing takes its row lengths from Packing(sizes=/sample=/histogram=) and its batch "
                            "from Packing(rows=); pass neither buckets nor dynamic_batch with it")
@@ -213,6 +222,7 @@ def _trace_packing(model, example_inputs, options: TraceOptions, analysis=None) 
 
 def _trace_buckets(model, example_inputs, options: TraceOptions, analysis=None) -> ArchfitModule:
     o = dataclasses.replace(options.resolved(), validation_inputs=None)
+    _one_calibration(o, "buckets or a dynamic batch")
     return trace_buckets(lambda inputs: _trace_model(model, inputs, o), model, example_inputs, o.buckets,
                          o.dynamic_batch, o.precision, check_padding=o.check_padding, progress=o.progress)
 
@@ -263,31 +273,52 @@ def _trace_captured(model: torch.nn.Module, captured: Captured, options: TraceOp
     plan = _plan(captured, target, options.force_cpu, options.min_partition_size)
     if options.require_full:
         check_full(plan)
+
+    def attempt(float_layers: tuple[str, ...]):
+        o = dataclasses.replace(options, float_layers=float_layers)
+        return _compile_validated(model, captured, plan, o, deciding=precision != "int8" or not o.accuracy_control)
+
+    compiled, validation = attempt(options.float_layers)
+    quantization = None
+    if precision == "int8":
+        compiled, validation, quantization = control_accuracy(
+            captured, compiled, validation, options, attempt,
+            lambda c: median_seconds(lambda: c.graph_module(*captured.example_inputs)) * 1e3)
+    report = build_report(name, compiled.plan, precision, target.emulated, compiled.timings, validation,
+                          time.perf_counter() - t0, estimate=_estimate(captured, compiled.plan, target, precision),
+                          graph_module=captured.graph_module)
+    return _module(captured, compiled, options, dataclasses.replace(report, quantization=quantization))
+
+
+def _module(captured: Captured, compiled, options: TraceOptions, report=None) -> CompiledModule:
+    return CompiledModule(compiled.graph_module, captured.in_spec, captured.out_spec, captured.inputs,
+                          options.target.name, options.precision, report, options.target.emulated,
+                          one_thread=compiled.one_thread)
+
+
+def _compile_validated(model: torch.nn.Module, captured: Captured, plan: PartitionPlan, options: TraceOptions,
+                       deciding: bool = True):
+    """The plan compiled (per partition across targets where asked) and validated; a failed
+    validation raises when `deciding` (int8 with accuracy control decides after)."""
     compiled = compile_plan(captured, plan, options)
     if options.require_full:  # nodes the backend rejected at compile time went to the CPU
         check_full(compiled.plan)
     if options.per_partition and compiled.plan.partitions:
         compiled = mix_targets(captured, compiled, options)
-
-    def module(report=None) -> CompiledModule:
-        return CompiledModule(compiled.graph_module, captured.in_spec, captured.out_spec, captured.inputs,
-                              target.name, precision, report, target.emulated, one_thread=compiled.one_thread)
-
-    validation = None
-    if options.validate:
-        sets = (input_sets(options.validation_inputs, captured.in_spec, "validation_inputs")
-                if options.validation_inputs is not None else None)
-        validation = run_validation(model, module(), captured, compiled, precision, validation_set=sets,
-                                    accuracy=options.accuracy, raise_on_failure=not options.report_only)
-    return module(build_report(name, compiled.plan, precision, target.emulated, compiled.timings, validation,
-                               time.perf_counter() - t0, estimate=_estimate(captured, compiled.plan, target, precision),
-                               graph_module=captured.graph_module))
+    if not options.validate:
+        return compiled, None
+    sets = (input_sets(options.validation_inputs, captured.in_spec, "validation_inputs")
+            if options.validation_inputs is not None else None)
+    return compiled, run_validation(model, _module(captured, compiled, options), captured, compiled,
+                                    options.precision, validation_set=sets, accuracy=options.accuracy,
+                                    raise_on_failure=deciding and not options.report_only)
 
 
 def _trace_regions(model, example_inputs, why: CaptureFailure, options: TraceOptions, name: str,
                    plan: RegionPlan | None = None) -> AttachedModule:
     """Compile the submodules that capture at fixed shapes; the rest stays the model's Python
     (the regions an analysis planned already, when given its plan)."""
+    _one_calibration(options, "a model compiled as regions")
     plan = plan if plan is not None else plan_regions(model, example_inputs, why)
     if not plan.regions:
         raise CaptureError(f"{name}: {why}; no submodule holding enough of its FLOPs captures at fixed shapes "

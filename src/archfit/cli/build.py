@@ -121,6 +121,10 @@ _PER_PARTITION = typer.Option(False, "--per-partition",
     help="Also compile each partition on every other real target and keep, "
          "per partition, the one the whole model measures fastest with.")
 _AS_JSON = typer.Option(False, "--json", help="Machine-readable output.")
+_CALIBRATION = typer.Option(None, "--calibration", help="int8: input sets to calibrate on: an .npz of arrays named "
+                            "by input, each stacked over the sets ([sets, ...]), or a folder of .npz files, one set each.")
+_VALIDATION = typer.Option(None, "--validation", help="Input sets to validate on (as --calibration); with --accuracy, "
+                           "the gate over the whole set decides.")
 
 
 @app.command("compile")
@@ -154,6 +158,8 @@ def compile_(model: str = _MODEL,
              compare: bool = _COMPARE,
              accuracy: Optional[str] = _ACCURACY,
              per_partition: bool = _PER_PARTITION,
+             calibration: Optional[Path] = _CALIBRATION,
+             validation: Optional[Path] = _VALIDATION,
              as_json: bool = _AS_JSON):
     """Compile for a target, validate against eager PyTorch, compare latency, optionally save."""
     from .. import save, trace
@@ -172,12 +178,15 @@ def compile_(model: str = _MODEL,
         spec, packing = None, _packing(pack, pack_rows, pack_output, pool, vary, buckets, lengths, max_buckets)
     else:
         spec, packing = _buckets(vary, buckets, lengths, max_buckets, pad), None
+    sets = {k: read_sets(path, mod, inputs, f"--{k}") for k, path in (("calibration", calibration),
+                                                                        ("validation", validation)) if path}
     with progress_line(not as_json) as progress:
         compiled = trace(mod, inputs, target=target, precision=precision, force_cpu=force_cpu,
                          require_full=require_full, min_partition_size=min_partition_size, check_payoff=payoff,
                          cache=not no_cache, progress=progress, name=name, buckets=spec,
                          dynamic_batch=dynamic_batch, packing=packing, accuracy=accuracy or declared_gate(model),
-                         per_partition=per_partition)
+                         per_partition=per_partition, calibration=sets.get("calibration"),
+                         validation_inputs=sets.get("validation"))
     if output is not None:
         save(compiled, output)
     latency, line = _compare(mod, compiled, inputs) if compare else (None, "latency: not compared (--no-compare)")
@@ -199,6 +208,44 @@ def _tell(compiled, output: Path | None, html: Path | None, as_json: bool, line:
     typer.echo(line)
     if output is not None:
         typer.echo(f"saved {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+
+
+def read_sets(path: Path, model, example, what: str) -> list:
+    """Input sets from files, structured like the example inputs: an .npz whose arrays are named
+    by input (as `archfit inspect` and reports name them) and stacked over the sets, or a folder of
+    .npz files holding one set each."""
+    import numpy as np
+    import torch
+    from torch.utils import _pytree as pytree
+
+    from ..core.capture import leaf_names, normalize_inputs
+    from ..errors import InputError
+
+    args, kwargs = normalize_inputs(example)
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    names = leaf_names(model, args, kwargs) if isinstance(model, torch.nn.Module) else list(kwargs)
+    files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise InputError(f"{what} {path}: no .npz file there")
+    sets = []
+    for f in files:
+        try:
+            with np.load(f, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as e:
+            raise InputError(f"{what} {f}: cannot read it as .npz ({type(e).__name__}: {str(e)[:100]})") from None
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise InputError(f"{what} {f}: no array named {missing[0]!r}; it holds {', '.join(arrays) or 'none'}, "
+                             f"the model takes {', '.join(names)}")
+        stacked = path.is_file()  # one file: every array stacked over the sets
+        count = len(arrays[names[0]]) if stacked else 1
+        for i in range(count):
+            flat = [torch.from_numpy(np.ascontiguousarray(arrays[n][i] if stacked else arrays[n])).to(leaf.dtype)
+                    for n, leaf in zip(names, leaves)]
+            a, kw = pytree.tree_unflatten(flat, spec)
+            sets.append(kw if not a else a)
+    return sets
 
 
 def _compare(mod, compiled, inputs) -> tuple[dict | None, str]:

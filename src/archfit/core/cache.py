@@ -63,10 +63,12 @@ def max_bytes() -> float:
     return gb * 2**30
 
 
-def partition_key(target: Target, gm: fx.GraphModule, inputs: Sequence[torch.Tensor], precision: str) -> str:
+def partition_key(target: Target, gm: fx.GraphModule, inputs: Sequence[torch.Tensor], precision: str,
+                  extra: str = "") -> str:
+    """extra: what else the engine depends on (int8: the calibration data and the layers kept in float)."""
     h = hashlib.blake2b(digest_size=20)
     versions = {"archfit": __version__, "torch": torch.__version__, **target.versions()}
-    h.update(repr((target.name, precision, sorted(versions.items()))).encode())
+    h.update(repr((target.name, precision, sorted(versions.items()), extra)).encode())
     h.update(gm.code.encode())
     for t in inputs:
         h.update(repr((tuple(t.shape), str(t.dtype))).encode())

@@ -19,6 +19,8 @@ from . import cache
 from .capture import Captured
 from .cost import is_compute
 from .options import TraceOptions
+from .quantize import digest
+from .sets import input_sets
 from .engines import PREFIX, EngineModule, engines_in, partition_module, put_partition
 from .bisect_rejects import rejected_nodes
 from .partition import PartitionPlan, drop_partitions, plan_partitions
@@ -117,16 +119,21 @@ def record_partition_inputs(gm: fx.GraphModule, count: int, inputs: Sequence[tor
 
 
 def compile_partition(target: Target, sub: fx.GraphModule, args: tuple, precision: str, index: int,
-                 use_cache: bool) -> tuple[Engine, float, bool]:
-    """(engine, seconds, came from the cache)."""
+                      use_cache: bool, calibration: Sequence[tuple] = (),
+                      keep_float: Sequence[str] = ()) -> tuple[Engine, float, bool]:
+    """(engine, seconds, came from the cache). int8: quantized by the target's quantizer on
+    `calibration` (this partition's inputs per calibration set), the `keep_float` layers left float."""
     t0 = time.perf_counter()
-    key = cache.partition_key(target, sub, args, precision) if use_cache and target.load else None
+    keep = sorted(set(keep_float) & {n.name for n in sub.graph.nodes})
+    extra = f"int8 {digest(calibration)} {keep}" if precision == "int8" else ""
+    key = cache.partition_key(target, sub, args, precision, extra) if use_cache and target.load else None
     if key is not None:
         engine = cache.get(key, target)
         if engine is not None:
             return engine, time.perf_counter() - t0, True
     try:
-        engine = target.compile(sub, args, precision)
+        engine = (target.quantize(sub, args, calibration, keep) if precision == "int8" else
+                  target.compile(sub, args, precision))
     except Exception as e:  # noqa: BLE001 - any backend failure becomes one readable line
         msg = first_line(e)
         ops = sorted({op_name(n) for n in sub.graph.nodes if n.op == "call_function"})
@@ -190,11 +197,53 @@ def _pytorch_wins(on_target: float, in_pytorch: float, keep: str = "target") -> 
     return pick({"target": on_target, "pytorch": in_pytorch}, keep=keep, margin=PAYOFF_NOISE) == "pytorch"
 
 
+def _calibration(gm: fx.GraphModule, count: int, sets: Sequence[Sequence[torch.Tensor]]) -> dict[int, list[tuple]]:
+    """Each partition's inputs on every calibration input set (int8), by partition."""
+    per: dict[int, list[tuple]] = {i: [] for i in range(count)}
+    for flat in sets:
+        for i, args in record_partition_inputs(gm, count, flat).items():
+            per[i].append(args)
+    return per
+
+
+def _compile_partitions(captured: Captured, plan: PartitionPlan, gm: fx.GraphModule, boundary: dict,
+                        references: dict, options: TraceOptions, engines: dict) -> PartitionPlan | None:
+    """Compile the partitions not in `engines` yet (adding them); a re-plan without the nodes the
+    backend rejects when one fails, else None."""
+    target, precision, progress = options.target, options.precision, options.progress
+    check_payoff = options.check_payoff and target.measure_payoff
+    n = len(plan.partitions)
+    calibration = {}
+    if precision == "int8" and any(p.nodes not in engines for p in plan.partitions):
+        calibration = _calibration(gm, n, input_sets(options.calibration, captured.in_spec, "calibration"))
+    for i, part in enumerate(plan.partitions):
+        sub, args = references[i], boundary[i]
+        if part.nodes in engines:
+            continue
+        if progress is not None:
+            progress(f"compiling partition {i + 1}/{n} on {target.name} ({part.compute_ops} ops)")
+        try:
+            engine, seconds, cached = compile_partition(target, sub, args, precision, i, options.cache,
+                                                        calibration.get(i, ()), options.float_layers)
+        except CompileError as e:
+            if progress is not None:
+                progress(f"partition {i + 1}/{n} failed on {target.name}: finding the nodes it rejects")
+            return _without_rejected(captured, plan, target, sub, args, precision, e)
+        with torch.no_grad():
+            want = sub(*args)
+            check_outputs(i, target.name, engine.run(args), want)
+            eager = median_seconds(lambda: sub(*args)) if check_payoff else float("nan")
+        compiled = median_seconds(lambda: engine.run(args)) if check_payoff else float("nan")
+        engines[part.nodes] = (engine, PartitionTiming(seconds, compiled * 1e3, eager * 1e3, cached),
+                               [t.dtype for t in want])
+    return None
+
+
 def compile_plan(captured: Captured, plan: PartitionPlan, options: TraceOptions) -> CompiledGraph:
     """Compile every partition; re-plan without the nodes the backend rejects and without the
     partitions that do not pay off, until stable. Engines are cached by the partition's node
     set, so re-planning never recompiles one. `options` resolved (TraceOptions.resolved)."""
-    target, precision, use_cache, progress = options.target, options.precision, options.cache, options.progress
+    target, precision, progress = options.target, options.precision, options.progress
     check_payoff = options.check_payoff and target.measure_payoff
     engines: dict[tuple[str, ...], tuple[Engine, PartitionTiming, list[torch.dtype]]] = {}
     while True:
@@ -202,27 +251,7 @@ def compile_plan(captured: Captured, plan: PartitionPlan, options: TraceOptions)
         n = len(plan.partitions)
         boundary = record_partition_inputs(gm, n, captured.example_inputs)
         references = {i: partition_module(gm, i) for i in range(n)}
-        replanned = None
-        for i, part in enumerate(plan.partitions):
-            sub, args = references[i], boundary[i]
-            if part.nodes in engines:
-                continue
-            if progress is not None:
-                progress(f"compiling partition {i + 1}/{n} on {target.name} ({part.compute_ops} ops)")
-            try:
-                engine, seconds, cached = compile_partition(target, sub, args, precision, i, use_cache)
-            except CompileError as e:
-                if progress is not None:
-                    progress(f"partition {i + 1}/{n} failed on {target.name}: finding the nodes it rejects")
-                replanned = _without_rejected(captured, plan, target, sub, args, precision, e)
-                break
-            with torch.no_grad():
-                want = sub(*args)
-                check_outputs(i, target.name, engine.run(args), want)
-                eager = median_seconds(lambda: sub(*args)) if check_payoff else float("nan")
-            compiled = median_seconds(lambda: engine.run(args)) if check_payoff else float("nan")
-            timing = PartitionTiming(seconds, compiled * 1e3, eager * 1e3, cached)
-            engines[part.nodes] = (engine, timing, [t.dtype for t in want])
+        replanned = _compile_partitions(captured, plan, gm, boundary, references, options, engines)
         if replanned is not None:
             plan = replanned
             continue

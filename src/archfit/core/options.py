@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ArchfitError
-from ..targets.base import PRECISIONS, Target
+from ..targets.base import LOSSY, PRECISIONS, Target
 from ..targets.registry import get_target
 from .accuracy import Accuracy, accuracy_gate
 
@@ -39,6 +39,12 @@ class TraceOptions:
     dynamic_batch: bool = False
     check_padding: bool = True
     packing: Packing | None = None
+    # int8: input sets to calibrate on (like validation_inputs), layers (graph node names) kept in
+    # float, and whether accuracy control returns the most sensitive layers to float when the
+    # gate misses
+    calibration: Any = None
+    float_layers: tuple[str, ...] = ()
+    accuracy_control: bool = True
     # validation measured and reported but not deciding: a detector's regions under a whole-model task
     # gate (their outputs are raw box offsets and logits, where bf16's elementwise error says little)
     report_only: bool = False
@@ -60,12 +66,35 @@ class TraceOptions:
         """The target as a Target, the precision as one it computes in here, the gate as an
         Accuracy: what the stages below trace read (target and precision "auto" are decided above them)."""
         target = get_target(self.target)
-        return dataclasses.replace(self, target=target, precision=resolve_precision(target, self.precision),
-                                   accuracy=accuracy_gate(self.accuracy), force_cpu=tuple(self.force_cpu))
+        resolved = dataclasses.replace(self, target=target, precision=resolve_precision(target, self.precision),
+                                       accuracy=accuracy_gate(self.accuracy), force_cpu=tuple(self.force_cpu),
+                                       float_layers=tuple(self.float_layers))
+        resolved.check_lossy()
+        return resolved
+
+    def check_lossy(self) -> None:
+        """int8 and fp8 ship only after a task gate passes on a validation set; int8 is
+        calibrated on the user's inputs: each missing piece refused in one line."""
+        if self.precision not in LOSSY or not self.validate:
+            if self.precision == "int8" and self.calibration is None:
+                raise ArchfitError(_NO_CALIBRATION)
+            return
+        if self.precision == "int8" and self.calibration is None:
+            raise ArchfitError(_NO_CALIBRATION)
+        if self.accuracy is None or self.validation_inputs is None:
+            raise ArchfitError(f"precision={self.precision!r} is shipped only after passing a task gate on a "
+                               f"validation set: pass accuracy= ('classification', 'embedding', 'detection' or "
+                               f"'tokens') and validation_inputs= (input sets held apart from the calibration "
+                               f"data; CLI --accuracy and --validation)")
 
     def say(self, message: str) -> None:
         if self.progress is not None:
             self.progress(message)
+
+
+_NO_CALIBRATION = ("precision='int8' is calibrated on inputs like those it will see: pass calibration= (an input set "
+                   "like the example inputs, or a list, DataLoader or generator of them; a few hundred make a "
+                   "good calibration; CLI --calibration FILE.npz|DIR)")
 
 
 def resolve_precision(target: Target, precision: str | None) -> str:

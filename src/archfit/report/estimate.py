@@ -103,7 +103,8 @@ def measure_host_ms(gm: fx.GraphModule, plan: PartitionPlan, inputs: Sequence[to
 
 def estimate_latency(gm: fx.GraphModule, plan: PartitionPlan, chip: ChipSpec, precision: str,
                      host_ms: float) -> LatencyEstimate:
-    peak = chip.core_tflops[precision] * 1e12 * chip.utilisation
+    # the chip facts give no fp8 rate: fp8 matmuls are estimated at the bf16 rate, not faster
+    peak = chip.core_tflops["bf16" if precision == "fp8" else precision] * 1e12 * chip.utilisation
     bw = chip.dram_gib_s * 2**30
     link = chip.host_link_gb_s * 1e9
     parts = []

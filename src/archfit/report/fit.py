@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from ..core.compile import PartitionTiming
 from ..core.partition import Partition, PartitionPlan
+from ..core.quantize import Quantization
 from ..core.support import Reason
 from ..core.validate import Validation
 from .estimate import LatencyEstimate
@@ -63,6 +64,8 @@ class FitReport:
     alternatives: tuple = ()
     # imported models (ONNX, TensorFlow): coverage by the ops the user's framework names
     source_ops: tuple[SourceOp, ...] = ()
+    # int8: the calibration set, the layers quantized and those kept in float (core.quantize.Quantization)
+    quantization: Quantization | None = None
     # every node and where it runs, for the HTML page; left out of to_dict (it is the graph, not the fit)
     graph: GraphView | None = field(default=None, compare=False, repr=False)
 

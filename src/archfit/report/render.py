@@ -134,6 +134,8 @@ def _validation(r: "FitReport") -> Table | None:
 def _closing_lines(r: "FitReport") -> list[str]:
     """The task gate's metrics, the Inferentia estimate, the emulation note, the compile time."""
     lines = list(r.validation.gate_lines()) if r.validation is not None else []
+    if r.quantization is not None:
+        lines += r.quantization.lines()
     if r.estimate is not None:
         e = r.estimate
         lines.append(

@@ -19,7 +19,8 @@ from ..ops import op_name
 if TYPE_CHECKING:
     from ..core.partition import PartitionPlan
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8", "fp8")
+LOSSY = ("int8", "fp8")  # precisions judged by a task gate on a validation set, never elementwise
 _DECOMPOSED: dict[tuple, tuple] = {}  # (op, argument signature) -> core ATen ops, for the process
 
 
@@ -144,6 +145,11 @@ SupportRule = Callable[[fx.Node], "str | None"]
 # compile(graph_module, example_inputs, precision) -> Engine. The graph module holds its
 # weights as attributes, takes flat tensors and returns a tuple of tensors.
 CompileFn = Callable[[fx.GraphModule, Sequence[torch.Tensor], str], Engine]
+# quantize(graph_module, example_inputs, calibration, keep_float) -> an int8 Engine: calibration is
+# the partition's inputs on each calibration input set, keep_float the graph node names to leave
+# unquantized (the layers accuracy control returns to float).
+QuantizeFn = Callable[[fx.GraphModule, Sequence[torch.Tensor], Sequence[Sequence[torch.Tensor]], Sequence[str]],
+                      Engine]
 
 
 @dataclass(frozen=True)
@@ -161,8 +167,10 @@ class Target:
              torch.uint8, torch.bool}
         )
     )
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[str, ...] = ("fp32", "bf16")
     default_precision: str = "fp32"
+    # post-training int8 ("int8" in precisions); None: the target offers no int8
+    quantize: QuantizeFn | None = None
     # returns None when usable on this machine, else why not (missing package, ...)
     unavailable: Callable[[], "str | None"] = lambda: None
     # precision -> None when this machine computes in it, else why not (a backend that would

@@ -18,7 +18,7 @@ from torch import fx
 
 from . import openvino as ov_target
 from .base import ChipSpec, Target, listed_or_decomposed
-from .precision import emulate_bf16
+from .precision import emulate_bf16, emulate_fp8
 from .registry import register_target
 
 # The captured graph names ops as torch.export does; torch-neuron's list uses the TorchScript
@@ -144,7 +144,24 @@ def emulated_compile(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
     fp32, run by OpenVINO at fp32 so the CPU adds no rounding of its own."""
     if precision == "bf16":
         gm = emulate_bf16(gm)
+    elif precision == "fp8":
+        gm = emulate_fp8(gm)
     return ov_target.compile_partition(gm, example_inputs, "fp32")
+
+
+def _inf1_precision(precision: str) -> str | None:
+    if precision == "int8":
+        return ("Inferentia1's compiler (neuron-cc) casts matmuls to bf16 or fp16; Neuron documents no int8 "
+                "quantization for torch-neuron models, so archfit does not emulate one: use precision='bf16' here, "
+                "or target inf2 (fp8 auto-cast) or a CPU target (openvino, onnxruntime) for int8")
+    return None
+
+
+def _inf2_precision(precision: str) -> str | None:
+    if precision == "int8":
+        return ("Inferentia2's compiler quantizes by casting to fp8 (neuronx-cc --auto-cast-type fp8_e4m3), not to "
+                "int8: use precision='fp8'")
+    return None
 
 
 # Neither chip computes in float64 or complex types.
@@ -164,7 +181,8 @@ INF1 = register_target(Target(
     description="AWS Inferentia1 via torch-neuron: fit from Neuron's op list; runs EMULATED on the CPU "
                 "with bf16 matmul/conv (neuron-cc --fast-math default)",
     supports=inf1_supports, compile=emulated_compile, dtypes=_NEURON_DTYPES,
-    precisions=("bf16",),  # Inferentia1 runs matmuls only in bf16 or fp16
+    precisions=("bf16", "int8"),  # Inferentia1 runs matmuls only in bf16 or fp16; int8 refused, saying why
+    precision_unavailable=_inf1_precision,
     default_precision="bf16", unavailable=ov_target.unavailable, emulated=True,
     policy=_single_fusion_policy(0.6), measure_payoff=False, chip=INF1_CHIP.calibrated(),
     load=ov_target.load_engine, versions=ov_target.versions,
@@ -175,6 +193,7 @@ INF2 = register_target(Target(
     description="AWS Inferentia2 via torch-neuronx: fit from torch-xla lowering minus Neuron's unsupported ops; "
                 "runs EMULATED on the CPU (fp32 by default: neuronx-cc --auto-cast none)",
     supports=inf2_supports, compile=emulated_compile, dtypes=_NEURON_DTYPES,
+    precisions=("fp32", "bf16", "fp8", "int8"), precision_unavailable=_inf2_precision,
     default_precision="fp32", unavailable=ov_target.unavailable, emulated=True,
     policy=_support_threshold_policy(0.5), measure_payoff=False, chip=INF2_CHIP.calibrated(),
     load=ov_target.load_engine, versions=ov_target.versions,

@@ -245,6 +245,63 @@ def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]
     return OnnxRuntimeEngine(externalize(program.model_proto))
 
 
+def _fx_names(node) -> str | None:
+    """The graph node an exported ONNX node came from: torch.onnx records its name scopes, the
+    last being the node's own name (a linear's MatMul and Add both say 'linear_3')."""
+    import ast
+
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            return scopes[-1] if scopes else None
+    return None
+
+
+def quantize_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
+                       calibration: Sequence[Sequence[torch.Tensor]], keep_float: Sequence[str] = ()) -> OnnxRuntimeEngine:
+    """Post-training int8 by ONNX Runtime's own quantizer (quantize_static: QDQ, int8 weights per
+    output channel, uint8 activations, min-max calibration on `calibration`), the form its CPU
+    provider fuses into int8 kernels. `keep_float`: graph node names whose ONNX nodes stay float."""
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    with quiet():
+        proto = onnx_export(lower(export_partition(gm, example_inputs, contiguous_reshapes=True), REWRITES)).model_proto
+    names = [i.name for i in proto.graph.input]
+    keep = set(keep_float)
+    exclude = [n.name for n in proto.graph.node if _fx_names(n) in keep]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calibration)
+
+        def get_next(self):
+            item = next(self.items, None)
+            return None if item is None else {n: to_numpy(t) for n, t in zip(names, item)}
+
+    # quantize_static warns, on the root logger, that shape inference could run first; its pass
+    # (quant_pre_process) optimizes too, which renames the nodes keep_float names
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp, quiet(), contextlib.ExitStack() as restore:
+        restore.callback(root.setLevel, level)
+        src, dst = Path(tmp) / "model.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(proto, src, save_as_external_data=True, location="model.weights")
+        quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                        op_types_to_quantize=["MatMul", "Gemm", "Conv", "ConvTranspose"],
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        quantized = onnx.load(dst)
+    return OnnxRuntimeEngine(externalize(quantized))
+
+
 def versions() -> dict:
     import onnx
     import onnxruntime
@@ -259,5 +316,7 @@ unavailable = requires("onnxruntime", "onnxscript")
 
 TARGET = register_target(Target(
     "onnxruntime", backend="onnxruntime", device="CPU", supports=supports, compile=compile_partition,
-    load=OnnxRuntimeEngine, description="ONNX Runtime CPU execution provider, via torch.onnx (dynamo exporter)",
-    unavailable=unavailable, versions=versions, precision_unavailable=precision_unavailable))
+    load=OnnxRuntimeEngine, description="ONNX Runtime CPU execution provider, via torch.onnx (dynamo exporter); "
+                                        "int8 by its own quantizer",
+    unavailable=unavailable, versions=versions, precision_unavailable=precision_unavailable,
+    precisions=("fp32", "bf16", "int8"), quantize=quantize_partition))

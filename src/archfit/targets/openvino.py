@@ -2,6 +2,7 @@
 lowers (the one its torch.compile backend partitions by), not a guess of ours."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
@@ -194,11 +195,52 @@ def compile_dynamic(ep: torch.export.ExportedProgram, shapes: Sequence[Sequence[
     return OpenVINOEngine(core().compile_model(model, "CPU", config | _sharing()), config)
 
 
+def quantize_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
+                       calibration: Sequence[Sequence[torch.Tensor]], keep_float: Sequence[str] = ()) -> OpenVINOEngine:
+    """Post-training int8 by NNCF, the quantizer OpenVINO's own tools use (it places FakeQuantize
+    where the CPU plugin fuses them into int8 kernels), calibrated on `calibration` (this
+    partition's inputs on each calibration input set). `keep_float`: graph node names left
+    unquantized; OpenVINO names each converted op after its graph node ('linear_3/aten.linear...').
+    Transformer graphs (softmax or attention) take NNCF's transformer scheme. The ops left in
+    float run in bf16 where the CPU has bf16 units, as OpenVINO runs them by default."""
+    import re
+
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(lower(export_partition(gm, example_inputs), REWRITES))
+    model.reshape({i: ov.PartialShape(list(t.shape)) for i, t in enumerate(example_inputs)})
+    ops = {n.target.overloadpacket for n in gm.graph.nodes if isinstance(n.target, torch._ops.OpOverload)}
+    transformer = bool(ops & {torch.ops.aten._softmax, torch.ops.aten.softmax, torch.ops.aten.scaled_dot_product_attention})
+    dataset = nncf.Dataset(list(calibration), lambda item: tuple(to_numpy(t) for t in item))
+    ignored = nncf.IgnoredScope(patterns=[f"^{re.escape(name)}/" for name in keep_float], validate=False)
+    with _quiet_nncf():
+        quantized = nncf.quantize(model, dataset, subset_size=len(calibration), ignored_scope=ignored,
+                                  model_type=nncf.ModelType.TRANSFORMER if transformer else None)
+    config = _config("bf16" if bf16_units() else "fp32")
+    return OpenVINOEngine(core().compile_model(quantized, "CPU", config | _sharing()), config)
+
+
+@contextlib.contextmanager
+def _quiet_nncf():
+    """NNCF logs its progress bars and statistics; archfit reports what was quantized instead."""
+    import logging
+
+    log = logging.getLogger("nncf")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        log.setLevel(level)
+
+
 unavailable = requires("openvino")
 
 
 TARGET = register_target(Target(
     "openvino", backend="openvino", device="CPU", supports=supports, compile=compile_partition, load=load_engine,
-    precision_unavailable=precision_unavailable,
-    description="OpenVINO CPU plugin; bf16 runs on AVX512-BF16/AMX units where present",
+    precision_unavailable=precision_unavailable, precisions=("fp32", "bf16", "int8"), quantize=quantize_partition,
+    description="OpenVINO CPU plugin; bf16 runs on AVX512-BF16/AMX units where present; int8 by NNCF",
     unavailable=unavailable, versions=versions, compile_dynamic=compile_dynamic))

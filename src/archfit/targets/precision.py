@@ -52,3 +52,38 @@ def emulate_bf16(gm: fx.GraphModule) -> fx.GraphModule:
     graph.lint()
     gm.recompile()
     return gm
+
+
+# float8 e4m3 (Inferentia2's --auto-cast-type fp8_e4m3): 3 mantissa bits, exponents -6..8, largest 448
+_FP8_MIN_EXP, _FP8_MAX_EXP, _FP8_MAX = -6, 8, 448.0
+
+
+def _round_fp8(graph: fx.Graph, value: fx.Node) -> fx.Node:
+    """value rounded to the nearest float8 e4m3 (saturating at 448), in fp32 ops every backend
+    converts: |x| split into its power of two and 3 mantissa bits, rounded, signed again. Nodes
+    go at the graph's insertion point (the caller's inserting_before the consumer)."""
+    def op(target, *args):
+        return graph.call_function(target, tuple(args))
+
+    a = op(aten.abs.default, value)
+    e = op(aten.floor.default, op(aten.log2.default, op(aten.clamp.default, a, 2.0 ** (_FP8_MIN_EXP - 3))))
+    e = op(aten.clamp.default, e, float(_FP8_MIN_EXP), float(_FP8_MAX_EXP))
+    step = op(aten.pow.Scalar, 2.0, op(aten.sub.Tensor, e, 3.0))  # 2**x: OpenVINO converts no aten.exp2
+    q = op(aten.mul.Tensor, op(aten.round.default, op(aten.div.Tensor, a, step)), step)
+    q = op(aten.clamp.default, q, None, _FP8_MAX)
+    return op(aten.mul.Tensor, op(aten.sign.default, value), q)
+
+
+def emulate_fp8(gm: fx.GraphModule) -> fx.GraphModule:
+    """Copy of `gm` where every fp32 matmul/conv reads float8 e4m3-rounded inputs (fp32 accumulation)."""
+    gm = copy.deepcopy(gm)
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and is_matmul_or_conv(node) and _is_fp32(node):
+            for arg in list(node.all_input_nodes):
+                if _is_fp32(arg):
+                    with graph.inserting_before(node):
+                        node.replace_input_with(arg, _round_fp8(graph, arg))
+    graph.lint()
+    gm.recompile()
+    return gm

@@ -1,0 +1,185 @@
+"""int8 (core/quantize.py): a model trained here, quantized by each target's own quantizer,
+calibrated on its inputs and judged by its gate on a held-apart set; accuracy control returning
+a deliberately sensitive layer to float; fp8 emulation for Inferentia2; refusals."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import archfit
+from archfit.errors import ArchfitError
+
+from conftest import cli
+
+CLASSES, FEATURES, ROWS = 10, 16, 8
+
+
+def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(CLASSES, FEATURES, generator=torch.Generator().manual_seed(0)) * 3
+    labels = torch.randint(0, CLASSES, (n,), generator=g)
+    return centres[labels] + torch.randn(n, FEATURES, generator=g), labels
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """An MLP trained here on ten Gaussian classes (random weights would make int8 meaningless)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(FEATURES, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
+                                torch.nn.ReLU(), torch.nn.Linear(64, CLASSES))
+    x, y = _blobs(2048, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        assert (model(x).argmax(-1) == y).float().mean() > 0.95  # it learned the task
+    calibration = [(b,) for b in _blobs(32 * ROWS, 2)[0].split(ROWS)]
+    validation = [(b,) for b in _blobs(32 * ROWS, 3)[0].split(ROWS)]  # held apart from the calibration
+    return model, (validation[0][0],), calibration, validation
+
+
+def _int8(model, example, calibration, validation, target, **kw):
+    return archfit.trace(model, example, target, precision="int8", calibration=calibration,
+                         validation_inputs=validation, accuracy="classification", check_payoff=False, **kw)
+
+
+@pytest.mark.parametrize("target", ["openvino", "onnxruntime"])
+def test_int8_of_a_trained_model_passes_its_gate_on_the_held_apart_set(trained, target):
+    model, example, calibration, validation = trained
+    compiled = _int8(model, example, calibration, validation, target)
+    v, q = compiled.report.validation, compiled.report.quantization
+    assert compiled.precision == "int8" and v.ok and v.decided_by == "validation set"
+    (metric,) = [m for m in v.metrics if m.label == "validation set"]
+    assert metric.size == 32 and dict(metric.values)["top1"] >= 0.99
+    assert q.layers + len(q.float_layers) == 3 and "32 input set(s)" in q.calibration
+    with torch.no_grad():
+        x = validation[5][0]
+        agree = (compiled(x).argmax(-1) == model(x).argmax(-1)).float().mean()
+        assert agree >= 0.75 and not torch.equal(compiled(x), model(x))  # int8 in effect, the answer kept
+    assert "int8: " in compiled.report.to_text()
+
+
+def _with_outlier_channel(model: torch.nn.Sequential) -> torch.nn.Sequential:
+    """The same function, but one channel into the second linear is 1000x larger and that linear's
+    weights for it 1000x smaller: per-tensor int8 of that linear's input leaves the other channels
+    about one step of resolution. Quantizing that one layer is what breaks the model."""
+    import copy
+
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model[0].weight[3] *= 1000
+        model[0].bias[3] *= 1000
+        model[2].weight[:, 3] /= 1000
+    return model
+
+
+@pytest.mark.parametrize("target", ["openvino", "onnxruntime"])
+def test_accuracy_control_returns_the_sensitive_layer_to_float(trained, target):
+    model, example, calibration, validation = trained
+    outlier = _with_outlier_channel(model)
+    with pytest.raises(archfit.ValidationError, match="gate fails on the validation set \\(int8\\)"):
+        _int8(outlier, example, calibration, validation, target, accuracy_control=False)
+    compiled = _int8(outlier, example, calibration, validation, target)
+    q = compiled.report.quantization
+    assert compiled.report.validation.ok and q.float_layers[0] == "linear_1"  # the layer reading the outlier
+    assert q.steps[0].startswith("accuracy control: every layer in int8") and q.steps[-1].endswith("PASS")
+    text = " ".join(compiled.report.to_text().split())
+    assert "kept in float: linear_1" in text and "most sensitive in float (linear_1" in text
+
+
+def test_a_saved_int8_file_loads_in_a_fresh_process_with_the_same_outputs(trained, tmp_path):
+    model, example, calibration, validation = trained
+    compiled = _int8(model, example, calibration, validation, "openvino")
+    path = archfit.save(compiled, tmp_path / "int8.archfit")
+    x = validation[7][0]
+    np.save(tmp_path / "x.npy", x.numpy())
+    with torch.no_grad():
+        np.save(tmp_path / "want.npy", compiled(x).numpy())
+    code = ("import numpy as np, torch, archfit; m = archfit.load(%r); x = torch.from_numpy(np.load(%r)); "
+            "assert m.precision == 'int8'; np.testing.assert_allclose(m(x).numpy(), np.load(%r), rtol=1e-5, atol=1e-5)"
+            % (str(path), str(tmp_path / "x.npy"), str(tmp_path / "want.npy")))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = cli("inspect", str(path))
+    assert "precision int8" in shown.stdout and "int8: 3 layer(s) quantized" in " ".join(shown.stdout.split())
+
+
+def test_auto_precision_with_calibration_measures_int8_beside_the_others(trained):
+    model, example, calibration, validation = trained
+    compiled = archfit.trace(model, example, "openvino", precision="auto", calibration=calibration,
+                             validation_inputs=validation, accuracy="classification", check_payoff=False)
+    measured = {a.precision: a.ms for a in compiled.report.alternatives if a.ms is not None}
+    assert "int8" in measured and "fp32" in measured
+    assert compiled.precision == min(measured, key=measured.get)  # the fastest that passed its gate
+
+
+def test_int8_refusals_say_what_to_do(trained):
+    model, example, calibration, validation = trained
+    with pytest.raises(ArchfitError, match="precision='int8' is calibrated on inputs like those it will see: pass "
+                                           "calibration="):
+        archfit.trace(model, example, "openvino", precision="int8")
+    with pytest.raises(ArchfitError, match="shipped only after passing a task gate on a validation set"):
+        archfit.trace(model, example, "openvino", precision="int8", calibration=calibration)
+    with pytest.raises(ArchfitError, match="Inferentia1's compiler \\(neuron-cc\\) casts matmuls to bf16"):
+        _int8(model, example, calibration, validation, "inf1")
+    with pytest.raises(ArchfitError, match="not to int8: use precision='fp8'"):
+        _int8(model, example, calibration, validation, "inf2")
+    with pytest.raises(ArchfitError, match="precision='int8' with buckets or a dynamic batch is not built yet"):
+        _int8(model, example, calibration, validation, "openvino", dynamic_batch=True)
+
+
+def test_inf2_fp8_rounds_matmul_inputs_as_float8_e4m3(trained):
+    from torch import fx
+
+    from archfit.targets.precision import emulate_fp8
+
+    x = torch.cat([torch.linspace(-500, 500, 2001), torch.tensor([0.0, 1e-4, -3e-3, 0.017])])
+
+    class Mm(torch.nn.Module):
+        def forward(self, a, b):
+            return torch.ops.aten.mm.default(a, b)
+
+    gm = fx.symbolic_trace(Mm())
+    for node in gm.graph.nodes:  # fp32 values, as capture records them
+        node.meta["val"] = torch.empty(1)
+    got = emulate_fp8(gm)(x[:, None], torch.ones(1, 1))[:, 0]
+    want = x.clamp(-448, 448).to(torch.float8_e4m3fn).float()
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    model, example, _calibration, validation = trained
+    compiled = archfit.trace(model, example, "inf2", precision="fp8", validation_inputs=validation,
+                             accuracy="classification")
+    assert compiled.report.validation.ok and compiled.report.validation.max_rel > 1e-3  # fp8 in effect
+
+
+def test_cli_compiles_int8_from_npz_sets(trained, tmp_path):
+    model, example, calibration, validation = trained
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "mlp.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        f"    m = torch.nn.Sequential(torch.nn.Linear({FEATURES}, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),\n"
+        f"                          torch.nn.ReLU(), torch.nn.Linear(64, {CLASSES}))\n"
+        f"    m.load_state_dict(torch.load({str(tmp_path / 'weights.pt')!r}, weights_only=True))\n"
+        f"    return m.eval(), (torch.zeros({ROWS}, {FEATURES}),)\n")
+    np.savez(tmp_path / "calib.npz", input=torch.stack([c[0] for c in calibration]).numpy())
+    (tmp_path / "val").mkdir()
+    for i, (x,) in enumerate(validation[:16]):  # a folder: one .npz a set
+        np.savez(tmp_path / "val" / f"{i:03d}.npz", input=x.numpy())
+    out = tmp_path / "mlp-int8.archfit"
+    r = cli("compile", f"{tmp_path / 'mlp.py'}:build", "-t", "onnxruntime", "--precision", "int8", "--calibration",
+            str(tmp_path / "calib.npz"), "--validation", str(tmp_path / "val"), "--accuracy", "classification",
+            "--no-payoff", "--no-compare", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "calibrated on 32 input set(s)" in text and "classification gate on the validation set (int8)" in text
+    assert "over 16 inputs" in text and out.is_file()
+    r = cli("compile", f"{tmp_path / 'mlp.py'}:build", "-t", "onnxruntime", "--precision", "int8", "--calibration",
+            str(tmp_path / "val" / "000.npz"), "--no-compare")  # no validation set: refused before compiling
+    assert r.returncode == 1 and "shipped only after passing a task gate on a validation set" in r.stderr
