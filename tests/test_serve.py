@@ -347,3 +347,71 @@ def test_a_batching_bug_fails_the_queued_requests_instead_of_hanging_them():
         await b.close()  # the loop is still alive: it drains and stops
 
     asyncio.run(main())
+
+
+def test_hostile_bodies_get_one_line_400_not_a_500(running):
+    """Found by a probe with bad clients: each of these escaped as Starlette's bare 500 with a
+    traceback, or was taken with its values silently changed (101.9 as the id 101, true as 1)."""
+    def post(doc: bytes) -> tuple[int, str]:
+        status, body, _ = running.post("/v2/models/bert/infer", doc)
+        return status, json.loads(body)["error"]
+
+    def ids(data, datatype="INT64", shape=(1, 2)):
+        return json.dumps({"inputs": [{"name": "input_ids", "shape": list(shape), "datatype": datatype, "data": data},
+                                      {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64",
+                                       "data": [1, 1]}]}).encode()
+
+    cases = [
+        (ids([], shape=(0, 2**64)), r"shape \[0, 18446744073709551616\] has more than 16 dims or a dim over"),
+        (b"[" * 100_000 + b"]" * 100_000, "the body's JSON is nested too deep"),
+        (ids([101.9, 7]), "input 'input_ids': datatype INT64 takes integers, and 'data' holds floats"),
+        (ids([True, 7]), "input 'input_ids': datatype INT64 takes integers, and 'data' holds booleans"),
+        (json.loads(ids([5, 6])) | {"outputs": [{"name": "last_hidden_state", "parameters": [1]}]},
+         "output 'last_hidden_state': 'parameters' must be an object"),
+    ]
+    before = metric_total(running.metrics(), "archfit_requests_total", code="400")
+    for doc, message in cases:
+        status, text = post(doc if isinstance(doc, bytes) else json.dumps(doc).encode())
+        assert status == 400 and len(text.splitlines()) == 1 and re.search(message, text), (message, text)
+    assert metric_total(running.metrics(), "archfit_requests_total", code="400") == before + len(cases)
+    res = running.client().infer("bert", bert_inputs(6)[1])  # and the server goes on
+    assert res.as_numpy("last_hidden_state").shape == (1, 6, 64)
+
+
+def test_max_queue_bounds_one_request_and_gone_clients_leave_the_count_at_once(bert_file):
+    from archfit.serve import Server, load_models
+
+    models = load_models([f"bert={bert_file}"])
+    gate = Gate(models["bert"])
+    r = Running(Server(models, max_delay_ms=1, max_queue=8))
+    try:
+        c = r.client()
+        # one request larger than the whole queue: refused before it runs, whatever is queued
+        text = _infer_error(r, bert_inputs(8, batch=100)[1])
+        assert "the request holds 100 rows, more than the queue takes at once (--max-queue 8); split it" in text
+        assert metric_total(r.metrics(), "archfit_requests_total", code="413") == 1
+        # a body shorter than its Content-Length, then a hang-up: counted as the client's, not as a 200
+        with socket.create_connection(("127.0.0.1", r.port)) as s:
+            s.sendall(b"POST /v2/models/bert/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"inputs\"")
+        settle(until=lambda: metric_total(r.metrics(), "archfit_requests_total", code="499") == 1)
+        assert metric_total(r.metrics(), "archfit_requests_total", code="200") == 0
+        # a queued request whose client goes away leaves the queue's count and gauge at once
+        blocker = c.async_infer("bert", bert_inputs(8)[1])
+        settle(until=gate.started.is_set)
+        body = json.dumps({"inputs": [{"name": "input_ids", "shape": [8, 2], "datatype": "INT64", "data": [5] * 16},
+                                      {"name": "attention_mask", "shape": [8, 2], "datatype": "INT64",
+                                       "data": [1] * 16}]}).encode()
+        with socket.create_connection(("127.0.0.1", r.port)) as s:
+            s.sendall(b"POST /v2/models/bert/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            settle(until=lambda: metric_total(r.metrics(), "archfit_queue_rows", model="bert") == 8)
+        settle(until=lambda: metric_total(r.metrics(), "archfit_queue_rows", model="bert") == 0)
+        assert r.server.batchers["bert"].queued_rows == 0  # a full-size request fits again, before the batcher runs
+        queued = c.async_infer("bert", bert_inputs(8, batch=8)[1])
+        settle(0.2)
+        gate.open.set()
+        blocker.get_result()
+        assert queued.get_result().as_numpy("last_hidden_state").shape == (8, 8, 64)
+    finally:
+        gate.open.set()
+        r.stop()

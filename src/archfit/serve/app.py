@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from .._version import __version__
 from ..errors import ArchfitError, InputError, first_line
-from .batcher import Batcher, Overloaded
+from .batcher import Batcher, Overloaded, TooManyRows
 from .metrics import Metrics
 from .protocol import HEADER, RequestError, decode, encode
 from .servable import Servable, servable
@@ -135,6 +135,9 @@ class Server:
                 status = 413
                 return error(413, f"request: the body has {e.args[0]} bytes or more, over the server's limit of "
                                   f"{self.max_body} (--max-body-mb); send smaller requests")
+            except ClientDisconnect:  # the client hung up mid-body: nobody to answer, counted as such
+                status = 499
+                return Response(status_code=499)
             try:
                 req = decode(body, request.headers.get(HEADER))
                 model = self.models[name]
@@ -147,8 +150,14 @@ class Server:
             except InputError as e:
                 status = 400
                 return error(400, str(e))
+            except Exception as e:  # noqa: BLE001 - a request our checks missed: one line, counted, no traceback
+                status = 400
+                return error(400, f"request: {type(e).__name__}: {first_line(e, 200)}")
             try:
                 future = self.batchers[name].submit(item)
+            except TooManyRows as e:
+                status = 413
+                return error(413, f"request: {e}")
             except Overloaded as e:
                 status = 503
                 return error(503, f"overloaded: {e}", headers={"Retry-After": "1"})

@@ -29,11 +29,16 @@ class Overloaded(Exception):
     """The model's queue is full; the client should retry later."""
 
 
+class TooManyRows(Exception):
+    """One request holds more rows than the queue takes at once (--max-queue): it never fits."""
+
+
 @dataclass
 class Pending:
     item: Item
     future: asyncio.Future
     since: float = field(default_factory=time.perf_counter)
+    counted: bool = True  # its rows are in Batcher.queued_rows
 
 
 class Batcher:
@@ -67,13 +72,21 @@ class Batcher:
     def submit(self, item: Item) -> asyncio.Future:
         if self.closing:
             raise Overloaded(f"model {self.servable.name!r} is shutting down")
+        if item.rows > self.max_queue:  # alone it would hold the engines and the memory of the whole queue
+            raise TooManyRows(f"model {self.servable.name!r}: the request holds {item.rows} rows, more than the "
+                              f"queue takes at once (--max-queue {self.max_queue}); split it into requests of at "
+                              f"most {self.max_queue} rows")
         if self.queued_rows + item.rows > self.max_queue and self.pending:
             raise Overloaded(f"model {self.servable.name!r} has {self.queued_rows} rows queued (limit "
                              f"{self.max_queue}); retry shortly")
         fut = asyncio.get_running_loop().create_future()
-        self.pending.append(Pending(item, fut))
+        pending = Pending(item, fut)
+        self.pending.append(pending)
         self.queued_rows += item.rows
         self.metrics.queue.labels(self.servable.name).set(self.queued_rows)
+        # a client gone away cancels its future: its rows leave the count (and the gauge) at once,
+        # not when the batcher next looks at the queue
+        fut.add_done_callback(lambda f: self._forget(pending) if f.cancelled() else None)
         self.wake.set()
         return fut
 
@@ -107,7 +120,11 @@ class Batcher:
         return group
 
     def _forget(self, p: Pending) -> None:
-        self.queued_rows -= p.item.rows
+        """Its rows out of the queue's count, once."""
+        if p.counted:
+            p.counted = False
+            self.queued_rows -= p.item.rows
+            self.metrics.queue.labels(self.servable.name).set(self.queued_rows)
 
     async def _loop(self) -> None:
         while True:

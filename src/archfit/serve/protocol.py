@@ -21,6 +21,7 @@ DTYPES = {
 }
 NAMES = {v: k for k, v in DTYPES.items()}
 HEADER = "inference-header-content-length"
+MAX_RANK, MAX_DIM = 16, 2**31 - 1  # a tensor a request may declare, at most (torch's own limits are larger)
 
 
 class RequestError(InputError):
@@ -45,13 +46,17 @@ class InferRequest:
     parameters: dict = field(default_factory=dict)
 
 
-def _tensor(entry: dict, index: int, raw: memoryview | None, offset: int) -> tuple[str, torch.Tensor, int]:
+def _tensor(entry: dict, index: int, raw: memoryview | None, offset: int,
+            literals: bool = False) -> tuple[str, torch.Tensor, int]:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise RequestError(f"inputs[{index}] must be an object with a 'name'")
     name = entry["name"]
     shape, dt = entry.get("shape"), entry.get("datatype")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise RequestError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+        raise RequestError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {str(shape)[:80]}")
+    if len(shape) > MAX_RANK or any(d > MAX_DIM for d in shape):
+        raise RequestError(f"input {name!r}: shape {str(shape)[:80]} has more than {MAX_RANK} dims or a dim over "
+                           f"{MAX_DIM}")
     if dt not in DTYPES:
         raise RequestError(f"input {name!r}: datatype {dt!r} is not one archfit serves "
                            f"({', '.join(DTYPES)}); BYTES tensors need a tokenizer in front of the model")
@@ -75,13 +80,46 @@ def _tensor(entry: dict, index: int, raw: memoryview | None, offset: int) -> tup
     data = entry.get("data")
     if data is None:
         raise RequestError(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
-    try:
-        t = torch.tensor(data, dtype=dtype)
-    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
-        raise RequestError(f"input {name!r}: 'data' is not a list of {dt} values ({type(e).__name__})") from e
+    t = _from_json(name, data, dt, dtype, literals)
     if t.numel() != numel:
         raise RequestError(f"input {name!r}: 'data' holds {t.numel()} values, shape {shape} takes {numel}")
     return name, t.reshape(shape), offset
+
+
+def _has_bool(data) -> bool:
+    stack = [data]
+    while stack:
+        v = stack.pop()
+        if type(v) is bool:
+            return True
+        if isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
+def _from_json(name: str, data, dt: str, dtype: torch.dtype, literals: bool = False) -> torch.Tensor:
+    """JSON `data` as a tensor of `dtype`, its values of that kind: torch would turn 101.9 into an
+    INT64 101 and true into 1 without a word, so every value's JSON type is checked first (numpy
+    reads the whole list at once: any float makes the array float; a bool among numbers becomes a
+    number there, so where the body holds a true or false literal the values are walked)."""
+    import numpy as np
+
+    try:
+        values = np.asarray(data)
+    except (ValueError, TypeError, RecursionError) as e:
+        raise RequestError(f"input {name!r}: 'data' is not a (nested) list of {dt} values ({type(e).__name__})") from None
+    kind = values.dtype.kind
+    if literals and kind != "b" and _has_bool(data):
+        kind = "b"
+    wanted = "b" if dtype == torch.bool else ("iu" if not dtype.is_floating_point else "iuf")
+    if values.size and kind not in wanted:
+        got = {"b": "booleans", "f": "floats", "i": "integers", "u": "integers", "U": "strings"}.get(kind, "other values")
+        takes = "booleans" if wanted == "b" else "numbers" if "f" in wanted else "integers"
+        raise RequestError(f"input {name!r}: datatype {dt} takes {takes}, and 'data' holds {got}")
+    try:
+        return torch.tensor(values.tolist() if kind == "O" else values, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise RequestError(f"input {name!r}: 'data' is not a list of {dt} values ({type(e).__name__})") from None
 
 
 def decode(body: bytes, header_length: str | None) -> InferRequest:
@@ -101,11 +139,14 @@ def decode(body: bytes, header_length: str | None) -> InferRequest:
         doc = json.loads(bytes(head))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RequestError(f"the body is not valid JSON ({e}); send an Open Inference Protocol infer request") from e
+    except RecursionError:
+        raise RequestError("the body's JSON is nested too deep; send an Open Inference Protocol infer request") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise RequestError("the request must be a JSON object with a non-empty 'inputs' list")
     inputs, offset = {}, 0
+    literals = b"true" in head or b"false" in head
     for i, entry in enumerate(doc["inputs"]):
-        name, t, offset = _tensor(entry, i, raw, offset)
+        name, t, offset = _tensor(entry, i, raw, offset, literals)
         if name in inputs:
             raise RequestError(f"input {name!r} is given twice")
         inputs[name] = t
@@ -123,6 +164,8 @@ def decode(body: bytes, header_length: str | None) -> InferRequest:
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
                 raise RequestError("each requested output must be an object with a 'name'")
             p = o.get("parameters") or {}
+            if not isinstance(p, dict):
+                raise RequestError(f"output {o['name'][:60]!r}: 'parameters' must be an object")
             outputs[o["name"]] = bool(p.get("binary_data", params.get("binary_data_output", False)))
     rid = doc.get("id")
     return InferRequest(inputs, None if rid is None else str(rid), outputs, bool(params.get("binary_data_output")),
