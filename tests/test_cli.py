@@ -144,7 +144,7 @@ def test_seq2seq_compile_generate_end_to_end(tmp_path):
     (lambda d: ("compile", "bert-base", "--tiny", "--vary", "input_ids:5", "--buckets", "8"),
      "error: archfit: buckets: input 'input_ids' has 2 dims, so dim 5 cannot vary"),
     (lambda d: ("compile", "bert-base", "--tiny", "--vary", "input_ids:1", "--lengths", str(d / "huge.json")),
-     "error: run: bucket options: ValueError: sample must hold sizes from 1 to 1048576"),
+     "error: options: Buckets sample= must hold the sizes seen, each from 1 to 1048576"),
     (lambda d: ("compile", "resnet18", "--tiny", "-o", str(d / "missing" / "r.archfit")),
      "error: artifact: output {d}/missing/r.archfit: directory {d}/missing does not exist"),
     (lambda d: ("compile", "resnet18", "--tiny", "-o", "/dev/null"), "error: artifact: output /dev/null is not a regular"),

@@ -473,3 +473,20 @@ def test_openvino_engine_hands_matching_inputs_over_shared_and_converts_the_rest
     (got,) = engine.run([x, ids.to(torch.int32)])  # another dtype than the port's: OpenVINO converts it
     assert made == []  # OpenVINO's own converters made the tensors, not run's shared binding
     torch.testing.assert_close(got, want)
+
+
+def test_misuse_is_one_line_saying_what_to_do(tmp_path):
+    """Found trying archfit as a new user would: each was a raw error from a dependency or silence."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU()).eval()
+    with pytest.raises(archfit.ModelError, match=r"Sequential fails on its example inputs in eager PyTorch "
+                                                  r"\(RuntimeError: .*\); the inputs given: input \(2, 4\) int64"):
+        archfit.trace(model, (torch.ones(2, 4, dtype=torch.long),), "onnxruntime")
+    with pytest.raises(archfit.ArchfitError, match=r"force_cpu='aten\.conv2d' matches no op or node of the model "
+                                                   r"\(close names: aten\.linear, aten\.gelu\)"):
+        archfit.trace(model, (torch.ones(2, 4),), "onnxruntime", force_cpu=["aten.conv2d"])
+    for bad in (lambda: archfit.choose_buckets([], 4), lambda: archfit.Buckets({"x": 1}, sample=(-3, 5))):
+        with pytest.raises(archfit.ArchfitError) as e:  # one line, and still a ValueError for code catching one
+            bad()
+        assert isinstance(e.value, ValueError) and len(str(e.value).splitlines()) == 1
+    with pytest.raises(archfit.ArtifactError, match="is a directory; archfit.load takes the one file archfit.save"):
+        archfit.load(tmp_path)

@@ -40,6 +40,9 @@ class UnsupportedOpsError(ArchfitError): stage = "partition"  # noqa: E701
 class CompileError(ArchfitError): stage = "compile"  # noqa: E701
 class ValidationError(ArchfitError): stage = "validate"  # noqa: E701
 class InputError(ArchfitError): stage = "run"  # noqa: E701
+# An option given to archfit's own API that it cannot take (Buckets, Packing, choose_buckets): one
+# line for a person, and still a ValueError for code that catches those.
+class OptionError(ArchfitError, ValueError): stage = "options"  # noqa: E701
 class ModelError(ArchfitError): stage = "model"  # noqa: E701
 class ArtifactError(ArchfitError): stage = "artifact"  # noqa: E701
 class CacheError(ArchfitError): stage = "cache"  # noqa: E701

@@ -22,7 +22,7 @@ from .core.per_partition import mix_targets
 from .core.quantize import control_accuracy
 from .core.timing import median_seconds
 from .core.sets import input_sets
-from .core.support import Reason, check_support
+from .core.support import Reason, check_force_cpu, check_support
 from .core.validate import validate as run_validation
 from .errors import ArchfitError, CaptureError
 from .frontends import Imported, import_model, to_source_framework
@@ -257,6 +257,7 @@ def _trace_model(model, example_inputs, options: TraceOptions, analysis: Analysi
         captured, why = analysis.captured.get(analysis.model), analysis.failure
     name = options.name or type(model).__name__
     if why is None:
+        check_force_cpu([captured.graph_module], options.force_cpu)
         return _trace_captured(model, captured, options, name, t0)
     if options.require_full:
         raise CaptureError(f"{name}: {why}; require_full asks for the whole model on the target: move that code out "
@@ -320,6 +321,7 @@ def _trace_regions(model, example_inputs, why: CaptureFailure, options: TraceOpt
     (the regions an analysis planned already, when given its plan)."""
     _one_calibration(options, "a model compiled as regions")
     plan = plan if plan is not None else plan_regions(model, example_inputs, why)
+    check_force_cpu([g.graph_module for g in plan.captured.values()], options.force_cpu)
     if not plan.regions:
         raise CaptureError(f"{name}: {why}; no submodule holding enough of its FLOPs captures at fixed shapes "
                            f"either, so nothing can be compiled: move that code out of forward() or rewrite it with "

@@ -108,6 +108,10 @@ def _check_directory(z: zipfile.ZipFile, path: Path) -> None:
 def read(path: str | os.PathLike) -> tuple[dict, dict[str, bytes]]:
     """(manifest, files), every file's digest verified; nothing inflated beyond the size caps."""
     path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{path} is a directory; archfit.load takes the one file archfit.save or `archfit "
+                            f"compile -o` wrote (a .archfit file); a model directory is compiled first "
+                            f"(archfit.trace / archfit compile)")
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
     try:

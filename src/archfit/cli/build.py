@@ -334,7 +334,7 @@ def _packing(max_len: int, rows: int, outputs: list, pool, vary: list, sizes: st
              max_sizes: int):
     """--pack and its options as an archfit.Packing."""
     from .. import Packing
-    from ..errors import InputError, first_line
+    from ..errors import ArchfitError, InputError, first_line
 
     if vary:
         raise InputError("--pack makes its own row lengths: give --buckets or --lengths for them, not --vary")
@@ -343,6 +343,8 @@ def _packing(max_len: int, rows: int, outputs: list, pool, vary: list, sizes: st
         if lengths is not None:
             kw |= _read_lengths(lengths)
         return Packing(max_len, rows, outputs=tuple(outputs) or None, pool=pool, max_sizes=max_sizes, **kw)
+    except ArchfitError:  # archfit's own one line (OptionError) as it is
+        raise
     except (ValueError, OSError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise InputError(f"packing options: {type(e).__name__}: {first_line(e, 200)}") from None
 
@@ -350,7 +352,7 @@ def _packing(max_len: int, rows: int, outputs: list, pool, vary: list, sizes: st
 def _buckets(vary: list, sizes: str | None, lengths: Path | None, max_buckets: int, pad: list):
     """--vary/--buckets/--lengths/--pad as an archfit.Buckets (None when nothing varies)."""
     from .. import Buckets
-    from ..errors import InputError, first_line
+    from ..errors import ArchfitError, InputError, first_line
 
     if not vary:
         if sizes or lengths or pad:
@@ -374,6 +376,8 @@ def _buckets(vary: list, sizes: str | None, lengths: Path | None, max_buckets: i
         if sizes is not None:
             return Buckets(dims, sizes=tuple(int(x) for x in sizes.split(",")), pad_values=pad_values)
         return Buckets(dims, max_buckets=max_buckets, pad_values=pad_values, **_read_lengths(lengths))
+    except ArchfitError:  # archfit's own one line (OptionError) as it is
+        raise
     except (ValueError, OSError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise InputError(f"bucket options: {type(e).__name__}: {first_line(e, 200)}") from None
 

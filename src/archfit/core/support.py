@@ -71,6 +71,25 @@ def _matches(node: fx.Node, patterns: Iterable[str]) -> bool:
     return any(p in (node.name, name, name.split(".", 1)[-1]) for p in patterns)
 
 
+def check_force_cpu(graphs: Iterable[fx.GraphModule], force_cpu: Iterable[str]) -> None:
+    """Refuse force_cpu entries that name no node of the model: a misspelt op (or one the model does
+    not have) would otherwise be ignored in silence. The message names the closest op and node names."""
+    import difflib
+
+    from ..errors import ArchfitError
+
+    nodes = [n for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    missing = [p for p in force_cpu if not any(_matches(n, (p,)) for n in nodes)]
+    if not missing:
+        return
+    names = sorted({op_name(n) for n in nodes} | {op_name(n).split(".", 1)[-1] for n in nodes} | {n.name for n in nodes})
+    close = difflib.get_close_matches(missing[0], names, n=4, cutoff=0.5)
+    ops = sorted({op_name(n) for n in nodes if is_compute(n)})
+    hint = f"close names: {', '.join(close)}" if close else f"its ops: {', '.join(ops[:12])}{', ...' if len(ops) > 12 else ''}"
+    raise ArchfitError(f"force_cpu={missing[0]!r} matches no op or node of the model ({hint}); name an op "
+                       f"('aten.gelu' or 'gelu') or a node as the report names them")
+
+
 def _verdict(node: fx.Node, target: Target, force_cpu: tuple[str, ...], dynamic: set[fx.Node]):
     if _matches(node, force_cpu):
         return Reason.FORCED, "listed in force_cpu"

@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..errors import OptionError
+
 
 @dataclass(frozen=True)
 class BucketChoice:
@@ -41,7 +43,9 @@ class BucketChoice:
 def _histogram(counts: Sequence[float], start: int) -> tuple[np.ndarray, np.ndarray]:
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 1 or len(counts) == 0 or (counts < 0).any() or counts.sum() <= 0:
-        raise ValueError("counts must be a non-empty 1-d histogram of non-negative counts with a positive total")
+        raise OptionError(f"choose_buckets: counts must be a non-empty 1-d histogram (counts[i] inputs of length "
+                          f"start + i) of non-negative counts with a positive total, got {str(counts.tolist())[:80]}; "
+                          f"for a list of sizes seen, pass Buckets(dims, sample=sizes)")
     lengths = np.arange(start, start + len(counts))
     return lengths, counts
 
@@ -49,7 +53,7 @@ def _histogram(counts: Sequence[float], start: int) -> tuple[np.ndarray, np.ndar
 def _cost_array(cost, sizes: np.ndarray) -> np.ndarray:
     values = np.array([float(cost(int(s))) for s in sizes]) if callable(cost) else np.asarray(cost, dtype=np.float64)
     if np.any(np.diff(values) < 0):
-        raise ValueError("cost must not decrease with size")
+        raise OptionError("cost must not decrease with size")
     return values
 
 
@@ -59,7 +63,7 @@ def evaluate(boundaries: Sequence[int], counts: Sequence[float], cost: Callable[
     lengths, counts = _histogram(counts, start)
     b = np.sort(np.asarray(boundaries))
     if b[-1] < lengths[counts > 0].max():
-        raise ValueError(f"the largest bucket {b[-1]} is below the largest length {lengths[counts > 0].max()}")
+        raise OptionError(f"the largest bucket {b[-1]} is below the largest length {lengths[counts > 0].max()}")
     chosen = b[np.searchsorted(b, lengths)]
     mask = counts > 0
     return float((counts[mask] * _cost_array(cost, chosen[mask])).sum() / counts.sum())
@@ -72,7 +76,7 @@ def choose_buckets(counts: Sequence[float], max_buckets: int, cost: Callable[[in
     cost(size) is the latency (or FLOPs) of one input run at that bucket size; the default,
     the size itself, models cost proportional to positions computed."""
     if max_buckets < 1:
-        raise ValueError("max_buckets must be at least 1")
+        raise OptionError("max_buckets must be at least 1")
     lengths, counts = _histogram(counts, start)
     top = int(max_length if max_length is not None else lengths[counts > 0].max())
     seen = lengths[(counts > 0) & (lengths <= top)]
@@ -137,18 +141,19 @@ class Buckets:
 
     def __post_init__(self):
         if any(s > MAX_SIZE for s in self.sizes or ()) or len(self.histogram or ()) > MAX_SIZE:
-            raise ValueError(f"bucket sizes must be at most {MAX_SIZE}")
+            raise OptionError(f"bucket sizes must be at most {MAX_SIZE}")
         if self.sample is not None and (not self.sample or min(self.sample) < 1 or max(self.sample) > MAX_SIZE):
-            raise ValueError(f"sample must hold sizes from 1 to {MAX_SIZE}")
+            raise OptionError(f"Buckets sample= must hold the sizes seen, each from 1 to {MAX_SIZE}; got "
+                              f"{min(self.sample, default=None)}..{max(self.sample, default=None)}")
         given = [x is not None for x in (self.sizes, self.sample, self.histogram)]
         if sum(given) != 1:
-            raise ValueError("Buckets takes exactly one of sizes=, sample= or histogram=")
+            raise OptionError("Buckets takes exactly one of sizes=, sample= or histogram=")
         if not self.dims:
-            raise ValueError("Buckets needs dims={input name: dim} naming what varies")
+            raise OptionError("Buckets needs dims={input name: dim} naming what varies")
         if self.sizes is not None and (not self.sizes or min(self.sizes) < 1):
-            raise ValueError(f"bucket sizes must be positive, got {self.sizes}")
+            raise OptionError(f"bucket sizes must be positive, got {self.sizes}")
         if self.max_buckets < 1:
-            raise ValueError("max_buckets must be at least 1")
+            raise OptionError("max_buckets must be at least 1")
 
     def counts(self) -> np.ndarray | None:
         """Histogram of observed sizes (index i = size i + 1), or None for explicit sizes."""
@@ -157,7 +162,7 @@ class Buckets:
         if self.sample is not None:
             sample = np.asarray(self.sample, dtype=np.int64)
             if sample.size == 0 or sample.min() < 1 or sample.max() > MAX_SIZE:
-                raise ValueError(f"sample must hold sizes from 1 to {MAX_SIZE}")
+                raise OptionError(f"sample must hold sizes from 1 to {MAX_SIZE}")
             return np.bincount(sample - 1).astype(np.float64)
         return None
 

@@ -23,7 +23,7 @@ from torch.utils import _pytree as pytree
 
 from ..core.capture import output_names
 from ..core.module import ArchfitModule
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from .dispatch import BucketedModule
 from .dynamic import DynamicModule
 from .packing import Pack, pack
@@ -65,15 +65,15 @@ class Packing:
 
     def __post_init__(self):
         if self.max_len < 2 or self.rows < 1 or self.lookahead < 1 or self.max_sizes < 1:
-            raise ValueError("Packing needs max_len >= 2, rows >= 1, lookahead >= 1 and max_sizes >= 1")
+            raise OptionError("Packing needs max_len >= 2, rows >= 1, lookahead >= 1 and max_sizes >= 1")
         if self.pool is not None and self.pool not in POOLS:
-            raise ValueError(f"Packing pool={self.pool!r}: choose one of {', '.join(POOLS)}, or None")
+            raise OptionError(f"Packing pool={self.pool!r}: choose one of {', '.join(POOLS)}, or None")
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"Packing strategy={self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+            raise OptionError(f"Packing strategy={self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
         if self.strategy == "auto" and self.sample is None and self.histogram is None:
-            raise ValueError("Packing strategy='auto' measures on the lengths seen: give sample= or histogram=")
+            raise OptionError("Packing strategy='auto' measures on the lengths seen: give sample= or histogram=")
         if self.sizes is not None and (not self.sizes or min(self.sizes) < 1 or max(self.sizes) != self.max_len):
-            raise ValueError(f"Packing sizes {self.sizes} must be positive and end at max_len {self.max_len}")
+            raise OptionError(f"Packing sizes {self.sizes} must be positive and end at max_len {self.max_len}")
 
 
 @dataclass(frozen=True)

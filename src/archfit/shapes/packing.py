@@ -19,6 +19,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..errors import OptionError
+
 
 @dataclass(frozen=True)
 class Pack:
@@ -37,9 +39,9 @@ def pack(lengths: Sequence[int], capacity: int, max_per_pack: int | None = None,
     lengths = [int(n) for n in lengths]
     bad = next((n for n in lengths if not 1 <= n <= capacity), None)
     if bad is not None:
-        raise ValueError(f"a sequence of length {bad} cannot be packed into rows of {capacity}")
+        raise OptionError(f"a sequence of length {bad} cannot be packed into rows of {capacity}")
     if method not in ("spfhp", "bfd"):
-        raise ValueError(f"packing method {method!r}: choose 'spfhp' or 'bfd'")
+        raise OptionError(f"packing method {method!r}: choose 'spfhp' or 'bfd'")
     limit = max_per_pack or capacity
     packs: list[list[int]] = []
     used: list[int] = []
