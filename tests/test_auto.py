@@ -203,3 +203,24 @@ def test_a_swap_measures_the_host_threads_again_around_the_new_engines(mlp, monk
     model, inputs = mlp
     archfit.trace(model, inputs, "openvino", force_cpu=["aten.gelu"], min_partition_size=1, per_partition=True)
     assert measured == [("openvino", "openvino"), ("openvino", "onnxruntime")]  # by partition index
+
+
+def test_a_candidate_whose_speed_moves_between_rounds_gets_the_second_look():
+    """2.5x apart at the first look, but one of the two moved 5x between its rounds: the first look
+    cannot tell them apart, so they are timed again (an int8 engine on an AMX host did this)."""
+    import itertools
+    import time
+
+    counter, calls = itertools.count(), []
+
+    def moving():  # the first look's second round (its calls 3-5) runs five times slower
+        n = next(counter)
+        calls.append("a")
+        time.sleep(0.005 if 3 <= n < 6 else 0.001)
+
+    def steady():
+        calls.append("b")
+        time.sleep(0.0025)
+
+    ms = settled_ms({"a": moving, "b": steady}, seconds=0.0)
+    assert len(calls) > 18 and set(ms) == {"a", "b"}  # 3 rounds of 3 calls each, then the second look

@@ -149,20 +149,25 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.export.E
 
 
 def _check_eager(model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-    """When eager PyTorch fails on the example inputs, the inputs are what is wrong (an int64
-    tensor for a float model, a wrong shape), not capture or a compile: say that."""
-    from ..errors import ModelError
-
+    """After torch.export failed: when eager PyTorch fails on the example inputs too, the inputs
+    are what is wrong (a wrong shape, a wrong dtype), not capture; say that."""
     try:
         with torch.no_grad():
             model(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - the model's own failure, named with the inputs it got
         flat = pytree.tree_flatten((args, kwargs))[0]
-        given = ", ".join(f"{n} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
-                          for n, t in zip(leaf_names(model, args, kwargs), flat) if isinstance(t, torch.Tensor))
-        raise ModelError(f"{type(model).__name__} fails on its example inputs in eager PyTorch ({type(e).__name__}: "
-                         f"{first_line(e, 200)}); the inputs given: {given}: give example inputs the model takes "
-                         f"(dtype and shape as in use: a float model takes float tensors)") from e
+        names = leaf_names(model, args, kwargs)
+        raise bad_example_inputs(type(model).__name__, [(n, t.shape, t.dtype) for n, t in zip(names, flat)], e) from e
+
+
+def bad_example_inputs(model: str, inputs, error: BaseException):
+    """The one line for a model that fails on its own example inputs in eager PyTorch."""
+    from ..errors import ModelError
+
+    given = ", ".join(f"{n} {tuple(shape)} {str(dtype).removeprefix('torch.')}" for n, shape, dtype in inputs)
+    return ModelError(f"{model} fails on its example inputs in eager PyTorch ({type(error).__name__}: "
+                      f"{first_line(error, 200)}); the inputs given: {given}: give example inputs the model takes "
+                      f"(dtype and shape as in use: a float model takes float tensors)")
 
 
 def _flat_graph_module(ep: torch.export.ExportedProgram) -> fx.GraphModule:
@@ -215,9 +220,6 @@ def capture(model: torch.nn.Module, example_inputs: Any) -> Captured:
         except NotImplementedError:  # modules from torch.export are already inference graphs
             pass
     ep = _export(model, args, kwargs)
-    # export traces with fake tensors, which let an int64 input into a float linear: the eager run
-    # says what is wrong with the example inputs before a compile trips on it
-    _check_eager(model, args, kwargs)
     gm = _flat_graph_module(ep)
     out_spec = ep.call_spec.out_spec
     names = leaf_names(model, args, kwargs)

@@ -16,7 +16,7 @@ from ..errors import CompileError, first_line
 from ..ops import op_name
 from ..targets.base import Engine, Target
 from . import cache
-from .capture import Captured
+from .capture import Captured, bad_example_inputs
 from .cost import is_compute
 from .options import TraceOptions
 from .quantize import digest
@@ -249,7 +249,11 @@ def compile_plan(captured: Captured, plan: PartitionPlan, options: TraceOptions)
     while True:
         gm = split(captured, plan)
         n = len(plan.partitions)
-        boundary = record_partition_inputs(gm, n, captured.example_inputs)
+        try:
+            boundary = record_partition_inputs(gm, n, captured.example_inputs)
+        except Exception as e:  # noqa: BLE001 - export's fake tensors let an int64 input into a float linear
+            raise bad_example_inputs(options.name or "the model", [(s.name, s.shape, s.dtype) for s in captured.inputs],
+                                     e) from e
         references = {i: partition_module(gm, i) for i in range(n)}
         replanned = _compile_partitions(captured, plan, gm, boundary, references, options, engines)
         if replanned is not None:

@@ -69,16 +69,22 @@ def interleaved_ms(calls: dict[Any, Callable[[], object]], seconds: float, round
 def settled_ms(calls: dict[Any, Callable[[], object]], seconds: float, rounds: int = 3, close: float = 0.10,
                second_rounds: int = 6, max_calls: int = 50) -> dict[Any, float]:
     """interleaved_ms, and a second look where it cannot tell: when the runner-up is within `close`
-    of the fastest, those two are timed again, alone, over `second_rounds` more rounds (bursts of
-    the same length, at most `max_calls` calls), and their figures become the median of those
-    rounds' medians. One look of about a second cannot separate engines a few % apart: on VGG16
+    of the fastest, or within the spread of the two's own round medians (a candidate whose speed
+    moves from burst to burst), those two are timed again, alone, over `second_rounds` more rounds
+    (bursts of the same length, at most `max_calls` calls), and their figures become the median of
+    those rounds' medians. One look of about a second cannot separate engines a few % apart: on VGG16
     (2026-12-03) it put onnxruntime at 85.83 ms against openvino's 87.16 and target="auto" chose
-    it, while the two timed alone for 6 rounds of 3 s had openvino ahead."""
-    ms = interleaved_ms(calls, seconds, rounds)
+    it, while the two timed alone for 6 rounds of 3 s had openvino ahead. Nor can it time an engine
+    whose speed moves: all-MiniLM-L6-v2's int8 engine read 26.7 ms against bf16's 37.8 in one
+    look (2026-12-07, an AMX host), where 3 s bursts put int8 at 26.6-37.0 and bf16 at 25.2-27.9."""
+    looks = interleaved_rounds(calls, seconds / rounds, rounds, min_calls=2)
+    per_round = {k: [statistics.median(look[k]) for look in looks] for k in calls}
+    ms = {k: 1e3 * statistics.median([t for look in looks for t in look[k]]) for k in calls}
     if len(ms) < 2:
         return ms
     first, second = sorted(ms, key=ms.get)[:2]
-    if ms[second] > ms[first] * (1 + close):
+    spread = max(max(per_round[k]) / min(per_round[k]) - 1 for k in (first, second))
+    if ms[second] > ms[first] * (1 + max(close, spread)):
         return ms
     looks = interleaved_rounds({k: calls[k] for k in (first, second)}, seconds / rounds, second_rounds,
                                max_calls=max_calls)
