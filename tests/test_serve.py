@@ -167,12 +167,17 @@ class Gate:
         return self.run(items)
 
 
-def test_queue_bound_503_and_a_gone_client_is_dropped(bert_file):
+def _gated(bert_file, max_queue: int) -> tuple[Gate, Running]:
+    """A server of the tiny BERT whose engine calls wait at a Gate the test opens."""
     from archfit.serve import Server, load_models
 
     models = load_models([f"bert={bert_file}"])
     gate = Gate(models["bert"])
-    r = Running(Server(models, max_delay_ms=1, max_queue=2))
+    return gate, Running(Server(models, max_delay_ms=1, max_queue=max_queue))
+
+
+def test_queue_bound_503_and_a_gone_client_is_dropped(bert_file):
+    gate, r = _gated(bert_file, max_queue=2)
     try:
         c = r.client()
         first = c.async_infer("bert", bert_inputs(8)[1])  # taken by the engine, which waits at the gate
@@ -379,11 +384,7 @@ def test_hostile_bodies_get_one_line_400_not_a_500(running):
 
 
 def test_max_queue_bounds_one_request_and_gone_clients_leave_the_count_at_once(bert_file):
-    from archfit.serve import Server, load_models
-
-    models = load_models([f"bert={bert_file}"])
-    gate = Gate(models["bert"])
-    r = Running(Server(models, max_delay_ms=1, max_queue=8))
+    gate, r = _gated(bert_file, max_queue=8)
     try:
         c = r.client()
         # one request larger than the whole queue: refused before it runs, whatever is queued
