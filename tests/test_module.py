@@ -58,3 +58,20 @@ def test_a_model_compiled_whole_calls_its_engine_by_name_without_the_host_graph(
 
     setattr(module.graph_module, "target_0", EngineModule(Zeros(), 0, "openvino", [torch.float32]))
     assert torch.equal(module(x), torch.zeros(4, 32))
+
+
+def test_inputs_in_any_layout_give_the_contiguous_answer():
+    """Strided (an image permuted from HWC), sliced and expanded tensors, as users make them: the
+    engine sees one contiguous copy (made by numpy, targets/base.to_numpy) and answers the same."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 5)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    compiled = archfit.trace(model, (x,), "onnxruntime", check_payoff=False)
+    hwc = x[0].permute(1, 2, 0).contiguous()
+    layouts = {"strided": hwc.permute(2, 0, 1)[None], "sliced": torch.randn(1, 3, 8, 16)[..., ::2],
+               "expanded": torch.randn(1, 1, 8, 8).expand(1, 3, 8, 8)}
+    with torch.no_grad():
+        for name, t in layouts.items():
+            assert not t.is_contiguous()
+            torch.testing.assert_close(compiled(t), compiled(t.contiguous()), atol=0, rtol=0, msg=name)
