@@ -1,13 +1,13 @@
 """Commands that build: analyze, compile (with buckets or for generation) and bench."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from .app import MODEL_HELP, app, emit, fail, progress_line
+from .options import buckets_of, packing_of, read_sets, with_batch
 
 SHAPE_HELP = ("Model files (ONNX, SavedModel, MXNet symbol): NAME=1x3x224x224[:dtype] sets an input's example shape "
               "(repeat per input; MXNet symbols carry no shapes, so each input needs one).")
@@ -48,25 +48,6 @@ def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
     emit(result.to_dict()) if as_json else typer.echo(result.to_text())
     if html is not None:
         write_page(html, result.to_html(), not as_json)
-
-
-def _with_batch(inputs, batch: int, dynamic_batch: bool):
-    """The example with `batch` rows in dim 0 of every tensor (its rows repeated in turn)."""
-    import torch
-    from torch.utils import _pytree as pytree
-
-    from ..errors import InputError
-
-    if not dynamic_batch or batch < 1:
-        raise InputError(f"--batch {batch}: give a positive batch with --dynamic-batch (it sets the batch compiled "
-                         f"for requests of any batch size)")
-
-    def rows(t):
-        if not isinstance(t, torch.Tensor) or t.dim() == 0:
-            return t
-        return t[torch.arange(batch) % t.shape[0]]
-
-    return pytree.tree_map(rows, inputs)
 
 
 # compile's options, named here so that its signature reads as a list
@@ -173,11 +154,11 @@ def compile_(model: str = _MODEL,
                                 not no_cache, as_json, html, compare, accuracy)
     mod, inputs, name = load_model(model, tiny, shape)
     if batch is not None:
-        inputs = _with_batch(inputs, batch, dynamic_batch)
+        inputs = with_batch(inputs, batch, dynamic_batch)
     if pack is not None:
-        spec, packing = None, _packing(pack, pack_rows, pack_output, pool, vary, buckets, lengths, max_buckets)
+        spec, packing = None, packing_of(pack, pack_rows, pack_output, pool, vary, buckets, lengths, max_buckets)
     else:
-        spec, packing = _buckets(vary, buckets, lengths, max_buckets, pad), None
+        spec, packing = buckets_of(vary, buckets, lengths, max_buckets, pad), None
     sets = {k: read_sets(path, mod, inputs, f"--{k}") for k, path in (("calibration", calibration),
                                                                         ("validation", validation)) if path}
     with progress_line(not as_json) as progress:
@@ -208,44 +189,6 @@ def _tell(compiled, output: Path | None, html: Path | None, as_json: bool, line:
     typer.echo(line)
     if output is not None:
         typer.echo(f"saved {output} ({output.stat().st_size / 2**20:.1f} MiB)")
-
-
-def read_sets(path: Path, model, example, what: str) -> list:
-    """Input sets from files, structured like the example inputs: an .npz whose arrays are named
-    by input (as `archfit inspect` and reports name them) and stacked over the sets, or a folder of
-    .npz files holding one set each."""
-    import numpy as np
-    import torch
-    from torch.utils import _pytree as pytree
-
-    from ..core.capture import leaf_names, normalize_inputs
-    from ..errors import InputError
-
-    args, kwargs = normalize_inputs(example)
-    leaves, spec = pytree.tree_flatten((args, kwargs))
-    names = leaf_names(model, args, kwargs) if isinstance(model, torch.nn.Module) else list(kwargs)
-    files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
-    if not files or not all(f.is_file() for f in files):
-        raise InputError(f"{what} {path}: no .npz file there")
-    sets = []
-    for f in files:
-        try:
-            with np.load(f, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as e:
-            raise InputError(f"{what} {f}: cannot read it as .npz ({type(e).__name__}: {str(e)[:100]})") from None
-        missing = [n for n in names if n not in arrays]
-        if missing:
-            raise InputError(f"{what} {f}: no array named {missing[0]!r}; it holds {', '.join(arrays) or 'none'}, "
-                             f"the model takes {', '.join(names)}")
-        stacked = path.is_file()  # one file: every array stacked over the sets
-        count = len(arrays[names[0]]) if stacked else 1
-        for i in range(count):
-            flat = [torch.from_numpy(np.ascontiguousarray(arrays[n][i] if stacked else arrays[n])).to(leaf.dtype)
-                    for n, leaf in zip(names, leaves)]
-            a, kw = pytree.tree_unflatten(flat, spec)
-            sets.append(kw if not a else a)
-    return sets
 
 
 def _compare(mod, compiled, inputs) -> tuple[dict | None, str]:
@@ -315,71 +258,6 @@ def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, sou
                f"same tokens: {'yes' if same else 'NO'}")
     _tell(compiled, output, html, as_json, summary,
           {"greedy_ms": {"eager": eager_ms, "compiled": compiled_ms} if compare else None, "same_tokens": same})
-
-
-def _read_lengths(lengths: Path) -> dict:
-    """--lengths FILE: a JSON list of sizes seen ({"sample": ...}) or a histogram ({"histogram": ...})."""
-    from ..errors import InputError
-
-    if lengths.stat().st_size > 64 * 2**20:
-        raise InputError(f"--lengths {lengths}: over 64 MiB; give a histogram ({{\"counts\": [...]}}) instead")
-    data = json.loads(lengths.read_text())
-    if isinstance(data, list):
-        return {"sample": tuple(int(x) for x in data)}
-    start = int(data.get("lengths_start_at", 1))
-    return {"histogram": (0.0,) * (start - 1) + tuple(float(x) for x in data["counts"])}
-
-
-def _packing(max_len: int, rows: int, outputs: list, pool, vary: list, sizes: str | None, lengths: Path | None,
-             max_sizes: int):
-    """--pack and its options as an archfit.Packing."""
-    from .. import Packing
-    from ..errors import ArchfitError, InputError, first_line
-
-    if vary:
-        raise InputError("--pack makes its own row lengths: give --buckets or --lengths for them, not --vary")
-    try:
-        kw = {"sizes": tuple(sorted({int(x) for x in sizes.split(",")} | {max_len}))} if sizes else {}
-        if lengths is not None:
-            kw |= _read_lengths(lengths)
-        return Packing(max_len, rows, outputs=tuple(outputs) or None, pool=pool, max_sizes=max_sizes, **kw)
-    except ArchfitError:  # archfit's own one line (OptionError) as it is
-        raise
-    except (ValueError, OSError, KeyError, TypeError, AttributeError, RecursionError) as e:
-        raise InputError(f"packing options: {type(e).__name__}: {first_line(e, 200)}") from None
-
-
-def _buckets(vary: list, sizes: str | None, lengths: Path | None, max_buckets: int, pad: list):
-    """--vary/--buckets/--lengths/--pad as an archfit.Buckets (None when nothing varies)."""
-    from .. import Buckets
-    from ..errors import ArchfitError, InputError, first_line
-
-    if not vary:
-        if sizes or lengths or pad:
-            raise InputError("--buckets, --lengths and --pad need --vary NAME:DIM naming the input dims that vary")
-        return None
-    dims, pad_values = {}, {}
-    for item in vary:
-        name, _, dim = item.rpartition(":")
-        if not name or not dim.lstrip("-").isdigit():
-            raise InputError(f"--vary {item!r} must be NAME:DIM, e.g. input_ids:1")
-        dims[name] = int(dim)
-    for item in pad:
-        name, _, value = item.partition("=")
-        try:
-            pad_values[name] = float(value)
-        except ValueError:
-            raise InputError(f"--pad {item!r} must be NAME=NUMBER") from None
-    if (sizes is None) == (lengths is None):
-        raise InputError("with --vary, give either --buckets SIZES or --lengths FILE")
-    try:
-        if sizes is not None:
-            return Buckets(dims, sizes=tuple(int(x) for x in sizes.split(",")), pad_values=pad_values)
-        return Buckets(dims, max_buckets=max_buckets, pad_values=pad_values, **_read_lengths(lengths))
-    except ArchfitError:  # archfit's own one line (OptionError) as it is
-        raise
-    except (ValueError, OSError, KeyError, TypeError, AttributeError, RecursionError) as e:
-        raise InputError(f"bucket options: {type(e).__name__}: {first_line(e, 200)}") from None
 
 
 @app.command("bench")
