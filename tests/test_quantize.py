@@ -187,3 +187,15 @@ def test_cli_compiles_int8_from_npz_sets(trained, tmp_path):
     r = cli("compile", f"{tmp_path / 'mlp.py'}:build", "-t", "onnxruntime", "--precision", "int8", "--calibration",
             str(tmp_path / "val" / "000.npz"), "--no-compare")  # no validation set: refused before compiling
     assert r.returncode == 1 and "shipped only after passing a task gate on a validation set" in r.stderr
+
+
+def test_calibration_and_validation_sets_given_as_generators_are_read_once(trained):
+    """A generator runs dry after one pass; trace reads the sets more than once (calibration per
+    attempt of accuracy control, the validation set per candidate), so it holds them as a list."""
+    model, example, calibration, validation = trained
+    outlier = _with_outlier_channel(model)  # accuracy control reads both sets again
+    compiled = _int8(outlier, example, (c for c in calibration), (v for v in validation), "onnxruntime")
+    q = compiled.report.quantization
+    assert "32 input set(s)" in q.calibration and q.float_layers and compiled.report.validation.ok
+    (metric,) = [m for m in compiled.report.validation.metrics if m.label == "validation set"]
+    assert metric.size == 32

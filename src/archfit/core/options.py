@@ -60,7 +60,9 @@ class TraceOptions:
                             f"{', '.join(sorted(names))}")
         if "force_cpu" in keywords:
             keywords["force_cpu"] = tuple(keywords["force_cpu"])
-        return dataclasses.replace(options or cls(), **keywords)
+        made = dataclasses.replace(options or cls(), **keywords)
+        return dataclasses.replace(made, validation_inputs=_held(made.validation_inputs),
+                                   calibration=_held(made.calibration))
 
     def resolved(self) -> "TraceOptions":
         """The target as a Target, the precision as one it computes in here, the gate as an
@@ -90,6 +92,17 @@ class TraceOptions:
     def say(self, message: str) -> None:
         if self.progress is not None:
             self.progress(message)
+
+
+def _held(sets: Any) -> Any:
+    """Input sets given as any iterable (a generator, a DataLoader), read once into a list: trace
+    reads them more than once (every candidate of target="auto", every attempt of accuracy
+    control), and a generator runs dry after the first."""
+    import torch
+
+    if sets is None or isinstance(sets, (torch.Tensor, dict, tuple, list)) or not hasattr(sets, "__iter__"):
+        return sets
+    return list(sets)
 
 
 _NO_CALIBRATION = ("precision='int8' is calibrated on inputs like those it will see: pass calibration= (an input set "
