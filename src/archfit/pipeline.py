@@ -61,6 +61,8 @@ class Analysis:
             raise ArchfitError("this analysis holds no model to compile; call archfit.trace(model, inputs, ...)")
         opts = TraceOptions.of(**({"name": self.model} | options | {"target": target}))
         module = _trace(self.module, self.example_inputs, opts, self)
+        if self.imported is not None and self.imported.text is not None:
+            module.text = self.imported.text.fitted(module.longest())
         if self.imported is not None and self.imported.foreign:
             return to_source_framework(module, self.imported, opts.validate)
         return module
@@ -115,14 +117,16 @@ def _estimate(captured: Captured, plan: PartitionPlan, target: Target, precision
     return estimate_latency(captured.graph_module, plan, target.chip, precision, host_ms)
 
 
-def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str | Target] = DEFAULT_TARGETS, *,
+def analyze(model: torch.nn.Module, example_inputs: Any = None, targets: Sequence[str | Target] = DEFAULT_TARGETS, *,
             precision: str | None = None, force_cpu: Iterable[str] = (),
-            min_partition_size: int | None = None, name: str | None = None) -> Analysis:
+            min_partition_size: int | None = None, name: str | None = None, task: str | None = None,
+            length: int | None = None) -> Analysis:
     """Fit report per target without compiling anything. A model that cannot be captured whole
     is analysed per compiled region, with its host regions listed (see archfit.regions).
     model: a torch.nn.Module, an ONNX model (path or ModelProto) or a TensorFlow/Keras model
-    (keras.Model, tf.function with an input signature, SavedModel directory); see frontends."""
-    imported = import_model(model, example_inputs)
+    (keras.Model, tf.function with an input signature, SavedModel directory); see frontends; or a
+    Hugging Face / sentence-transformers directory, read for `task` at `length` tokens (see trace)."""
+    imported = import_model(model, example_inputs, task, length)
     model, example_inputs = imported.module, imported.inputs
     name = name or imported.name
     captured, why = capture_fixed(model, example_inputs)
@@ -149,7 +153,7 @@ def analyze(model: torch.nn.Module, example_inputs: Any, targets: Sequence[str |
                     **kept)
 
 
-def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target | None = None, *,
+def trace(model: torch.nn.Module, example_inputs: Any = None, target: str | Target | None = None, *,
           options: TraceOptions | None = None, **keywords) -> ArchfitModule:
     """Compile `model` for `target` at the example inputs' shapes; returns an nn.Module that
     takes the same inputs and returns the same output structure as `model`.
@@ -188,13 +192,20 @@ def trace(model: torch.nn.Module, example_inputs: Any, target: str | Target | No
 
     ONNX and TensorFlow/Keras models (see analyze) are imported into the same graph, validated
     against their own framework's outputs too, and the module returned takes and gives arrays.
+
+    A Hugging Face or sentence-transformers directory (`model` its path; `example_inputs` may be
+    left out) is read for `task` (Optimum's names; default from its config's architectures), its
+    example inputs made by its own tokenizer at `length` tokens (default 128). The module returned
+    carries the tokenizer: module(texts) gives the task's answers, module.encode(texts) embeddings.
     """
     if target is not None:
         keywords["target"] = target
     options = TraceOptions.of(options, **keywords)
-    imported = import_model(model, example_inputs)
+    imported = import_model(model, example_inputs, options.task, options.length)
     options = dataclasses.replace(options, name=options.name or imported.name)
     module = _trace(imported.module, imported.inputs, options)
+    if imported.text is not None:
+        module.text = imported.text.fitted(module.longest())
     return to_source_framework(module, imported, options.validate) if imported.foreign else module
 
 

@@ -26,6 +26,7 @@ from . import container
 from .host_program import DTYPES, HostProgram, graph_from_json, graph_to_json
 
 MAX_INPUTS = 4096
+TOKENIZER = "text/tokenizer.json"
 MAX_RANK = 16
 
 
@@ -142,6 +143,9 @@ def save(module: ArchfitModule, path: str | os.PathLike) -> Path:
     }
     if module.frontend is not None:  # an imported model: its input names and output type, plain data
         manifest["frontend"] = module.frontend.to_dict()
+    if module.text is not None:  # compiled from a directory: its tokenizer (JSON data) and task
+        manifest["text"] = module.text.to_dict()
+        files[TOKENIZER] = module.text.tokenizer.encode()
     return container.write(path, manifest, files)
 
 
@@ -342,6 +346,10 @@ def _load(path: Path, manifest: dict, blobs: dict[str, bytes], model) -> Archfit
                   for name, c in manifest["components"].items()}
     module = kind.from_file(components, manifest["meta"], manifest, model, str(path))
     module.frontend = _frontend(path, manifest.get("frontend"))
+    if "text" in manifest:
+        from ..text.io import TextIO
+
+        module.text = TextIO.from_file(manifest["text"], blobs.get(TOKENIZER), str(path))
     return module
 
 

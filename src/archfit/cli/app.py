@@ -20,7 +20,11 @@ app.add_typer(cache_app, name="cache")
 
 MODEL_HELP = ("A built-in model name (see `archfit models`), path/to/file.py:function returning "
               "(model, example_inputs), a torch.export program saved as .pt2, an ONNX file (.onnx) or a "
-              "TensorFlow SavedModel directory (open dims: batch 1, length 128 unless --vary/--buckets set them).")
+              "TensorFlow SavedModel directory (open dims: batch 1, length 128 unless --vary/--buckets set them), or a "
+              "Hugging Face / sentence-transformers directory (its tokenizer makes the example inputs; see --task).")
+TASK_HELP = ("Hugging Face directories: the task (feature-extraction, fill-mask, text-classification, "
+             "token-classification, question-answering; default: from config.json's architectures).")
+LENGTH_HELP = "Hugging Face directories: tokens in the example inputs (default 128, or the model's limit)."
 
 
 def fail(err: Exception) -> None:

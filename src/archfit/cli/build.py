@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import MODEL_HELP, app, emit, fail, progress_line
+from .app import LENGTH_HELP, MODEL_HELP, TASK_HELP, app, emit, fail, progress_line
 from .options import buckets_of, packing_of, read_sets, with_batch
 
 SHAPE_HELP = ("Model files (ONNX, SavedModel, MXNet symbol): NAME=1x3x224x224[:dtype] sets an input's example shape "
@@ -34,6 +34,8 @@ def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
             tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
             shape: List[str] = typer.Option([], "--shape", help=SHAPE_HELP),
             html: Optional[Path] = typer.Option(None, "--html", help=HTML_HELP),
+            task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
+            length: Optional[int] = typer.Option(None, "--length", help=LENGTH_HELP),
             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Fit report per target, without compiling."""
     from .. import analyze as run_analyze
@@ -43,7 +45,7 @@ def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
 
     if html is not None:
         check_output_path(html)
-    mod, inputs, name = load_model(model, tiny, shape)
+    mod, inputs, name = load_model(model, tiny, shape, task, length)
     result = run_analyze(mod, inputs, targets=target, precision=precision, force_cpu=force_cpu, name=name)
     emit(result.to_dict()) if as_json else typer.echo(result.to_text())
     if html is not None:
@@ -102,6 +104,8 @@ _PER_PARTITION = typer.Option(False, "--per-partition",
     help="Also compile each partition on every other real target and keep, "
          "per partition, the one the whole model measures fastest with.")
 _AS_JSON = typer.Option(False, "--json", help="Machine-readable output.")
+_TASK = typer.Option(None, "--task", help=TASK_HELP)
+_LENGTH = typer.Option(None, "--length", help=LENGTH_HELP)
 _CALIBRATION = typer.Option(None, "--calibration", help="int8: input sets to calibrate on: an .npz of arrays named "
                             "by input, each stacked over the sets ([sets, ...]), or a folder of .npz files, one set each.")
 _VALIDATION = typer.Option(None, "--validation", help="Input sets to validate on (as --calibration); with --accuracy, "
@@ -141,25 +145,30 @@ def compile_(model: str = _MODEL,
              per_partition: bool = _PER_PARTITION,
              calibration: Optional[Path] = _CALIBRATION,
              validation: Optional[Path] = _VALIDATION,
+             task: Optional[str] = _TASK,
+             length: Optional[int] = _LENGTH,
              as_json: bool = _AS_JSON):
     """Compile for a target, validate against eager PyTorch, compare latency, optionally save."""
     from .. import save, trace
     from ..artifact.container import check_output_path
-    from .models import load_model
+    from ..text import Directory
+    from .models import load_model, torch_module
 
     for path in filter(None, (output, html)):  # before any work: a bad path found after a long compile loses it
         check_output_path(path)
     if generate:
         return _compile_seq2seq(model, tiny, output, target, precision, source_buckets, max_new_tokens, num_beams,
                                 not no_cache, as_json, html, compare, accuracy)
-    mod, inputs, name = load_model(model, tiny, shape)
+    mod, inputs, name = load_model(model, tiny, shape, task, length)
     if batch is not None:
         inputs = with_batch(inputs, batch, dynamic_batch)
+    if buckets and not vary and isinstance(mod, Directory):  # a directory's token inputs vary in length
+        vary = [f"{n}:1" for n in mod.text.inputs]
     if pack is not None:
         spec, packing = None, packing_of(pack, pack_rows, pack_output, pool, vary, buckets, lengths, max_buckets)
     else:
         spec, packing = buckets_of(vary, buckets, lengths, max_buckets, pad), None
-    sets = {k: read_sets(path, mod, inputs, f"--{k}") for k, path in (("calibration", calibration),
+    sets = {k: read_sets(path, torch_module(mod), inputs, f"--{k}") for k, path in (("calibration", calibration),
                                                                         ("validation", validation)) if path}
     with progress_line(not as_json) as progress:
         compiled = trace(mod, inputs, target=target, precision=precision, force_cpu=force_cpu,
@@ -170,7 +179,7 @@ def compile_(model: str = _MODEL,
                          validation_inputs=sets.get("validation"))
     if output is not None:
         save(compiled, output)
-    latency, line = _compare(mod, compiled, inputs) if compare else (None, "latency: not compared (--no-compare)")
+    latency, line = _compare(torch_module(mod), compiled, inputs) if compare else (None, "latency: not compared (--no-compare)")
     _tell(compiled, output, html, as_json, line, {"latency_ms": latency})
 
 
@@ -271,13 +280,15 @@ def bench_(model: str = typer.Argument(..., help=MODEL_HELP + " Or a file writte
            seconds: float = typer.Option(1.0, help="Seconds each arm runs per round (the matmul peak is measured "
                                                    "for twice that)."),
            tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
+           task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
+           length: Optional[int] = typer.Option(None, "--length", help=LENGTH_HELP),
            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """archfit against eager PyTorch and the other ways to run the model, side by side."""
     import torch
 
     from .. import load
     from . import bench
-    from .models import load_model
+    from .models import load_model, torch_module
 
     if model.endswith(".archfit"):
         module = load(model)
@@ -287,8 +298,8 @@ def bench_(model: str = typer.Argument(..., help=MODEL_HELP + " Or a file writte
                     (module.precision, lambda: (lambda: module(*args, **kwargs)))}
         flops, peaks = 0, {"fp32": float("nan"), "bf16": float("nan")}  # no model here to count or compare
     else:
-        mod, inputs, _name = load_model(model, tiny)
-        mod.eval()
+        mod, inputs, _name = load_model(model, tiny, task=task, length=length)
+        mod = torch_module(mod).eval()
         builders = bench.arms(mod, inputs, targets=target, precisions=precision, peers=peers,
                               accuracy=declared_gate(model))
         flops = bench.model_flops(mod, inputs)

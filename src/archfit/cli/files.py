@@ -46,8 +46,13 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
                                                      "differently)."),
         batch_file: Optional[Path] = typer.Option(None, "--batch-file", help="Packed files: JSON lines, one sequence "
                                                   "per line ({\"input_ids\": [...], ...} or a list of ids); "
-                                                  "outputs are written per output name, in line order.")):
-    """Run a saved model on inputs from files; writes one file per output."""
+                                                  "outputs are written per output name, in line order."),
+        text: List[str] = typer.Option([], "--text", help="Files compiled from a directory with a tokenizer: a text "
+                                                          "to answer (repeatable); prints one JSON line per text."),
+        text_file: Optional[Path] = typer.Option(None, "--text-file", help="As --text: one text per line of this "
+                                                                            "file.")):
+    """Run a saved model on inputs from files; writes one file per output. Files that carry a
+    tokenizer take texts (--text, --text-file) and print the task's answers."""
     from .. import load
     from ..errors import InputError
     from .models import load_model
@@ -64,6 +69,8 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
         attach_to, example, _name = load_model(model, tiny)
     module = load(file, model=attach_to)
     module.check_finite = check_finite
+    if text or text_file is not None:
+        return _run_texts(module, file, list(text), text_file)
     ids = module.take_torch_tensors()  # an ONNX/TF/MXNet model: run gives torch tensors by name
     given = {k: v.long() if k in ids else v for k, v in given.items()}
     if module.takes == "generation":
@@ -74,6 +81,26 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
         raise InputError(f"{file} is {module.kind}: give its sequences with --batch-file FILE, one per line")
     args, kwargs = _call_inputs(module, given, attach_to, example)
     _write_outputs(module(*args, **kwargs), output_dir, fmt)
+
+
+def _run_texts(module, file: Path, texts: list[str], text_file: Path | None) -> None:
+    """One JSON line per text: the text and its answer (an embedding, a label and its score, ...)."""
+    from ..errors import InputError
+    from ..text.io import plain
+
+    if module.text is None:
+        raise InputError(f"{file} takes tensors (-i NAME=PATH): it was not compiled from a directory with a tokenizer")
+    if text_file is not None:
+        try:
+            texts += [line.rstrip("\n") for line in text_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"--text-file {text_file}: {e}") from None
+    for start in range(0, len(texts), 256):  # answers printed as they come, memory bounded
+        chunk = texts[start:start + 256]
+        for t, answer in zip(chunk, module.answer(chunk)):
+            answer = plain(answer)
+            typer.echo(json.dumps({"text": t} | (answer if isinstance(answer, dict) else
+                                                 {module.text.answer_name: answer})))
 
 
 def _import_modules(names: list[str]) -> None:
@@ -214,6 +241,12 @@ def _describe(file: Path, manifest: dict) -> list[str]:
                                                                       f"known to this archfit; upgrade archfit)"]
     lines.append(f"engines: {len(manifest['engines'])} ({', '.join(e['module'] for e in manifest['engines'])})")
     lines.append(f"custom ops needed at load: {', '.join(manifest['custom_ops']) or 'none'}")
+    text = manifest.get("text")
+    if isinstance(text, dict):
+        what = "sentence embeddings" if text.get("embedding") else text.get("task")
+        lines.append(f"text in: {what}, its tokenizer carried, texts up to {text.get('max_length')} tokens "
+                     f"({'longer ones cut' if text.get('truncate') else 'longer ones refused'}): "
+                     f"archfit run --text, archfit serve takes BYTES")
     return lines
 
 

@@ -12,9 +12,20 @@ from ..core.source import from_traceback
 from ..errors import ModelError, first_line
 
 
-def load_model(spec: str, tiny: bool = False, shapes: list[str] | tuple = ()) -> tuple[torch.nn.Module, Any, str]:
+def load_model(spec: str, tiny: bool = False, shapes: list[str] | tuple = (), task: str | None = None,
+               length: int | None = None) -> tuple[torch.nn.Module, Any, str]:
     """Returns (model, example_inputs, display name). The model is a torch.nn.Module, or an ONNX
-    path / SavedModel directory / Keras model that archfit.trace imports (see frontends)."""
+    path / SavedModel directory / Keras model that archfit.trace imports (see frontends), or a
+    Hugging Face / sentence-transformers directory read for `task` (text.Directory: trace
+    attaches its tokenizer to what it compiles; torch_module(model) is the module itself)."""
+    from ..text import is_directory, read_directory
+
+    if is_directory(spec):
+        d = read_directory(spec, task, length)
+        return d, d.inputs, d.name
+    if task is not None or length is not None:
+        raise ModelError(f"--task and --length are for Hugging Face directories; {spec!r} is not one (no "
+                         f"config.json or modules.json in it)")
     if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
         path, func = spec.rsplit(":", 1)
         if not os.path.isfile(path):
@@ -45,6 +56,13 @@ def load_model(spec: str, tiny: bool = False, shapes: list[str] | tuple = ()) ->
         return spec, example_inputs_for(spec, _shapes(shapes)), os.path.basename(spec.rstrip("/"))
     model, inputs = zoo.build(spec, tiny=tiny)
     return model, inputs, spec + (" (tiny)" if tiny else "")
+
+
+def torch_module(model):
+    """The torch module behind what load_model returned (a directory's task model; others as they are)."""
+    from ..text import Directory
+
+    return model.module if isinstance(model, Directory) else model
 
 
 def _shapes(specs) -> dict[str, tuple[list[int], str | None]]:

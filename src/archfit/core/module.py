@@ -87,6 +87,8 @@ class ArchfitModule(torch.nn.Module):
         self.frontend: CallAdapter | None = None
         # target="auto" / precision="auto": every candidate with its time or why it was left out
         self.alternatives: tuple = ()
+        # compiled from a directory with a tokenizer: texts in, the task's answers out (text/io.py)
+        self.text = None
 
     def take_torch_tensors(self) -> tuple[str, ...]:
         """Take torch tensors by name from now on, as `archfit run` and `archfit serve` give them,
@@ -97,9 +99,36 @@ class ArchfitModule(torch.nn.Module):
         return ids
 
     def __call__(self, *args, **kwargs):
+        if self.text is not None and len(args) == 1 and not kwargs and _texts(args[0]):
+            answers = self.answer([args[0]] if _one_text(args[0]) else list(args[0]))
+            return answers[0] if _one_text(args[0]) else answers
         if self.frontend is None:
             return super().__call__(*args, **kwargs)
         return self.frontend.call(super().__call__, args, kwargs)
+
+    def answer(self, texts) -> list:
+        """The task's answer per text (module(texts) does the same): an embedding, a label with
+        its score, token labels, the masked tokens' candidates or an answer span."""
+        from ..text.io import run_texts
+
+        if self.text is None:
+            raise InputError("this module takes tensors: it was not compiled from a directory with a tokenizer")
+        return run_texts(self, texts)
+
+    def encode(self, texts):
+        """Embeddings of `texts` as one float32 array (rows in order), as SentenceTransformer.encode."""
+        import numpy as np
+
+        if self.text is None or not self.text.embedding:
+            raise InputError("encode() is for sentence encoders compiled from a sentence-transformers directory; "
+                             "call module(texts) for this model's answers")
+        one = isinstance(texts, str)
+        out = np.stack(self.answer([texts] if one else list(texts)))
+        return out[0] if one else out
+
+    def longest(self) -> int | None:
+        """The most positions along the varying (sequence) dim a call takes; None where nothing varies."""
+        return None
 
     @property
     def check_finite(self) -> bool:
@@ -173,6 +202,16 @@ class ArchfitModule(torch.nn.Module):
         return f"target={self.target!r}, precision={self.precision!r}{emulated}"
 
 
+def _one_text(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, tuple) and len(value) == 2
+                                      and all(isinstance(v, str) for v in value))
+
+
+def _texts(value) -> bool:
+    """A text, a (question, context) pair, or a list of them: what a text front takes."""
+    return _one_text(value) or (isinstance(value, list) and bool(value) and all(_one_text(v) for v in value))
+
+
 def check_values(spec: TensorSpec, value: torch.Tensor, finite: bool) -> None:
     """Values a compiled engine would answer silently and wrongly: ids outside the embedding
     table (eager PyTorch raises; an engine reads another row), and, when asked, NaN or Inf
@@ -233,6 +272,10 @@ class CompiledModule(ArchfitModule):
     @classmethod
     def describe_component(cls, entry: dict) -> list[str]:
         return ["buckets: none (fixed shapes)"]
+
+    def longest(self) -> int | None:
+        shape = self.inputs[0].shape if self.inputs else ()
+        return shape[1] if len(shape) > 1 else None
 
     def check(self, flat: list) -> None:
         for spec, value in zip(self.inputs, flat):

@@ -48,6 +48,10 @@ class TraceOptions:
     # validation measured and reported but not deciding: a detector's regions under a whole-model task
     # gate (their outputs are raw box offsets and logits, where bf16's elementwise error says little)
     report_only: bool = False
+    # a Hugging Face / sentence-transformers directory: its task (Optimum's names; default from its
+    # config) and the tokens of the example inputs its tokenizer makes (default 128)
+    task: str | None = None
+    length: int | None = None
 
     @classmethod
     def of(cls, options: "TraceOptions | None" = None, **keywords) -> "TraceOptions":

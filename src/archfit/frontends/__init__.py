@@ -46,6 +46,7 @@ class Imported:
     id_inputs: tuple[str, ...] = ()  # token ids the source framework takes as floats (MXNet): cast on call
     # the source framework's own outputs (flat, numpy) for a feed {input name: array}
     reference: Callable[[dict[str, np.ndarray]], list[np.ndarray]] | None = None
+    text: Any = None  # a directory's text front (text/io.py TextIO), attached to what is compiled
 
     @property
     def foreign(self) -> bool:
@@ -62,10 +63,18 @@ def _is_onnx(model: Any) -> bool:
     return type(model).__name__ == "ModelProto" and type(model).__module__.startswith("onnx")
 
 
-def import_model(model: Any, example_inputs: Any) -> Imported:
-    """PyTorch modules pass through; ONNX files/protos and TensorFlow/Keras models are imported."""
+def import_model(model: Any, example_inputs: Any, task: str | None = None, length: int | None = None) -> Imported:
+    """PyTorch modules pass through; ONNX files/protos and TensorFlow/Keras models are imported;
+    a Hugging Face or sentence-transformers directory is read for `task` (text/directory.py),
+    its example inputs made by its tokenizer at `length` tokens unless given."""
     if isinstance(model, torch.nn.Module):
         return Imported(model, example_inputs, type(model).__name__, "pytorch")
+    from ..text.directory import Directory, is_directory, read_directory
+
+    if is_directory(model) or isinstance(model, Directory):
+        d = model if isinstance(model, Directory) else read_directory(model, task, length)
+        return Imported(d.module, d.inputs if example_inputs is None else example_inputs, d.name, "pytorch",
+                        text=d.text)
     from ..errors import ModelError
     from .tensorflow import is_tensorflow
 

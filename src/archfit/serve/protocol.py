@@ -24,6 +24,18 @@ HEADER = "inference-header-content-length"
 MAX_RANK, MAX_DIM = 16, 2**31 - 1  # a tensor a request may declare, at most (torch's own limits are larger)
 
 
+class Strings(list):
+    """A BYTES tensor: its elements decoded as UTF-8 text, flat, with the shape it was sent in
+    (texts for a file that carries a tokenizer)."""
+
+    def __init__(self, values, shape):
+        super().__init__(values)
+        self.shape = tuple(shape)
+
+
+MAX_TEXT_BYTES = 1 << 20  # one element of a BYTES input, at most
+
+
 class RequestError(InputError):
     """A request the server cannot take; answered with 400 and this line."""
 
@@ -57,14 +69,17 @@ def _tensor(entry: dict, index: int, raw: memoryview | None, offset: int,
     if len(shape) > MAX_RANK or any(d > MAX_DIM for d in shape):
         raise RequestError(f"input {name!r}: shape {str(shape)[:80]} has more than {MAX_RANK} dims or a dim over "
                            f"{MAX_DIM}")
-    if dt not in DTYPES:
-        raise RequestError(f"input {name!r}: datatype {dt!r} is not one archfit serves "
-                           f"({', '.join(DTYPES)}); BYTES tensors need a tokenizer in front of the model")
-    dtype, numel = DTYPES[dt], 1
+    if dt not in DTYPES and dt != "BYTES":
+        raise RequestError(f"input {name!r}: datatype {dt!r} is not one archfit serves ({', '.join(DTYPES)}, and "
+                           f"BYTES for files that carry a tokenizer)")
+    numel = 1
     for d in shape:
         numel *= d
     params = entry.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if dt == "BYTES":
+        return _strings(name, shape, numel, entry.get("data"), size, raw, offset)
+    dtype = DTYPES[dt]
     if size is not None:
         nbytes = numel * dtype.itemsize
         if raw is None:
@@ -84,6 +99,37 @@ def _tensor(entry: dict, index: int, raw: memoryview | None, offset: int,
     if t.numel() != numel:
         raise RequestError(f"input {name!r}: 'data' holds {t.numel()} values, shape {shape} takes {numel}")
     return name, t.reshape(shape), offset
+
+
+def _strings(name: str, shape: list, numel: int, data, size, raw: memoryview | None,
+             offset: int) -> tuple[str, Strings, int]:
+    """A BYTES input: JSON strings, or binary elements each a 4-byte little-endian length then its bytes."""
+    if size is not None:
+        if raw is None or type(size) is not int or size < 0 or offset + size > len(raw):
+            raise RequestError(f"input {name!r}: binary_data_size {size!r} does not fit the body's binary data")
+        chunk, values, at = raw[offset:offset + size], [], 0
+        while at < len(chunk):
+            n = int.from_bytes(chunk[at:at + 4], "little") if at + 4 <= len(chunk) else -1
+            if n < 0 or at + 4 + n > len(chunk) or n > MAX_TEXT_BYTES:
+                raise RequestError(f"input {name!r}: BYTES element {len(values)} runs past its binary data")
+            values.append(bytes(chunk[at + 4:at + 4 + n]))
+            at += 4 + n
+        offset += size
+    else:
+        if data is None:
+            raise RequestError(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+        values = list(data) if isinstance(data, list) else [data]
+        while any(isinstance(v, list) for v in values):
+            values = [x for v in values for x in (v if isinstance(v, list) else [v])]
+        if not all(isinstance(v, str) and len(v) <= MAX_TEXT_BYTES for v in values):
+            raise RequestError(f"input {name!r}: datatype BYTES takes strings in 'data'")
+    if len(values) != numel:
+        raise RequestError(f"input {name!r}: {len(values)} BYTES elements, shape {shape} takes {numel}")
+    try:
+        texts = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+    except UnicodeDecodeError:
+        raise RequestError(f"input {name!r}: a BYTES element is not UTF-8 text") from None
+    return name, Strings(texts, shape), offset
 
 
 def _has_bool(data) -> bool:
@@ -172,11 +218,23 @@ def decode(body: bytes, header_length: str | None) -> InferRequest:
                         params)
 
 
+def _bytes_entry(name: str, values: Strings, binary: bool, chunks: list) -> dict:
+    entry = {"name": name, "datatype": "BYTES", "shape": list(values.shape)}
+    if not binary:
+        return entry | {"data": list(values)}
+    data = b"".join(len(b).to_bytes(4, "little") + b for b in (v.encode() for v in values))
+    chunks.append(data)
+    return entry | {"parameters": {"binary_data_size": len(data)}}
+
+
 def encode(model: str, request: InferRequest, outputs: dict[str, torch.Tensor]) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers; outputs asked as binary follow the JSON."""
     wanted = request.outputs if request.outputs is not None else {k: request.binary for k in outputs}
     entries, chunks = [], []
     for name, binary in wanted.items():
+        if isinstance(outputs[name], Strings):
+            entries.append(_bytes_entry(name, outputs[name], binary, chunks))
+            continue
         t = outputs[name].detach().contiguous()
         entry = {"name": name, "datatype": datatype(t.dtype), "shape": list(t.shape)}
         if binary:

@@ -133,6 +133,31 @@ class Servable:
     def run(self, items: list[Item]) -> tuple[list[dict[str, torch.Tensor]], BatchStats]:
         raise NotImplementedError
 
+    def fixed_length(self) -> int | None:
+        """The length every row must have (a static module's), or None where lengths vary."""
+        shape = self.inputs[0].shape if self.inputs else ()
+        return shape[1] if len(shape) > 1 and shape[1] >= 0 else None
+
+    def run_items(self, items: list[Item]) -> list[dict[str, torch.Tensor]]:
+        """Answers for `items` in order, run as the batcher would group them: by key, each engine
+        call filled up to the budget (texts in Python and in a server's text requests)."""
+        answers: list = [None] * len(items)
+        groups: dict[Any, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault(it.key, []).append(i)
+        for indices in groups.values():
+            start = 0
+            while start < len(indices):
+                end, filled = start, 0
+                while end < len(indices) and (end == start or filled + self.cost(items[indices[end]]) <= self.budget):
+                    filled += self.cost(items[indices[end]])
+                    end += 1
+                out, _stats = self.run([items[i] for i in indices[start:end]])
+                for i, o in zip(indices[start:end], out):
+                    answers[i] = o
+                start = end
+        return answers
+
 
 class StaticServable(Servable):
     """One static-shape module: requests of exactly the compiled shapes, one per engine call."""
@@ -366,11 +391,16 @@ class Seq2SeqServable(Servable):
         return out, BatchStats("all", sum(it.rows for it in items), self.capacity, len(items), len(items))
 
 
-def servable(name: str, module: ArchfitModule) -> Servable:
-    """The adapter for a loaded module, by its kind, or one line saying why it cannot be served."""
+def servable(name: str, module: ArchfitModule, text: bool = True) -> Servable:
+    """The adapter for a loaded module, by its kind, or one line saying why it cannot be served; a
+    module that carries a tokenizer takes texts (serve/text.py) unless `text` is off."""
     module.take_torch_tensors()  # files of ONNX/TF/MXNet models: the protocol gives tensors by name, ids as ints
     adapter = ADAPTERS.get(module.kind)
     if adapter is None:
         raise InputError(f"model {name!r}: a {module.kind!r} file cannot be served on its own (it runs inside the "
                          f"user's model code); serve a file traced whole, with buckets, packing or generation")
+    if text and module.text is not None:
+        from .text import TextServable
+
+        return TextServable(name, module, adapter(name, module))
     return adapter(name, module)

@@ -191,6 +191,9 @@ class BucketedModule(ArchfitModule):
                                          "ideal_speedup": c.ideal_speedup}
         return super().page() | {"buckets": {"rows": rows, "choice": choice, "batch": self.batch}}
 
+    def longest(self) -> int | None:
+        return self.sizes[-1] if self.padding.dims else self.buckets[str(self.sizes[-1])].longest()
+
     def summary(self) -> str:
         """Bucket table, chosen boundaries and their expected gain, as text lines."""
         lines = []

@@ -44,6 +44,9 @@ class DynamicModule(ArchfitModule):
     def high(self) -> int:
         return self.inputs[0].shape[1]
 
+    def longest(self) -> int | None:
+        return self.high
+
     def _check(self, given: dict) -> int:
         names = [s.name for s in self.inputs]
         if sorted(given) != sorted(names):

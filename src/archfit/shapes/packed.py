@@ -347,6 +347,9 @@ class PackedModule(ArchfitModule):
             f"{str(p.get('strategy'))[:20]}, outputs {str(p.get('outputs'))[:120]}, pool {str(p.get('pool'))[:20]} "
             f"(archfit run FILE --batch-file seqs.jsonl -d out/)"]
 
+    def longest(self) -> int | None:
+        return self.spec.max_len
+
     def summary(self) -> str:
         s = self.spec
         how = {"pack": f"packed rows ({s.method}, look-ahead {s.lookahead})", "buckets": "buckets (one sequence per row)",

@@ -1,0 +1,128 @@
+"""Models as users hold them: a sentence-transformers directory and Hugging Face directories
+(built offline by tests/directories.py) compiled with their tokenizer; texts in, answers out, in
+Python, `archfit run --text` and `archfit serve` (BYTES tensors, tritonclient), equal to
+SentenceTransformer.encode and to transformers' own outputs."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import archfit
+from conftest import Running, cli
+from directories import SENTENCES, hf_directory, st_directory
+
+LONG = " ".join(["the happy dog runs on the road"] * 12)  # 86 tokens: over the 48 the directory takes
+
+
+def cosine(a, b):
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+@pytest.fixture(scope="module")
+def st_dir(tmp_path_factory):
+    return st_directory(tmp_path_factory.mktemp("st") / "encoder")
+
+
+@pytest.fixture(scope="module")
+def reference(st_dir):
+    """SentenceTransformer(DIR).encode: the embeddings a compiled file must give."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(st_dir), device="cpu")
+    return lambda texts: model.encode(texts, convert_to_numpy=True)
+
+
+@pytest.fixture(scope="module")
+def bucketed_file(st_dir, tmp_path_factory):
+    """The directory compiled by the CLI with buckets (its token inputs vary, found from the
+    directory), saved once for the Python, CLI and server tests."""
+    out = tmp_path_factory.mktemp("files") / "encoder.archfit"
+    r = cli("compile", str(st_dir), "--buckets", "16,48", "-o", str(out), "--no-compare")
+    assert r.returncode == 0, r.stderr
+    assert "buckets over input_ids[1], attention_mask[1], token_type_ids[1]: 16, 48" in r.stdout
+    return out
+
+
+def test_loaded_file_encodes_as_sentence_transformers_does(bucketed_file, reference):
+    module = archfit.load(bucketed_file)
+    texts = SENTENCES + [LONG]  # the long one cut to 48 tokens, as sentence-transformers' max_seq_length does
+    got, want = module.encode(texts), reference(texts)
+    assert got.shape == want.shape == (len(texts), 32)
+    assert cosine(got, want).min() > 0.9999
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)  # Normalize kept
+    assert np.allclose(module("she reads"), got[3], atol=1e-6)  # one text: one answer
+    assert np.allclose(module.encode("she reads"), got[3], atol=1e-6)
+
+
+def test_cli_run_prints_one_embedding_per_text(bucketed_file, reference, tmp_path):
+    lines = tmp_path / "texts.txt"
+    lines.write_text("a dog runs fast on the road\n\nshe reads\n")
+    r = cli("run", str(bucketed_file), "--text", SENTENCES[0], "--text-file", str(lines))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["text"] for row in rows] == [SENTENCES[0], "a dog runs fast on the road", "she reads"]
+    got = np.array([row["embedding"] for row in rows])
+    assert cosine(got, reference([row["text"] for row in rows])).min() > 0.9999
+    r = cli("inspect", str(bucketed_file))
+    assert "text in: sentence embeddings, its tokenizer carried, texts up to 48 tokens" in r.stdout
+
+
+def test_server_answers_bytes_texts_with_their_embeddings(bucketed_file, reference):
+    import tritonclient.http as http
+
+    from archfit.serve.app import Server, load_models
+
+    running = Running(Server(load_models([f"encoder={bucketed_file}"]), max_delay_ms=1))
+    try:
+        client = running.client()
+        meta = client.get_model_metadata("encoder")
+        assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        assert meta["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 32]}]
+        for binary in (True, False):
+            texts = SENTENCES[:3] + [LONG]
+            given = http.InferInput("text", [len(texts)], "BYTES")
+            given.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_), binary_data=binary)
+            got = client.infer("encoder", [given]).as_numpy("embedding")
+            assert cosine(got, reference(texts)).min() > 0.9999
+        status, body, _ = running.post("/v2/models/encoder/infer", json.dumps(
+            {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [1]}]}).encode())
+        assert status == 400 and "datatype BYTES takes strings" in body.decode()
+    finally:
+        running.stop()
+
+
+def test_text_classification_gives_labels_with_scores(tmp_path):
+    """A directory's default task from its config (BertForSequenceClassification), id2label kept."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = hf_directory(tmp_path / "clf", "text-classification", num_labels=3,
+                          id2label={0: "negative", 1: "neutral", 2: "positive"})
+    module = archfit.trace(str(folder), target="openvino", length=16, check_payoff=False)
+    answers = module(SENTENCES[:2])
+    eager = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    for text, answer in zip(SENTENCES[:2], answers):
+        enc = module.text.encode([text])[0]
+        feed = module.text.feed(enc, 16)
+        with torch.no_grad():
+            p = torch.softmax(eager(**feed).logits[0], -1)
+        assert answer["label"] == ["negative", "neutral", "positive"][int(p.argmax())]
+        assert abs(answer["score"] - float(p.max())) < 1e-4
+        assert set(answer["scores"]) == {"negative", "neutral", "positive"}
+    path = archfit.save(module, tmp_path / "clf.archfit")
+    again = archfit.load(path)(SENTENCES[0])
+    assert again["label"] == answers[0]["label"] and again["scores"] == pytest.approx(answers[0]["scores"], abs=1e-6)
+
+
+def test_directory_errors_are_one_line(tmp_path, st_dir):
+    folder = hf_directory(tmp_path / "plain")
+    r = cli("analyze", str(folder), "--task", "summarize")
+    assert r.returncode == 1 and "task 'summarize' is not one archfit reads from a directory" in r.stderr
+    r = cli("analyze", str(st_dir), "--task", "fill-mask")
+    assert r.returncode == 1 and "is a sentence-transformers directory: its task is feature-extraction" in r.stderr
+    (folder / "modules.json").write_text(json.dumps([{"path": "", "type": "sentence_transformers.models.Transformer"},
+                                                     {"path": "x", "type": "sentence_transformers.models.LSTM"}]))
+    r = cli("analyze", str(folder))
+    assert r.returncode == 1 and "lists a 'LSTM' module; archfit reads Transformer, Pooling, Dense and Normalize" in r.stderr
+    r = cli("analyze", "resnet18", "--task", "fill-mask")
+    assert r.returncode == 1 and "--task and --length are for Hugging Face directories" in r.stderr
