@@ -14,7 +14,8 @@ _LAZY = {
     "TOLERANCES": "core.validate", **{name: "core.accuracy" for name in ("Accuracy", "Classification", "Detection",
                                                                           "Embedding", "Tokens")},
     "Analysis": "pipeline", "TraceOptions": "core.options", "analyze": "pipeline",
-    "trace": "pipeline", "trace_seq2seq": "pipeline", "AttachedModule": "regions", "HostRegion": "regions",
+    "trace": "pipeline", "trace_seq2seq": "pipeline", "map": "corpus", "RowError": "corpus",
+    "AttachedModule": "regions", "HostRegion": "regions",
     "FitReport": "report", "BucketChoice": "shapes", "BucketedModule": "shapes", "Buckets": "shapes",
     "PackedModule": "shapes", "Packing": "shapes",
     "choose_buckets": "shapes", "ChipSpec": "targets", "Engine": "targets", "Target": "targets",
@@ -22,7 +23,7 @@ _LAZY = {
     **{name: "errors" for name in ("ArchfitError", "ArtifactError", "CaptureError", "CompileError", "InputError",
                                    "ModelError", "TargetError", "UnsupportedOpsError", "ValidationError")},
 }
-_SUBPACKAGES = {"artifact", "cli", "core", "regions", "report", "seq2seq", "shapes", "targets", "zoo", "pipeline",
+_SUBPACKAGES = {"artifact", "cli", "corpus", "core", "regions", "report", "seq2seq", "shapes", "targets", "zoo", "pipeline",
                 "errors", "ops"}
 
 
@@ -87,6 +88,7 @@ def __getattr__(name: str):
 if TYPE_CHECKING:  # what the names above are, for type checkers and editors
     from .artifact import load, save  # noqa: F401
     from .core.module import ArchfitModule, CompiledModule  # noqa: F401
+    from .corpus import RowError, map  # noqa: F401
     from .core.accuracy import Accuracy, Classification, Detection, Embedding, Tokens  # noqa: F401
     from .core.validate import TOLERANCES  # noqa: F401
     from .errors import (ArchfitError, ArtifactError, CaptureError, CompileError, InputError,  # noqa: F401

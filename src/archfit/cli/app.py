@@ -1,5 +1,6 @@
 """`archfit` command line: maps commands onto the pipeline, prints one line on error. The
-commands live in build.py (analyze, compile, bench) and files.py (run, generate, inspect)."""
+commands live in build.py (analyze, compile, bench), files.py (run, generate, inspect), corpus.py
+(map) and serving.py (serve)."""
 from __future__ import annotations
 
 import json
@@ -123,7 +124,7 @@ def _interrupted(err: BaseException) -> bool:
 
 def main(argv: Optional[list] = None) -> None:
     try:
-        from . import build, files, serving  # noqa: F401 - their commands register on `app`
+        from . import build, corpus, files, serving  # noqa: F401 - their commands register on `app`
 
         app(args=argv, standalone_mode=True)
     except KeyboardInterrupt:

@@ -158,6 +158,10 @@ class Servable:
                 start = end
         return answers
 
+    def run_all(self, items: list[Item]) -> list[dict[str, torch.Tensor]]:
+        """Answers for every item of a corpus's chunk (archfit map), as the kind batches best."""
+        return self.run_items(items)
+
 
 class StaticServable(Servable):
     """One static-shape module: requests of exactly the compiled shapes, one per engine call."""

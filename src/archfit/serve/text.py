@@ -71,12 +71,15 @@ class TextServable(Servable):
         return out, BatchStats("text", n, self.capacity, sum(it.size for it in items),
                                math.ceil(n / self.capacity) * self.capacity)
 
+    def run_all(self, items):
+        return self.run(items)[0]  # every text of the chunk at once: the inner kind groups them by bucket
+
     def _tensors(self, answers: list) -> dict:
         if self.text.embedding:
             return {"embedding": torch.from_numpy(np.stack(answers))}
         if self.text.task == "text-classification":
             return {"label": Strings([a["label"] for a in answers], (len(answers),)),
                     "score": torch.tensor([a["score"] for a in answers], dtype=torch.float32)}
-        plain = [json.dumps(plain(a)) for a in answers]
-        return {self.text.answer_name: Strings(plain, (len(plain),))}
+        texts = [json.dumps(plain(a)) for a in answers]
+        return {self.text.answer_name: Strings(texts, (len(texts),))}
 
