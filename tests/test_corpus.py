@@ -34,13 +34,13 @@ def read(folder: Path) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
-    """A sentence encoder with buckets and a dynamic batch, compiled once."""
+    """A sentence encoder with buckets and a dynamic batch of 4, compiled once from its directory
+    in Python (test_text.py compiles one on the CLI)."""
     root = tmp_path_factory.mktemp("corpus")
-    out = root / "encoder.archfit"
-    r = cli("compile", str(st_directory(root / "encoder")), "--buckets", "16,48", "--dynamic-batch", "--batch", "4",
-            "-o", str(out), "--no-compare")
-    assert r.returncode == 0, r.stderr
-    return out
+    module = archfit.trace(st_directory(root / "encoder"), buckets=[16, 48], dynamic_batch=True, batch=4)
+    assert module.sizes == (16, 48) and module.batch == 4
+    archfit.save(module, root / "encoder.archfit")
+    return root / "encoder.archfit"
 
 
 @pytest.fixture(scope="module")

@@ -143,3 +143,62 @@ def test_savedmodel_without_serving_signature_says_so(tmp_path):
     done = cli("analyze", str(tmp_path / "nosig"))
     assert done.returncode != 0
     assert "has no 'serving_default' signature" in done.stderr + done.stdout
+
+
+class TwoConvNet(tf.keras.Model):
+    """A keras.Model subclass defined here, as users write them: Conv2D + BatchNormalization twice."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        layers = tf.keras.layers
+        self.conv1, self.norm1 = layers.Conv2D(8, 3, padding="same"), layers.BatchNormalization()
+        self.conv2, self.norm2 = layers.Conv2D(16, 3, padding="same"), layers.BatchNormalization()
+        self.pool, self.head = layers.GlobalAveragePooling2D(), layers.Dense(5)
+
+    def call(self, x, training=False):
+        x = tf.nn.relu(self.norm1(self.conv1(x), training=training))
+        x = tf.nn.relu(self.norm2(self.conv2(x), training=training))
+        return self.head(self.pool(x))
+
+
+def _trained_norms(model, x):
+    model(x)  # built
+    rng = np.random.default_rng(3)
+    for norm in (model.norm1, model.norm2):  # statistics as training leaves them, not the identity
+        gamma, beta, mean, var = norm.get_weights()
+        norm.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.1, beta.shape),
+                          rng.normal(0, 0.1, mean.shape), rng.uniform(0.5, 2, var.shape)])
+    return model
+
+
+def test_keras_subclass_traces_and_reports_its_convolutions():
+    x = np.random.default_rng(0).random((1, 32, 32, 3), "float32")
+    model = _trained_norms(TwoConvNet(), x)
+    compiled = archfit.trace(model, x, "openvino", check_payoff=False)
+    np.testing.assert_allclose(np.asarray(compiled(x)), model(x, training=False).numpy(), atol=1e-4, rtol=1e-4)
+    ops = {s.op: s for s in compiled.report.source_ops}
+    total = sum(s.flops for s in ops.values())
+    # each convolution, its norm folded in, is the Conv2D it was (not an ONNX 'Conv' or the norm's 'TF Mul')
+    assert ops["TF Conv2D"].count == 2 and ops["TF Conv2D"].flops > 0.9 * total, ops
+
+
+def test_keras_and_h5_files_compile_on_the_cli(tmp_path):
+    inputs = tf.keras.Input((16, 16, 3), name="image")
+    x = tf.keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = tf.keras.layers.BatchNormalization()(x)
+    outputs = tf.keras.layers.Dense(3)(tf.keras.layers.GlobalAveragePooling2D()(x))
+    model = tf.keras.Model(inputs, outputs)
+    image = np.random.default_rng(1).random((1, 16, 16, 3), "float32")
+    for name in ("cnn.keras", "cnn.h5"):
+        model.save(tmp_path / name)
+        out = tmp_path / (name + ".archfit")
+        done = cli("compile", str(tmp_path / name), "-o", str(out), "--no-compare")
+        assert done.returncode == 0, done.stderr
+        assert "vs TensorFlow itself" in done.stdout and "TF Conv2D" in done.stdout
+        np.testing.assert_allclose(np.asarray(archfit.load(out)(image)), model(image, training=False).numpy(),
+                                   atol=1e-4, rtol=1e-4)
+    compiled = archfit.trace(str(tmp_path / "cnn.keras"), {"image": image}, "onnxruntime")
+    np.testing.assert_allclose(np.asarray(compiled(image)), model(image, training=False).numpy(), atol=1e-4, rtol=1e-4)
+    (tmp_path / "broken.keras").write_bytes(b"not a zip")
+    done = cli("analyze", str(tmp_path / "broken.keras"))
+    assert done.returncode == 1 and "broken.keras: Keras could not load it" in done.stderr

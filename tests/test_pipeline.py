@@ -490,3 +490,8 @@ def test_misuse_is_one_line_saying_what_to_do(tmp_path):
         assert isinstance(e.value, ValueError) and len(str(e.value).splitlines()) == 1
     with pytest.raises(archfit.ArtifactError, match="is a directory; archfit.load takes the one file archfit.save"):
         archfit.load(tmp_path)
+    quantized = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LSTM(4, 4)),
+                                                       {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8)
+    with pytest.raises(archfit.ModelError, match=r"Sequential has layers torch quantized already: 0 \(Linear\), "
+                                                 r"1 \(LSTM\); .*precision='int8'"):
+        archfit.analyze(quantized, (torch.ones(1, 2, 4),), targets=["openvino"])

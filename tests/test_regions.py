@@ -160,3 +160,36 @@ def test_regions_that_all_stay_in_pytorch_name_the_branch_and_say_so():
     with pytest.raises(CaptureError, match=r"_BranchOnValue: control flow depends on tensor values at .*test_regions\.py:"
                                            r"\d+ .*so it runs as regions, and no region kept a partition on openvino"):
         archfit.trace(_BranchOnValue().eval(), (torch.randn(4, 64),), "openvino", force_cpu=["aten.linear"])
+
+
+class _SelectsRows(torch.nn.Module):
+    """A head after a data-dependent selection, as Keypoint R-CNN's heads after RoI pooling: the
+    head's row count follows the data."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = torch.nn.Sequential(torch.nn.Linear(16, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64))
+        self.head = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8))
+
+    def forward(self, x):
+        h = self.backbone(x)
+        if h.mean() > 10:  # a branch on a value: the model runs as regions
+            h = h * 2
+        return self.head(h[h[:, 0] > 0])
+
+
+def test_a_region_whose_input_size_follows_the_data_stays_on_the_host():
+    torch.manual_seed(0)
+    model = _SelectsRows().eval()
+    x = torch.randn(64, 16)
+    compiled = archfit.trace(model, (x,), "openvino", check_payoff=False)
+    assert compiled.plan.regions == ("backbone",)
+    host = {h.module: h.reason for h in compiled.plan.host}
+    assert "its input shapes depend on the data" in host["_SelectsRows.head"], host
+    for seed in (1, 2, 3):  # other inputs keep other row counts: answered, not refused
+        other = torch.randn(64, 16, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            want = model(other)
+        got = compiled(other)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -196,13 +196,17 @@ def trace(model: torch.nn.Module, example_inputs: Any = None, target: str | Targ
     A Hugging Face or sentence-transformers directory (`model` its path; `example_inputs` may be
     left out) is read for `task` (Optimum's names; default from its config's architectures), its
     example inputs made by its own tokenizer at `length` tokens (default 128). The module returned
-    carries the tokenizer: module(texts) gives the task's answers, module.encode(texts) embeddings.
+    carries the tokenizer: module(texts) gives the task's answers, module.encode(texts) embeddings;
+    `buckets` may then be plain sizes (the token inputs' length varies over them), `batch` the
+    example's rows (with dynamic_batch, the rows of one engine call).
     """
     if target is not None:
         keywords["target"] = target
     options = TraceOptions.of(options, **keywords)
-    imported = import_model(model, example_inputs, options.task, options.length)
+    imported = import_model(model, example_inputs, options.task, options.length, options.batch)
     options = dataclasses.replace(options, name=options.name or imported.name)
+    if imported.text is not None and options.buckets is not None and not isinstance(options.buckets, Buckets):
+        options = dataclasses.replace(options, buckets=imported.text.buckets(options.buckets))  # sizes: token dims
     module = _trace(imported.module, imported.inputs, options)
     if imported.text is not None:
         module.text = imported.text.fitted(module.longest())

@@ -49,9 +49,11 @@ class TraceOptions:
     # gate (their outputs are raw box offsets and logits, where bf16's elementwise error says little)
     report_only: bool = False
     # a Hugging Face / sentence-transformers directory: its task (Optimum's names; default from its
-    # config) and the tokens of the example inputs its tokenizer makes (default 128)
+    # config), the tokens of the example inputs its tokenizer makes (default 128) and their rows
+    # (default 1; with dynamic_batch, the rows of one engine call)
     task: str | None = None
     length: int | None = None
+    batch: int | None = None
 
     @classmethod
     def of(cls, options: "TraceOptions | None" = None, **keywords) -> "TraceOptions":

@@ -22,7 +22,11 @@ aten = torch.ops.aten
 _HEAVY = {aten.mm, aten.bmm, aten.addmm, aten.baddbmm, aten.matmul, aten.linear, aten.convolution,
           aten._convolution, aten.conv1d, aten.conv2d, aten.conv3d, aten.conv_transpose1d, aten.conv_transpose2d,
           aten.conv_transpose3d, aten.scaled_dot_product_attention, aten.einsum, aten.embedding_bag,
-          aten._embedding_bag}
+          aten._embedding_bag,
+          # recurrent layers are matmuls in a loop: a host holding a GRU (a text classifier whose
+          # embedding and head fit the target) ran 2x slower than eager when timing noise gave it one thread
+          aten.gru, aten.lstm, aten.rnn_tanh, aten.rnn_relu, aten.gru_cell, aten.lstm_cell, aten.rnn_tanh_cell,
+          aten.rnn_relu_cell}
 
 
 def light_host(gm: torch.nn.Module) -> bool:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..core.module import CallAdapter
+from .tensorflow import is_keras_file
 
 FRAMEWORKS = ("pytorch", "onnx", "tensorflow", "mxnet")
 
@@ -63,16 +64,18 @@ def _is_onnx(model: Any) -> bool:
     return type(model).__name__ == "ModelProto" and type(model).__module__.startswith("onnx")
 
 
-def import_model(model: Any, example_inputs: Any, task: str | None = None, length: int | None = None) -> Imported:
+def import_model(model: Any, example_inputs: Any, task: str | None = None, length: int | None = None,
+                 batch: int | None = None) -> Imported:
     """PyTorch modules pass through; ONNX files/protos and TensorFlow/Keras models are imported;
     a Hugging Face or sentence-transformers directory is read for `task` (text/directory.py),
     its example inputs made by its tokenizer at `length` tokens unless given."""
     if isinstance(model, torch.nn.Module):
+        refuse_quantized(model)
         return Imported(model, example_inputs, type(model).__name__, "pytorch")
     from ..text.directory import Directory, is_directory, read_directory
 
     if is_directory(model) or isinstance(model, Directory):
-        d = model if isinstance(model, Directory) else read_directory(model, task, length)
+        d = model if isinstance(model, Directory) else read_directory(model, task, length, batch or 1)
         return Imported(d.module, d.inputs if example_inputs is None else example_inputs, d.name, "pytorch",
                         text=d.text)
     from ..errors import ModelError
@@ -121,6 +124,26 @@ def _import_tensorflow(model: Any, example_inputs: Any) -> Imported:
     inputs = {n: as_torch(v) for n, v in source.feed.items()}
     return Imported(module, inputs, source.name, "tensorflow", tuple(source.input_names),
                     outputs_as=source.outputs_as, reference=source.reference)
+
+
+def refuse_quantized(model: torch.nn.Module) -> None:
+    """A model torch already quantized (quantize_dynamic's Linear/LSTM, as easyocr does on the
+    CPU; static quantized layers) holds packed int8 parameters that torch.export cannot capture:
+    refused in one line naming those layers, before capture fails somewhere inside them."""
+    from ..errors import ModelError
+
+    found: list[tuple[str, str]] = []
+    for name, m in model.named_modules():
+        inside = any(name.startswith(f + ".") for f, _ in found)  # a quantized layer's own packed parameters
+        if not inside and type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized",
+                                                         "torch.ao.nn.intrinsic.quantized")):
+            found.append((name or type(model).__name__, type(m).__name__))
+    if found:
+        listed = ", ".join(f"{n} ({kind})" for n, kind in found[:5]) + (f" and {len(found) - 5} more"
+                                                                         if len(found) > 5 else "")
+        raise ModelError(f"{type(model).__name__} has layers torch quantized already: {listed}; archfit quantizes "
+                         f"float models itself: pass the model before quantize_dynamic/convert and "
+                         f"precision='int8' (CLI --precision int8), which calibrates and gates on your inputs")
 
 
 def _ort_reference(proto) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
@@ -265,6 +288,18 @@ def example_inputs_for(path: str, shapes: dict | None = None, batch: int = 1, le
             t = i.type.tensor_type
             dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
             specs.append((i.name, dims, NP_DTYPES[t.elem_type]))
+    elif is_keras_file(path):
+        from .tensorflow import declared_inputs, load_keras_file
+
+        declared = declared_inputs(load_keras_file(path))
+        if declared is None:  # a subclass saved whole: its inputs are whatever it was called with
+            if not shapes:
+                raise ModelError(f"{path}: a subclassed Keras model declares no input shapes; give each input one "
+                                 f"with --shape (input_0=1x3x224x224, ...)")
+            specs = [(name, dims, np.dtype(dtype or "float32")) for name, (dims, dtype) in shapes.items()]
+        else:
+            specs = [(getattr(t, "name", f"input_{i}").split(":")[0], list(t.shape), np.dtype(str(t.dtype)))
+                     for i, t in enumerate(declared)]
     else:
         from .tensorflow import _tf
 
@@ -295,9 +330,9 @@ def example_inputs_for(path: str, shapes: dict | None = None, batch: int = 1, le
 
 
 def is_model_file(spec: str) -> bool:
-    """An ONNX file or a SavedModel directory (what the CLI takes besides the zoo and .py files)."""
+    """An ONNX file, a SavedModel directory or a Keras file (what the CLI takes besides the zoo and .py files)."""
     from .tensorflow import is_tensorflow
 
     from .mxnet import is_mxnet
 
-    return _is_onnx(spec) or is_mxnet(spec) or (os.path.isdir(spec) and is_tensorflow(spec))
+    return _is_onnx(spec) or is_mxnet(spec) or is_keras_file(spec) or (os.path.isdir(spec) and is_tensorflow(spec))

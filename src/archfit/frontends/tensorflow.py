@@ -28,14 +28,50 @@ _OPSET = 17
 _FROZEN_MAX_BYTES = 256 * 2**20
 
 
+KERAS_FILES = (".keras", ".h5", ".hdf5")
+_PACKAGES = ("keras", "tensorflow", "tf_keras")
+
+
+def is_keras_file(path: Any) -> bool:
+    return isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in KERAS_FILES
+
+
 def is_tensorflow(model: Any) -> bool:
     if isinstance(model, (str, os.PathLike)):
-        return Path(model).is_dir() and (Path(model) / "saved_model.pb").is_file()
+        p = Path(model)
+        return (p.is_dir() and (p / "saved_model.pb").is_file()) or (p.is_file() and is_keras_file(p))
     tf = sys.modules.get("tensorflow")  # a TensorFlow object exists only once TensorFlow is imported
     if tf is not None and (isinstance(model, tf.Module) or hasattr(model, "get_concrete_function")):
         return True
-    module = type(model).__module__ or ""
-    return module.split(".")[0] in ("keras", "tensorflow", "tf_keras")
+    # a keras.Model subclass lives in the user's own module: its bases say what it is
+    return any((c.__module__ or "").split(".")[0] in _PACKAGES for c in type(model).__mro__)
+
+
+def _is_keras_model(model: Any) -> bool:
+    return any(getattr(sys.modules.get(m), "Model", None) is not None and isinstance(model, sys.modules[m].Model)
+               for m in ("keras", "tf_keras"))
+
+
+def declared_inputs(model: Any) -> list | None:
+    """A functional Keras model's input tensors; None for a subclass that declares none."""
+    try:
+        return list(model.inputs) or None
+    except (AttributeError, ValueError):  # Keras 3: a subclass has no graph inputs
+        return None
+
+
+def load_keras_file(path: str | os.PathLike) -> Any:
+    """A .keras (Keras 3's zip: config and weights; safe_mode, so no stored lambda runs) or legacy
+    .h5 file as a keras.Model."""
+    _tf()
+    import keras
+
+    try:
+        return keras.models.load_model(str(path), compile=False)
+    except Exception as e:  # noqa: BLE001 - Keras raises many types; one line for the user
+        raise ModelError(f"{path}: Keras could not load it ({first_line(e)}); a subclassed model's class must be "
+                         f"imported first and registered with @keras.saving.register_keras_serializable(), or "
+                         f"pass the model object itself") from e
 
 
 def _tf():
@@ -88,6 +124,8 @@ class TensorFlowSource:
         tf = _tf()
         self.tf = tf
         self.name, self.layers, self.keras = type(model).__name__, [], None
+        if is_keras_file(model):
+            self.name, model = Path(model).stem, load_keras_file(model)
         if isinstance(model, (str, os.PathLike)):
             self.name = Path(model).name
             loaded = tf.saved_model.load(str(model))
@@ -100,14 +138,23 @@ class TensorFlowSource:
             self.call = lambda feed: signature(**{n: tf.convert_to_tensor(feed[n]) for n in names})
             self.input_names = names
             self.fixed_specs = [signature.structured_input_signature[1][n] for n in names]
-        elif hasattr(model, "layers") and hasattr(model, "inputs"):  # keras.Model
+        elif _is_keras_model(model) or (hasattr(model, "layers") and hasattr(model, "inputs")):
             self.layers = [layer.name for layer in model._flatten_layers(include_self=False)]
-            self.input_names = [getattr(t, "name", f"input_{i}").split(":")[0] for i, t in
-                                enumerate(model.inputs)] if model.inputs else None
-            self.call = lambda feed: model([tf.convert_to_tensor(feed[n]) for n in feed] if len(feed) > 1
-                                           else tf.convert_to_tensor(next(iter(feed.values()))), training=False)
-            # the Keras inputs' own shapes: dims left open (batch, sequence) stay open in ONNX
-            self.fixed_specs = [tf.TensorSpec(t.shape, t.dtype, name=n) for t, n in zip(model.inputs, self.input_names)]
+            declared = declared_inputs(model)
+            if declared:  # functional: the Keras inputs' own shapes; dims left open (batch, sequence) stay open in ONNX
+                self.input_names = [getattr(t, "name", f"input_{i}").split(":")[0] for i, t in enumerate(declared)]
+                self.fixed_specs = [tf.TensorSpec(t.shape, t.dtype, name=n) for t, n in zip(declared, self.input_names)]
+                self.call = lambda feed: model([tf.convert_to_tensor(feed[n]) for n in feed] if len(feed) > 1
+                                               else tf.convert_to_tensor(next(iter(feed.values()))), training=False)
+            else:  # a subclass: called as the example is given (one array, a list or a dict), at its shapes
+                self.input_names, self.fixed_specs = None, None
+                shape = "dict" if isinstance(inputs, dict) else "list" if isinstance(inputs, (list, tuple)) else "one"
+
+                def call(feed, shape=shape):
+                    ts = {n: tf.convert_to_tensor(v) for n, v in feed.items()}
+                    given = ts if shape == "dict" else list(ts.values()) if shape == "list" else next(iter(ts.values()))
+                    return model(given, training=False)
+                self.call = call
             self.keras = model
         else:  # a tf.function or a tf.Module whose __call__ is one
             fn = model if hasattr(model, "get_concrete_function") else getattr(model, "__call__", None)
@@ -119,6 +166,8 @@ class TensorFlowSource:
             self.call = lambda feed: fn(*[tf.convert_to_tensor(feed[n]) for n in self.input_names])
             self.fixed_specs = list(specs)
         self.feed = self._feed(inputs)
+        if self.fixed_specs is None:
+            self.fixed_specs = [tf.TensorSpec(v.shape, tf.as_dtype(v.dtype), name=n) for n, v in self.feed.items()]
 
     def _feed(self, inputs: Any) -> dict[str, np.ndarray]:
         if not self.input_names:  # a Keras model that declares no inputs: named as given, or by position
@@ -143,7 +192,7 @@ class TensorFlowSource:
             return self._keras_to_onnx()
         fn = tf.function(lambda *xs: self.call(dict(zip(self.input_names, xs))))
         proto = _convert(tf, fn, specs)
-        self.op_types = _op_types(fn.get_concrete_function(*specs).graph.as_graph_def())
+        self.op_types, self.op_inputs = _op_types(fn.get_concrete_function(*specs).graph.as_graph_def())
         return proto
 
     def _keras_to_onnx(self):
@@ -171,7 +220,7 @@ class TensorFlowSource:
         fn = tf.function(call)
         specs = self.fixed_specs + weight_specs
         proto = _convert(tf, fn, specs)
-        self.op_types = _op_types(fn.get_concrete_function(*specs).graph.as_graph_def())
+        self.op_types, self.op_inputs = _op_types(fn.get_concrete_function(*specs).graph.as_graph_def())
         by_name = {spec.name: v for spec, v in zip(weight_specs, variables)}
         kept = []
         for given in proto.graph.input:
@@ -184,6 +233,20 @@ class TensorFlowSource:
         proto.graph.input.extend(kept)
         return proto
 
+    def _computing(self, node, tf_name: str | None) -> str | None:
+        """The TF op that computes a fused ONNX compute node (a Conv with its bias and a folded
+        BatchNormalization), which tf2onnx names after another op or after none."""
+        ops = _COMPUTE[node.op_type]
+        found = _weights_of(node, ops, self.op_types)
+        if found or not tf_name:
+            return found
+        # named after its last op (a Conv after its BiasAdd): the Conv2D in the same scope
+        scope = tf_name.rsplit("/", 1)[0] + "/"
+        found = next((n for n, t in self.op_types.items() if n.startswith(scope) and "/" not in n[len(scope):]
+                      and t in ops), None)
+        # named after a folded norm's Mul, in the norm's scope: the op upstream in TF's graph
+        return found or _upstream(tf_name, ops, self.op_types, self.op_inputs)
+
     def labels(self, proto) -> dict[str, tuple[str, str]]:
         """ONNX node -> ('TF Conv2D 'model/conv1/Conv2D' (Keras layer conv1)', 'Conv2D')."""
         out = {}
@@ -191,26 +254,47 @@ class TensorFlowSource:
             name = node.name
             tf_name = _tf_op(name, self.op_types)
             op = self.op_types.get(tf_name, node.op_type) if tf_name else node.op_type
-            if tf_name and node.op_type in _COMPUTE and op not in _COMPUTE[node.op_type]:
-                # tf2onnx names a fused node after its last op (a Conv after its BiasAdd): the
-                # op the user wrote is the Conv2D in the same scope
-                scope = tf_name.rsplit("/", 1)[0] + "/"
-                tf_name = next((n for n, t in self.op_types.items() if n.startswith(scope) and "/" not in
-                                n[len(scope):] and t in _COMPUTE[node.op_type]), tf_name)
-                op = self.op_types.get(tf_name, op)
+            if node.op_type in _COMPUTE and op not in _COMPUTE[node.op_type]:
+                tf_name = self._computing(node, tf_name) or tf_name
+                op = self.op_types.get(tf_name, op) if tf_name else op
             layer = _layer(tf_name or name, self.layers)
             label = f"TF {op} {tf_name or name!r}" + (f" (Keras layer {layer})" if layer else "")
             out[name] = (label, op)
         return out
 
 
-def _op_types(graph_def) -> dict[str, str]:
-    """TF node name -> op type, including the nodes of called functions (a SavedModel's serving
-    function calls the model's, which tf2onnx inlines under StatefulPartitionedCall/...)."""
-    types = {n.name: n.op for n in graph_def.node}
-    for function in graph_def.library.function:
-        types.update({n.name: n.op for n in function.node_def})
-    return types
+def _weights_of(node, ops: tuple[str, ...], op_types: dict[str, str]) -> str | None:
+    """The TF op a fused node's weights came from: tf2onnx names a folded weight after it
+    ('model/conv2d/convolution/merged_input')."""
+    for given in node.input:
+        name = given.split(":")[0]
+        while "/" in name:
+            if op_types.get(name) in ops:
+                return name
+            name = name.rsplit("/", 1)[0]
+    return None
+
+
+def _op_types(graph_def) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """TF node name -> op type, and -> its input nodes' names, including the nodes of called
+    functions (a SavedModel's serving function calls the model's, which tf2onnx inlines under
+    StatefulPartitionedCall/...)."""
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    return ({n.name: n.op for n in nodes},
+            {n.name: [i.lstrip("^").split(":")[0] for i in n.input] for n in nodes})
+
+
+def _upstream(tf_name: str, ops: tuple[str, ...], op_types: dict[str, str], op_inputs: dict[str, list[str]],
+              depth: int = 6) -> str | None:
+    """The nearest node of one of `ops` feeding `tf_name` in TF's graph, within `depth` steps."""
+    frontier, seen = [tf_name], {tf_name}
+    for _ in range(depth):
+        frontier = [i for n in frontier for i in op_inputs.get(n, ()) if i not in seen]
+        seen.update(frontier)
+        hit = next((n for n in frontier if op_types.get(n) in ops), None)
+        if hit:
+            return hit
+    return None
 
 
 # ONNX compute ops and the TensorFlow ops they come from

@@ -88,9 +88,35 @@ def _as_inputs(args: tuple, kwargs: dict):
     return dict(kwargs) if kwargs else tuple(args)
 
 
+def _data_dependent(model: torch.nn.Module, args: tuple, kwargs: dict, calls: dict) -> dict[str, str]:
+    """{path: how its input shapes moved} for submodules whose inputs change shape when the data
+    does (a head after RoI pooling gets one row per proposal kept): the model run again on fresh
+    inputs shaped like the example (core.validate.random_like). A region compiled at the example's
+    count would refuse the next image's. A second run that fails says nothing; none is reported."""
+    from ..core.validate import random_like
+
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+    fresh = iter(random_like(tensors, seed=1))
+    args2, kwargs2 = pytree.tree_unflatten([next(fresh) if isinstance(x, torch.Tensor) else x for x in leaves], spec)
+    try:
+        again, _ = _record_calls(model, args2, kwargs2)
+    except Exception:  # noqa: BLE001 - the model's own error on made-up data; the first run stands
+        return {}
+    moved = {}
+    for path, first in calls.items():
+        if path in again and repr(_shapes(first[0])) != repr(_shapes(again[path][0])):
+            a = [s for s in _shapes(first[0]) if isinstance(s, tuple)]
+            b = [s for s in _shapes(again[path][0]) if isinstance(s, tuple)]
+            pair = next(((x[0], y[0]) for x, y in zip(a, b) if x != y), None)
+            moved[path] = f"{list(pair[0])}, then {list(pair[1])}" if pair else "their structure changed"
+    return moved
+
+
 def plan_regions(model: torch.nn.Module, example_inputs: Any, top_reason: CaptureFailure) -> RegionPlan:
     args, kwargs = normalize_inputs(example_inputs)
     calls, flops = _record_calls(model, args, kwargs)
+    moved = _data_dependent(model, args, kwargs, calls)
     total = flops.get("", 0)
     region_flops, graphs, failed = {}, {}, {"": top_reason}
 
@@ -101,8 +127,13 @@ def plan_regions(model: torch.nn.Module, example_inputs: Any, top_reason: Captur
                 continue  # never called, or too small to pay for its own engine
             first = calls[path][0]
             inputs = _as_inputs(*first)
-            captured, why = (None, CaptureFailure("called with positional and keyword tensors")) if inputs is None \
-                else _region(child, inputs, calls[path])
+            if path in moved:  # kept on the host: an engine would hold one data-dependent size
+                captured, why = None, CaptureFailure(f"its input shapes depend on the data ({moved[path]} on "
+                                                     f"another input); a fixed-shape engine would hold one")
+            elif inputs is None:
+                captured, why = None, CaptureFailure("called with positional and keyword tensors")
+            else:
+                captured, why = _region(child, inputs, calls[path])
             if why is None:
                 region_flops[path], graphs[path] = flops.get(path, 0), captured
             else:

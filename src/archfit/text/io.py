@@ -60,6 +60,13 @@ class TextIO:
         """This front for a compiled module whose longest sequence is `longest` tokens."""
         return replace(self, max_length=min(self.max_length, longest or self.max_length))
 
+    def buckets(self, sizes):
+        """Buckets over the token inputs' length (dim 1) at `sizes`, ids padded with the pad id."""
+        from ..shapes import Buckets
+
+        return Buckets({n: 1 for n in self.inputs}, sizes=tuple(int(s) for s in sizes),
+                       pad_values={"input_ids": self.pad_id})
+
     # -- texts to token inputs ----------------------------------------------------------------
     def encode(self, texts: Sequence[Any]) -> list:
         """tokenizers' Encodings of `texts` (strings, or (question, context) pairs for question-answering)."""
