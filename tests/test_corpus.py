@@ -77,6 +77,11 @@ def test_text_corpus_one_process_then_ray_gives_the_same_rows_in_order(text_file
     try:
         summary = map_file(text_file, path, tmp_path / "ray", column="body", keep=["id"], shard_rows=64,
                            ray=RayOptions(actors=2, threads=1))
+        # a Ray Dataset in, a Ray Dataset of answers out
+        mapped = archfit.map(text_file, ray.data.from_items([{"body": t} for t in rows[:6]]), column="body",
+                             actors=1)
+        got = np.stack([r["embedding"] for r in mapped.take_all()])
+        np.testing.assert_allclose(got, want[:6], atol=1e-5)
     finally:
         ray.shutdown()
     assert summary.rows == summary.written == len(rows)
