@@ -193,3 +193,19 @@ def test_a_region_whose_input_size_follows_the_data_stays_on_the_host():
         got = compiled(other)
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_region_called_at_another_size_than_compiled_runs_in_pytorch_and_says_so(monkeypatch):
+    """The safety net behind the check above: a size that planning did not see move."""
+    import archfit.regions.plan as plan
+
+    monkeypatch.setattr(plan, "_data_dependent", lambda *args: {})
+    torch.manual_seed(0)
+    model = _SelectsRows().eval()
+    compiled = archfit.trace(model, (torch.randn(64, 16),), "openvino", check_payoff=False)
+    assert compiled.plan.regions == ("backbone", "head")  # the head, compiled at the example's row count
+    other = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match=r"region head was compiled at input shape \[\d+, 64\], called at \[\d+, 64\]"):
+        got = compiled(other)
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(other), atol=1e-4, rtol=1e-4)

@@ -12,7 +12,7 @@ from torch.utils import _pytree as pytree
 from ..core.accuracy import Accuracy
 from ..core.capture import normalize_inputs
 from ..core.compile import share_cores, shared_copy
-from ..core.module import ArchfitModule
+from ..core.module import ArchfitModule, CompiledModule
 from ..core.validate import (TOLERANCES, InputCheck, Validation, check_gate, compare_outputs, flat_outputs,
                               random_like)
 from ..errors import ArtifactError, ValidationError
@@ -40,6 +40,34 @@ def _set_submodule(root: torch.nn.Module, path: str, module: torch.nn.Module) ->
     parent._modules[name] = module
 
 
+class _Guarded(torch.nn.Module):
+    """A fixed-shape region in the model's tree. A call at other input shapes than it was
+    compiled at (a size that follows the data, which planning did not see move: see
+    plan._data_dependent) runs the submodule in PyTorch, said once per region, instead of
+    failing the whole model's call on one image."""
+
+    def __init__(self, path: str, compiled: "CompiledModule", original: torch.nn.Module):
+        super().__init__()
+        self.path, self.compiled, self.original = path, compiled, original
+        self.shapes = [tuple(spec.shape) for spec in compiled.inputs]
+        self.warned = False
+
+    def forward(self, *args, **kwargs):
+        given = [tuple(t.shape) for t in pytree.tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if given == self.shapes:
+            return self.compiled(*args, **kwargs)
+        if not self.warned:
+            import warnings
+
+            moved = next(((a, b) for a, b in zip(self.shapes, given) if a != b), (self.shapes, given))
+            warnings.warn(f"region {self.path} was compiled at input shape {list(moved[0])}, called at "
+                          f"{list(moved[1])}: this call runs it in PyTorch (its size follows the data; trace with "
+                          f"an example of the size most calls have)",
+                          stacklevel=2)
+            self.warned = True
+        return self.original(*args, **kwargs)
+
+
 class AttachedModule(ArchfitModule):
     """The model with its compiled regions swapped in; the rest of its forward() is its own
     Python, run on the host. Returned by archfit.trace for models that cannot be captured whole.
@@ -56,7 +84,9 @@ class AttachedModule(ArchfitModule):
         self.model = shared_copy(model)
         self.model.eval()
         for path, compiled in regions.items():
-            _set_submodule(self.model, path, compiled)
+            original = self.model.get_submodule(path)
+            _set_submodule(self.model, path, _Guarded(path, compiled, original)
+                           if isinstance(compiled, CompiledModule) else compiled)
         share_cores(self)  # the model's own Python (e.g. NMS) computes between the regions' engine calls
         self.regions = dict(regions)
         self.plan = plan
