@@ -189,3 +189,32 @@ def test_ctrl_c_while_importing_is_one_line():
     p.send_signal(signal.SIGINT)
     _out, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "Traceback" not in err and err.count("\n") <= 1, err
+
+
+def test_library_names_take_random_or_given_weights(tmp_path):
+    """torchvision:NAME and timm:NAME: the architecture users know, random weights or --weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from archfit.cli.library import load_library_model
+
+    model, inputs, name = load_library_model("torchvision:mobilenet_v3_small")
+    assert name == "torchvision:mobilenet_v3_small (random weights)" and inputs[0].shape == (1, 3, 224, 224)
+    state = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": state}, tmp_path / "w.pt")
+    for weights in ("w.safetensors", "w.pt"):
+        loaded, _, _ = load_library_model("torchvision:mobilenet_v3_small", str(tmp_path / weights))
+        assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())
+    timm_model, timm_inputs, _ = load_library_model("timm:resnet18")
+    assert timm_model(*timm_inputs).shape == (1, 1000)
+    r = run("analyze", "torchvision:mobilenet_v3_small", "--weights", str(tmp_path / "w.safetensors"), "-t", "inf1")
+    assert r.returncode == 0, r.stderr
+    assert "mobilenet_v3_small" in r.stdout
+    for args, message in ((["torchvision:resnet_18"], "torchvision has no model 'resnet_18' (close names: resnet18"),
+                          (["timm:resnet18", "--weights", str(tmp_path / "w.safetensors")],
+                           "does not fit timm:resnet18: missing"),
+                          (["mlp-custom-op", "--weights", str(tmp_path / "w.pt")],
+                           "--weights is for torchvision:NAME and timm:NAME models")):
+        r = run("analyze", *args)
+        assert r.returncode == 1 and message in r.stderr, r.stderr

@@ -22,10 +22,13 @@ app.add_typer(cache_app, name="cache")
 MODEL_HELP = ("A built-in model name (see `archfit models`), path/to/file.py:function returning "
               "(model, example_inputs), a torch.export program saved as .pt2, an ONNX file (.onnx) or a "
               "TensorFlow SavedModel directory (open dims: batch 1, length 128 unless --vary/--buckets set them), or a "
-              "Hugging Face / sentence-transformers directory (its tokenizer makes the example inputs; see --task).")
+              "Hugging Face / sentence-transformers directory (its tokenizer makes the example inputs; see --task), a "
+              "Keras .keras/.h5 file, or torchvision:NAME / timm:NAME (see --weights).")
 TASK_HELP = ("Hugging Face directories: the task (feature-extraction, fill-mask, text-classification, "
              "token-classification, question-answering; default: from config.json's architectures).")
 LENGTH_HELP = "Hugging Face directories: tokens in the example inputs (default 128, or the model's limit)."
+WEIGHTS_HELP = ("torchvision:NAME and timm:NAME: a state dict to load (.safetensors, or a torch file read with "
+                "weights_only=True); default: random weights.")
 
 
 def fail(err: Exception) -> None:

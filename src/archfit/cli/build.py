@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import LENGTH_HELP, MODEL_HELP, TASK_HELP, app, emit, fail, progress_line
+from .app import LENGTH_HELP, MODEL_HELP, TASK_HELP, WEIGHTS_HELP, app, emit, fail, progress_line
 from .options import buckets_of, packing_of, read_sets, with_batch
 
 SHAPE_HELP = ("Model files (ONNX, SavedModel, MXNet symbol): NAME=1x3x224x224[:dtype] sets an input's example shape "
@@ -36,6 +36,7 @@ def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
             html: Optional[Path] = typer.Option(None, "--html", help=HTML_HELP),
             task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
             length: Optional[int] = typer.Option(None, "--length", help=LENGTH_HELP),
+            weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Fit report per target, without compiling."""
     from .. import analyze as run_analyze
@@ -45,7 +46,7 @@ def analyze(model: str = typer.Argument(..., help=MODEL_HELP),
 
     if html is not None:
         check_output_path(html)
-    mod, inputs, name = load_model(model, tiny, shape, task, length)
+    mod, inputs, name = load_model(model, tiny, shape, task, length, weights)
     result = run_analyze(mod, inputs, targets=target, precision=precision, force_cpu=force_cpu, name=name)
     emit(result.to_dict()) if as_json else typer.echo(result.to_text())
     if html is not None:
@@ -147,6 +148,7 @@ def compile_(model: str = _MODEL,
              validation: Optional[Path] = _VALIDATION,
              task: Optional[str] = _TASK,
              length: Optional[int] = _LENGTH,
+             weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
              as_json: bool = _AS_JSON):
     """Compile for a target, validate against eager PyTorch, compare latency, optionally save."""
     from .. import save, trace
@@ -159,7 +161,7 @@ def compile_(model: str = _MODEL,
     if generate:
         return _compile_seq2seq(model, tiny, output, target, precision, source_buckets, max_new_tokens, num_beams,
                                 not no_cache, as_json, html, compare, accuracy)
-    mod, inputs, name = load_model(model, tiny, shape, task, length)
+    mod, inputs, name = load_model(model, tiny, shape, task, length, weights)
     if batch is not None:
         inputs = with_batch(inputs, batch, dynamic_batch)
     if buckets and not vary and isinstance(mod, Directory):  # a directory's token inputs vary in length
@@ -282,6 +284,7 @@ def bench_(model: str = typer.Argument(..., help=MODEL_HELP + " Or a file writte
            tiny: bool = typer.Option(False, help="Use the tiny variant of a built-in model."),
            task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
            length: Optional[int] = typer.Option(None, "--length", help=LENGTH_HELP),
+           weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """archfit against eager PyTorch and the other ways to run the model, side by side."""
     import torch
@@ -298,7 +301,7 @@ def bench_(model: str = typer.Argument(..., help=MODEL_HELP + " Or a file writte
                     (module.precision, lambda: (lambda: module(*args, **kwargs)))}
         flops, peaks = 0, {"fp32": float("nan"), "bf16": float("nan")}  # no model here to count or compare
     else:
-        mod, inputs, _name = load_model(model, tiny, task=task, length=length)
+        mod, inputs, _name = load_model(model, tiny, task=task, length=length, weights=weights)
         mod = torch_module(mod).eval()
         builders = bench.arms(mod, inputs, targets=target, precisions=precision, peers=peers,
                               accuracy=declared_gate(model))

@@ -1,4 +1,5 @@
-"""Resolve the MODEL argument of the CLI: a built-in zoo name or `path/to/file.py:function`."""
+"""Resolve the MODEL argument of the CLI: a built-in zoo name, `path/to/file.py:function`, a model
+file or directory, or `torchvision:NAME` / `timm:NAME` (library.py)."""
 from __future__ import annotations
 
 import importlib.util
@@ -13,13 +14,18 @@ from ..errors import ModelError, first_line
 
 
 def load_model(spec: str, tiny: bool = False, shapes: list[str] | tuple = (), task: str | None = None,
-               length: int | None = None) -> tuple[torch.nn.Module, Any, str]:
+               length: int | None = None, weights: str | None = None) -> tuple[torch.nn.Module, Any, str]:
     """Returns (model, example_inputs, display name). The model is a torch.nn.Module, or an ONNX
     path / SavedModel directory / Keras model that archfit.trace imports (see frontends), or a
     Hugging Face / sentence-transformers directory read for `task` (text.Directory: trace
     attaches its tokenizer to what it compiles; torch_module(model) is the module itself)."""
     from ..text import is_directory, read_directory
+    from .library import is_library_model, load_library_model
 
+    if is_library_model(spec):
+        return load_library_model(spec, weights)
+    if weights is not None:
+        raise ModelError(f"--weights is for torchvision:NAME and timm:NAME models; {spec!r} is neither")
     if is_directory(spec):
         d = read_directory(spec, task, length)
         return d, d.inputs, d.name

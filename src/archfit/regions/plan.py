@@ -105,11 +105,14 @@ def _data_dependent(model: torch.nn.Module, args: tuple, kwargs: dict, calls: di
         return {}
     moved = {}
     for path, first in calls.items():
-        if path in again and repr(_shapes(first[0])) != repr(_shapes(again[path][0])):
-            a = [s for s in _shapes(first[0]) if isinstance(s, tuple)]
-            b = [s for s in _shapes(again[path][0]) if isinstance(s, tuple)]
+        if path not in again:
+            continue
+        # tensors only: other leaves (an ImageList, a config object) print their address
+        a = [s for s in _shapes(first[0]) if isinstance(s, tuple)]
+        b = [s for s in _shapes(again[path][0]) if isinstance(s, tuple)]
+        if a != b:
             pair = next(((x[0], y[0]) for x, y in zip(a, b) if x != y), None)
-            moved[path] = f"{list(pair[0])}, then {list(pair[1])}" if pair else "their structure changed"
+            moved[path] = f"{list(pair[0])}, then {list(pair[1])}" if pair else f"{len(a)} tensors, then {len(b)}"
     return moved
 
 
