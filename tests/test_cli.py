@@ -114,18 +114,21 @@ def test_python_file_function_as_model(tmp_path):
 
 
 def test_seq2seq_compile_generate_end_to_end(tmp_path):
+    import torch
+
+    from archfit import zoo
+    model = zoo.build("marian-en-de", tiny=True)[0].model
+    model.save_pretrained(tmp_path / "marian")  # a text2text-generation directory, as users hold one
+    r = run("compile", str(tmp_path / "marian"))
+    assert r.returncode == 1 and "is a text2text-generation model" in r.stderr and "--generate" in r.stderr
     f = tmp_path / "marian.archfit"
     # beams are checked token for token in test_generation.py; here the command line's path, greedy
-    r = run("compile", "marian-en-de", "--tiny", "--generate", "--max-new-tokens", "8", "--num-beams", "1",
+    r = run("compile", str(tmp_path / "marian"), "--generate", "--max-new-tokens", "8", "--num-beams", "1",
             "--source-buckets", "8", "-o", str(f), "--no-compare")
     assert r.returncode == 0, r.stderr
     assert "same tokens: yes" in r.stdout and "not timed (--no-compare)" in r.stdout
     r = run("inspect", str(f))
     assert r.returncode == 0 and "seq2seq generator: source buckets [8]" in r.stdout
-    import torch
-
-    from archfit import zoo
-    model = zoo.build("marian-en-de", tiny=True)[0].model
     r = run("generate", str(f), "--ids", "5,6,7,8,9", "--max-new-tokens", "6")
     assert r.returncode == 0, r.stderr
     want = model.generate(torch.tensor([[5, 6, 7, 8, 9]]), max_new_tokens=6, num_beams=1)

@@ -375,7 +375,10 @@ def trace_seq2seq(model: torch.nn.Module, target="openvino", *, source_buckets=(
     token agrees with eager's); the encoder keeps the elementwise tolerance. Returns a
     Seq2SeqModule whose `generate` takes transformers' arguments."""
     from .seq2seq import DecoderStep, EncodeCross, Seq2SeqModule, check_seq2seq, step_example
+    from .text.directory import is_directory, load_seq2seq
 
+    if is_directory(model):  # a text2text-generation directory on disk
+        model = load_seq2seq(model)
     check_seq2seq(model)
     model = model.eval()
     config = model.config

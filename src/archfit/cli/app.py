@@ -25,7 +25,8 @@ MODEL_HELP = ("A built-in model name (see `archfit models`), path/to/file.py:fun
               "Hugging Face / sentence-transformers directory (its tokenizer makes the example inputs; see --task), a "
               "Keras .keras/.h5 file, or torchvision:NAME / timm:NAME (see --weights).")
 TASK_HELP = ("Hugging Face directories: the task (feature-extraction, fill-mask, text-classification, "
-             "token-classification, question-answering; default: from config.json's architectures).")
+             "token-classification, question-answering; default: from config.json's architectures; "
+             "text2text-generation directories compile with --generate).")
 LENGTH_HELP = "Hugging Face directories: tokens in the example inputs (default 128, or the model's limit)."
 WEIGHTS_HELP = ("torchvision:NAME and timm:NAME: a state dict to load (.safetensors, or a torch file read with "
                 "weights_only=True); default: random weights.")

@@ -241,8 +241,15 @@ def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, sou
     from .models import load_model
     from ..core.timing import median_seconds
 
-    mod, inputs, _name = load_model(model, tiny)
-    hf = getattr(mod, "model", mod)  # the zoo wraps seq2seq models as one decoder step
+    from ..text.directory import is_directory, load_seq2seq
+
+    if is_directory(model):  # a text2text-generation directory: ids drawn over its vocabulary
+        hf = load_seq2seq(model)
+        g = torch.Generator().manual_seed(0)
+        inputs = {"input_ids": torch.randint(4, hf.config.vocab_size - 1, (1, 64), generator=g)}
+    else:
+        mod, inputs, _name = load_model(model, tiny)
+        hf = getattr(mod, "model", mod)  # the zoo wraps seq2seq models as one decoder step
     try:
         buckets = tuple(int(x) for x in source_buckets.split(","))
     except ValueError:

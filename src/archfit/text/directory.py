@@ -25,11 +25,14 @@ TASKS = {
     "text-classification": "AutoModelForSequenceClassification",
     "token-classification": "AutoModelForTokenClassification",
     "question-answering": "AutoModelForQuestionAnswering",
+    "text2text-generation": "AutoModelForSeq2SeqLM",  # compiled by trace_seq2seq (load_seq2seq), not read_directory
 }
+GENERATE = "text2text-generation"
 # the end of an architecture's class name -> its task (BertForMaskedLM -> fill-mask)
 _ARCHITECTURE_TASKS = (("ForSequenceClassification", "text-classification"),
                        ("ForTokenClassification", "token-classification"),
                        ("ForQuestionAnswering", "question-answering"), ("ForMaskedLM", "fill-mask"),
+                       ("ForConditionalGeneration", GENERATE), ("MTModel", GENERATE),
                        ("Model", "feature-extraction"))
 _OUTPUTS = {"feature-extraction": "last_hidden_state", "fill-mask": "logits", "text-classification": "logits",
             "token-classification": "logits"}
@@ -101,6 +104,9 @@ def read_directory(path: str | os.PathLike, task: str | None = None, length: int
     base = root / modules["transformer"] if modules else root
     config = _json(base / "config.json")
     task = _task(root, config, task, sentence=bool(modules))
+    if task == GENERATE:
+        raise ModelError(f"{root} is a {GENERATE} model: it compiles for generation, the loop on the host: "
+                         f"archfit compile DIR --generate, or archfit.trace_seq2seq(DIR)")
     model = _load(base, task)
     tokenizer_json, tok_config = _tokenizer(root, base)
     limit = min(x for x in (getattr(model.config, "max_position_embeddings", None) or 512,
@@ -122,6 +128,22 @@ def read_directory(path: str | os.PathLike, task: str | None = None, length: int
                   embedding=bool(modules))
     inputs = text.example(batch, length, model.config.vocab_size)
     return Directory(wrapper.eval(), inputs, root.resolve().name, text)
+
+
+def directory_task(path: str | os.PathLike, task: str | None = None) -> str:
+    """The task a directory is read for (given, or from its config's architectures)."""
+    root = Path(path)
+    modules = _st_modules(root)
+    config = _json((root / modules["transformer"] if modules else root) / "config.json")
+    return _task(root, config, task, sentence=bool(modules))
+
+
+def load_seq2seq(path: str | os.PathLike) -> torch.nn.Module:
+    """A text2text-generation directory's model (MarianMT, BART, Pegasus, T5), loaded as every
+    directory is: local files only, no code from it."""
+    root = Path(path)
+    _task(root, _json(root / "config.json"), GENERATE, sentence=False)
+    return _load(root, GENERATE)
 
 
 def _json(path: Path) -> dict:
