@@ -153,6 +153,17 @@ def test_token_id_rows_and_bad_rows_land_in_the_errors_file(tmp_path):
     assert isinstance(out[3], RowError) and out[3].row == 3 and out[0]["last_hidden_state"].shape == (3, 64)
 
 
+def test_packed_file_packs_rows_of_any_length_up_to_its_row(tmp_path):
+    packed = archfit.load(Path(__file__).parent / "data" / "files" / "v4" / "packed.archfit")  # rows of 16 tokens
+    g = np.random.default_rng(4)
+    ids = [g.integers(1, 50, n).tolist() for n in (3, 11, 16, 7, 1, 9, 5)]
+    out = list(archfit.map(packed, [{"input_ids": i, "attention_mask": [1] * len(i)} for i in ids], chunk_rows=4))
+    for i, row in zip(ids, out):
+        t = torch.tensor([i])
+        want = packed(input_ids=t, attention_mask=torch.ones_like(t))["last_hidden_state"][0].numpy()
+        np.testing.assert_allclose(row["last_hidden_state"], want, atol=1e-5)
+
+
 def test_array_inputs_from_npz(tmp_path):
     module = archfit.load(BUCKETED)
     ids = np.random.default_rng(1).integers(1, 50, (10, 8))
