@@ -119,6 +119,8 @@ def test_seq2seq_compile_generate_end_to_end(tmp_path):
     from archfit import zoo
     model = zoo.build("marian-en-de", tiny=True)[0].model
     model.save_pretrained(tmp_path / "marian")  # a text2text-generation directory, as users hold one
+    from directories import tokenizer
+    tok = tokenizer(tmp_path / "marian")  # a WordPiece tokenizer within the tiny model's 512 ids
     r = run("compile", str(tmp_path / "marian"))
     assert r.returncode == 1 and "is a text2text-generation model" in r.stderr and "--generate" in r.stderr
     f = tmp_path / "marian.archfit"
@@ -129,6 +131,13 @@ def test_seq2seq_compile_generate_end_to_end(tmp_path):
     assert "same tokens: yes" in r.stdout and "not timed (--no-compare)" in r.stdout
     r = run("inspect", str(f))
     assert r.returncode == 0 and "seq2seq generator: source buckets [8]" in r.stdout
+    assert "text in: text2text-generation, its tokenizer carried, texts up to 8 tokens" in r.stdout
+    r = run("generate", str(f), "--text", "the cat sees a bird", "--text", "a dog", "--max-new-tokens", "5")
+    assert r.returncode == 0, r.stderr
+    source = tok(["the cat sees a bird", "a dog"], padding=True, return_tensors="pt")
+    ids = source["input_ids"].masked_fill(source["attention_mask"] == 0, model.config.pad_token_id)
+    want = model.generate(ids, attention_mask=source["attention_mask"], max_new_tokens=5, num_beams=1)
+    assert r.stdout.splitlines() == tok.batch_decode(want, skip_special_tokens=True)
     r = run("generate", str(f), "--ids", "5,6,7,8,9", "--max-new-tokens", "6")
     assert r.returncode == 0, r.stderr
     want = model.generate(torch.tensor([[5, 6, 7, 8, 9]]), max_new_tokens=6, num_beams=1)

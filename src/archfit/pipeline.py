@@ -377,8 +377,9 @@ def trace_seq2seq(model: torch.nn.Module, target="openvino", *, source_buckets=(
     from .seq2seq import DecoderStep, EncodeCross, Seq2SeqModule, check_seq2seq, step_example
     from .text.directory import is_directory, load_seq2seq
 
-    if is_directory(model):  # a text2text-generation directory on disk
-        model = load_seq2seq(model)
+    directory = model if is_directory(model) else None
+    if directory is not None:  # a text2text-generation directory on disk
+        model = load_seq2seq(directory)
     check_seq2seq(model)
     model = model.eval()
     config = model.config
@@ -403,4 +404,9 @@ def trace_seq2seq(model: torch.nn.Module, target="openvino", *, source_buckets=(
             progress(f"compiling the decoder step for {rows} rows")
         example = step_example(model, rows, encoder.sizes[-1], max_new_tokens, config.decoder_start_token_id)
         steps[rows] = trace(DecoderStep(model), example, target, name="decoder step", accuracy=accuracy, **common)
-    return Seq2SeqModule(encoder, steps, copy.deepcopy(model.generation_config), max_new_tokens, encoder.sizes[-1])
+    module = Seq2SeqModule(encoder, steps, copy.deepcopy(model.generation_config), max_new_tokens, encoder.sizes[-1])
+    if directory is not None:  # its tokenizer, when it has one: texts in, texts out
+        from .text.directory import generation_text
+
+        module.text = generation_text(directory, module.source_len)
+    return module

@@ -258,6 +258,10 @@ def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, sou
         compiled = trace_seq2seq(hf, target, source_buckets=buckets, num_beams=num_beams,
                                  max_new_tokens=max_new_tokens, precision=precision, cache=cache,
                                  progress=progress, accuracy=accuracy)
+    if is_directory(model):  # its tokenizer, when it has one: archfit generate FILE --text
+        from ..text.directory import generation_text
+
+        compiled.text = generation_text(model, compiled.source_len)
     if output is not None:
         save(compiled, output)
     ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs[0]

@@ -192,8 +192,10 @@ def _run_batch_file(module, file: Path, batch_file: Path, output_dir: Path, fmt:
 
 @app.command("generate")
 def generate_(file: Path = typer.Argument(..., help="A file written by `archfit compile --generate -o`."),
-              ids: List[str] = typer.Option(..., "--ids", help="Source token ids, comma-separated; repeat for a "
-                                                               "batch (shorter ones are padded and masked)."),
+              ids: List[str] = typer.Option([], "--ids", help="Source token ids, comma-separated; repeat for a "
+                                                              "batch (shorter ones are padded and masked)."),
+              text: List[str] = typer.Option([], "--text", help="A source text (files compiled from a directory "
+                                                                "with a tokenizer); repeat for a batch."),
               max_new_tokens: Optional[int] = typer.Option(None, help="As in transformers' generate."),
               num_beams: Optional[int] = typer.Option(None, help="As in transformers' generate."),
               num_return_sequences: Optional[int] = typer.Option(None, help="As in transformers' generate.")):
@@ -206,6 +208,14 @@ def generate_(file: Path = typer.Argument(..., help="A file written by `archfit 
     module = load(file)
     if module.takes != "generation":
         raise InputError(f"{file} is not a seq2seq generator (compile with --generate); use `archfit run`")
+    kwargs = {k: v for k, v in dict(max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                    num_return_sequences=num_return_sequences).items() if v is not None}
+    if bool(text) == bool(ids):
+        raise InputError("give the source as --text or as --ids, one of them")
+    if text:
+        for line in module.answer(list(text), **kwargs):
+            typer.echo(line)
+        return
     try:
         rows = [[int(x) for x in line.split(",")] for line in ids]
     except ValueError:
@@ -214,8 +224,6 @@ def generate_(file: Path = typer.Argument(..., help="A file written by `archfit 
     pad = module.generation_config.pad_token_id or 0
     input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    kwargs = {k: v for k, v in dict(max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                    num_return_sequences=num_return_sequences).items() if v is not None}
     out = module.generate(input_ids, attention_mask=mask, **kwargs)
     for row in out.tolist():
         typer.echo(",".join(map(str, row)))
@@ -244,9 +252,10 @@ def _describe(file: Path, manifest: dict) -> list[str]:
     text = manifest.get("text")
     if isinstance(text, dict):
         what = "sentence embeddings" if text.get("embedding") else text.get("task")
+        how = ("archfit generate --text" if str(text.get("task")).endswith("generation")
+               else "archfit run --text, archfit serve takes BYTES")
         lines.append(f"text in: {what}, its tokenizer carried, texts up to {text.get('max_length')} tokens "
-                     f"({'longer ones cut' if text.get('truncate') else 'longer ones refused'}): "
-                     f"archfit run --text, archfit serve takes BYTES")
+                     f"({'longer ones cut' if text.get('truncate') else 'longer ones refused'}): {how}")
     return lines
 
 

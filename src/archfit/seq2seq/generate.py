@@ -117,6 +117,22 @@ class Seq2SeqModule(ArchfitModule):
         return keys.contiguous(), values.contiguous(), mask.contiguous()
 
     @torch.no_grad()
+    def answer(self, texts, **kwargs) -> list[str]:
+        """Generated texts for source `texts` (a file compiled from a directory with a tokenizer):
+        each cut at the largest source bucket, the batch padded and masked, decoded without
+        special tokens; generate()'s arguments as keywords. module(texts) does the same."""
+        from ..errors import InputError
+
+        if self.text is None:
+            raise InputError("this generator takes token ids (generate(input_ids)): it was not compiled from a "
+                             "directory with a tokenizer")
+        encodings = self.text.encode(list(texts))
+        width = max(len(e.ids) for e in encodings)
+        pad = self.generation_config.pad_token_id or 0
+        ids = torch.tensor([e.ids + [pad] * (width - len(e.ids)) for e in encodings])
+        mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encodings])
+        return [self.text.decode(row) for row in self.generate(ids, attention_mask=mask, **kwargs).tolist()]
+
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """Token ids (batch * num_return_sequences, length), starting with the decoder start token."""
         config = self.generation_config_for(dict(kwargs))

@@ -403,7 +403,7 @@ def servable(name: str, module: ArchfitModule, text: bool = True) -> Servable:
     if adapter is None:
         raise InputError(f"model {name!r}: a {module.kind!r} file cannot be served on its own (it runs inside the "
                          f"user's model code); serve a file traced whole, with buckets, packing or generation")
-    if text and module.text is not None:
+    if text and module.text is not None and not module.text.task.endswith("generation"):  # generators take ids
         from .text import TextServable
 
         return TextServable(name, module, adapter(name, module))

@@ -146,6 +146,20 @@ def load_seq2seq(path: str | os.PathLike) -> torch.nn.Module:
     return _load(root, GENERATE)
 
 
+def generation_text(path: str | os.PathLike, source_len: int) -> TextIO | None:
+    """A text2text-generation directory's tokenizer as the file's text front (sources cut at the
+    largest source bucket), or None where it has none archfit can carry (a SentencePiece-only one)."""
+    root = Path(path)
+    try:
+        tokenizer_json, tok_config = _tokenizer(root, root)
+    except ModelError:
+        return None
+    config = _json(root / "config.json")
+    pad = config.get("pad_token_id")
+    return TextIO(GENERATE, tokenizer_json, ("input_ids", "attention_mask"), source_len,
+                  pad if isinstance(pad, int) else 0)
+
+
 def _json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:

@@ -42,7 +42,8 @@ class TextIO:
         if self.embedding:
             return "embedding"
         return {"feature-extraction": "last_hidden_state", "text-classification": "label",
-                "token-classification": "tokens", "fill-mask": "masks", "question-answering": "answer"}[self.task]
+                "token-classification": "tokens", "fill-mask": "masks", "question-answering": "answer",
+                "text2text-generation": "generated_text"}[self.task]
 
     @cached_property
     def _tok(self):
@@ -85,6 +86,10 @@ class TextIO:
                 raise InputError(f"text {i} has {len(e.ids)} tokens, more than the {self.max_length} this model takes; "
                                  f"shorten it, or compile with a longer length or bucket")
         return encodings
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Generated token ids as text, special tokens left out."""
+        return self._tok.decode(list(ids), skip_special_tokens=True)
 
     def feed(self, encoding, pad_to: int | None = None) -> dict[str, torch.Tensor]:
         """One encoding as the graph's inputs, one row ([1, n]; [1, pad_to] padded for a static module)."""
