@@ -308,7 +308,8 @@ def test_a_packed_group_is_what_one_engine_call_holds():
 
     from archfit.serve.batcher import Batcher, Pending
     from archfit.serve.metrics import Metrics
-    from archfit.serve.servable import Item, PackedServable
+    from archfit.serve.adapters import PackedServable
+    from archfit.serve.servable import Item
 
     class Tokens(PackedServable):  # the budget rule alone: 2 rows of 32 tokens, no module
         def __init__(self):

@@ -14,7 +14,7 @@ _LAZY = {
     "TOLERANCES": "core.validate", **{name: "core.accuracy" for name in ("Accuracy", "Classification", "Detection",
                                                                           "Embedding", "Tokens")},
     "Analysis": "pipeline", "TraceOptions": "core.options", "analyze": "pipeline",
-    "trace": "pipeline", "trace_seq2seq": "pipeline", "map": "corpus", "RowError": "corpus",
+    "trace": "pipeline", "trace_seq2seq": "seq2seq.trace", "map": "corpus", "RowError": "corpus",
     "AttachedModule": "regions", "HostRegion": "regions",
     "FitReport": "report", "BucketChoice": "shapes", "BucketedModule": "shapes", "Buckets": "shapes",
     "PackedModule": "shapes", "Packing": "shapes",
@@ -94,7 +94,8 @@ if TYPE_CHECKING:  # what the names above are, for type checkers and editors
     from .errors import (ArchfitError, ArtifactError, CaptureError, CompileError, InputError,  # noqa: F401
                          ModelError, TargetError, UnsupportedOpsError, ValidationError)
     from .core.options import TraceOptions  # noqa: F401
-    from .pipeline import Analysis, analyze, trace, trace_seq2seq  # noqa: F401
+    from .pipeline import Analysis, analyze, trace  # noqa: F401
+    from .seq2seq.trace import trace_seq2seq  # noqa: F401
     from .regions import AttachedModule, HostRegion  # noqa: F401
     from .report import FitReport  # noqa: F401
     from .seq2seq import Seq2SeqModule  # noqa: F401

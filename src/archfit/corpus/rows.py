@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from ..errors import InputError, first_line
-from ..serve.protocol import Strings
+from ..serve.protocol import DTYPES, Strings
 from ..serve.servable import Servable, TensorMeta, servable
 
 ERROR_COLUMN = "error"
-NUMPY_DTYPES = {"BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-          "UINT8": np.uint8, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+# the protocol's datatypes as numpy's (bfloat16 has no numpy type: no row holds one)
+NUMPY_DTYPES = {name: torch.empty((), dtype=dtype).numpy().dtype for name, dtype in DTYPES.items()
+                if dtype is not torch.bfloat16}
 
 
 @dataclass(frozen=True)

@@ -130,14 +130,6 @@ def read_directory(path: str | os.PathLike, task: str | None = None, length: int
     return Directory(wrapper.eval(), inputs, root.resolve().name, text)
 
 
-def directory_task(path: str | os.PathLike, task: str | None = None) -> str:
-    """The task a directory is read for (given, or from its config's architectures)."""
-    root = Path(path)
-    modules = _st_modules(root)
-    config = _json((root / modules["transformer"] if modules else root) / "config.json")
-    return _task(root, config, task, sentence=bool(modules))
-
-
 def load_seq2seq(path: str | os.PathLike) -> torch.nn.Module:
     """A text2text-generation directory's model (MarianMT, BART, Pegasus, T5), loaded as every
     directory is: local files only, no code from it."""
