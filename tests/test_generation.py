@@ -121,8 +121,8 @@ def test_generate_refuses_what_it_cannot_do(compiled):
         module.generate(torch.randint(4, 500, (1, 20)), max_new_tokens=4)
     with pytest.raises(InputError, match="do_sample=True is not supported"):
         module.generate(ids, do_sample=True, max_new_tokens=4)
-    with pytest.raises(InputError, match="'top_k' is not supported"):
-        module.generate(ids, top_k=5, max_new_tokens=4)
+    with pytest.raises(InputError, match="'guidance_scale' is not supported"):
+        module.generate(ids, guidance_scale=2.0, max_new_tokens=4)
     with pytest.raises(InputError, match="num_beams=4, but the decoder step was compiled for at most 3 rows"):
         module.generate(ids, num_beams=4, max_new_tokens=4)
 

@@ -14,7 +14,7 @@ _LAZY = {
     "TOLERANCES": "core.validate", **{name: "core.accuracy" for name in ("Accuracy", "Classification", "Detection",
                                                                           "Embedding", "Tokens")},
     "Analysis": "pipeline", "TraceOptions": "core.options", "analyze": "pipeline",
-    "trace": "pipeline", "trace_seq2seq": "seq2seq.trace", "map": "corpus", "RowError": "corpus",
+    "trace": "pipeline", "trace_seq2seq": "seq2seq.trace", "trace_generate": "causal.trace", "map": "corpus", "RowError": "corpus",
     "AttachedModule": "regions", "HostRegion": "regions",
     "FitReport": "report", "BucketChoice": "shapes", "BucketedModule": "shapes", "Buckets": "shapes",
     "PackedModule": "shapes", "Packing": "shapes",
@@ -96,6 +96,7 @@ if TYPE_CHECKING:  # what the names above are, for type checkers and editors
     from .core.options import TraceOptions  # noqa: F401
     from .pipeline import Analysis, analyze, trace  # noqa: F401
     from .seq2seq.trace import trace_seq2seq  # noqa: F401
+    from .causal.trace import trace_generate  # noqa: F401
     from .regions import AttachedModule, HostRegion  # noqa: F401
     from .report import FitReport  # noqa: F401
     from .seq2seq import Seq2SeqModule  # noqa: F401
@@ -108,5 +109,5 @@ __all__ = [
     "Buckets", "CaptureError", "ChipSpec", "CompileError", "CompiledModule", "Engine", "FitReport", "HostRegion",
     "InputError", "ModelError", "PackedModule", "Packing", "Seq2SeqModule", "TOLERANCES", "Target", "TargetError", "TraceOptions",
     "UnsupportedOpsError", "ValidationError", "__version__", "analyze", "choose_buckets", "get_target",
-    "list_targets", "load", "register_target", "save", "trace", "trace_seq2seq",
+    "list_targets", "load", "register_target", "save", "trace", "trace_generate", "trace_seq2seq",
 ]

@@ -241,10 +241,10 @@ def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, sou
     from .models import load_model
     from ..core.timing import median_seconds
 
-    from ..text.directory import is_directory, load_seq2seq
+    from ..text.directory import is_directory, load_generator
 
     if is_directory(model):  # a text2text-generation directory: ids drawn over its vocabulary
-        hf = load_seq2seq(model)
+        hf = load_generator(model)
         g = torch.Generator().manual_seed(0)
         inputs = {"input_ids": torch.randint(4, hf.config.vocab_size - 1, (1, 64), generator=g)}
     else:

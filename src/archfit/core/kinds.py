@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 BUILTIN = {
     "static": "archfit.core.module", "bucketed": "archfit.shapes.dispatch", "dynamic": "archfit.shapes.dynamic",
     "packed": "archfit.shapes.packed", "attached": "archfit.regions.attached", "seq2seq": "archfit.seq2seq.generate",
+    "causal": "archfit.causal.module",
 }
 _KINDS: dict[str, type[ArchfitModule]] = {}
 

@@ -5,29 +5,15 @@ transformers' `generate`: its own logits processors, stopping criteria and beam-
 bookkeeping are called here, only the model calls are ours."""
 from __future__ import annotations
 
-import copy
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from transformers import GenerationConfig
-from transformers.generation import GenerationMixin, LogitsProcessorList, StoppingCriteriaList
-from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
 from ..core.compile import share_cores
 from ..core.module import ArchfitModule
 from ..errors import InputError
-
-# generate() arguments with an effect here (besides the token ids and their mask); anything
-# else a GenerationConfig holds (sampling, constraints, assistants, ...) is refused by name.
-GENERATE_ARGUMENTS = {
-    "max_new_tokens", "max_length", "min_length", "min_new_tokens", "num_beams", "num_return_sequences",
-    "early_stopping", "length_penalty", "no_repeat_ngram_size", "repetition_penalty", "bad_words_ids",
-    "forced_bos_token_id", "forced_eos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
-    "bos_token_id", "suppress_tokens", "begin_suppress_tokens", "encoder_no_repeat_ngram_size",
-    "remove_invalid_values", "renormalize_logits", "do_sample", "use_cache",
-}
-
+from .loop import beam_search, greedy, logits_processors, pad_chunks, prepare_config, stopping_criteria
 
 class Seq2SeqModule(ArchfitModule):
     """Returned by `archfit.trace_seq2seq`: `generate(input_ids, attention_mask, ...)` as in
@@ -69,28 +55,11 @@ class Seq2SeqModule(ArchfitModule):
     def generation_config_for(self, kwargs: dict) -> GenerationConfig:
         """The generation config a generate(**kwargs) call runs with; refuses, in one line, an
         argument archfit's compiled generation does not take or a length past the compiled cache."""
-        # transformers' _prepare_generation_config: the given config, then the model's values and
-        # the library defaults where it leaves a field unset, then the keyword arguments
-        config = copy.deepcopy(kwargs.pop("generation_config", None) or GenerationConfig())
-        config.update(**self.generation_config.to_dict(), defaults_only=True, allow_custom_entries=True)
-        config.update(**self.generation_config._get_default_generation_params(), defaults_only=True)
-        unknown = sorted(set(kwargs) - GENERATE_ARGUMENTS)
-        if unknown:
-            raise InputError(f"generate: argument {unknown[0]!r} is not supported by archfit's compiled generation; "
-                             f"it takes {', '.join(sorted(GENERATE_ARGUMENTS))}")
-        config.update(**kwargs)
-        if config.do_sample:
-            raise InputError("generate: do_sample=True is not supported; archfit runs greedy and beam search")
-        if config.num_beams < 1 or config.num_return_sequences > config.num_beams:
-            raise InputError(f"generate: num_return_sequences ({config.num_return_sequences}) must be at most "
-                             f"num_beams ({config.num_beams})")
-        if kwargs.get("max_new_tokens") is None and kwargs.get("max_length") is not None:
-            config.max_new_tokens = None
         # as transformers does: the decoder prompt is the start token, so max_length counts it
-        if config.max_new_tokens is not None:
-            config.max_length = config.max_new_tokens + 1
-        if config.min_new_tokens is not None:
-            config.min_length = config.min_new_tokens + 1
+        config = prepare_config(self.generation_config, kwargs, prompt_len=1)
+        if config.do_sample:
+            raise InputError("generate: do_sample=True is not supported for seq2seq models; archfit runs greedy and "
+                             "beam search for them")
         if config.max_length - 1 > self.max_new_tokens:
             raise InputError(f"generate: up to {config.max_length - 1} new tokens asked, but the decoder cache was "
                              f"compiled for {self.max_new_tokens}; pass max_new_tokens<={self.max_new_tokens} or "
@@ -121,7 +90,6 @@ class Seq2SeqModule(ArchfitModule):
         """Generated texts for source `texts` (a file compiled from a directory with a tokenizer):
         each cut at the largest source bucket, the batch padded and masked, decoded without
         special tokens; generate()'s arguments as keywords. module(texts) does the same."""
-        from ..errors import InputError
 
         if self.text is None:
             raise InputError("this generator takes token ids (generate(input_ids)): it was not compiled from a "
@@ -149,21 +117,16 @@ class Seq2SeqModule(ArchfitModule):
         if batch > most:  # in chunks the step holds; rows finished early are padded as transformers pads them
             parts = [self.generate(input_ids[i:i + most], attention_mask[i:i + most], **kwargs)
                      for i in range(0, batch, most)]
-            fill = _fill_value(config)
-            width = max(p.shape[1] for p in parts)
-            return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=fill) for p in parts])
+            return pad_chunks(parts, config)
         rows = min(r for r in self.rows if r >= batch * beams)  # exists: batch <= most, chunked above
         step = self.steps[str(rows)]
         run = _StepRunner(self, step, rows, batch * beams, *self._encode(input_ids, attention_mask, beams, rows))
-        processors = _logits_processors(config, input_ids)
-        eos = None if config.eos_token_id is None else torch.tensor(config.eos_token_id).view(-1)
-        stopping = StoppingCriteriaList([MaxLengthCriteria(config.max_length)])
-        if eos is not None:
-            stopping.append(EosTokenCriteria(eos))
+        processors = logits_processors(config, input_ids, encoder_decoder=True, prompt_len=1)
+        stopping = stopping_criteria(config)
         start = torch.full((batch * beams, 1), config.decoder_start_token_id, dtype=torch.long)
         if beams == 1:
-            return _greedy(run, start, processors, stopping, config, eos)
-        return _beam_search(run, start, processors, stopping, config, eos, batch)
+            return greedy(run, start, processors, stopping, config)
+        return beam_search(run, start, processors, stopping, config, batch)
 
     @classmethod
     def describe_file(cls, manifest: dict) -> list[str]:
@@ -205,111 +168,3 @@ class _StepRunner:
         """Beam search moved beams: row i now continues row rows[i] (only filled slots matter)."""
         for cache in (self.keys, self.values):
             cache[:, :self.used, :, :filled] = cache[:, rows, :, :filled]
-
-
-def _logits_processors(config: GenerationConfig, input_ids: torch.Tensor) -> LogitsProcessorList:
-    """transformers' own processor list for these settings (min length, forced BOS/EOS, bad
-    words, n-gram blocking, ...), built by the method `generate` itself calls; it reads only
-    `config.is_encoder_decoder` and a static helper from the model."""
-    model = SimpleNamespace(config=SimpleNamespace(is_encoder_decoder=True),
-                            _merge_criteria_processor_list=lambda default, custom: default)
-    return GenerationMixin._get_logits_processor(model, config, input_ids_seq_length=1, encoder_input_ids=input_ids,
-                                                 logits_processor=LogitsProcessorList(), device="cpu",
-                                                 model_kwargs={})
-
-
-def _first_eos(config: GenerationConfig) -> int | None:
-    eos = config.eos_token_id  # one id or a list of them
-    return None if eos is None else int(eos[0] if isinstance(eos, (list, tuple)) else eos)
-
-
-def _pad_id(config: GenerationConfig) -> int:
-    """transformers falls back to the first EOS id when there is no pad id."""
-    if config.pad_token_id is not None:
-        return int(config.pad_token_id)
-    eos = _first_eos(config)
-    return eos if eos is not None else 0
-
-
-def _fill_value(config: GenerationConfig) -> int:
-    """What transformers' beam search fills unused positions with (greedy pads with _pad_id)."""
-    if config.num_beams == 1:
-        return _pad_id(config)
-    eos = _first_eos(config)
-    if eos is None:
-        return -1
-    return int(config.pad_token_id or eos)  # sic: `pad or eos` (a pad id of 0 gives eos), as transformers
-
-
-def _greedy(run: _StepRunner, sequences, processors, stopping, config, eos) -> torch.Tensor:
-    """transformers' greedy loop: finished rows keep emitting the pad token until all stop."""
-    pad = _pad_id(config)
-    unfinished = torch.ones(sequences.shape[0], dtype=torch.long)
-    position = 0
-    while True:
-        logits = run(sequences[:, -1:], position).float()
-        scores = processors(sequences, logits)
-        tokens = scores.argmax(-1)
-        if eos is not None:
-            tokens = tokens * unfinished + pad * (1 - unfinished)
-        sequences = torch.cat([sequences, tokens[:, None]], dim=-1)
-        unfinished = unfinished & ~stopping(sequences, scores)
-        position += 1
-        if unfinished.max() == 0:
-            return sequences
-
-
-def _beam_search(run: _StepRunner, input_ids, processors, stopping, config, eos, batch: int) -> torch.Tensor:
-    """transformers' vectorised beam search (GenerationMixin._beam_search), step for step, with
-    its own helpers; the model call is the compiled step and the cache reorder is ours."""
-    gm = GenerationMixin
-    beams, max_length = config.num_beams, config.max_length
-    early_stopping, length_penalty = config.early_stopping, config.length_penalty
-    cur_len = prompt_len = input_ids.shape[1]
-    n_eos = eos.shape[0] if eos is not None else 0
-    keep = max(2, 1 + n_eos) * beams
-    top_mask = torch.cat((torch.ones(beams, dtype=torch.bool), torch.zeros(keep - beams, dtype=torch.bool)))
-    running = torch.full((batch, beams, max_length), fill_value=_fill_value(config), dtype=torch.int64)
-    running[:, :, :cur_len] = gm._unflatten_beam_dim(input_ids, batch, beams)
-    sequences = running.clone()
-    running_scores = torch.zeros((batch, beams))
-    running_scores[:, 1:] = -1e9
-    scores = torch.full((batch, beams), -1e9)
-    finished = torch.zeros((batch, beams), dtype=torch.bool)
-    improvable = torch.ones((batch, 1), dtype=torch.bool)
-    hits = torch.zeros((batch, beams), dtype=torch.bool)
-    running_indices = torch.full((batch, beams, max_length - cur_len), -1, dtype=torch.int32)
-    indices = running_indices.clone()
-    while True:
-        flat = gm._flatten_beam_dim(running[:, :, :cur_len])
-        logits = run(flat[:, -1:], cur_len - 1).float()
-        log_probs = processors(flat, torch.nn.functional.log_softmax(logits, dim=-1))
-        log_probs = gm._unflatten_beam_dim(log_probs, batch, beams) + running_scores[:, :, None]
-        log_probs = log_probs.reshape(batch, -1)
-        topk_scores, topk_running, topk_indices = gm._get_top_k_continuations(
-            gm, accumulated_log_probs=log_probs, running_sequences=running, running_beam_indices=running_indices,
-            cur_len=cur_len, decoder_prompt_len=prompt_len, do_sample=False, beams_to_keep=keep, num_beams=beams,
-            batch_size=batch)
-        hits = stopping(gm._flatten_beam_dim(topk_running[:, :, :cur_len + 1]), None)
-        hits = gm._unflatten_beam_dim(hits, batch, keep)
-        running, running_scores, running_indices = gm._get_running_beams_for_next_iteration(
-            gm, topk_log_probs=topk_scores, topk_running_sequences=topk_running,
-            topk_running_beam_indices=topk_indices, next_token_hits_stopping_criteria=hits, num_beams=beams)
-        sequences, scores, indices, finished = gm._update_finished_beams(
-            gm, sequences=sequences, topk_running_sequences=topk_running, beam_scores=scores,
-            topk_log_probs=topk_scores, beam_indices=indices, topk_running_beam_indices=topk_indices,
-            is_early_stop_heuristic_unsatisfied=improvable, is_sent_finished=finished,
-            next_token_hits_stopping_criteria=hits, top_num_beam_mask=top_mask, num_beams=beams, cur_len=cur_len,
-            decoder_prompt_len=prompt_len, length_penalty=length_penalty, early_stopping=early_stopping)
-        run.reorder(gm._flatten_beam_dim(running_indices[..., cur_len - prompt_len]).long(), cur_len)
-        cur_len += 1
-        improvable = gm._check_early_stop_heuristic(
-            improvable, running_scores, scores, finished, cur_len, max_length, prompt_len, early_stopping,
-            length_penalty)
-        if not gm._beam_search_has_unfinished_sequences(improvable, finished, hits, early_stopping):
-            break
-    returned = config.num_return_sequences
-    sequences = gm._flatten_beam_dim(sequences[:, :returned, :])
-    indices = gm._flatten_beam_dim(indices[:, :returned, :])
-    length = prompt_len + int(((indices + 1).bool()).sum(dim=1).max())
-    return sequences[:, :length]

@@ -26,11 +26,11 @@ def trace_seq2seq(model: torch.nn.Module, target="openvino", *, source_buckets=(
     token agrees with eager's); the encoder keeps the elementwise tolerance. Returns a
     Seq2SeqModule whose `generate` takes transformers' arguments."""
     from ..pipeline import trace  # the straight line, once per part (pipeline imports this package lazily)
-    from ..text.directory import generation_text, is_directory, load_seq2seq
+    from ..text.directory import generation_text, is_directory, load_generator
 
     directory = model if is_directory(model) else None
     if directory is not None:  # a text2text-generation directory on disk
-        model = load_seq2seq(directory)
+        model = load_generator(directory)
     check_seq2seq(model)
     model = model.eval()
     config = model.config

@@ -229,7 +229,7 @@ class Seq2SeqServable(Servable):
     outputs = [TensorMeta("output_ids", "INT64", (-1, -1))]
 
     def prepare(self, given, parameters=None):
-        from ..seq2seq.generate import GENERATE_ARGUMENTS
+        from ..seq2seq.loop import GENERATE_ARGUMENTS
 
         tied = self.check_inputs(given, optional=("attention_mask",))
         kwargs = {k: v for k, v in (parameters or {}).items() if k in GENERATE_ARGUMENTS}

@@ -25,14 +25,17 @@ TASKS = {
     "text-classification": "AutoModelForSequenceClassification",
     "token-classification": "AutoModelForTokenClassification",
     "question-answering": "AutoModelForQuestionAnswering",
-    "text2text-generation": "AutoModelForSeq2SeqLM",  # compiled by trace_seq2seq (load_seq2seq), not read_directory
+    "text2text-generation": "AutoModelForSeq2SeqLM",  # compiled by trace_seq2seq (load_generator), not read_directory
+    "text-generation": "AutoModelForCausalLM",  # compiled by trace_generate (load_generator), not read_directory
 }
 GENERATE = "text2text-generation"
+CAUSAL = "text-generation"
 # the end of an architecture's class name -> its task (BertForMaskedLM -> fill-mask)
 _ARCHITECTURE_TASKS = (("ForSequenceClassification", "text-classification"),
                        ("ForTokenClassification", "token-classification"),
                        ("ForQuestionAnswering", "question-answering"), ("ForMaskedLM", "fill-mask"),
                        ("ForConditionalGeneration", GENERATE), ("MTModel", GENERATE),
+                       ("ForCausalLM", CAUSAL), ("LMHeadModel", CAUSAL),
                        ("Model", "feature-extraction"))
 _OUTPUTS = {"feature-extraction": "last_hidden_state", "fill-mask": "logits", "text-classification": "logits",
             "token-classification": "logits"}
@@ -104,9 +107,10 @@ def read_directory(path: str | os.PathLike, task: str | None = None, length: int
     base = root / modules["transformer"] if modules else root
     config = _json(base / "config.json")
     task = _task(root, config, task, sentence=bool(modules))
-    if task == GENERATE:
-        raise ModelError(f"{root} is a {GENERATE} model: it compiles for generation, the loop on the host: "
-                         f"archfit compile DIR --generate, or archfit.trace_seq2seq(DIR)")
+    if task in (GENERATE, CAUSAL):
+        call = "trace_seq2seq" if task == GENERATE else "trace_generate"
+        raise ModelError(f"{root} is a {task} model: it compiles for generation, the loop on the host: "
+                         f"archfit compile DIR --generate, or archfit.{call}(DIR)")
     model = _load(base, task)
     tokenizer_json, tok_config = _tokenizer(root, base)
     limit = min(x for x in (getattr(model.config, "max_position_embeddings", None) or 512,
@@ -130,17 +134,25 @@ def read_directory(path: str | os.PathLike, task: str | None = None, length: int
     return Directory(wrapper.eval(), inputs, root.resolve().name, text)
 
 
-def load_seq2seq(path: str | os.PathLike) -> torch.nn.Module:
-    """A text2text-generation directory's model (MarianMT, BART, Pegasus, T5), loaded as every
-    directory is: local files only, no code from it."""
+def load_generator(path: str | os.PathLike, task: str = GENERATE) -> torch.nn.Module:
+    """A text2text-generation directory's model (MarianMT, BART, Pegasus, T5) or a text-generation
+    one's (GPT-2, OPT, Llama, Qwen2), loaded as every directory is: local files only, no code from it."""
     root = Path(path)
-    _task(root, _json(root / "config.json"), GENERATE, sentence=False)
-    return _load(root, GENERATE)
+    _task(root, _json(root / "config.json"), task, sentence=False)
+    return _load(root, task)
 
 
-def generation_text(path: str | os.PathLike, source_len: int) -> TextIO | None:
-    """A text2text-generation directory's tokenizer as the file's text front (sources cut at the
-    largest source bucket), or None where it has none archfit can carry (a SentencePiece-only one)."""
+def directory_task(path: str | os.PathLike) -> str | None:
+    """The task a directory's config names by its architecture (None when it names none)."""
+    try:
+        return _task(Path(path), _json(Path(path) / "config.json"), None, sentence=False)
+    except ModelError:
+        return None
+
+
+def generation_text(path: str | os.PathLike, source_len: int, task: str = GENERATE) -> TextIO | None:
+    """A generation directory's tokenizer as the file's text front (sources or prompts cut at the
+    largest bucket), or None where it has none archfit can carry (a SentencePiece-only one)."""
     root = Path(path)
     try:
         tokenizer_json, tok_config = _tokenizer(root, root)
@@ -148,8 +160,10 @@ def generation_text(path: str | os.PathLike, source_len: int) -> TextIO | None:
         return None
     config = _json(root / "config.json")
     pad = config.get("pad_token_id")
-    return TextIO(GENERATE, tokenizer_json, ("input_ids", "attention_mask"), source_len,
-                  pad if isinstance(pad, int) else 0)
+    if not isinstance(pad, int):  # GPT-2 has none: transformers pads generation with the EOS id
+        eos = config.get("eos_token_id")
+        pad = eos if isinstance(eos, int) else 0
+    return TextIO(task, tokenizer_json, ("input_ids", "attention_mask"), source_len, pad)
 
 
 def _json(path: Path) -> dict:

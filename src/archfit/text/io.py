@@ -43,7 +43,7 @@ class TextIO:
             return "embedding"
         return {"feature-extraction": "last_hidden_state", "text-classification": "label",
                 "token-classification": "tokens", "fill-mask": "masks", "question-answering": "answer",
-                "text2text-generation": "generated_text"}[self.task]
+                "text2text-generation": "generated_text", "text-generation": "generated_text"}[self.task]
 
     @cached_property
     def _tok(self):
@@ -51,8 +51,8 @@ class TextIO:
 
         tok = Tokenizer.from_str(self.tokenizer)
         tok.no_padding()  # padding is the module's business (its bucket, its packed rows)
-        if self.truncate:
-            tok.enable_truncation(self.max_length)
+        if self.truncate:  # a prompt keeps its end: the next token follows it
+            tok.enable_truncation(self.max_length, direction="left" if self.task == "text-generation" else "right")
         else:
             tok.no_truncation()
         return tok

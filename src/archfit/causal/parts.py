@@ -1,0 +1,104 @@
+"""Decoder-only language models (GPT-2, OPT, Llama, Qwen2, ...) cut into the two fixed-shape parts
+a generation loop calls, the way Neuron's inference library cuts them: `Prefill` (a prompt
+bucket through the model, writing its keys/values) and `DecodeStep` (one token per row against
+a key/value cache of fixed length). Both run the transformers modules themselves; only the
+cache is ours, functional as in seq2seq/parts.py: the step takes the cache as inputs and
+returns the new token's keys/values, which the host writes into its preallocated cache.
+
+Every row keeps its own length (prompts are right-padded and compacted, positions per row), so
+one decode step serves a padded batch, beams and a continuous batch of unrelated requests."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ModelError
+
+
+def check_causal(model: torch.nn.Module) -> None:
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False) or not hasattr(model, "get_decoder") \
+            or model.get_output_embeddings() is None:
+        raise ModelError(f"{type(model).__name__} is not a transformers decoder-only language model with a "
+                         f"language-model head (e.g. GPT2LMHeadModel, OPTForCausalLM, LlamaForCausalLM, "
+                         f"Qwen2ForCausalLM; AutoModelForCausalLM loads one)")
+
+
+def cache_shape(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(layers, key/value heads, head dim) of the key/value cache, read from one probe call so
+    every family's naming (n_head, num_key_value_heads, head_dim, ...) is its own business."""
+    probe = _Recording(None, None, 0)
+    with torch.no_grad():
+        model(input_ids=torch.zeros(1, 1, dtype=torch.long), cache=probe, use_cache=True,
+              attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool), position_ids=torch.zeros(1, 1, dtype=torch.long))
+    keys = probe.new[0][0]
+    return len(probe.new), keys.shape[1], keys.shape[3]
+
+
+class _Recording:
+    """What transformers' attention asks of a cache: `update` returns the keys/values to attend
+    over (the cache's slots, then the new tokens) and keeps the new ones for the outputs."""
+
+    is_compileable = False
+
+    def __init__(self, keys, values, length: int):
+        self.keys, self.values, self.length, self.new = keys, values, length, {}
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        self.new[layer_idx] = (key, value)
+        if self.keys is None:
+            return key, value
+        return torch.cat([self.keys[layer_idx], key], 2), torch.cat([self.values[layer_idx], value], 2)
+
+    def get_seq_length(self, layer_idx: int = 0):
+        return self.length
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        order = range(len(self.new))
+        return torch.stack([self.new[i][0] for i in order]), torch.stack([self.new[i][1] for i in order])
+
+
+class Prefill(torch.nn.Module):
+    """(ids (R, P) right-padded, mask (R, P)) -> (each row's next-token logits (R, vocab), the
+    prompt's keys/values (layers, R, heads, P, head dim)). Only the last real token's logits
+    leave the engine: the whole (R, P, vocab) block would be megabytes per call."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        rows, width = input_ids.shape
+        slots = torch.arange(width)
+        causal = slots[None, :] <= slots[:, None]  # (query, key)
+        visible = causal[None] & attention_mask.bool()[:, None, :]
+        # a pad row attends to its first slot, so no row of the softmax is empty (NaN)
+        visible = visible | (slots == 0)[None, None, :]
+        positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        cache = _Recording(None, None, 0)
+        logits = self.model(input_ids=input_ids, attention_mask=visible[:, None], position_ids=positions, cache=cache,
+                            use_cache=True, logits_to_keep=0).logits
+        last = (attention_mask.sum(1) - 1).clamp(min=0)
+        logits = logits[torch.arange(rows), last]
+        keys, values = cache.stacked()
+        return logits, keys, values
+
+
+class DecodeStep(torch.nn.Module):
+    """One token per row, row r at position positions[r] (its length so far) against a cache of
+    fixed length T: (ids (R, 1), positions (R,), keys/values (layers, R, heads, T, head dim)) ->
+    (next-token logits (R, vocab), this token's keys/values (layers, R, heads, 1, head dim)).
+    Slots >= a row's position are masked, so what they hold never matters."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, positions, keys, values):
+        length = keys.shape[3]
+        slots = torch.arange(length + 1)
+        visible = (slots[None, :] < positions[:, None]) | (slots == length)[None, :]  # filled slots, the new token
+        cache = _Recording(keys, values, length)
+        logits = self.model(input_ids=ids, attention_mask=visible[:, None, None, :], position_ids=positions[:, None],
+                            cache=cache, use_cache=True).logits[:, -1]
+        new_keys, new_values = cache.stacked()
+        return logits, new_keys, new_values
