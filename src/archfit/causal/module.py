@@ -31,7 +31,8 @@ class CausalLMModule(ArchfitModule):
         self.prefill = prefill  # BucketedModule over the prompt length, any number of rows
         self.steps = torch.nn.ModuleDict({str(r): steps[r] for r in sorted(steps)})  # rows -> CompiledModule
         self.generation_config = generation_config
-        self.layers, _rows, self.heads, self.capacity, self.head_dim = step.inputs[2].shape
+        self.layers = (len(step.inputs) - 2) // 2  # ids, positions, every layer's keys, then values
+        _rows, self.heads, self.capacity, self.head_dim = step.inputs[2].shape
         assert self.capacity == capacity, (self.capacity, capacity)
         share_cores(self)  # the loop computes between engine calls: logits processing, cache writes, beams
 
@@ -112,8 +113,9 @@ class CausalLMModule(ArchfitModule):
         rows = min(r for r in self.rows if r >= batch * beams)  # exists: batch <= most
         run = CacheRunner(self, rows)
         run.start(input_ids, attention_mask, expand=beams, pad=pad_id(config))
-        sequences = input_ids.repeat_interleave(beams, 0) if beams > 1 else input_ids
-        processors = logits_processors(config, sequences, encoder_decoder=False, prompt_len=input_ids.shape[1])
+        sequences, mask = input_ids.repeat_interleave(beams, 0), attention_mask.repeat_interleave(beams, 0)
+        processors = logits_processors(config, sequences, encoder_decoder=False, prompt_len=input_ids.shape[1],
+                                       attention_mask=mask)
         stopping = stopping_criteria(config, tokenizer if tokenizer is not None else self._hf_tokenizer(config))
         if beams == 1:
             return greedy(run, sequences, processors, stopping, config)
@@ -152,8 +154,9 @@ class CacheRunner:
     def __init__(self, module: CausalLMModule, rows: int):
         self.module, self.rows, self.used = module, rows, rows
         self.step = module.steps[str(rows)]
-        shape = (module.layers, rows, module.heads, module.capacity, module.head_dim)
-        self.keys, self.values = torch.zeros(shape), torch.zeros(shape)
+        shape = (rows, module.heads, module.capacity, module.head_dim)
+        self.keys = [torch.zeros(shape) for _ in range(module.layers)]  # one tensor per layer, as the step takes them
+        self.values = [torch.zeros(shape) for _ in range(module.layers)]
         self.lengths = torch.zeros(rows, dtype=torch.long)
         self.pending: torch.Tensor | None = None  # the prefill's logits, returned by the first call
 
@@ -183,19 +186,21 @@ class CacheRunner:
     def write(self, rows, keys, values, lengths) -> None:
         """Prefilled keys/values into `rows` (a slice or index list)."""
         width = keys.shape[3]
-        self.keys[:, rows, :, :width] = keys
-        self.values[:, rows, :, :width] = values
+        for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+            k[rows, :, :width] = keys[layer]
+            v[rows, :, :width] = values[layer]
         self.lengths[rows] = lengths
 
     def step_all(self, ids: torch.Tensor) -> torch.Tensor:
         """One token for every row (ids (rows, 1)): logits (rows, vocab); each row's keys/values
         written at its length, which grows by one. A row at the cache's end is not written."""
-        logits, new_keys, new_values = self.step.graph_module(ids, self.lengths, self.keys, self.values)
+        logits, new_keys, new_values = self.step.graph_module(ids, self.lengths, *self.keys, *self.values)
         rows = torch.arange(self.rows)
         slots = self.lengths.clamp(max=self.module.capacity - 1)
-        # two index tensors apart put the indexed dim first: (rows, layers, heads, head dim)
-        self.keys[:, rows, :, slots] = new_keys[:, :, :, 0].transpose(0, 1)
-        self.values[:, rows, :, slots] = new_values[:, :, :, 0].transpose(0, 1)
+        for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+            # two index tensors apart put the indexed dim first: (rows, heads, head dim)
+            k[rows, :, slots] = new_keys[layer, :, :, 0]
+            v[rows, :, slots] = new_values[layer, :, :, 0]
         self.lengths += 1
         return logits
 
@@ -211,6 +216,6 @@ class CacheRunner:
     def reorder(self, rows: torch.Tensor, filled: int) -> None:
         """Beam search moved beams: row i now continues row rows[i]."""
         top = int(self.lengths[:self.used].max())
-        for cache in (self.keys, self.values):
-            cache[:, :self.used, :, :top] = cache[:, rows, :, :top]
+        for cache in (*self.keys, *self.values):
+            cache[:self.used, :, :top] = cache[rows, :, :top]
         self.lengths[:self.used] = self.lengths[rows]

@@ -85,16 +85,17 @@ class Prefill(torch.nn.Module):
 
 class DecodeStep(torch.nn.Module):
     """One token per row, row r at position positions[r] (its length so far) against a cache of
-    fixed length T: (ids (R, 1), positions (R,), keys/values (layers, R, heads, T, head dim)) ->
-    (next-token logits (R, vocab), this token's keys/values (layers, R, heads, 1, head dim)).
-    Slots >= a row's position are masked, so what they hold never matters."""
+    fixed length T: (ids (R, 1), positions (R,), keys, values: one (R, heads, T, head dim) tensor
+    per layer) -> (next-token logits (R, vocab), this token's keys/values (layers, R, heads, 1,
+    head dim)). Slots >= a row's position are masked, so what they hold never matters. The cache
+    comes as one input per layer: slicing a stacked one costs a copy of every layer each token."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, ids, positions, keys, values):
-        length = keys.shape[3]
+        length = keys[0].shape[2]
         slots = torch.arange(length + 1)
         visible = (slots[None, :] < positions[:, None]) | (slots == length)[None, :]  # filled slots, the new token
         cache = _Recording(keys, values, length)

@@ -48,8 +48,9 @@ def trace_generate(model, target="openvino", *, prompt_buckets=(32, 64, 128), ma
     for rows in sorted({batch_size, batch_size * num_beams} | ({slots} if slots else set())):
         if progress is not None:
             progress(f"compiling the decode step for {rows} rows")
-        kv = torch.zeros(layers, rows, heads, capacity, head_dim)
-        step_example = (torch.full((rows, 1), 5, dtype=torch.long), torch.arange(rows) % top + 1, kv, kv.clone())
+        kv = [torch.zeros(rows, heads, capacity, head_dim) for _ in range(layers)]
+        step_example = (torch.full((rows, 1), 5, dtype=torch.long), torch.arange(rows) % top + 1, kv,
+                        [t.clone() for t in kv])
         steps[rows] = trace(DecodeStep(model), step_example, target, name="decode step", accuracy=accuracy, **common)
     generation_config = copy.deepcopy(model.generation_config)
     module = CausalLMModule(prefill, steps, generation_config, capacity)

@@ -57,15 +57,16 @@ def prepare_config(defaults: GenerationConfig, kwargs: dict, prompt_len: int) ->
 
 
 def logits_processors(config: GenerationConfig, input_ids: torch.Tensor, encoder_decoder: bool,
-                      prompt_len: int) -> LogitsProcessorList:
+                      prompt_len: int, attention_mask: torch.Tensor | None = None) -> LogitsProcessorList:
     """transformers' own processor list for these settings (min length, forced BOS/EOS, bad
     words, n-gram blocking, temperature/top-k/top-p when sampling, ...), built by the method
-    `generate` itself calls; it reads only `config.is_encoder_decoder` and a static helper."""
+    `generate` itself calls; it reads only `config.is_encoder_decoder` and a static helper.
+    `attention_mask`: a decoder-only batch's, whose left padding repetition penalty ignores."""
     model = SimpleNamespace(config=SimpleNamespace(is_encoder_decoder=encoder_decoder),
                             _merge_criteria_processor_list=lambda default, custom: default)
     return GenerationMixin._get_logits_processor(model, config, input_ids_seq_length=prompt_len,
                                                  encoder_input_ids=input_ids, logits_processor=LogitsProcessorList(),
-                                                 device="cpu", model_kwargs={})
+                                                 device="cpu", model_kwargs={"attention_mask": attention_mask})
 
 
 def stopping_criteria(config: GenerationConfig, tokenizer=None) -> StoppingCriteriaList:
