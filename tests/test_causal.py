@@ -14,6 +14,7 @@ from archfit.errors import InputError, ModelError
 
 VOCAB, MAX_NEW = 300, 10
 BUCKETS = (8, 16)
+TARGETS = {"gpt2": "onnxruntime", "opt": "openvino", "llama": "openvino", "qwen2": "openvino"}
 
 
 def _config(family: str):
@@ -51,7 +52,7 @@ def _compiled(family: str):
     """Compiled once per test process: batch 2 and 3 beams (decode steps for 2 and 6 rows),
     GPT-2 on onnxruntime, the others on openvino."""
     model = _model(family)
-    module = archfit.trace_generate(model, "onnxruntime" if family == "gpt2" else "openvino", prompt_buckets=BUCKETS,
+    module = archfit.trace_generate(model, TARGETS[family], prompt_buckets=BUCKETS,
                                     max_new_tokens=MAX_NEW, batch_size=2, num_beams=3, check_payoff=False, cache=False)
     return model, module
 

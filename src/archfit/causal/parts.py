@@ -9,9 +9,17 @@ Every row keeps its own length (prompts are right-padded and compacted, position
 one decode step serves a padded batch, beams and a continuous batch of unrelated requests."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ..errors import ModelError
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The keyword a model's forward takes its cache by: `cache` since transformers 5.6 or so,
+    `past_key_values` before (optimum-intel pins an older transformers; its benchmark runs both)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def check_causal(model: torch.nn.Module) -> None:
@@ -28,7 +36,7 @@ def cache_shape(model: torch.nn.Module) -> tuple[int, int, int]:
     every family's naming (n_head, num_key_value_heads, head_dim, ...) is its own business."""
     probe = _Recording(None, None, 0)
     with torch.no_grad():
-        model(input_ids=torch.zeros(1, 1, dtype=torch.long), cache=probe, use_cache=True,
+        model(input_ids=torch.zeros(1, 1, dtype=torch.long), **{_cache_argument(model): probe}, use_cache=True,
               attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool), position_ids=torch.zeros(1, 1, dtype=torch.long))
     keys = probe.new[0][0]
     return len(probe.new), keys.shape[1], keys.shape[3]
@@ -65,6 +73,7 @@ class Prefill(torch.nn.Module):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
+        self.cache_argument = _cache_argument(model)
 
     def forward(self, input_ids, attention_mask):
         rows, width = input_ids.shape
@@ -75,8 +84,8 @@ class Prefill(torch.nn.Module):
         visible = visible | (slots == 0)[None, None, :]
         positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
         cache = _Recording(None, None, 0)
-        logits = self.model(input_ids=input_ids, attention_mask=visible[:, None], position_ids=positions, cache=cache,
-                            use_cache=True, logits_to_keep=0).logits
+        logits = self.model(input_ids=input_ids, attention_mask=visible[:, None], position_ids=positions,
+                            **{self.cache_argument: cache}, use_cache=True, logits_to_keep=0).logits
         last = (attention_mask.sum(1) - 1).clamp(min=0)
         logits = logits[torch.arange(rows), last]
         keys, values = cache.stacked()
@@ -93,6 +102,7 @@ class DecodeStep(torch.nn.Module):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
+        self.cache_argument = _cache_argument(model)
 
     def forward(self, ids, positions, keys, values):
         length = keys[0].shape[2]
@@ -100,6 +110,6 @@ class DecodeStep(torch.nn.Module):
         visible = (slots[None, :] < positions[:, None]) | (slots == length)[None, :]  # filled slots, the new token
         cache = _Recording(keys, values, length)
         logits = self.model(input_ids=ids, attention_mask=visible[:, None, None, :], position_ids=positions[:, None],
-                            cache=cache, use_cache=True).logits[:, -1]
+                            **{self.cache_argument: cache}, use_cache=True).logits[:, -1]
         new_keys, new_values = cache.stacked()
         return logits, new_keys, new_values

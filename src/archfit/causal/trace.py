@@ -7,7 +7,9 @@ import copy
 import torch
 
 from ..core.accuracy import Accuracy
+from ..errors import InputError
 from ..shapes import Buckets
+from ..targets.base import LOSSY
 from .module import CausalLMModule
 from .parts import DecodeStep, Prefill, cache_shape, check_causal
 
@@ -15,14 +17,18 @@ from .parts import DecodeStep, Prefill, cache_shape, check_causal
 def trace_generate(model, target="openvino", *, prompt_buckets=(32, 64, 128), max_new_tokens: int = 128,
                    batch_size: int = 1, num_beams: int = 1, slots: int | None = None, precision: str | None = None,
                    cache: bool = True, check_payoff: bool = True, validate: bool = True, progress=None,
-                   accuracy: str | Accuracy | None = None) -> CausalLMModule:
+                   accuracy: str | Accuracy | None = None, validation=None) -> CausalLMModule:
     """Compile a transformers decoder-only language model (GPT-2, OPT, Llama, Qwen2, ... or a
     text-generation directory on disk) for generation, as Neuron's inference library does: a
     prefill per prompt-length bucket (any number of rows; it writes the prompt's keys/values)
     and one decode step per row count (batch_size, batch_size * num_beams, and `slots` for a
     server's continuous batch) over a key/value cache of largest bucket + max_new_tokens slots.
     accuracy: a task gate for the decode step (e.g. "tokens"); the prefill keeps the
-    elementwise tolerance. Returns a CausalLMModule whose `generate` takes transformers' arguments."""
+    elementwise tolerance. precision="int8w" (int8 weights, OpenVINO) applies to the decode step,
+    whose time is reading its weights; the prefill, bound by arithmetic, stays fp32. Like every
+    lossy precision it ships only after the tokens gate passes on `validation`: prompts of the
+    user's (token-id lists or 1-D tensors), each prefilled by the eager model into a decode step's
+    inputs. Returns a CausalLMModule whose `generate` takes transformers' arguments."""
     from ..pipeline import trace  # the straight line, once per part (pipeline imports this package lazily)
     from ..text.directory import CAUSAL, generation_text, is_directory, load_generator
 
@@ -36,13 +42,20 @@ def trace_generate(model, target="openvino", *, prompt_buckets=(32, 64, 128), ma
     buckets = Buckets({"input_ids": 1, "attention_mask": 1}, sizes=tuple(int(s) for s in sizes),
                       pad_values={"input_ids": 0, "attention_mask": 0})
     capacity = buckets.top() + max_new_tokens
-    common = dict(precision=precision, cache=cache, check_payoff=check_payoff, validate=validate, progress=progress)
+    lossy = precision in LOSSY
+    if lossy and validation is None and validate:
+        raise InputError(f"precision={precision!r} ships only after the tokens gate passes on prompts of yours: pass "
+                         f"validation= (a list of token-id lists; CLI --validation FILE of one prompt per line)")
+    if lossy and accuracy is None:
+        accuracy = "tokens"  # the gate generation has: the next token agrees with eager's
+    common = dict(cache=cache, check_payoff=check_payoff, validate=validate, progress=progress)
     top = buckets.top()
     tokens = 4 + (torch.arange(top) * 7) % (config.vocab_size - 5)  # varied ordinary tokens
     example = {"input_ids": tokens.view(1, top), "attention_mask": torch.ones(1, top, dtype=torch.long)}
     if progress is not None:
         progress("compiling the prefill per prompt bucket")
-    prefill = trace(Prefill(model), example, target, buckets=buckets, dynamic_batch=True, name="prefill", **common)
+    prefill = trace(Prefill(model), example, target, buckets=buckets, dynamic_batch=True, name="prefill",
+                    precision="fp32" if lossy else precision, **common)
     layers, heads, head_dim = cache_shape(model)
     steps = {}
     for rows in sorted({batch_size, batch_size * num_beams} | ({slots} if slots else set())):
@@ -51,9 +64,31 @@ def trace_generate(model, target="openvino", *, prompt_buckets=(32, 64, 128), ma
         kv = [torch.zeros(rows, heads, capacity, head_dim) for _ in range(layers)]
         step_example = (torch.full((rows, 1), 5, dtype=torch.long), torch.arange(rows) % top + 1, kv,
                         [t.clone() for t in kv])
-        steps[rows] = trace(DecodeStep(model), step_example, target, name="decode step", accuracy=accuracy, **common)
+        sets = None if validation is None else step_sets(model, validation, rows, capacity)
+        steps[rows] = trace(DecodeStep(model), step_example, target, name="decode step", accuracy=accuracy,
+                            precision=precision, validation_inputs=sets, **common)
     generation_config = copy.deepcopy(model.generation_config)
     module = CausalLMModule(prefill, steps, generation_config, capacity)
     if directory is not None:  # its tokenizer, when it has one: texts in, texts out
         module.text = generation_text(directory, top, CAUSAL)
     return module
+
+
+def step_sets(model, prompts, rows: int, capacity: int) -> list[tuple]:
+    """Decode-step input sets from real prompts: `rows` prompts at a time (the last group filled
+    with repeats) prefilled by the eager model, each row's next token its greedy choice."""
+    prompts = [torch.as_tensor(p, dtype=torch.long).flatten() for p in prompts]
+    if not prompts or any(p.numel() == 0 or p.numel() >= capacity for p in prompts):
+        raise InputError(f"validation: give prompts of 1..{capacity - 1} token ids each (a list of id lists)")
+    prefill, sets = Prefill(model.eval()), []
+    with torch.no_grad():
+        for start in range(0, len(prompts), rows):
+            group = (prompts[start:start + rows] * rows)[:rows]
+            width = max(p.numel() for p in group)
+            ids = torch.stack([torch.nn.functional.pad(p, (0, width - p.numel())) for p in group])
+            mask = torch.stack([(torch.arange(width) < p.numel()).long() for p in group])
+            logits, keys, values = prefill(ids, mask)
+            cache = [torch.nn.functional.pad(t, (0, 0, 0, capacity - width)) for t in (*keys, *values)]
+            layers = keys.shape[0]
+            sets.append((logits.argmax(-1)[:, None], mask.sum(1), cache[:layers], cache[layers:]))
+    return sets

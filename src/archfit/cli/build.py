@@ -91,11 +91,11 @@ _PACK_OUTPUT = typer.Option([], "--pack-output", help="With --pack: a model outp
     "(repeat; default: every output with one value per token).")
 _POOL = typer.Option(None, help="With --pack: add a per-sequence 'pooled' output: mean or "
     "first.")
-_GENERATE = typer.Option(False, "--generate", help="Seq2seq models: compile for generation "
-    "(encoder per source bucket, decoder step "
-    "with a static key/value cache).")
-_SOURCE_BUCKETS = typer.Option("16,32,64", help="With --generate: source-length buckets.")
-_MAX_NEW_TOKENS = typer.Option(64, help="With --generate: length of the decoder cache.")
+_GENERATE = typer.Option(False, "--generate", help="Seq2seq and decoder-only language models: compile for "
+    "generation (encoder or prefill per source/prompt bucket, a decode step "
+    "over a static key/value cache).")
+_SOURCE_BUCKETS = typer.Option("16,32,64", help="With --generate: source- or prompt-length buckets.")
+_MAX_NEW_TOKENS = typer.Option(64, help="With --generate: new tokens the key/value cache holds.")
 _NUM_BEAMS = typer.Option(1, help="With --generate: most beams generate will be asked for.")
 _HTML = typer.Option(None, "--html", help=HTML_HELP)
 _COMPARE = typer.Option(True, help="Time the compiled model against eager PyTorch after compiling "
@@ -234,38 +234,47 @@ def declared_gate(model: str) -> str | None:
 def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, source_buckets: str, max_new_tokens: int,
                      num_beams: int, cache: bool, as_json: bool, html: Path | None = None, compare: bool = True,
                      accuracy: str | None = None) -> None:
+    """compile --generate: a seq2seq model (encoder buckets + decoder step) or a decoder-only one
+    (prefill buckets + decode step), by what the model is."""
     import torch
 
-    from .. import save, trace_seq2seq
+    from .. import save, trace_generate, trace_seq2seq
     from ..errors import InputError
     from .models import load_model
     from ..core.timing import median_seconds
 
-    from ..text.directory import is_directory, load_generator
+    from ..text.directory import CAUSAL, GENERATE, directory_task, is_directory, load_generator
 
-    if is_directory(model):  # a text2text-generation directory: ids drawn over its vocabulary
-        hf = load_generator(model)
+    if is_directory(model):  # a generation directory: ids drawn over its vocabulary
+        task = CAUSAL if directory_task(model) == CAUSAL else GENERATE
+        hf = load_generator(model, task)
         g = torch.Generator().manual_seed(0)
         inputs = {"input_ids": torch.randint(4, hf.config.vocab_size - 1, (1, 64), generator=g)}
     else:
         mod, inputs, _name = load_model(model, tiny)
-        hf = getattr(mod, "model", mod)  # the zoo wraps seq2seq models as one decoder step
+        hf = getattr(mod, "model", mod)  # the zoo wraps generators as one forward pass
+    causal = not getattr(getattr(hf, "config", None), "is_encoder_decoder", False)
     try:
         buckets = tuple(int(x) for x in source_buckets.split(","))
     except ValueError:
         raise InputError(f"--source-buckets {source_buckets!r} must be sizes like 16,32,64") from None
     with progress_line(not as_json) as progress:
-        compiled = trace_seq2seq(hf, target, source_buckets=buckets, num_beams=num_beams,
-                                 max_new_tokens=max_new_tokens, precision=precision, cache=cache,
-                                 progress=progress, accuracy=accuracy)
+        if causal:
+            compiled = trace_generate(hf, target, prompt_buckets=buckets, num_beams=num_beams,
+                                      max_new_tokens=max_new_tokens, precision=precision, cache=cache,
+                                      progress=progress, accuracy=accuracy)
+        else:
+            compiled = trace_seq2seq(hf, target, source_buckets=buckets, num_beams=num_beams,
+                                     max_new_tokens=max_new_tokens, precision=precision, cache=cache,
+                                     progress=progress, accuracy=accuracy)
     if is_directory(model):  # its tokenizer, when it has one: archfit generate FILE --text
         from ..text.directory import generation_text
 
-        compiled.text = generation_text(model, compiled.source_len)
+        compiled.text = generation_text(model, buckets[-1] if causal else compiled.source_len, task)
     if output is not None:
         save(compiled, output)
     ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs[0]
-    ids = ids[:, :compiled.source_len]  # the comparison runs within the largest source bucket
+    ids = ids[:, :max(buckets)]  # the comparison runs within the largest bucket
     n = min(max_new_tokens, 32)
     kw = dict(max_new_tokens=n, min_new_tokens=n)  # same work for both: every call makes n tokens
     eager_ms = compiled_ms = None
@@ -276,8 +285,8 @@ def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, sou
             compiled_ms = median_seconds(lambda: compiled.generate(ids, **kw), budget=2.0) * 1e3
     timed = (f"eager transformers {eager_ms:.1f} ms, archfit {compiled.target} {compiled_ms:.1f} ms "
              f"({eager_ms / compiled_ms:.2f}x, {n / compiled_ms * 1e3:.0f} tokens/s)" if compare else "not timed (--no-compare)")
-    summary = (f"greedy generation of {n} tokens from {ids.shape[1]} source tokens: {timed}, "
-               f"same tokens: {'yes' if same else 'NO'}")
+    summary = (f"greedy generation of {n} tokens from {ids.shape[1]} {'prompt' if causal else 'source'} tokens: "
+               f"{timed}, same tokens: {'yes' if same else 'NO'}")
     _tell(compiled, output, html, as_json, summary,
           {"greedy_ms": {"eager": eager_ms, "compiled": compiled_ms} if compare else None, "same_tokens": same})
 

@@ -198,8 +198,16 @@ def generate_(file: Path = typer.Argument(..., help="A file written by `archfit 
                                                                 "with a tokenizer); repeat for a batch."),
               max_new_tokens: Optional[int] = typer.Option(None, help="As in transformers' generate."),
               num_beams: Optional[int] = typer.Option(None, help="As in transformers' generate."),
-              num_return_sequences: Optional[int] = typer.Option(None, help="As in transformers' generate.")):
-    """Generate with a saved seq2seq file; prints one line of token ids per sequence."""
+              num_return_sequences: Optional[int] = typer.Option(None, help="As in transformers' generate."),
+              do_sample: bool = typer.Option(False, "--do-sample", help="Sample (decoder-only files), as in "
+                                                                          "transformers' generate."),
+              temperature: Optional[float] = typer.Option(None, help="With --do-sample."),
+              top_k: Optional[int] = typer.Option(None, help="With --do-sample."),
+              top_p: Optional[float] = typer.Option(None, help="With --do-sample."),
+              seed: Optional[int] = typer.Option(None, help="With --do-sample: torch's seed, as "
+                                                            "torch.manual_seed before model.generate.")):
+    """Generate with a saved generation file (seq2seq or decoder-only); prints one line per sequence:
+    the generated text with --text, else token ids."""
     import torch
 
     from .. import load
@@ -207,9 +215,14 @@ def generate_(file: Path = typer.Argument(..., help="A file written by `archfit 
 
     module = load(file)
     if module.takes != "generation":
-        raise InputError(f"{file} is not a seq2seq generator (compile with --generate); use `archfit run`")
+        raise InputError(f"{file} is not a generator (compile with --generate); use `archfit run`")
     kwargs = {k: v for k, v in dict(max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                    num_return_sequences=num_return_sequences).items() if v is not None}
+                                    num_return_sequences=num_return_sequences, temperature=temperature, top_k=top_k,
+                                    top_p=top_p).items() if v is not None}
+    if do_sample:
+        kwargs["do_sample"] = True
+    if seed is not None:
+        torch.manual_seed(seed)
     if bool(text) == bool(ids):
         raise InputError("give the source as --text or as --ids, one of them")
     if text:
@@ -222,8 +235,10 @@ def generate_(file: Path = typer.Argument(..., help="A file written by `archfit 
         raise InputError("--ids must be comma-separated integers, e.g. --ids 37,215,9") from None
     width = max(len(r) for r in rows)
     pad = module.generation_config.pad_token_id or 0
-    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    left = module.kind == "causal"  # a decoder-only batch is left-padded, as transformers expects
+    input_ids = torch.tensor([[pad] * (width - len(r)) * left + r + [pad] * (width - len(r)) * (not left) for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) * left + [1] * len(r) + [0] * (width - len(r)) * (not left)
+                         for r in rows])
     out = module.generate(input_ids, attention_mask=mask, **kwargs)
     for row in out.tolist():
         typer.echo(",".join(map(str, row)))

@@ -20,8 +20,10 @@ from ..ops import op_name
 if TYPE_CHECKING:
     from ..core.partition import PartitionPlan
 
-PRECISIONS = ("fp32", "bf16", "int8", "fp8")
-LOSSY = ("int8", "fp8")  # precisions judged by a task gate on a validation set, never elementwise
+# int8w: int8 weights (per output channel, asymmetric), float activations: the weight-only int8 of
+# optimum's --weight-format int8, for layers whose time is reading their weights (a decode step)
+PRECISIONS = ("fp32", "bf16", "int8", "int8w", "fp8")
+LOSSY = ("int8", "int8w", "fp8")  # precisions judged by a task gate on a validation set, never elementwise
 _DECOMPOSED: dict[tuple, tuple] = {}  # (op, argument signature) -> core ATen ops, for the process
 
 

@@ -127,3 +127,42 @@ def bart_base(tiny: bool):
 
     return _seq2seq(BartConfig, BartForConditionalGeneration, _dims(50265, 768, 6, 12, 3072, 1024) | dict(
         pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2), tiny)
+
+
+class CausalLogits(torch.nn.Module):
+    """A decoder-only language model as one forward pass (prompt -> logits), for analyze and
+    compile; `archfit compile NAME --generate` compiles `.model` for generation instead."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+
+def _causal(config_cls, model_cls, full: dict, tiny: dict, is_tiny: bool, seq: int = 128):
+    config = config_cls(**(full | tiny if is_tiny else full))
+    config._attn_implementation = "sdpa"
+    ids = torch.randint(3, config.vocab_size, (1, 16 if is_tiny else seq))
+    return CausalLogits(model_cls(config).eval()), {"input_ids": ids}
+
+
+def gpt2(tiny: bool):
+    """GPT-2 (124M): GPT2Config() is openai-community/gpt2's configuration."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return _causal(GPT2Config, GPT2LMHeadModel, {}, dict(n_layer=2, n_embd=64, n_head=4, vocab_size=512,
+                                                         n_positions=256), tiny)
+
+
+def llama_100m(tiny: bool):
+    """A Llama-architecture model of about 100M parameters (8 layers of 768, grouped-query
+    attention 12/4 heads, SwiGLU 2048, a 32000-token vocabulary as Llama 2's)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    full = dict(vocab_size=32000, hidden_size=768, num_hidden_layers=8, num_attention_heads=12, num_key_value_heads=4,
+                intermediate_size=2048, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2)
+    return _causal(LlamaConfig, LlamaForCausalLM, full, dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                              num_key_value_heads=2, intermediate_size=128,
+                                                              vocab_size=512), tiny)
