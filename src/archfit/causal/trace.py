@@ -25,7 +25,8 @@ def trace_generate(model, target="openvino", *, prompt_buckets=(32, 64, 128), ma
     server's continuous batch) over a key/value cache of largest bucket + max_new_tokens slots.
     accuracy: a task gate for the decode step (e.g. "tokens"); the prefill keeps the
     elementwise tolerance. precision="int8w" (int8 weights, OpenVINO) applies to the decode step,
-    whose time is reading its weights; the prefill, bound by arithmetic, stays fp32. Like every
+    whose time is reading its weights; the prefill, bound by arithmetic, runs bf16 where the CPU
+    has bf16 units (under bf16's elementwise tolerance), else fp32. Like every
     lossy precision it ships only after the tokens gate passes on `validation`: prompts of the
     user's (token-id lists or 1-D tensors), each prefilled by the eager model into a decode step's
     inputs. Returns a CausalLMModule whose `generate` takes transformers' arguments."""
@@ -55,7 +56,7 @@ def trace_generate(model, target="openvino", *, prompt_buckets=(32, 64, 128), ma
     if progress is not None:
         progress("compiling the prefill per prompt bucket")
     prefill = trace(Prefill(model), example, target, buckets=buckets, dynamic_batch=True, name="prefill",
-                    precision="fp32" if lossy else precision, **common)
+                    precision=_prefill_precision(target, precision) if lossy else precision, **common)
     layers, heads, head_dim = cache_shape(model)
     steps = {}
     for rows in sorted({batch_size, batch_size * num_beams} | ({slots} if slots else set())):
@@ -92,3 +93,11 @@ def step_sets(model, prompts, rows: int, capacity: int) -> list[tuple]:
             layers = keys.shape[0]
             sets.append((logits.argmax(-1)[:, None], mask.sum(1), cache[:layers], cache[layers:]))
     return sets
+
+
+def _prefill_precision(target, precision: str) -> str:
+    """A lossy decode step's prefill: bf16 where the target offers it and the CPU has its units."""
+    from ..targets import get_target
+
+    t = get_target(target)
+    return "bf16" if "bf16" in t.precisions and t.precision_unavailable("bf16") is None else "fp32"
