@@ -133,3 +133,54 @@ def test_generate_refuses_what_it_cannot_do():
 def test_not_a_causal_model():
     with pytest.raises(ModelError, match="not a transformers decoder-only language model"):
         archfit.trace_generate(torch.nn.Linear(4, 4))
+
+
+def test_cli_compiles_a_builtin_for_generation_and_generates(tmp_path):
+    from conftest import cli
+
+    path = tmp_path / "gpt2.archfit"
+    r = cli("compile", "gpt2", "--tiny", "--generate", "--source-buckets", "8,16", "--max-new-tokens", "6",
+            "--batch", "2", "--no-cache", "-o", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "same tokens: yes" in r.stdout and "decode step, 2 row(s), per token" in r.stdout
+    r = cli("inspect", str(path))
+    assert "decoder-only generator: prompt buckets [8, 16], decode step rows 1, 2" in r.stdout
+    r = cli("generate", str(path), "--ids", "5,6,7", "--ids", "9,10,11,12", "--max-new-tokens", "4")
+    rows = [line.split(",") for line in r.stdout.split()]
+    assert r.returncode == 0 and [len(row) for row in rows] == [8, 8] and rows[0][:1] == ["0"]  # left-padded
+    r = cli("generate", str(path), "--ids", "5,6", "--max-new-tokens", "30")
+    assert r.returncode != 0 and "need 32 cache slots, but the cache was compiled for 22" in r.stderr
+
+
+def _trained_counter():
+    """A tiny GPT-2 trained here to continue arithmetic sequences (next = previous + step, mod
+    60, steps 1-4): trained weights, so the int8w gate judges real next-token margins."""
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64,
+                                                                 vocab_size=64, eos_token_id=63, pad_token_id=0))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(250):
+        start, step = torch.randint(0, 60, (32, 1), generator=g), torch.randint(1, 5, (32, 1), generator=g)
+        seq = (start + step * torch.arange(24)) % 60 + 1
+        loss = model(input_ids=seq, labels=seq).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), lambda start, step, n: ((start + step * torch.arange(n)) % 60 + 1).tolist()
+
+
+def test_int8w_passes_the_tokens_gate_on_a_trained_model():
+    model, sequence = _trained_counter()
+    validation = [sequence(s, k, n) for s, k, n in ((3, 1, 6), (10, 2, 9), (40, 3, 12), (7, 4, 5), (55, 1, 8))]
+    module = archfit.trace_generate(model, "openvino", prompt_buckets=(16,), max_new_tokens=8, precision="int8w",
+                                    validation=validation, check_payoff=False, cache=False)
+    gate = module.steps["1"].report.validation
+    assert module.precision == "int8w" and gate.gate == "tokens" and gate.ok
+    assert dict(gate.metrics[-1].values)["agreement"] == 1.0 and gate.metrics[-1].size == 5
+    prompt = torch.tensor([sequence(20, 3, 7)])
+    want = model.generate(prompt, max_new_tokens=8)
+    assert want[0, 7:].tolist() == sequence(20 + 21, 3, 8)  # the model learned the task
+    assert torch.equal(module.generate(prompt, max_new_tokens=8), want)
+    with pytest.raises(InputError, match="pass validation="):
+        archfit.trace_generate(model, "openvino", prompt_buckets=(16,), max_new_tokens=8, precision="int8w")

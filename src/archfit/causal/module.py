@@ -66,10 +66,20 @@ class CausalLMModule(ArchfitModule):
         return 2 * 4 * self.layers * max(self.rows) * self.heads * self.capacity * self.head_dim
 
     def summary(self) -> str:
-        return (f"generation: prefill buckets over the prompt length {', '.join(map(str, self.prefill.sizes))}; "
-                f"decode step for {', '.join(map(str, self.rows))} row(s) (batch x beams) over a "
-                f"{self.capacity}-token key/value cache ({self.cache_bytes / 2 ** 20:.1f} MiB); the loop runs on "
-                f"the host")
+        """Each engine with its FLOPs (and, on an Inferentia profile, its ESTIMATED latency), the cache's memory."""
+        def part(name: str, module) -> str:
+            report = module.report
+            line = f"  {name}: {report.total_flops / 1e9:.2f} GFLOPs"
+            if report.estimate is not None:
+                line += f", ESTIMATED {report.estimate.total_ms:.2f} ms on {report.estimate.chip}"
+            return line
+
+        lines = [f"generation: prefill per prompt bucket, decode step per row count over a {self.capacity}-token "
+                 f"key/value cache ({self.cache_bytes / 2 ** 20:.1f} MiB at {max(self.rows)} rows); the loop runs "
+                 f"on the host"]
+        lines += [part(f"prefill, prompt bucket {s} (1 row)", self.prefill.buckets[str(s)]) for s in self.prefill.sizes]
+        lines += [part(f"decode step, {r} row(s), per token", self.steps[str(r)]) for r in self.rows]
+        return "\n".join(lines)
 
     def extra_repr(self) -> str:
         return (f"target={self.target!r}, precision={self.precision!r}, prompt buckets={self.prefill.sizes}, "

@@ -84,10 +84,12 @@ class Prefill(torch.nn.Module):
         visible = visible | (slots == 0)[None, None, :]
         positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
         cache = _Recording(None, None, 0)
-        logits = self.model(input_ids=input_ids, attention_mask=visible[:, None], position_ids=positions,
-                            **{self.cache_argument: cache}, use_cache=True, logits_to_keep=0).logits
         last = (attention_mask.sum(1) - 1).clamp(min=0)
-        logits = logits[torch.arange(rows), last]
+        # the head only at each row's last position, as generate's prefill does (logits_to_keep);
+        # a 1-D index keeps those positions in every row, so row r's own is on the diagonal
+        logits = self.model(input_ids=input_ids, attention_mask=visible[:, None], position_ids=positions,
+                            **{self.cache_argument: cache}, use_cache=True, logits_to_keep=last).logits
+        logits = logits[torch.arange(rows), torch.arange(rows)]
         keys, values = cache.stacked()
         return logits, keys, values
 

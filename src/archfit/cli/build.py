@@ -83,7 +83,9 @@ _PAD = typer.Option([], "--pad", help="NAME=VALUE: the pad value of an input (de
 _DYNAMIC_BATCH = typer.Option(False, help="Accept any batch size in dim 0 (split / pad).")
 _BATCH = typer.Option(None, help="With --dynamic-batch: the batch compiled (rows per engine "
     "call; the example's rows repeated); default: the "
-    "example's. `archfit serve` fills it with requests.")
+    "example's. `archfit serve` fills it with requests. With "
+    "--generate: the rows of the decode step (a server's "
+    "continuous batch), besides one.")
 _PACK = typer.Option(None, "--pack", help="Encoders: pack several sequences into rows of "
     "this many tokens (row lengths: --buckets, or chosen from --lengths).")
 _PACK_ROWS = typer.Option(1, help="With --pack: rows per engine call.")
@@ -160,7 +162,7 @@ def compile_(model: str = _MODEL,
         check_output_path(path)
     if generate:
         return _compile_seq2seq(model, tiny, output, target, precision, source_buckets, max_new_tokens, num_beams,
-                                not no_cache, as_json, html, compare, accuracy)
+                                not no_cache, as_json, html, compare, accuracy, batch or 1)
     mod, inputs, name = load_model(model, tiny, shape, task, length, weights)
     if batch is not None:
         inputs = with_batch(inputs, batch, dynamic_batch)
@@ -233,9 +235,10 @@ def declared_gate(model: str) -> str | None:
 
 def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, source_buckets: str, max_new_tokens: int,
                      num_beams: int, cache: bool, as_json: bool, html: Path | None = None, compare: bool = True,
-                     accuracy: str | None = None) -> None:
+                     accuracy: str | None = None, batch: int = 1) -> None:
     """compile --generate: a seq2seq model (encoder buckets + decoder step) or a decoder-only one
-    (prefill buckets + decode step), by what the model is."""
+    (prefill buckets + decode step), by what the model is; `batch`: rows of the decode step
+    (the cache rows `archfit serve` runs a continuous batch in), besides one."""
     import torch
 
     from .. import save, trace_generate, trace_seq2seq
@@ -260,11 +263,11 @@ def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, sou
         raise InputError(f"--source-buckets {source_buckets!r} must be sizes like 16,32,64") from None
     with progress_line(not as_json) as progress:
         if causal:
-            compiled = trace_generate(hf, target, prompt_buckets=buckets, num_beams=num_beams,
+            compiled = trace_generate(hf, target, prompt_buckets=buckets, num_beams=num_beams, slots=batch,
                                       max_new_tokens=max_new_tokens, precision=precision, cache=cache,
                                       progress=progress, accuracy=accuracy)
         else:
-            compiled = trace_seq2seq(hf, target, source_buckets=buckets, num_beams=num_beams,
+            compiled = trace_seq2seq(hf, target, source_buckets=buckets, num_beams=num_beams, batch_size=batch,
                                      max_new_tokens=max_new_tokens, precision=precision, cache=cache,
                                      progress=progress, accuracy=accuracy)
     if is_directory(model):  # its tokenizer, when it has one: archfit generate FILE --text

@@ -20,6 +20,9 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
                                              "(OpenVINO streams): more throughput under load, more latency alone."),
           threads: Optional[int] = typer.Option(None, help="Threads per engine (default: all cores; with --ray, 1 "
                                                            "per replica)."),
+          slots: Optional[int] = typer.Option(None, help="Decoder-only generation files: cache rows of the "
+                                                         "continuous batch (a row count the file's decode step "
+                                                         "was compiled for; default its largest)."),
           ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve (pip install 'archfit[serve]')."),
           replicas: int = typer.Option(2, help="With --ray: replicas of the server."),
           address: Optional[str] = typer.Option(None, help="With --ray: the cluster to join ('auto' after `ray "
@@ -39,4 +42,4 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
         typer.echo(f"serving {names} on http://{host}:{port}/v2 (metrics at /metrics)", err=True)
 
     run(files, host=host, port=port, max_delay_ms=max_delay_ms, max_queue=max_queue, max_body_mb=max_body_mb,
-        streams=streams, threads=threads, on_ready=ready)
+        streams=streams, threads=threads, on_ready=ready, slots=slots)

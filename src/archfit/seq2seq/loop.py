@@ -110,11 +110,13 @@ def fill_value(config: GenerationConfig) -> int:
     return int(config.pad_token_id or eos)  # sic: `pad or eos` (a pad id of 0 gives eos), as transformers
 
 
-def next_tokens(scores: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
-    """transformers' token choice: argmax, or one draw from the softmax when sampling (the
-    global torch generator, as `model.generate` draws, so a seed gives the same tokens)."""
+def next_tokens(scores: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """transformers' token choice: argmax, or one draw from the softmax when sampling (by default
+    the global torch generator, as `model.generate` draws, so a seed gives the same tokens; a
+    server gives each request its own)."""
     if config.do_sample:
-        return torch.multinomial(torch.nn.functional.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        probs = torch.nn.functional.softmax(scores, dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
     return scores.argmax(-1)
 
 

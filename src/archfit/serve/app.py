@@ -21,12 +21,19 @@ from .metrics import Metrics
 from .protocol import HEADER, RequestError, decode, encode
 from .servable import Servable, servable
 
-_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
+_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+                    r"(?P<rest>/ready|/infer|/generate|/generate_stream)?$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _openai_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
+                        headers=headers)
 
 
 class TooLarge(Exception):
@@ -56,18 +63,22 @@ def load_models(specs: list[str]) -> dict[str, Servable]:
 
 class Server:
     def __init__(self, models: Mapping[str, Servable], max_delay_ms: float = 5.0, max_queue: int = 256,
-                 max_body: int = 64 << 20, streams: int = 1):
+                 max_body: int = 64 << 20, streams: int = 1, slots: int | None = None):
         self.models = dict(models)
         self.metrics = Metrics()
         self.max_delay = max_delay_ms / 1000
         self.max_queue = max_queue
         self.max_body = max_body
         self.streams = streams  # batches run at once per model (engines loaded with as many streams)
+        self.slots = slots  # cache rows of a generation file's continuous batch (None: its largest step)
         self.batchers: dict[str, Batcher] = {}
         self.ready = False
 
     async def start(self) -> None:
         for name, s in self.models.items():
+            if s.continuous:  # generation: its own loop, one request per cache row (serve/generation.py)
+                s.start(self.slots)
+                continue
             self.batchers[name] = b = Batcher(s, self.metrics, self.max_delay, self.max_queue, self.streams)
             b.start()
         self.ready = True
@@ -76,6 +87,9 @@ class Server:
         """Answer what is queued, then stop the batchers."""
         self.ready = False
         await asyncio.gather(*(b.close() for b in self.batchers.values()))
+        for s in self.models.values():
+            if s.continuous:
+                await asyncio.to_thread(s.stop)
 
     # -- routes --------------------------------------------------------------------------------
     async def handle(self, request: Request) -> Response:
@@ -88,6 +102,11 @@ class Server:
             return JSONResponse({"name": "archfit", "version": __version__, "extensions": ["binary_tensor_data"]})
         if path == "/metrics":
             return Response(self.metrics.text(), media_type="text/plain; version=0.0.4")
+        if path == "/v1/completions" and method == "POST":
+            return await self.generation(None, request, "completions")
+        if path == "/v1/models":
+            return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "owned_by": "archfit"}
+                                                            for n, s in self.models.items() if s.continuous]})
         if path == "/v2/repository/index" and method == "POST":
             return JSONResponse([{"name": n, "version": "1", "state": "READY" if self.ready else "UNAVAILABLE"}
                                  for n in self.models])
@@ -105,7 +124,41 @@ class Server:
             if method != "POST":
                 return error(405, "infer takes POST")
             return await self.infer(name, request)
+        if rest in ("/generate", "/generate_stream"):
+            if method != "POST" or not self.models[name].continuous:
+                return error(405 if method != "POST" else 400,
+                             f"{rest.lstrip('/')} takes POST, for a decoder-only generation file ({name!r} is a "
+                             f"{self.models[name].kind} file: use infer)")
+            return await self.generation(name, request, rest.lstrip("/"))
         return JSONResponse(self.models[name].metadata())
+
+    async def generation(self, name: str | None, request: Request, route: str) -> Response:
+        """generate, generate_stream and completions: errors answered as infer's are, counted alike."""
+        from . import completions
+
+        start, status = time.perf_counter(), 200
+        # OpenAI's clients read {"error": {"message": ...}}; the v2 routes answer as infer does
+        fail = _openai_error if route == "completions" else error
+        try:
+            if route == "completions":
+                return await completions.completions(self, request)
+            return await completions.generate(self, name, request, stream=route == "generate_stream")
+        except TooLarge as e:
+            status = 413
+            return fail(413, f"request: the body has {e.args[0]} bytes or more, over the server's limit of "
+                              f"{self.max_body} (--max-body-mb)")
+        except InputError as e:
+            status = 400
+            return fail(400, str(e))
+        except OverflowError as e:
+            status = 503
+            return fail(503, f"overloaded: {e}", headers={"Retry-After": "1"})
+        except ClientDisconnect:
+            status = 499
+            return Response(status_code=499)
+        finally:
+            self.metrics.answered(name or "completions", route, status,
+                                  time.perf_counter() - start if status == 200 else None)
 
     async def _body(self, request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -133,7 +186,7 @@ class Server:
                 body = await self._body(request)
             except TooLarge as e:
                 status = 413
-                return error(413, f"request: the body has {e.args[0]} bytes or more, over the server's limit of "
+                return fail(413, f"request: the body has {e.args[0]} bytes or more, over the server's limit of "
                                   f"{self.max_body} (--max-body-mb); send smaller requests")
             except ClientDisconnect:  # the client hung up mid-body: nobody to answer, counted as such
                 status = 499
@@ -149,18 +202,30 @@ class Server:
                         raise RequestError(f"model {name!r} has no output {unknown[0]!r}; it has {', '.join(sorted(known))}")
             except InputError as e:
                 status = 400
-                return error(400, str(e))
+                return fail(400, str(e))
             except Exception as e:  # noqa: BLE001 - a request our checks missed: one line, counted, no traceback
                 status = 400
-                return error(400, f"request: {type(e).__name__}: {first_line(e, 200)}")
+                return fail(400, f"request: {type(e).__name__}: {first_line(e, 200)}")
+            if model.continuous:  # each row joins the running batch; answered when all are done
+                try:
+                    outputs, bucket = {**await model.generate_rows(item, self.metrics)}, "slots"
+                except InputError as e:
+                    status = 400
+                    return fail(400, str(e))
+                except OverflowError as e:
+                    status = 503
+                    return fail(503, f"overloaded: {e}", headers={"Retry-After": "1"})
+                content, headers = encode(name, req, outputs)
+                return Response(content, headers=headers,
+                                media_type="application/octet-stream" if headers else "application/json")
             try:
                 future = self.batchers[name].submit(item)
             except TooManyRows as e:
                 status = 413
-                return error(413, f"request: {e}")
+                return fail(413, f"request: {e}")
             except Overloaded as e:
                 status = 503
-                return error(503, f"overloaded: {e}", headers={"Retry-After": "1"})
+                return fail(503, f"overloaded: {e}", headers={"Retry-After": "1"})
             gone = asyncio.ensure_future(_disconnected(request))
             try:
                 await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -174,13 +239,13 @@ class Server:
                 outputs, bucket = future.result()
             except InputError as e:
                 status = 400
-                return error(400, str(e))
+                return fail(400, str(e))
             except ArchfitError as e:
                 status = 500
-                return error(500, str(e))
+                return fail(500, str(e))
             except Exception as e:  # noqa: BLE001 - a bug of ours or a backend's: one line, the server goes on
                 status = 500
-                return error(500, f"internal: {type(e).__name__}: {first_line(e)}")
+                return fail(500, f"internal: {type(e).__name__}: {first_line(e)}")
             content, headers = encode(name, req, outputs)
             ctype = "application/octet-stream" if headers else "application/json"
             return Response(content, headers=headers, media_type=ctype)
@@ -229,14 +294,14 @@ def engine_threads(threads: int | None = None, streams: int = 1) -> None:
 
 def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, max_delay_ms: float = 5.0,
         max_queue: int = 256, max_body_mb: float = 64, streams: int = 1, threads: int | None = None,
-        log_level: str = "warning", on_ready=None) -> None:
+        log_level: str = "warning", on_ready=None, slots: int | None = None) -> None:
     """Load the files and serve them until SIGINT/SIGTERM (in-flight requests are answered first).
     streams > 1: each model runs that many batches at once, its engines split into as many
     streams (OpenVINO NUM_STREAMS), which uses the cores better under load than one batch on all."""
     import uvicorn
 
     engine_threads(threads, streams)
-    server = Server(load_models(specs), max_delay_ms, max_queue, int(max_body_mb * (1 << 20)), streams)
+    server = Server(load_models(specs), max_delay_ms, max_queue, int(max_body_mb * (1 << 20)), streams, slots)
     config = uvicorn.Config(create_app(server), host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=30, lifespan="on")
     if on_ready is not None:

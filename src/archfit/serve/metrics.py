@@ -24,6 +24,16 @@ class Metrics:
         self.positions = Counter("archfit_positions", "Positions computed, by whether they held real data or padding",
                                  ["model", "bucket", "kind"], registry=r)
 
+        self.generated = Counter("archfit_generated_tokens", "Tokens generated (generation files)", ["model"],
+                                 registry=r)
+        self.first_token = Histogram("archfit_time_to_first_token_seconds", "Generation: request to its first token",
+                                     ["model"], buckets=_LATENCY, registry=r)
+
+    def generation(self, model: str, tokens: int, first: float | None) -> None:
+        self.generated.labels(model).inc(tokens)
+        if first is not None:
+            self.first_token.labels(model).observe(first)
+
     def batch(self, model: str, stats: BatchStats, seconds: float) -> None:
         self.batch_seconds.labels(model, stats.bucket).observe(seconds)
         self.fill.labels(model, stats.bucket).observe(min(1.0, stats.rows / max(1, stats.capacity)))

@@ -62,6 +62,7 @@ class Servable:
     inputs: list[TensorMeta]
     outputs: list[TensorMeta]
     capacity: int = 1  # rows per engine call
+    continuous: ClassVar[bool] = False  # runs its own loop (generation), not the batcher: start(), stop()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -166,7 +167,7 @@ def servable(name: str, module: ArchfitModule, text: bool = True) -> Servable:
     """The adapter for a loaded module, by its kind, or one line saying why it cannot be served; a
     module that carries a tokenizer takes texts (serve/text.py) unless `text` is off."""
     module.take_torch_tensors()  # files of ONNX/TF/MXNet models: the protocol gives tensors by name, ids as ints
-    from . import adapters  # noqa: F401 - each kind's adapter registers itself when defined
+    from . import adapters, generation  # noqa: F401 - each kind's adapter registers itself when defined
 
     adapter = ADAPTERS.get(module.kind)
     if adapter is None:
