@@ -122,7 +122,7 @@ class CausalLMModule(ArchfitModule):
                              f"bucket {self.prefill.sizes[-1]}; cut the prompt or trace with larger prompt_buckets")
         rows = min(r for r in self.rows if r >= batch * beams)  # exists: batch <= most
         run = CacheRunner(self, rows)
-        run.start(input_ids, attention_mask, expand=beams, pad=pad_id(config))
+        run.start(input_ids, attention_mask, expand=beams)
         sequences, mask = input_ids.repeat_interleave(beams, 0), attention_mask.repeat_interleave(beams, 0)
         processors = logits_processors(config, sequences, encoder_decoder=False, prompt_len=input_ids.shape[1],
                                        attention_mask=mask)
@@ -170,12 +170,14 @@ class CacheRunner:
         self.lengths = torch.zeros(rows, dtype=torch.long)
         self.pending: torch.Tensor | None = None  # the prefill's logits, returned by the first call
 
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad: int):
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """Prompts (any padding: only the tokens under the mask count, in order) through the
-        compiled prefill: (logits (n, vocab), keys, values (layers, n, heads, width, head dim), lengths)."""
+        compiled prefill: (logits (n, vocab), keys, values (layers, n, heads, width, head dim), lengths).
+        The compacted rows are padded with id 0 (masked; any id in the table would do, and an EOS
+        id used as pad may lie outside it)."""
         lengths = attention_mask.sum(1)
         width = max(int(lengths.max()), 1)
-        ids = torch.full((input_ids.shape[0], width), pad, dtype=torch.long)
+        ids = torch.zeros(input_ids.shape[0], width, dtype=torch.long)
         mask = torch.zeros(input_ids.shape[0], width, dtype=torch.long)
         for r in range(input_ids.shape[0]):  # compacted to the left: positions count real tokens, as transformers'
             real = input_ids[r][attention_mask[r].bool()]
@@ -183,9 +185,9 @@ class CacheRunner:
         logits, keys, values = self.module.prefill(input_ids=ids, attention_mask=mask)
         return logits, keys, values, lengths
 
-    def start(self, input_ids, attention_mask, expand: int = 1, pad: int = 0) -> None:
+    def start(self, input_ids, attention_mask, expand: int = 1) -> None:
         """Prefill a batch into rows 0.. (each prompt into `expand` rows, for beams)."""
-        logits, keys, values, lengths = self.prefill(input_ids, attention_mask, pad)
+        logits, keys, values, lengths = self.prefill(input_ids, attention_mask)
         if expand > 1:
             logits, lengths = logits.repeat_interleave(expand, 0), lengths.repeat_interleave(expand, 0)
             keys, values = keys.repeat_interleave(expand, 1), values.repeat_interleave(expand, 1)

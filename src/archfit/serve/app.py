@@ -186,7 +186,7 @@ class Server:
                 body = await self._body(request)
             except TooLarge as e:
                 status = 413
-                return fail(413, f"request: the body has {e.args[0]} bytes or more, over the server's limit of "
+                return error(413, f"request: the body has {e.args[0]} bytes or more, over the server's limit of "
                                   f"{self.max_body} (--max-body-mb); send smaller requests")
             except ClientDisconnect:  # the client hung up mid-body: nobody to answer, counted as such
                 status = 499
@@ -202,19 +202,19 @@ class Server:
                         raise RequestError(f"model {name!r} has no output {unknown[0]!r}; it has {', '.join(sorted(known))}")
             except InputError as e:
                 status = 400
-                return fail(400, str(e))
+                return error(400, str(e))
             except Exception as e:  # noqa: BLE001 - a request our checks missed: one line, counted, no traceback
                 status = 400
-                return fail(400, f"request: {type(e).__name__}: {first_line(e, 200)}")
+                return error(400, f"request: {type(e).__name__}: {first_line(e, 200)}")
             if model.continuous:  # each row joins the running batch; answered when all are done
                 try:
                     outputs, bucket = {**await model.generate_rows(item, self.metrics)}, "slots"
                 except InputError as e:
                     status = 400
-                    return fail(400, str(e))
+                    return error(400, str(e))
                 except OverflowError as e:
                     status = 503
-                    return fail(503, f"overloaded: {e}", headers={"Retry-After": "1"})
+                    return error(503, f"overloaded: {e}", headers={"Retry-After": "1"})
                 content, headers = encode(name, req, outputs)
                 return Response(content, headers=headers,
                                 media_type="application/octet-stream" if headers else "application/json")
@@ -222,10 +222,10 @@ class Server:
                 future = self.batchers[name].submit(item)
             except TooManyRows as e:
                 status = 413
-                return fail(413, f"request: {e}")
+                return error(413, f"request: {e}")
             except Overloaded as e:
                 status = 503
-                return fail(503, f"overloaded: {e}", headers={"Retry-After": "1"})
+                return error(503, f"overloaded: {e}", headers={"Retry-After": "1"})
             gone = asyncio.ensure_future(_disconnected(request))
             try:
                 await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -239,13 +239,13 @@ class Server:
                 outputs, bucket = future.result()
             except InputError as e:
                 status = 400
-                return fail(400, str(e))
+                return error(400, str(e))
             except ArchfitError as e:
                 status = 500
-                return fail(500, str(e))
+                return error(500, str(e))
             except Exception as e:  # noqa: BLE001 - a bug of ours or a backend's: one line, the server goes on
                 status = 500
-                return fail(500, f"internal: {type(e).__name__}: {first_line(e)}")
+                return error(500, f"internal: {type(e).__name__}: {first_line(e)}")
             content, headers = encode(name, req, outputs)
             ctype = "application/octet-stream" if headers else "application/json"
             return Response(content, headers=headers, media_type=ctype)

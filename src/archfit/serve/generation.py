@@ -138,13 +138,13 @@ class Scheduler:
 
     def _prefill(self, slot: int, s: Stream) -> None:
         ids = torch.tensor([s.prompt])
-        logits, keys, values, lengths = self.runner.prefill(ids, torch.ones_like(ids), pad_id(s.config))
+        logits, keys, values, lengths = self.runner.prefill(ids, torch.ones_like(ids))
         self.runner.write([slot], keys, values, lengths)
         self.active[slot] = s
         self._choose(slot, s, logits[0])
 
     def _step(self) -> None:
-        ids = torch.full((self.slots, 1), pad_id(self.module.generation_config), dtype=torch.long)
+        ids = torch.zeros(self.slots, 1, dtype=torch.long)  # rows without a request: any id in the table
         for slot, s in self.active.items():
             ids[slot, 0] = s.made[-1]
         logits = self.runner.step_all(ids)

@@ -153,7 +153,7 @@ def gpt2(tiny: bool):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     return _causal(GPT2Config, GPT2LMHeadModel, {}, dict(n_layer=2, n_embd=64, n_head=4, vocab_size=512,
-                                                         n_positions=256), tiny)
+                                                         n_positions=256, bos_token_id=511, eos_token_id=511), tiny)
 
 
 def llama_100m(tiny: bool):
