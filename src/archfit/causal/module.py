@@ -32,7 +32,7 @@ class CausalLMModule(ArchfitModule):
         self.steps = torch.nn.ModuleDict({str(r): steps[r] for r in sorted(steps)})  # rows -> CompiledModule
         self.generation_config = generation_config
         self.layers = (len(step.inputs) - 2) // 2  # ids, positions, every layer's keys, then values
-        _rows, self.heads, self.capacity, self.head_dim = step.inputs[2].shape
+        _rows, self.heads, self.head_dim, self.capacity = step.inputs[2].shape  # keys are stored transposed
         assert self.capacity == capacity, (self.capacity, capacity)
         share_cores(self)  # the loop computes between engine calls: logits processing, cache writes, beams
 
@@ -164,9 +164,9 @@ class CacheRunner:
     def __init__(self, module: CausalLMModule, rows: int):
         self.module, self.rows, self.used = module, rows, rows
         self.step = module.steps[str(rows)]
-        shape = (rows, module.heads, module.capacity, module.head_dim)
-        self.keys = [torch.zeros(shape) for _ in range(module.layers)]  # one tensor per layer, as the step takes them
-        self.values = [torch.zeros(shape) for _ in range(module.layers)]
+        # one tensor per layer, as the step takes them; keys transposed (parts.decode_attention)
+        self.keys = [torch.zeros(rows, module.heads, module.head_dim, module.capacity) for _ in range(module.layers)]
+        self.values = [torch.zeros(rows, module.heads, module.capacity, module.head_dim) for _ in range(module.layers)]
         self.lengths = torch.zeros(rows, dtype=torch.long)
         self.pending: torch.Tensor | None = None  # the prefill's logits, returned by the first call
 
@@ -199,7 +199,7 @@ class CacheRunner:
         """Prefilled keys/values into `rows` (a slice or index list)."""
         width = keys.shape[3]
         for layer, (k, v) in enumerate(zip(self.keys, self.values)):
-            k[rows, :, :width] = keys[layer]
+            k[rows, :, :, :width] = keys[layer].transpose(2, 3)
             v[rows, :, :width] = values[layer]
         self.lengths[rows] = lengths
 
@@ -211,7 +211,7 @@ class CacheRunner:
         slots = self.lengths.clamp(max=self.module.capacity - 1)
         for layer, (k, v) in enumerate(zip(self.keys, self.values)):
             # two index tensors apart put the indexed dim first: (rows, heads, head dim)
-            k[rows, :, slots] = new_keys[layer, :, :, 0]
+            k[rows, :, :, slots] = new_keys[layer, :, :, 0]
             v[rows, :, slots] = new_values[layer, :, :, 0]
         self.lengths += 1
         return logits
@@ -228,6 +228,7 @@ class CacheRunner:
     def reorder(self, rows: torch.Tensor, filled: int) -> None:
         """Beam search moved beams: row i now continues row rows[i]."""
         top = int(self.lengths[:self.used].max())
-        for cache in (*self.keys, *self.values):
-            cache[:self.used, :, :top] = cache[rows, :, :top]
+        for k, v in zip(self.keys, self.values):
+            k[:self.used, :, :, :top] = k[rows, :, :, :top]
+            v[:self.used, :, :top] = v[rows, :, :top]
         self.lengths[:self.used] = self.lengths[rows]

@@ -3,7 +3,8 @@ a generation loop calls, the way Neuron's inference library cuts them: `Prefill`
 bucket through the model, writing its keys/values) and `DecodeStep` (one token per row against
 a key/value cache of fixed length). Both run the transformers modules themselves; only the
 cache is ours, functional as in seq2seq/parts.py: the step takes the cache as inputs and
-returns the new token's keys/values, which the host writes into its preallocated cache.
+returns the new token's keys/values, which the host writes into its preallocated cache, and
+attends to the cache and the new token apart (decode_attention), copying neither.
 
 Every row keeps its own length (prompts are right-padded and compacted, positions per row), so
 one decode step serves a padded batch, beams and a continuous batch of unrelated requests."""
@@ -43,8 +44,8 @@ def cache_shape(model: torch.nn.Module) -> tuple[int, int, int]:
 
 
 class _Recording:
-    """What transformers' attention asks of a cache: `update` returns the keys/values to attend
-    over (the cache's slots, then the new tokens) and keeps the new ones for the outputs."""
+    """What transformers' attention asks of a cache, for a prompt run from an empty cache:
+    `update` keeps the new keys/values for the outputs and returns them to attend over."""
 
     is_compileable = False
 
@@ -53,9 +54,7 @@ class _Recording:
 
     def update(self, key, value, layer_idx, *args, **kwargs):
         self.new[layer_idx] = (key, value)
-        if self.keys is None:
-            return key, value
-        return torch.cat([self.keys[layer_idx], key], 2), torch.cat([self.values[layer_idx], value], 2)
+        return key, value
 
     def get_seq_length(self, layer_idx: int = 0):
         return self.length
@@ -94,12 +93,52 @@ class Prefill(torch.nn.Module):
         return logits, keys, values
 
 
+class _StepCache(_Recording):
+    """The decode step's cache: `update` keeps the new token's keys/values and hands attention the
+    cache itself, keys stored transposed (R, heads, head dim, T); `decode_attention` attends to the
+    cache and the new token apart, so no step copies the cache (a concatenation would, and so
+    would transposing the keys for the product)."""
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        self.new[layer_idx] = (key, value)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+
+_STEPS: list[_StepCache] = []  # the step being traced or run (attention functions receive no cache)
+
+
+def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """One query token per row against keys (R, kv heads, head dim, T) and values (R, kv heads,
+    T, head dim) from the cache, plus the token's own key/value: scores of both, one softmax over
+    T + 1 under the (R, 1, 1, T + 1) mask, the weighted sum of both. Grouped-query heads share
+    their key/value head by broadcasting, not by repeating the cache."""
+    new_key, new_value = _STEPS[-1].new[module.layer_idx]  # (R, kv heads, 1, head dim)
+    rows, heads, _one, dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[3]
+    q = query.reshape(rows, kv_heads, heads // kv_heads, dim) * (scaling if scaling is not None else dim ** -0.5)
+    scores = torch.cat([torch.matmul(q, key), torch.matmul(q, new_key.transpose(2, 3))], -1)
+    scores = scores.masked_fill(~attention_mask.reshape(rows, 1, 1, length + 1), float("-inf"))
+    weights = torch.softmax(scores, -1)
+    out = torch.matmul(weights[..., :length], value) + torch.matmul(weights[..., length:], new_value)
+    return out.reshape(rows, heads, 1, dim).transpose(1, 2), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("archfit_decode", decode_attention)
+
+
+_register_attention()
+
+
 class DecodeStep(torch.nn.Module):
     """One token per row, row r at position positions[r] (its length so far) against a cache of
-    fixed length T: (ids (R, 1), positions (R,), keys, values: one (R, heads, T, head dim) tensor
-    per layer) -> (next-token logits (R, vocab), this token's keys/values (layers, R, heads, 1,
-    head dim)). Slots >= a row's position are masked, so what they hold never matters. The cache
-    comes as one input per layer: slicing a stacked one costs a copy of every layer each token."""
+    fixed length T: (ids (R, 1), positions (R,), keys: one (R, heads, head dim, T) tensor per
+    layer, values: one (R, heads, T, head dim) per layer) -> (next-token logits (R, vocab), this
+    token's keys/values (layers, R, heads, 1, head dim)). Slots >= a row's position are masked, so
+    what they hold never matters. The cache comes as one input per layer (slicing a stacked one
+    copies every layer each token); attention is `decode_attention`."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -107,11 +146,17 @@ class DecodeStep(torch.nn.Module):
         self.cache_argument = _cache_argument(model)
 
     def forward(self, ids, positions, keys, values):
-        length = keys[0].shape[2]
+        length = keys[0].shape[3]
         slots = torch.arange(length + 1)
         visible = (slots[None, :] < positions[:, None]) | (slots == length)[None, :]  # filled slots, the new token
-        cache = _Recording(keys, values, length)
-        logits = self.model(input_ids=ids, attention_mask=visible[:, None, None, :], position_ids=positions[:, None],
-                            **{self.cache_argument: cache}, use_cache=True).logits[:, -1]
+        cache = _StepCache(keys, values, length)
+        config, _STEPS[:] = self.model.config, [cache]
+        attention, config._attn_implementation = config._attn_implementation, "archfit_decode"
+        try:
+            logits = self.model(input_ids=ids, attention_mask=visible[:, None, None, :],
+                                position_ids=positions[:, None], **{self.cache_argument: cache},
+                                use_cache=True).logits[:, -1]
+        finally:
+            config._attn_implementation, _STEPS[:] = attention, []
         new_keys, new_values = cache.stacked()
         return logits, new_keys, new_values

@@ -62,9 +62,9 @@ def trace_generate(model, target="openvino", *, prompt_buckets=(32, 64, 128), ma
     for rows in sorted({batch_size, batch_size * num_beams} | ({slots} if slots else set())):
         if progress is not None:
             progress(f"compiling the decode step for {rows} rows")
-        kv = [torch.zeros(rows, heads, capacity, head_dim) for _ in range(layers)]
-        step_example = (torch.full((rows, 1), 5, dtype=torch.long), torch.arange(rows) % top + 1, kv,
-                        [t.clone() for t in kv])
+        step_example = (torch.full((rows, 1), 5, dtype=torch.long), torch.arange(rows) % top + 1,
+                        [torch.zeros(rows, heads, head_dim, capacity) for _ in range(layers)],  # keys transposed
+                        [torch.zeros(rows, heads, capacity, head_dim) for _ in range(layers)])
         sets = None if validation is None else step_sets(model, validation, rows, capacity)
         steps[rows] = trace(DecodeStep(model), step_example, target, name="decode step", accuracy=accuracy,
                             precision=precision, validation_inputs=sets, **common)
@@ -89,9 +89,10 @@ def step_sets(model, prompts, rows: int, capacity: int) -> list[tuple]:
             ids = torch.stack([torch.nn.functional.pad(p, (0, width - p.numel())) for p in group])
             mask = torch.stack([(torch.arange(width) < p.numel()).long() for p in group])
             logits, keys, values = prefill(ids, mask)
-            cache = [torch.nn.functional.pad(t, (0, 0, 0, capacity - width)) for t in (*keys, *values)]
-            layers = keys.shape[0]
-            sets.append((logits.argmax(-1)[:, None], mask.sum(1), cache[:layers], cache[layers:]))
+            pad = (0, capacity - width)
+            sets.append((logits.argmax(-1)[:, None], mask.sum(1),
+                         [torch.nn.functional.pad(k.transpose(2, 3), pad) for k in keys],  # keys transposed
+                         [torch.nn.functional.pad(v, (0, 0) + pad) for v in values]))
     return sets
 
 
