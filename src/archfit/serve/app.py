@@ -36,6 +36,13 @@ def _openai_error(status: int, message: str, headers: dict | None = None) -> JSO
                         headers=headers)
 
 
+def _refused(e: Exception, fail=error) -> tuple[int, Response]:
+    """A generation request refused: a full queue is 503 with Retry-After, a bad request 400."""
+    if isinstance(e, OverflowError):
+        return 503, fail(503, f"overloaded: {e}", headers={"Retry-After": "1"})
+    return 400, fail(400, str(e))
+
+
 class TooLarge(Exception):
     pass
 
@@ -147,12 +154,9 @@ class Server:
             status = 413
             return fail(413, f"request: the body has {e.args[0]} bytes or more, over the server's limit of "
                               f"{self.max_body} (--max-body-mb)")
-        except InputError as e:
-            status = 400
-            return fail(400, str(e))
-        except OverflowError as e:
-            status = 503
-            return fail(503, f"overloaded: {e}", headers={"Retry-After": "1"})
+        except (InputError, OverflowError) as e:
+            status, response = _refused(e, fail)
+            return response
         except ClientDisconnect:
             status = 499
             return Response(status_code=499)
@@ -208,13 +212,10 @@ class Server:
                 return error(400, f"request: {type(e).__name__}: {first_line(e, 200)}")
             if model.continuous:  # each row joins the running batch; answered when all are done
                 try:
-                    outputs, bucket = {**await model.generate_rows(item, self.metrics)}, "slots"
-                except InputError as e:
-                    status = 400
-                    return error(400, str(e))
-                except OverflowError as e:
-                    status = 503
-                    return error(503, f"overloaded: {e}", headers={"Retry-After": "1"})
+                    outputs, bucket = await model.generate_rows(item, self.metrics), "slots"
+                except (InputError, OverflowError) as e:
+                    status, response = _refused(e)
+                    return response
                 content, headers = encode(name, req, outputs)
                 return Response(content, headers=headers,
                                 media_type="application/octet-stream" if headers else "application/json")
