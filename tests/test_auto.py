@@ -33,8 +33,9 @@ def test_auto_precision_measures_what_this_cpu_computes_in(mlp):
     model, inputs = mlp
     compiled = archfit.trace(model, inputs, target="openvino", precision="auto", check_payoff=False)
     alts = {a.precision: a for a in compiled.report.alternatives}
-    assert set(alts) == {"fp32", "bf16", "int8"}
+    assert set(alts) == {"fp32", "bf16", "int8", "int8w"}
     assert alts["int8"].ms is None and "no calibration data" in alts["int8"].why  # int8 needs the user's inputs
+    assert alts["int8w"].ms is None and "no task gate and validation set" in alts["int8w"].why
     if bf16_units():
         assert alts["bf16"].ms is not None
     else:  # left out, saying why, rather than timing fp32 under a bf16 label

@@ -84,7 +84,8 @@ def test_tiny_zoo_model_matches_eager(analyses, name, target):
 def test_captured_ops_without_a_torch_neuron_entry(analyses):
     """Which ops of the zoo's captured graphs (whole models, or the regions of detectors with
     NMS) have no entry in torch-neuron's list (after the TorchScript-name aliases). gather, index
-    and cumsum (RoBERTa's position ids) are truly absent, so they run on the CPU;
+    and cumsum (RoBERTa's position ids) are truly absent, so they run on the CPU, as is diff
+    (transformers' mask code looks for packed sequences in the causal LMs' position ids);
     scaled_dot_product_attention postdates torch-neuron and is judged by its decomposition."""
     d = neuron_data("neuron_inf1_torch_ops.json")
     known = set(d["supported"]) | set(d["limited"]) | set(d["removed"])
@@ -95,7 +96,8 @@ def test_captured_ops_without_a_torch_neuron_entry(analyses):
                 if node.op == "call_function" and ts_name(node.target).startswith("aten::"):
                     if ts_name(node.target) not in known:
                         unmapped.add(ts_name(node.target))
-    assert unmapped == {"aten::gather", "aten::index", "aten::cumsum", "aten::scaled_dot_product_attention"}
+    assert unmapped == {"aten::gather", "aten::index", "aten::cumsum", "aten::diff",
+                        "aten::scaled_dot_product_attention"}
 
 
 @pytest.mark.parametrize("name", sorted(TARGET_OF))

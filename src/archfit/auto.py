@@ -33,10 +33,11 @@ class Alternative:
     chosen: bool = False
 
 
-def candidates(target, precision: str | None,
-               calibration: bool = False) -> tuple[list[tuple[str, str]], list[Alternative]]:
-    """(target, precision) pairs to compile, and those left out with the reason (int8 with
-    precision="auto" only when calibration data is given)."""
+def candidates(target, precision: str | None, calibration: bool = False,
+               judged: bool = False) -> tuple[list[tuple[str, str]], list[Alternative]]:
+    """(target, precision) pairs to compile, and those left out with the reason (with
+    precision="auto": int8 only when calibration data is given, int8w only when a task gate and
+    a validation set can judge it: `judged`)."""
     targets = [t for t in list_targets() if not t.emulated] if target == AUTO else [get_target(target)]
     pairs, out = [], []
     for t in targets:
@@ -50,6 +51,9 @@ def candidates(target, precision: str | None,
                 out.append(Alternative(name, p, why=f"not offered by {name}"))
             elif p == "int8" and precision == AUTO and not calibration:
                 out.append(Alternative(name, p, why="no calibration data (calibration=...)"))
+            elif p == "int8w" and precision == AUTO and not judged:
+                out.append(Alternative(name, p, why="no task gate and validation set to judge it (accuracy=, "
+                                                    "validation_inputs=)"))
             elif (why := t.precision_unavailable(p)) is not None:
                 out.append(Alternative(name, p, why=why))
             else:
@@ -71,7 +75,8 @@ def trace_auto(trace: Callable[[Any, Any, TraceOptions], ArchfitModule], model, 
                options: TraceOptions, seconds: float = 1.0) -> ArchfitModule:
     """Compile every candidate with trace(model, example_inputs, options for it), measure them,
     return the fastest with the alternatives in its report."""
-    pairs, left_out = candidates(options.target, options.precision, options.calibration is not None)
+    pairs, left_out = candidates(options.target, options.precision, options.calibration is not None,
+                                 options.accuracy is not None and options.validation_inputs is not None)
     # per_partition runs once, on the winner: on every candidate it would also try the others'
     # engines per partition, so candidates would stop being the targets they are named after
     plain = replace(options, per_partition=False)
