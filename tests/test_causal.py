@@ -3,6 +3,7 @@ cache) equals transformers' generate, token for token, on four families' tiny co
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 import torch
@@ -184,3 +185,14 @@ def test_int8w_passes_the_tokens_gate_on_a_trained_model():
     assert torch.equal(module.generate(prompt, max_new_tokens=8), want)
     with pytest.raises(InputError, match="pass validation="):
         archfit.trace_generate(model, "openvino", prompt_buckets=(16,), max_new_tokens=8, precision="int8w")
+
+
+def test_inferentia_profile_estimates_prefill_and_per_token_latency():
+    model = _model("gpt2")
+    module = archfit.trace_generate(model, "inf2", prompt_buckets=(8,), max_new_tokens=4, check_payoff=False,
+                                    cache=False)
+    lines = module.summary().splitlines()
+    assert re.search(r"prefill, prompt bucket 8 \(1 row\): [\d.]+ GFLOPs, ESTIMATED [\d.]+ ms on inf2", lines[1])
+    assert re.search(r"decode step, 1 row\(s\), per token: [\d.]+ GFLOPs, ESTIMATED [\d.]+ ms on inf2", lines[2])
+    ids = torch.randint(5, VOCAB, (1, 6), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(module.generate(ids, max_new_tokens=4), model.generate(ids, max_new_tokens=4))

@@ -1,5 +1,6 @@
 """Files written by an earlier archfit load and answer as they did: one committed file of each
-kind (tests/data/files/v4, written by tools/format_fixtures.py before the module-kind registry),
+kind (tests/data/files/v4, written by tools/format_fixtures.py before the module-kind registry;
+the decoder-only generator's when its kind was added),
 run on the inputs stored beside it against the outputs it gave then."""
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import archfit
+from archfit.causal import CausalLMModule
 from archfit.seq2seq import Seq2SeqModule
 from archfit.shapes import BucketedModule, PackedModule
 
@@ -17,7 +19,7 @@ from conftest import cli
 
 FILES = Path(__file__).parent / "data" / "files" / "v4"
 KINDS = {"static": archfit.CompiledModule, "bucketed": BucketedModule, "packed": PackedModule,
-         "packed_dynamic": PackedModule, "seq2seq": Seq2SeqModule}
+         "packed_dynamic": PackedModule, "seq2seq": Seq2SeqModule, "causal": CausalLMModule}
 
 
 def _stored(name: str) -> tuple[dict, dict]:
@@ -34,7 +36,7 @@ def test_file_of_the_previous_layout_loads_and_answers_as_it_did(name):
     module = archfit.load(FILES / f"{name}.archfit")
     assert isinstance(module, KINDS[name])
     inputs, want = _stored(name)
-    if name == "seq2seq":
+    if name in ("seq2seq", "causal"):
         got = {"output_ids": module.generate(inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                              max_new_tokens=6)}
     elif name == "static":
@@ -54,5 +56,6 @@ def test_inspect_describes_a_file_of_the_previous_layout(name):
     assert lines[1].startswith("target: ")
     expected = {"static": "buckets: none (fixed shapes)", "bucketed": "buckets: 8, 16 over input_ids[1], "
                 "attention_mask[1], dynamic batch", "packed": "packed: several sequences per row",
-                "packed_dynamic": "packed: several sequences per row", "seq2seq": "seq2seq generator: source buckets [8]"}
+                "packed_dynamic": "packed: several sequences per row", "seq2seq": "seq2seq generator: source buckets [8]",
+                "causal": "decoder-only generator: prompt buckets [8], decode step rows 2"}
     assert any(line.startswith(expected[name]) for line in lines), result.stdout

@@ -4,7 +4,8 @@ check that files written by an earlier archfit still load and answer the same.
 
 Run it only when the file format changes on purpose (then commit the new set beside the old one):
     .venv/bin/python tools/format_fixtures.py tests/data/files/v4
-The set committed as v4 was written by archfit 0f40093, before the module-kind registry."""
+The set committed as v4 was written by archfit 0f40093, before the module-kind registry; its
+causal.archfit (a decoder-only generator) when that kind was added (`... v4 causal` writes it alone)."""
 from __future__ import annotations
 
 import sys
@@ -30,8 +31,31 @@ def _save(out: Path, name: str, module, inputs: dict, outputs: dict) -> None:
     print(f"{name}: {(out / f'{name}.archfit').stat().st_size / 1024:.0f} KiB")
 
 
-def main(out: Path) -> None:
+def causal(out: Path) -> None:
+    """A decoder-only generator (tiny GPT-2, onnxruntime), greedy over a left-padded batch of two."""
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=32,
+                                                                 vocab_size=200, eos_token_id=199)).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
+    m = archfit.trace_generate(model, "onnxruntime", prompt_buckets=(8,), max_new_tokens=6, batch_size=2,
+                               check_payoff=False, cache=False)
+    ids = torch.randint(4, 199, (2, 7), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    _save(out, "causal", m, {"input_ids": ids, "attention_mask": mask},
+          {"output_ids": m.generate(ids, attention_mask=mask, max_new_tokens=6)})
+
+
+def main(out: Path, only: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    if only == "causal":
+        return causal(out)
     common = dict(check_payoff=False, cache=False)
     torch.manual_seed(0)
 
@@ -80,4 +104,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "tests/data/files/v4"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "tests/data/files/v4"), sys.argv[2] if len(sys.argv) > 2 else None)
