@@ -1,8 +1,9 @@
 """archfit: make a deep-learning model fit an inference accelerator.
 
-The public API is the straight line (`analyze`, `trace`, `trace_seq2seq`), the deployable file
-(`save`, `load`), targets, bucket choice and a few types; the rest lives in subpackages named
-after what they do (core, shapes, regions, seq2seq, artifact, report, targets, cli, zoo)."""
+The public API is the straight line (`analyze`, `trace`, `trace_seq2seq`, `trace_generate`), the
+deployable file (`save`, `load`), targets, bucket choice and a few types; the rest lives in
+subpackages named after what they do (core, shapes, regions, seq2seq, causal, artifact, report,
+targets, serve, corpus, cli, zoo)."""
 from typing import TYPE_CHECKING
 
 from ._version import __version__
