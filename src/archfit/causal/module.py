@@ -12,7 +12,7 @@ from transformers import GenerationConfig
 from ..core.compile import share_cores
 from ..core.module import ArchfitModule
 from ..errors import InputError
-from ..seq2seq.loop import beam_search, greedy, logits_processors, pad_chunks, pad_id, prepare_config, \
+from ..seq2seq.loop import beam_search, greedy, logits_processors, pad_chunks, pad_id, padded, prepare_config, \
     stopping_criteria
 
 
@@ -23,8 +23,8 @@ class CausalLMModule(ArchfitModule):
     kind = "causal"
     takes = "generation"
 
-    def __init__(self, prefill, steps: dict[int, Any], generation_config: GenerationConfig, capacity: int,
-                 report=None, manifest: dict | None = None):
+    def __init__(self, prefill, steps: dict[int, Any], generation_config: GenerationConfig, report=None,
+                 manifest: dict | None = None):
         step = steps[max(steps)]
         super().__init__(step.target, step.precision, step.emulated, report if report is not None else step.report,
                          manifest)
@@ -33,7 +33,6 @@ class CausalLMModule(ArchfitModule):
         self.generation_config = generation_config
         self.layers = (len(step.inputs) - 2) // 2  # ids, positions, every layer's keys, then values
         _rows, self.heads, self.head_dim, self.capacity = step.inputs[2].shape  # keys are stored transposed
-        assert self.capacity == capacity, (self.capacity, capacity)
         share_cores(self)  # the loop computes between engine calls: logits processing, cache writes, beams
 
     # -- the file ------------------------------------------------------------------------------
@@ -46,8 +45,7 @@ class CausalLMModule(ArchfitModule):
     @classmethod
     def from_file(cls, components, meta, manifest, model=None, source="the file") -> "CausalLMModule":
         steps = {int(name.removeprefix("step_")): m for name, m in components.items() if name.startswith("step_")}
-        return cls(components["prefill"], steps, GenerationConfig.from_dict(meta["config"]), meta["capacity"],
-                   manifest=manifest)
+        return cls(components["prefill"], steps, GenerationConfig.from_dict(meta["config"]), manifest=manifest)
 
     @classmethod
     def describe_file(cls, manifest: dict) -> list[str]:
@@ -147,13 +145,9 @@ class CausalLMModule(ArchfitModule):
             raise InputError("this generator takes token ids (generate(input_ids)): it was not compiled from a "
                              "directory with a tokenizer")
         encodings = self.text.encode(list(texts))
-        width = max(len(e.ids) for e in encodings)
-        pad = pad_id(self.generation_config)
-        # left padding, as transformers' generate expects of a decoder-only batch
-        ids = torch.tensor([[pad] * (width - len(e.ids)) + e.ids for e in encodings])
-        mask = torch.tensor([[0] * (width - len(e.ids)) + [1] * len(e.ids) for e in encodings])
+        ids, mask = padded([e.ids for e in encodings], pad_id(self.generation_config), left=True)
         out = self.generate(ids, attention_mask=mask, **kwargs)
-        return [self.text.decode(row[width:]) for row in out.tolist()]
+        return [self.text.decode(row[ids.shape[1]:]) for row in out.tolist()]
 
 
 class CacheRunner:
@@ -205,7 +199,8 @@ class CacheRunner:
 
     def step_all(self, ids: torch.Tensor) -> torch.Tensor:
         """One token for every row (ids (rows, 1)): logits (rows, vocab); each row's keys/values
-        written at its length, which grows by one. A row at the cache's end is not written."""
+        written at its length, which grows by one (a row already at the cache's end, a server row
+        without a request, overwrites the last slot)."""
         logits, new_keys, new_values = self.step.graph_module(ids, self.lengths, *self.keys, *self.values)
         rows = torch.arange(self.rows)
         slots = self.lengths.clamp(max=self.module.capacity - 1)

@@ -69,7 +69,7 @@ def trace_generate(model, target="openvino", *, prompt_buckets=(32, 64, 128), ma
         steps[rows] = trace(DecodeStep(model), step_example, target, name="decode step", accuracy=accuracy,
                             precision=precision, validation_inputs=sets, **common)
     generation_config = copy.deepcopy(model.generation_config)
-    module = CausalLMModule(prefill, steps, generation_config, capacity)
+    module = CausalLMModule(prefill, steps, generation_config)
     if directory is not None:  # its tokenizer, when it has one: texts in, texts out
         module.text = generation_text(directory, top, CAUSAL)
     return module

@@ -212,6 +212,7 @@ def generate_(file: Path = typer.Argument(..., help="A file written by `archfit 
 
     from .. import load
     from ..errors import InputError
+    from ..seq2seq.loop import padded
 
     module = load(file)
     if module.takes != "generation":
@@ -233,12 +234,8 @@ def generate_(file: Path = typer.Argument(..., help="A file written by `archfit 
         rows = [[int(x) for x in line.split(",")] for line in ids]
     except ValueError:
         raise InputError("--ids must be comma-separated integers, e.g. --ids 37,215,9") from None
-    width = max(len(r) for r in rows)
-    pad = module.generation_config.pad_token_id or 0
-    left = module.kind == "causal"  # a decoder-only batch is left-padded, as transformers expects
-    input_ids = torch.tensor([[pad] * (width - len(r)) * left + r + [pad] * (width - len(r)) * (not left) for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) * left + [1] * len(r) + [0] * (width - len(r)) * (not left)
-                         for r in rows])
+    # a decoder-only batch is left-padded, as transformers expects; a seq2seq source right-padded
+    input_ids, mask = padded(rows, module.generation_config.pad_token_id or 0, left=module.kind == "causal")
     out = module.generate(input_ids, attention_mask=mask, **kwargs)
     for row in out.tolist():
         typer.echo(",".join(map(str, row)))

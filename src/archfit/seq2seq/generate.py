@@ -13,7 +13,7 @@ from transformers import GenerationConfig
 from ..core.compile import share_cores
 from ..core.module import ArchfitModule
 from ..errors import InputError
-from .loop import beam_search, greedy, logits_processors, pad_chunks, prepare_config, stopping_criteria
+from .loop import beam_search, greedy, logits_processors, pad_chunks, padded, prepare_config, stopping_criteria
 
 class Seq2SeqModule(ArchfitModule):
     """Returned by `archfit.trace_seq2seq`: `generate(input_ids, attention_mask, ...)` as in
@@ -95,10 +95,7 @@ class Seq2SeqModule(ArchfitModule):
             raise InputError("this generator takes token ids (generate(input_ids)): it was not compiled from a "
                              "directory with a tokenizer")
         encodings = self.text.encode(list(texts))
-        width = max(len(e.ids) for e in encodings)
-        pad = self.generation_config.pad_token_id or 0
-        ids = torch.tensor([e.ids + [pad] * (width - len(e.ids)) for e in encodings])
-        mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encodings])
+        ids, mask = padded([e.ids for e in encodings], self.generation_config.pad_token_id or 0, left=False)
         return [self.text.decode(row) for row in self.generate(ids, attention_mask=mask, **kwargs).tolist()]
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:

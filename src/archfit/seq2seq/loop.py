@@ -194,6 +194,16 @@ def beam_search(run, input_ids, processors, stopping, config, batch: int) -> tor
     return sequences[:, :length]
 
 
+def padded(rows: list[list[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists of any lengths as one batch and its attention mask, padded on the left (a
+    decoder-only batch, as transformers' generate expects it) or on the right (a seq2seq source)."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + r if left else r + [pad] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) if left else [1] * len(r) + [0] * (width - len(r))
+                         for r in rows])
+    return ids, mask
+
+
 def pad_chunks(parts: list[torch.Tensor], config: GenerationConfig) -> torch.Tensor:
     """Chunks generated separately, joined as one batch: rows finished early padded as
     transformers pads them."""

@@ -84,7 +84,7 @@ class Server:
     async def start(self) -> None:
         for name, s in self.models.items():
             if s.continuous:  # generation: its own loop, one request per cache row (serve/generation.py)
-                s.start(self.slots)
+                s.start(self.slots, self.metrics)
                 continue
             self.batchers[name] = b = Batcher(s, self.metrics, self.max_delay, self.max_queue, self.streams)
             b.start()
@@ -212,7 +212,7 @@ class Server:
                 return error(400, f"request: {type(e).__name__}: {first_line(e, 200)}")
             if model.continuous:  # each row joins the running batch; answered when all are done
                 try:
-                    outputs, bucket = await model.generate_rows(item, self.metrics), "slots"
+                    outputs, bucket = await model.generate_rows(item), "slots"
                 except (InputError, OverflowError) as e:
                     status, response = _refused(e)
                     return response

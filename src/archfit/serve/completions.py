@@ -94,7 +94,6 @@ async def generate(server, name: str, request: Request, stream: bool) -> Respons
     fields.update({k: v for k, v in body.items() if k not in ("text_input", "input_ids", "parameters", "id")})
     prompt = _Prompt(model, body.get("text_input", body.get("input_ids")))
     s = model.scheduler.submit(prompt.ids, arguments(fields), asyncio.get_running_loop())
-    s.metrics = (server.metrics, name)
     head = {"model_name": name, "model_version": "1"} | ({"id": body["id"]} if "id" in body else {})
     if not stream:
         made = [t async for t in _until_gone(s, request)]
@@ -131,7 +130,6 @@ async def completions(server, request: Request) -> Response:
         prompt_value = prompt_value[0]  # a batch of one
     prompt = _Prompt(model, prompt_value)
     s = model.scheduler.submit(prompt.ids, arguments(fields), asyncio.get_running_loop())
-    s.metrics = (server.metrics, name)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()), "model": name}
     if not body.get("stream"):
         made = [t async for t in _until_gone(s, request)]
@@ -161,5 +159,3 @@ async def _until_gone(s, request: Request):
             yield token
     finally:
         s.cancelled = True
-        metrics, name = s.metrics
-        metrics.generation(name, len(s.made), s.first)

@@ -23,7 +23,7 @@ from ..causal.module import CacheRunner
 from ..errors import InputError
 from ..seq2seq.loop import GENERATE_ARGUMENTS, eos_tensor, logits_processors, next_tokens, pad_id, stopping_criteria
 from .protocol import RequestError
-from .servable import BatchStats, Item, Servable, TensorMeta
+from .servable import Item, Servable, TensorMeta
 
 log = logging.getLogger("archfit.serve")
 DONE = object()
@@ -45,7 +45,7 @@ class Stream:
     cancelled: bool = False
     since: float = field(default_factory=time.perf_counter)
     first: float | None = None  # seconds to the first token
-    metrics: tuple | None = None  # (Metrics, model name): counted when the request ends
+    sequence: torch.Tensor | None = None  # (1, prompt + tokens so far), what processors and stopping read
 
     def put(self, item) -> None:
         self.loop.call_soon_threadsafe(self.tokens.put_nowait, item)
@@ -55,12 +55,13 @@ class Scheduler:
     """The continuous batch of one causal file: `slots` cache rows (a decode step compiled for
     that many rows), requests waiting for a row, and the thread that runs prefills and steps."""
 
-    def __init__(self, module, slots: int | None = None, max_waiting: int = 256):
+    def __init__(self, module, slots: int | None = None, max_waiting: int = 256, on_end=None):
         slots = slots or max(module.rows)
         if slots not in module.rows:
             raise InputError(f"--slots {slots}: the file's decode step runs {', '.join(map(str, module.rows))} rows; "
                              f"compile with a batch of {slots} (archfit compile --generate --batch {slots})")
         self.module, self.slots, self.max_waiting = module, slots, max_waiting
+        self.on_end = on_end  # called with each stream that leaves the batch (the server's metrics)
         self.runner = CacheRunner(module, slots)
         self.free = list(range(slots))
         self.active: dict[int, Stream] = {}
@@ -96,7 +97,7 @@ class Scheduler:
         mask = torch.ones_like(ids)
         generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         stream = Stream(prompt, config, logits_processors(config, ids, False, len(prompt), mask),
-                        stopping_criteria(config), generator, loop)
+                        stopping_criteria(config), generator, loop, sequence=ids)
         with self.cv:
             if len(self.waiting) >= self.max_waiting:
                 raise OverflowError(f"{len(self.waiting)} requests wait for a row already")
@@ -154,14 +155,14 @@ class Scheduler:
             self._choose(slot, s, logits[slot])
 
     def _choose(self, slot: int, s: Stream, logits: torch.Tensor) -> None:
-        sequence = torch.tensor([s.prompt + s.made])
-        scores = s.processors(sequence, logits[None].float())
+        scores = s.processors(s.sequence, logits[None].float())
         token = int(next_tokens(scores, s.config, s.generator)[0])
         s.made.append(token)
+        s.sequence = torch.cat([s.sequence, torch.tensor([[token]])], 1)
         if s.first is None:
             s.first = time.perf_counter() - s.since
         s.put(token)
-        if bool(s.stopping(torch.tensor([s.prompt + s.made]), scores)[0]):
+        if bool(s.stopping(s.sequence, scores)[0]):
             eos = eos_tensor(s.config)
             hit_eos = eos is not None and token in eos.tolist()
             s.finish = "stop" if hit_eos or len(s.prompt) + len(s.made) < s.config.max_length else "length"
@@ -177,6 +178,8 @@ class Scheduler:
         s = self.active.pop(slot)
         self.free.append(slot)
         s.put(error if error is not None else DONE)
+        if self.on_end is not None:
+            self.on_end(s)
 
 
 class CausalServable(Servable):
@@ -198,10 +201,11 @@ class CausalServable(Servable):
     def capacity(self) -> int:
         return self.slots or max(self.module.rows)
 
-    def start(self, slots: int | None = None) -> None:
+    def start(self, slots: int | None = None, metrics=None) -> None:
         if self.scheduler is None:
             self.slots = slots or self.slots
-            self.scheduler = Scheduler(self.module, self.slots)
+            counted = None if metrics is None else (lambda s: metrics.generation(self.name, len(s.made), s.first))
+            self.scheduler = Scheduler(self.module, self.slots, on_end=counted)
 
     def stop(self) -> None:
         if self.scheduler is not None:
@@ -213,22 +217,18 @@ class CausalServable(Servable):
         kwargs = {k: v for k, v in (parameters or {}).items() if k in GENERATE_ARGUMENTS or k == "seed"}
         return Item(given, tied[0], None, tied[1], kwargs)
 
-    async def generate_rows(self, item: Item, metrics=None) -> dict[str, torch.Tensor]:
+    async def generate_rows(self, item: Item) -> dict[str, torch.Tensor]:
         ids = item.inputs["input_ids"]
         mask = item.inputs.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None else mask
         loop = asyncio.get_running_loop()
         streams = [self.scheduler.submit(ids[r][mask[r].bool()].tolist(), item.parameters, loop)
                    for r in range(ids.shape[0])]
-        for s in streams:
-            s.metrics = (metrics, self.name) if metrics is not None else None
         try:
             made = [await collect(s) for s in streams]
         finally:
             for s in streams:
                 s.cancelled = True
-                if s.metrics is not None:
-                    s.metrics[0].generation(self.name, len(s.made), s.first)
         pad = pad_id(self.module.generation_config)
         width = max(len(m) for m in made)
         rows = [ids[r].tolist() + m + [pad] * (width - len(m)) for r, m in enumerate(made)]
@@ -236,11 +236,6 @@ class CausalServable(Servable):
 
     def run(self, items):  # the plain batcher never gets these: app.py sends them to generate_rows
         raise NotImplementedError
-
-    def stats(self) -> BatchStats:
-        sched = self.scheduler
-        return BatchStats("slots", sched.rows_stepped, sched.steps * sched.slots, sched.rows_stepped,
-                          sched.steps * sched.slots)
 
 
 async def collect(stream: Stream) -> list[int]:
