@@ -5,6 +5,7 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import InputError
 from .app import app
 
 
@@ -13,6 +14,8 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
                                                       "model (default: the file's stem)."),
           host: str = typer.Option("127.0.0.1", help="Address to listen on."),
           port: int = typer.Option(8000, help="Port to listen on."),
+          grpc_port: Optional[int] = typer.Option(None, help="Also serve the KServe v2 gRPC service on this port "
+                                                             "(tritonclient.grpc works unchanged)."),
           max_delay_ms: float = typer.Option(5.0, help="Longest a request waits for others to fill its batch."),
           max_queue: int = typer.Option(256, help="Rows queued per model before requests get 503 + Retry-After."),
           max_body_mb: float = typer.Option(64.0, help="Largest request body (413 beyond)."),
@@ -32,6 +35,10 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
     if ray:
         from ..serve import ray as on_ray
 
+        if grpc_port is not None:
+            raise InputError("--grpc-port: gRPC is served without --ray only (Ray Serve's proxy speaks HTTP here); "
+                             "drop one of them")
+
         on_ray.run(files, host=host, port=port, address=address, replicas=replicas, threads=threads or 1,
                    max_delay_ms=max_delay_ms, max_queue=max_queue, max_body=int(max_body_mb * (1 << 20)))
         return
@@ -39,7 +46,8 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
 
     def ready(server):
         names = ", ".join(f"{n} ({s.kind})" for n, s in server.models.items())
-        typer.echo(f"serving {names} on http://{host}:{port}/v2 (metrics at /metrics)", err=True)
+        grpc = f", gRPC on {host}:{grpc_port}" if grpc_port is not None else ""
+        typer.echo(f"serving {names} on http://{host}:{port}/v2{grpc} (metrics at /metrics)", err=True)
 
     run(files, host=host, port=port, max_delay_ms=max_delay_ms, max_queue=max_queue, max_body_mb=max_body_mb,
-        streams=streams, threads=threads, on_ready=ready, slots=slots)
+        streams=streams, threads=threads, on_ready=ready, slots=slots, grpc_port=grpc_port)

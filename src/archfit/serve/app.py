@@ -18,7 +18,7 @@ from .._version import __version__
 from ..errors import ArchfitError, InputError, first_line
 from .batcher import Batcher, Overloaded, TooManyRows
 from .metrics import Metrics
-from .protocol import HEADER, RequestError, decode, encode
+from .protocol import HEADER, InferRequest, RequestError, decode, encode
 from .servable import Servable, servable
 
 _MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
@@ -36,15 +36,23 @@ def _openai_error(status: int, message: str, headers: dict | None = None) -> JSO
                         headers=headers)
 
 
-def _refused(e: Exception, fail=error) -> tuple[int, Response]:
-    """A generation request refused: a full queue is 503 with Retry-After, a bad request 400."""
-    if isinstance(e, OverflowError):
-        return 503, fail(503, f"overloaded: {e}", headers={"Retry-After": "1"})
-    return 400, fail(400, str(e))
-
-
 class TooLarge(Exception):
     pass
+
+
+class Refused(Exception):
+    """A request answered with an error: its HTTP status (gRPC maps it to a code) and one line."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+def refusal(e: Exception) -> Refused:
+    """A generation request refused: a full queue is 503 with Retry-After, a bad request 400."""
+    if isinstance(e, OverflowError):
+        return Refused(503, f"overloaded: {e}", {"Retry-After": "1"})
+    return Refused(400, str(e))
 
 
 def model_files(specs: list[str]) -> dict[str, Path]:
@@ -70,7 +78,8 @@ def load_models(specs: list[str]) -> dict[str, Servable]:
 
 class Server:
     def __init__(self, models: Mapping[str, Servable], max_delay_ms: float = 5.0, max_queue: int = 256,
-                 max_body: int = 64 << 20, streams: int = 1, slots: int | None = None):
+                 max_body: int = 64 << 20, streams: int = 1, slots: int | None = None,
+                 grpc_address: str | None = None):
         self.models = dict(models)
         self.metrics = Metrics()
         self.max_delay = max_delay_ms / 1000
@@ -79,6 +88,8 @@ class Server:
         self.streams = streams  # batches run at once per model (engines loaded with as many streams)
         self.slots = slots  # cache rows of a generation file's continuous batch (None: its largest step)
         self.batchers: dict[str, Batcher] = {}
+        self.grpc_address = grpc_address  # host:port of the gRPC service (rpc.py), None: HTTP only
+        self.grpc = None
         self.ready = False
 
     async def start(self) -> None:
@@ -88,11 +99,17 @@ class Server:
                 continue
             self.batchers[name] = b = Batcher(s, self.metrics, self.max_delay, self.max_queue, self.streams)
             b.start()
+        if self.grpc_address is not None:
+            from . import rpc
+
+            self.grpc = await rpc.start(self, self.grpc_address)
         self.ready = True
 
     async def stop(self) -> None:
         """Answer what is queued, then stop the batchers."""
         self.ready = False
+        if self.grpc is not None:  # in-flight RPCs get the grace period HTTP's drain has
+            await self.grpc.stop(30)
         await asyncio.gather(*(b.close() for b in self.batchers.values()))
         for s in self.models.values():
             if s.continuous:
@@ -120,11 +137,10 @@ class Server:
         m = _MODEL.match(path)
         if m is None:
             return error(404, f"no route {method} {path}; archfit serves the Open Inference Protocol under /v2")
-        name, version, rest = m["name"], m["version"], m["rest"]
-        if name not in self.models:
-            return error(404, f"no model {name!r}; served here: {', '.join(self.models)}")
-        if version not in (None, "1"):
-            return error(404, f"model {name!r} has version 1 only, not {version!r}")
+        name, rest = m["name"], m["rest"]
+        found = self.find(name, m["version"])
+        if isinstance(found, tuple):
+            return error(*found)
         if rest == "/ready":
             return Response(status_code=200 if self.ready else 503)
         if rest == "/infer":
@@ -138,6 +154,14 @@ class Server:
                              f"{self.models[name].kind} file: use infer)")
             return await self.generation(name, request, rest.lstrip("/"))
         return JSONResponse(self.models[name].metadata())
+
+    def find(self, name: str, version: str | None) -> Servable | tuple[int, str]:
+        """The model served as `name` (at `version`), or the status and line saying why not."""
+        if name not in self.models:
+            return 404, f"no model {name!r}; served here: {', '.join(self.models)}"
+        if version not in (None, "1"):
+            return 404, f"model {name!r} has version 1 only, not {version!r}"
+        return self.models[name]
 
     async def generation(self, name: str | None, request: Request, route: str) -> Response:
         """generate, generate_stream and completions: errors answered as infer's are, counted alike."""
@@ -155,8 +179,9 @@ class Server:
             return fail(413, f"request: the body has {e.args[0]} bytes or more, over the server's limit of "
                               f"{self.max_body} (--max-body-mb)")
         except (InputError, OverflowError) as e:
-            status, response = _refused(e, fail)
-            return response
+            r = refusal(e)
+            status = r.status
+            return fail(r.status, r.message, r.headers)
         except ClientDisconnect:
             status = 499
             return Response(status_code=499)
@@ -189,69 +214,74 @@ class Server:
             try:
                 body = await self._body(request)
             except TooLarge as e:
-                status = 413
-                return error(413, f"request: the body has {e.args[0]} bytes or more, over the server's limit of "
-                                  f"{self.max_body} (--max-body-mb); send smaller requests")
+                raise Refused(413, f"request: the body has {e.args[0]} bytes or more, over the server's limit of "
+                                   f"{self.max_body} (--max-body-mb); send smaller requests") from None
             except ClientDisconnect:  # the client hung up mid-body: nobody to answer, counted as such
-                status = 499
-                return Response(status_code=499)
+                raise Refused(499, "") from None
             try:
                 req = decode(body, request.headers.get(HEADER))
-                model = self.models[name]
-                item = model.prepare(req.inputs, req.parameters)
-                if req.outputs is not None:
-                    known = {o.name for o in model.outputs}
-                    unknown = [o for o in req.outputs if o not in known]
-                    if unknown:
-                        raise RequestError(f"model {name!r} has no output {unknown[0]!r}; it has {', '.join(sorted(known))}")
             except InputError as e:
-                status = 400
-                return error(400, str(e))
-            except Exception as e:  # noqa: BLE001 - a request our checks missed: one line, counted, no traceback
-                status = 400
-                return error(400, f"request: {type(e).__name__}: {first_line(e, 200)}")
-            if model.continuous:  # each row joins the running batch; answered when all are done
-                try:
-                    outputs, bucket = await model.generate_rows(item), "slots"
-                except (InputError, OverflowError) as e:
-                    status, response = _refused(e)
-                    return response
-                content, headers = encode(name, req, outputs)
-                return Response(content, headers=headers,
-                                media_type="application/octet-stream" if headers else "application/json")
-            try:
-                future = self.batchers[name].submit(item)
-            except TooManyRows as e:
-                status = 413
-                return error(413, f"request: {e}")
-            except Overloaded as e:
-                status = 503
-                return error(503, f"overloaded: {e}", headers={"Retry-After": "1"})
-            gone = asyncio.ensure_future(_disconnected(request))
-            try:
-                await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                gone.cancel()
-            if not future.done():  # the client went away: its request is dropped from the queue
-                future.cancel()
-                status = 499
-                return Response(status_code=499)
-            try:
-                outputs, bucket = future.result()
-            except InputError as e:
-                status = 400
-                return error(400, str(e))
-            except ArchfitError as e:
-                status = 500
-                return error(500, str(e))
-            except Exception as e:  # noqa: BLE001 - a bug of ours or a backend's: one line, the server goes on
-                status = 500
-                return error(500, f"internal: {type(e).__name__}: {first_line(e)}")
+                raise Refused(400, str(e)) from e
+            except Exception as e:  # noqa: BLE001 - a body our checks missed: one line, counted, no traceback
+                raise Refused(400, f"request: {type(e).__name__}: {first_line(e, 200)}") from e
+            outputs, bucket = await self.answer(name, req, lambda: _disconnected(request))
             content, headers = encode(name, req, outputs)
             ctype = "application/octet-stream" if headers else "application/json"
             return Response(content, headers=headers, media_type=ctype)
+        except Refused as e:
+            status = e.status
+            if status == 499:
+                return Response(status_code=499)
+            return error(e.status, e.message, e.headers)
         finally:
             self.metrics.answered(name, bucket, status, time.perf_counter() - start if status == 200 else None)
+
+    async def answer(self, name: str, req: InferRequest, gone=None) -> tuple[dict, str]:
+        """A decoded infer request's outputs and the bucket that ran it, whatever carried it (HTTP,
+        gRPC). `gone()`: a coroutine that returns when the client leaves (the request is then dropped);
+        a carrier that cancels this task instead (gRPC) gets the same. Errors raise Refused."""
+        model = self.models[name]
+        try:
+            item = model.prepare(req.inputs, req.parameters)
+            if req.outputs is not None:
+                known = {o.name for o in model.outputs}
+                unknown = [o for o in req.outputs if o not in known]
+                if unknown:
+                    raise RequestError(f"model {name!r} has no output {unknown[0]!r}; it has {', '.join(sorted(known))}")
+        except InputError as e:
+            raise Refused(400, str(e)) from e
+        except Exception as e:  # noqa: BLE001 - a request our checks missed: one line, counted, no traceback
+            raise Refused(400, f"request: {type(e).__name__}: {first_line(e, 200)}") from e
+        if model.continuous:  # each row joins the running batch; answered when all are done
+            try:
+                return await model.generate_rows(item), "slots"
+            except (InputError, OverflowError) as e:
+                raise refusal(e) from e
+        try:
+            future = self.batchers[name].submit(item)
+        except TooManyRows as e:
+            raise Refused(413, f"request: {e}") from e
+        except Overloaded as e:
+            raise Refused(503, f"overloaded: {e}", {"Retry-After": "1"}) from e
+        waits = {future}
+        if gone is not None:
+            waits.add(asyncio.ensure_future(gone()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                if not w.done():  # the client went away (or this task was cancelled): dropped from the queue
+                    w.cancel()
+        if future.cancelled():
+            raise Refused(499, "the client went away")
+        try:
+            return future.result()
+        except InputError as e:
+            raise Refused(400, str(e)) from e
+        except ArchfitError as e:
+            raise Refused(500, str(e)) from e
+        except Exception as e:  # noqa: BLE001 - a bug of ours or a backend's: one line, the server goes on
+            raise Refused(500, f"internal: {type(e).__name__}: {first_line(e)}") from e
 
 
 async def _disconnected(request: Request) -> None:
@@ -295,14 +325,16 @@ def engine_threads(threads: int | None = None, streams: int = 1) -> None:
 
 def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, max_delay_ms: float = 5.0,
         max_queue: int = 256, max_body_mb: float = 64, streams: int = 1, threads: int | None = None,
-        log_level: str = "warning", on_ready=None, slots: int | None = None) -> None:
-    """Load the files and serve them until SIGINT/SIGTERM (in-flight requests are answered first).
+        log_level: str = "warning", on_ready=None, slots: int | None = None, grpc_port: int | None = None) -> None:
+    """Load the files and serve them until SIGINT/SIGTERM (in-flight requests are answered first);
+    with `grpc_port`, the same models over gRPC there too.
     streams > 1: each model runs that many batches at once, its engines split into as many
     streams (OpenVINO NUM_STREAMS), which uses the cores better under load than one batch on all."""
     import uvicorn
 
     engine_threads(threads, streams)
-    server = Server(load_models(specs), max_delay_ms, max_queue, int(max_body_mb * (1 << 20)), streams, slots)
+    server = Server(load_models(specs), max_delay_ms, max_queue, int(max_body_mb * (1 << 20)), streams, slots,
+                    None if grpc_port is None else f"{host}:{grpc_port}")
     config = uvicorn.Config(create_app(server), host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=30, lifespan="on")
     if on_ready is not None:

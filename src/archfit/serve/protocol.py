@@ -218,13 +218,22 @@ def decode(body: bytes, header_length: str | None) -> InferRequest:
                         params)
 
 
-def _bytes_entry(name: str, values: Strings, binary: bool, chunks: list) -> dict:
-    entry = {"name": name, "datatype": "BYTES", "shape": list(values.shape)}
-    if not binary:
-        return entry | {"data": list(values)}
-    data = b"".join(len(b).to_bytes(4, "little") + b for b in (v.encode() for v in values))
-    chunks.append(data)
-    return entry | {"parameters": {"binary_data_size": len(data)}}
+def tensor_from(entry: dict, index: int, raw: memoryview | None,
+                literals: bool = False) -> tuple[str, torch.Tensor | Strings]:
+    """One input described as in a JSON body, its binary data all of `raw` (gRPC's raw contents)."""
+    name, value, used = _tensor(entry, index, raw, 0, literals)
+    if raw is not None and used != len(raw):
+        raise RequestError(f"input {name!r}: {len(raw) - used} bytes of raw contents past its shape's")
+    return name, value
+
+
+def raw_tensor(value: torch.Tensor | Strings) -> tuple[str, list[int], bytes]:
+    """An output's datatype, shape and binary data (BYTES: each element's 4-byte little-endian length,
+    then its UTF-8 bytes; BF16 as its 2-byte patterns)."""
+    if isinstance(value, Strings):
+        return "BYTES", list(value.shape), b"".join(len(b).to_bytes(4, "little") + b for b in (v.encode() for v in value))
+    t = value.detach().contiguous()
+    return datatype(t.dtype), list(t.shape), (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
 
 
 def encode(model: str, request: InferRequest, outputs: dict[str, torch.Tensor]) -> tuple[bytes, dict[str, str]]:
@@ -232,18 +241,17 @@ def encode(model: str, request: InferRequest, outputs: dict[str, torch.Tensor]) 
     wanted = request.outputs if request.outputs is not None else {k: request.binary for k in outputs}
     entries, chunks = [], []
     for name, binary in wanted.items():
-        if isinstance(outputs[name], Strings):
-            entries.append(_bytes_entry(name, outputs[name], binary, chunks))
-            continue
-        t = outputs[name].detach().contiguous()
-        entry = {"name": name, "datatype": datatype(t.dtype), "shape": list(t.shape)}
+        value = outputs[name]
         if binary:
-            data = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
-            entry["parameters"] = {"binary_data_size": len(data)}
+            dt, shape, data = raw_tensor(value)
+            entries.append({"name": name, "datatype": dt, "shape": shape, "parameters": {"binary_data_size": len(data)}})
             chunks.append(data)
+        elif isinstance(value, Strings):
+            entries.append({"name": name, "datatype": "BYTES", "shape": list(value.shape), "data": list(value)})
         else:
-            entry["data"] = (t.float() if t.dtype == torch.bfloat16 else t).flatten().tolist()
-        entries.append(entry)
+            t = value.detach()
+            entries.append({"name": name, "datatype": datatype(t.dtype), "shape": list(t.shape),
+                            "data": (t.float() if t.dtype == torch.bfloat16 else t).flatten().tolist()})
     doc = {"model_name": model, "model_version": "1", "outputs": entries}
     if request.id is not None:
         doc["id"] = request.id

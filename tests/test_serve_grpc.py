@@ -1,0 +1,166 @@
+"""archfit serve's gRPC service (KServe v2 `inference.GRPCInferenceService`): an unchanged client
+(tritonclient.grpc) gets the answers HTTP gives, health and metadata, the same one-line errors as
+gRPC codes, typed contents as well as raw bytes, and a cancelled call leaves the queue."""
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as http
+from tritonclient.utils import InferenceServerException
+
+import archfit
+from conftest import Running, cli, free_port, metric_total, settle
+
+
+@pytest.fixture(scope="module")
+def bert_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("grpc") / "bert.archfit"
+    r = cli("compile", "bert-base", "--tiny", "-t", "openvino", "--vary", "input_ids:1", "--vary", "attention_mask:1",
+            "--buckets", "8,16", "--dynamic-batch", "--batch", "4", "--no-compare", "-o", str(path))
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+def _served(bert_file, max_delay_ms):
+    from archfit.serve import Server, load_models
+
+    port = free_port()
+    running = Running(Server(load_models([f"bert={bert_file}"]), max_delay_ms=max_delay_ms,
+                             grpc_address=f"127.0.0.1:{port}"))
+    running.grpc_url = f"127.0.0.1:{port}"
+    return running
+
+
+@pytest.fixture(scope="module")
+def running(bert_file):
+    r = _served(bert_file, 20)
+    yield r
+    r.stop()
+
+
+def _inputs(module, ids: np.ndarray):
+    out = []
+    for name, value in (("input_ids", ids), ("attention_mask", np.ones_like(ids))):
+        t = module.InferInput(name, list(value.shape), "INT64")
+        t.set_data_from_numpy(value)
+        out.append(t)
+    return out
+
+
+def test_health_and_metadata_match_http(running):
+    c = grpcclient.InferenceServerClient(running.grpc_url)
+    assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("bert")
+    server = c.get_server_metadata()
+    assert server.name == "archfit" and "binary_tensor_data" in server.extensions
+    meta, want = c.get_model_metadata("bert"), running.client().get_model_metadata("bert")
+    assert meta.name == "bert" and list(meta.versions) == want["versions"]
+    for got, expected in ((meta.inputs, want["inputs"]), (meta.outputs, want["outputs"])):
+        assert [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in got] == expected
+    with pytest.raises(InferenceServerException, match="no model 'nope'; served here: bert") as e:
+        c.get_model_metadata("nope")
+    assert e.value.status() == "StatusCode.NOT_FOUND"
+    with pytest.raises(InferenceServerException, match="has version 1 only"):
+        c.is_model_ready("bert", "2")
+
+
+def test_infer_answers_equal_http_and_the_file(running, bert_file):
+    loaded = archfit.load(bert_file)
+    c, h = grpcclient.InferenceServerClient(running.grpc_url), running.client()
+    rng = np.random.default_rng(0)
+    done = []
+    # several lengths at once (two buckets, batched across requests), one request of 6 rows (chunked)
+    shapes = [(1, 3), (1, 12), (1, 16), (6, 9), (1, 5)]
+    sent = [rng.integers(3, 500, s).astype(np.int64) for s in shapes]
+    for ids in sent:
+        c.async_infer("bert", _inputs(grpcclient, ids), lambda result, error: done.append((result, error)),
+                      outputs=[grpcclient.InferRequestedOutput("last_hidden_state"),
+                               grpcclient.InferRequestedOutput("pooler_output")], request_id="r1")
+    settle(until=lambda: len(done) == len(sent), timeout=60)
+    assert all(error is None for _, error in done), [str(e) for _, e in done if e is not None]
+    by_shape = {r.as_numpy("last_hidden_state").shape[:2]: r for r, _ in done}
+    for ids in sent:
+        got = by_shape[ids.shape]
+        want = loaded(input_ids=torch.from_numpy(ids), attention_mask=torch.ones(ids.shape, dtype=torch.int64))
+        over_http = h.infer("bert", _inputs(http, ids))
+        for name in ("last_hidden_state", "pooler_output"):
+            np.testing.assert_allclose(got.as_numpy(name), getattr(want, name).numpy(), atol=1e-5, rtol=0)
+            np.testing.assert_allclose(got.as_numpy(name), over_http.as_numpy(name), atol=1e-5, rtol=0)
+        assert got.get_response().id == "r1"
+    # one output asked for: only that one comes back
+    only = c.infer("bert", _inputs(grpcclient, sent[0]), outputs=[grpcclient.InferRequestedOutput("pooler_output")])
+    assert [o.name for o in only.get_response().outputs] == ["pooler_output"]
+
+
+def test_typed_contents_answer_as_raw_bytes_do(running):
+    """Clients other than tritonclient send InferTensorContents instead of raw bytes."""
+    import grpc
+
+    from archfit.serve.rpc import SERVICE, messages
+
+    m = messages()
+    ids = [[5, 6, 7, 8, 9]]
+    request = m.ModelInferRequest(model_name="bert", inputs=[
+        m.ModelInferRequest_InferInputTensor(name=n, datatype="INT64", shape=[1, 5],
+                                             contents=m.InferTensorContents(int64_contents=v))
+        for n, v in (("input_ids", sum(ids, [])), ("attention_mask", [1] * 5))])
+    with grpc.insecure_channel(running.grpc_url) as channel:
+        infer = channel.unary_unary(f"/{SERVICE}/ModelInfer", request_serializer=m.ModelInferRequest.SerializeToString,
+                                    response_deserializer=m.ModelInferResponse.FromString)
+        response = infer(request, timeout=30)
+        names = [o.name for o in response.outputs]
+        pooled = np.frombuffer(response.raw_output_contents[names.index("pooler_output")], np.float32)
+        raw = grpcclient.InferenceServerClient(running.grpc_url).infer("bert", _inputs(grpcclient, np.array(ids)))
+        np.testing.assert_allclose(pooled, raw.as_numpy("pooler_output").ravel(), atol=1e-6, rtol=0)
+
+        request.inputs[0].contents.int64_contents.append(10)  # 6 values for shape [1, 5]
+        with pytest.raises(grpc.RpcError) as e:
+            infer(request, timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details() == ("request: input 'input_ids': contents.int64_contents holds 6 values, "
+                                     "shape [1, 5] takes 5")
+
+
+def test_bad_requests_get_the_http_line_as_invalid_argument(running):
+    c, h = grpcclient.InferenceServerClient(running.grpc_url), running.client()
+    before = running.metrics()
+    ids = np.ones((1, 40), np.int64)  # over the largest bucket (16)
+    with pytest.raises(InferenceServerException) as over_grpc:
+        c.infer("bert", _inputs(grpcclient, ids))
+    with pytest.raises(InferenceServerException) as over_http:
+        h.infer("bert", _inputs(http, ids))
+    assert over_grpc.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert over_grpc.value.message() == over_http.value.message() and "16" in over_grpc.value.message()
+    wrong = grpcclient.InferInput("input_ids", [1, 4], "FP32")
+    wrong.set_data_from_numpy(np.ones((1, 4), np.float32))
+    with pytest.raises(InferenceServerException, match="input_ids"):
+        c.infer("bert", [wrong, _inputs(grpcclient, np.ones((1, 4), np.int64))[1]])
+    with pytest.raises(InferenceServerException, match="has no output 'nope'"):
+        c.infer("bert", _inputs(grpcclient, np.ones((1, 4), np.int64)),
+                outputs=[grpcclient.InferRequestedOutput("nope")])
+    after = running.metrics()
+    assert metric_total(after, "archfit_requests_total", code="400") - \
+        metric_total(before, "archfit_requests_total", code="400") == 4  # 3 over gRPC, 1 over HTTP
+    # and the server goes on answering
+    assert c.infer("bert", _inputs(grpcclient, np.ones((1, 4), np.int64))).as_numpy("pooler_output").shape == (1, 64)
+
+
+def test_a_cancelled_call_leaves_the_queue_before_an_engine_runs_it(bert_file):
+    r = _served(bert_file, 3000)  # a batch waits 3 s to fill: time to cancel
+    try:
+        c = grpcclient.InferenceServerClient(r.grpc_url)
+        before = r.metrics()
+        call = c.async_infer("bert", _inputs(grpcclient, np.ones((1, 4), np.int64)), lambda *_: None)
+        settle(until=lambda: 'archfit_queue_rows{model="bert"} 1.0' in r.metrics(), timeout=10)
+        call.cancel()
+        settle(until=lambda: 'archfit_queue_rows{model="bert"} 0.0' in r.metrics(), timeout=10)
+        settle(3.5)  # past the batch's delay: nothing runs
+        after = r.metrics()
+        assert metric_total(after, "archfit_batch_seconds_count") == metric_total(before, "archfit_batch_seconds_count")
+        assert metric_total(after, "archfit_requests_total", code="499") == 1
+    finally:
+        r.stop()
+
+
+def test_cli_refuses_grpc_on_ray():
+    r = cli("serve", "x.archfit", "--ray", "--grpc-port", "9000")
+    assert r.returncode != 0 and "--grpc-port: gRPC is served without --ray only" in r.stderr
