@@ -154,6 +154,11 @@ def test_infer_with_token_ids_through_tritonclient(served):
     out = running.client().infer("gpt", inputs, parameters={"max_new_tokens": 5}).as_numpy("output_ids")
     want = model.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=5)
     assert out.tolist() == want.tolist()
+    # the batcher's queue policy does not apply to the continuous batch: said, not ignored
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException, match="a generation file admits requests in arrival order"):
+        running.client().infer("gpt", inputs, priority=1)
 
 
 def test_generation_requests_refused_in_one_line(served):

@@ -1,6 +1,10 @@
 """archfit serve's gRPC service (KServe v2 `inference.GRPCInferenceService`): an unchanged client
 (tritonclient.grpc) gets the answers HTTP gives, health and metadata, the same one-line errors as
-gRPC codes, typed contents as well as raw bytes, and a cancelled call leaves the queue."""
+gRPC codes, typed contents as well as raw bytes, and a cancelled call leaves the queue. And the
+queue policy both carry (Triton's `timeout` and `priority` parameters, a default timeout per model)."""
+import json
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -21,12 +25,12 @@ def bert_file(tmp_path_factory):
     return path
 
 
-def _served(bert_file, max_delay_ms):
+def _served(bert_file, max_delay_ms, **kwargs):
     from archfit.serve import Server, load_models
 
     port = free_port()
-    running = Running(Server(load_models([f"bert={bert_file}"]), max_delay_ms=max_delay_ms,
-                             grpc_address=f"127.0.0.1:{port}"))
+    running = Running(Server(load_models([f"bert={bert_file}", f"quick={bert_file}"]), max_delay_ms=max_delay_ms,
+                             grpc_address=f"127.0.0.1:{port}", **kwargs))
     running.grpc_url = f"127.0.0.1:{port}"
     return running
 
@@ -144,21 +148,86 @@ def test_bad_requests_get_the_http_line_as_invalid_argument(running):
     assert c.infer("bert", _inputs(grpcclient, np.ones((1, 4), np.int64))).as_numpy("pooler_output").shape == (1, 64)
 
 
-def test_a_cancelled_call_leaves_the_queue_before_an_engine_runs_it(bert_file):
-    r = _served(bert_file, 3000)  # a batch waits 3 s to fill: time to cancel
+@pytest.fixture(scope="module")
+def slow(bert_file):
+    """A batch waits 3 s to fill: time to cancel, or to pass a timeout, while a request is queued.
+    The model `quick` (the same file) has a default timeout of 200 ms."""
+    r = _served(bert_file, 3000, timeouts={"quick": 0.2})
+    yield r
+    r.stop()
+
+
+def _batches(r) -> float:
+    return metric_total(r.metrics(), "archfit_batch_seconds_count")
+
+
+def test_a_cancelled_call_leaves_the_queue_before_an_engine_runs_it(slow):
+    c = grpcclient.InferenceServerClient(slow.grpc_url)
+    before, gone = _batches(slow), metric_total(slow.metrics(), "archfit_requests_total", code="499")
+    call = c.async_infer("bert", _inputs(grpcclient, np.ones((1, 4), np.int64)), lambda *_: None)
+    settle(until=lambda: 'archfit_queue_rows{model="bert"} 1.0' in slow.metrics(), timeout=10)
+    call.cancel()
+    settle(until=lambda: 'archfit_queue_rows{model="bert"} 0.0' in slow.metrics(), timeout=10)
+    settle(3.5)  # past the batch's delay: nothing runs
+    assert _batches(slow) == before
+    assert metric_total(slow.metrics(), "archfit_requests_total", code="499") == gone + 1
+
+
+def test_a_request_past_its_timeout_is_answered_504_without_an_engine(slow):
+    before = _batches(slow)
+    ids = np.ones((1, 4), np.int64)
+    start = time.perf_counter()
+    with pytest.raises(InferenceServerException, match=r"waited \d+ ms in the queue, past its timeout of 200 ms; "
+                                                       r"no engine ran it") as over_http:
+        slow.client().infer("bert", _inputs(http, ids), timeout=200_000)  # microseconds, as Triton takes it
+    assert over_http.value.status() == "504" and time.perf_counter() - start < 2
+    with pytest.raises(InferenceServerException, match="past its timeout of 100 ms") as over_grpc:
+        grpcclient.InferenceServerClient(slow.grpc_url).infer("bert", _inputs(grpcclient, ids), timeout=100_000)
+    assert over_grpc.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    # the model's default timeout holds for a request that sends none
+    with pytest.raises(InferenceServerException, match="'quick': .*past its timeout of 200 ms"):
+        slow.client().infer("quick", _inputs(http, ids))
+    body = {"inputs": [{"name": n, "datatype": "INT64", "shape": [1, 4], "data": [1, 1, 1, 1]}
+                       for n in ("input_ids", "attention_mask")], "parameters": {"timeout": 0.5}}
+    status, answer, _ = slow.post("/v2/models/bert/infer", json.dumps(body).encode())
+    assert status == 400 and "parameter 'timeout' must be a non-negative integer" in json.loads(answer)["error"]
+    assert _batches(slow) == before
+    assert metric_total(slow.metrics(), "archfit_requests_total", code="504") == 3
+
+
+def test_priority_orders_the_queue_and_timeouts_wake_the_batcher():
+    """Triton's priority: 1 first, then 2; requests without one after every level, in arrival order."""
+    import asyncio
+
+    from archfit.serve.adapters import PackedServable
+    from archfit.serve.batcher import Batcher, Expired, Pending
+    from archfit.serve.metrics import Metrics
+    from archfit.serve.servable import Item
+
+    class OneRow(PackedServable):  # a budget of one request per engine call, no module
+        def __init__(self):
+            self.name = "m"
+
+        budget = 1
+
+    loop = asyncio.new_event_loop()
     try:
-        c = grpcclient.InferenceServerClient(r.grpc_url)
-        before = r.metrics()
-        call = c.async_infer("bert", _inputs(grpcclient, np.ones((1, 4), np.int64)), lambda *_: None)
-        settle(until=lambda: 'archfit_queue_rows{model="bert"} 1.0' in r.metrics(), timeout=10)
-        call.cancel()
-        settle(until=lambda: 'archfit_queue_rows{model="bert"} 0.0' in r.metrics(), timeout=10)
-        settle(3.5)  # past the batch's delay: nothing runs
-        after = r.metrics()
-        assert metric_total(after, "archfit_batch_seconds_count") == metric_total(before, "archfit_batch_seconds_count")
-        assert metric_total(after, "archfit_requests_total", code="499") == 1
+        b = Batcher(OneRow(), Metrics(), max_delay=10.0)
+        for size, priority in ((1, float("inf")), (1, 2), (1, 1), (1, float("inf"))):
+            b.pending.append(Pending(Item(None, 1, None, 1), loop.create_future(), priority=priority))
+        order = [b._take(time.perf_counter())[0].priority for _ in range(4)]
+        assert order == [1, 2, float("inf"), float("inf")]
+
+        now = time.perf_counter()
+        late = Pending(Item(None, 1, None, 1), loop.create_future(), since=now - 0.3, timeout=0.2)
+        soon = Pending(Item(None, 1, None, 1), loop.create_future(), since=now, timeout=0.5)
+        b.pending.extend([late, soon])
+        b.max_delay, OneRow.budget = 5.0, 4  # `soon` alone no longer fills a call
+        wait = b._take(now)
+        assert isinstance(late.future.exception(), Expired) and not soon.future.done()
+        assert wait == pytest.approx(0.5, abs=0.01)  # woken for `soon`'s timeout, not the batch's 5 s
     finally:
-        r.stop()
+        loop.close()
 
 
 def test_cli_refuses_grpc_on_ray():

@@ -23,6 +23,8 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
                                              "(OpenVINO streams): more throughput under load, more latency alone."),
           threads: Optional[int] = typer.Option(None, help="Threads per engine (default: all cores; with --ray, 1 "
                                                            "per replica)."),
+          timeout_ms: List[str] = typer.Option([], help="[NAME=]MS: longest a request waits queued before a 504 "
+                                                        "(when it sends no 'timeout' parameter; repeat per model)."),
           slots: Optional[int] = typer.Option(None, help="Decoder-only generation files: cache rows of the "
                                                          "continuous batch (a row count the file's decode step "
                                                          "was compiled for; default its largest)."),
@@ -32,15 +34,18 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
                                                            "start`); default: a local Ray instance.")):
     """Serve files over HTTP (KServe v2 / Open Inference Protocol: Triton's and KServe's clients work
     unchanged) with dynamic batching per bucket and Prometheus metrics at /metrics."""
+    from ..serve.app import queue_timeouts
+
+    timeouts = queue_timeouts(timeout_ms)
     if ray:
         from ..serve import ray as on_ray
 
         if grpc_port is not None:
             raise InputError("--grpc-port: gRPC is served without --ray only (Ray Serve's proxy speaks HTTP here); "
                              "drop one of them")
-
         on_ray.run(files, host=host, port=port, address=address, replicas=replicas, threads=threads or 1,
-                   max_delay_ms=max_delay_ms, max_queue=max_queue, max_body=int(max_body_mb * (1 << 20)))
+                   max_delay_ms=max_delay_ms, max_queue=max_queue, max_body=int(max_body_mb * (1 << 20)),
+                   timeouts=timeouts)
         return
     from ..serve import run
 
@@ -50,4 +55,5 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
         typer.echo(f"serving {names} on http://{host}:{port}/v2{grpc} (metrics at /metrics)", err=True)
 
     run(files, host=host, port=port, max_delay_ms=max_delay_ms, max_queue=max_queue, max_body_mb=max_body_mb,
-        streams=streams, threads=threads, on_ready=ready, slots=slots, grpc_port=grpc_port)
+        streams=streams, threads=threads, on_ready=ready, slots=slots, grpc_port=grpc_port,
+        timeouts=timeouts)

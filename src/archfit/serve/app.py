@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from .._version import __version__
 from ..errors import ArchfitError, InputError, first_line
-from .batcher import Batcher, Overloaded, TooManyRows
+from .batcher import Batcher, Expired, Overloaded, TooManyRows, queue_policy
 from .metrics import Metrics
 from .protocol import HEADER, InferRequest, RequestError, decode, encode
 from .servable import Servable, servable
@@ -70,6 +70,22 @@ def model_files(specs: list[str]) -> dict[str, Path]:
     return out
 
 
+def queue_timeouts(specs: list[str]) -> dict[str, float]:
+    """`MS` or `NAME=MS` (the CLI's --timeout-ms) -> {name or "": seconds}."""
+    out = {}
+    for spec in specs:
+        name, sep, ms = spec.rpartition("=")
+        try:
+            seconds = float(ms) / 1e3
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0:
+            raise InputError(f"--timeout-ms {spec!r}: give milliseconds, or NAME=milliseconds for one model "
+                             f"(e.g. --timeout-ms 500 --timeout-ms bert=200)")
+        out[name] = seconds
+    return out
+
+
 def load_models(specs: list[str]) -> dict[str, Servable]:
     from ..artifact import load
 
@@ -79,7 +95,7 @@ def load_models(specs: list[str]) -> dict[str, Servable]:
 class Server:
     def __init__(self, models: Mapping[str, Servable], max_delay_ms: float = 5.0, max_queue: int = 256,
                  max_body: int = 64 << 20, streams: int = 1, slots: int | None = None,
-                 grpc_address: str | None = None):
+                 grpc_address: str | None = None, timeouts: Mapping[str, float] | None = None):
         self.models = dict(models)
         self.metrics = Metrics()
         self.max_delay = max_delay_ms / 1000
@@ -90,6 +106,8 @@ class Server:
         self.batchers: dict[str, Batcher] = {}
         self.grpc_address = grpc_address  # host:port of the gRPC service (rpc.py), None: HTTP only
         self.grpc = None
+        # seconds a request may wait queued when it gives no timeout: per model name, "" for every model
+        self.timeouts = dict(timeouts or {})
         self.ready = False
 
     async def start(self) -> None:
@@ -242,6 +260,12 @@ class Server:
         a carrier that cancels this task instead (gRPC) gets the same. Errors raise Refused."""
         model = self.models[name]
         try:
+            if model.continuous:
+                if {"timeout", "priority"} & set(req.parameters):
+                    raise RequestError(f"model {name!r}: 'timeout' and 'priority' order the batcher's queue; a "
+                                       f"generation file admits requests in arrival order (send neither)")
+            else:
+                timeout, priority = queue_policy(req.parameters, self.timeouts.get(name, self.timeouts.get("")))
             item = model.prepare(req.inputs, req.parameters)
             if req.outputs is not None:
                 known = {o.name for o in model.outputs}
@@ -258,7 +282,7 @@ class Server:
             except (InputError, OverflowError) as e:
                 raise refusal(e) from e
         try:
-            future = self.batchers[name].submit(item)
+            future = self.batchers[name].submit(item, timeout, priority)
         except TooManyRows as e:
             raise Refused(413, f"request: {e}") from e
         except Overloaded as e:
@@ -278,6 +302,8 @@ class Server:
             return future.result()
         except InputError as e:
             raise Refused(400, str(e)) from e
+        except Expired as e:
+            raise Refused(504, f"timeout: {e}") from e
         except ArchfitError as e:
             raise Refused(500, str(e)) from e
         except Exception as e:  # noqa: BLE001 - a bug of ours or a backend's: one line, the server goes on
@@ -325,7 +351,8 @@ def engine_threads(threads: int | None = None, streams: int = 1) -> None:
 
 def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, max_delay_ms: float = 5.0,
         max_queue: int = 256, max_body_mb: float = 64, streams: int = 1, threads: int | None = None,
-        log_level: str = "warning", on_ready=None, slots: int | None = None, grpc_port: int | None = None) -> None:
+        log_level: str = "warning", on_ready=None, slots: int | None = None, grpc_port: int | None = None,
+        timeouts: Mapping[str, float] | None = None) -> None:
     """Load the files and serve them until SIGINT/SIGTERM (in-flight requests are answered first);
     with `grpc_port`, the same models over gRPC there too.
     streams > 1: each model runs that many batches at once, its engines split into as many
@@ -334,7 +361,7 @@ def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, max_delay_m
 
     engine_threads(threads, streams)
     server = Server(load_models(specs), max_delay_ms, max_queue, int(max_body_mb * (1 << 20)), streams, slots,
-                    None if grpc_port is None else f"{host}:{grpc_port}")
+                    None if grpc_port is None else f"{host}:{grpc_port}", timeouts)
     config = uvicorn.Config(create_app(server), host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=30, lifespan="on")
     if on_ready is not None:

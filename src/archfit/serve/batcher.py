@@ -8,7 +8,12 @@ forms meanwhile (under load, batches fill by themselves; the delay only matters 
 With several engine streams (`streams`), that many batches run at once, one per worker thread.
 
 The queue is bounded: past `max_queue` queued rows, `submit` raises Overloaded (503). A request
-whose client went away is dropped before it reaches an engine."""
+whose client went away is dropped before it reaches an engine.
+
+Queue policy as Triton's: a request's `timeout` parameter (microseconds; else the model's default)
+bounds its wait in the queue, past it the request fails with Expired (504) without reaching an
+engine; its `priority` (1 first, then 2, ...; none or 0 after every numbered level) orders the
+queue, arrival order within a level."""
 from __future__ import annotations
 
 import asyncio
@@ -33,12 +38,35 @@ class TooManyRows(Exception):
     """One request holds more rows than the queue takes at once (--max-queue): it never fits."""
 
 
+class Expired(Exception):
+    """A request waited in the queue past its timeout; no engine ran it."""
+
+
+def queue_policy(parameters: dict, default_timeout: float | None) -> tuple[float | None, float]:
+    """Takes `timeout` (microseconds, 0: the default) and `priority` out of a request's parameters:
+    (seconds it may wait queued or None, its rank in the queue: lower first)."""
+    from .protocol import RequestError
+
+    timeout, priority = parameters.pop("timeout", 0), parameters.pop("priority", 0)
+    for name, value in (("timeout", timeout), ("priority", priority)):
+        if type(value) is not int or value < 0:
+            raise RequestError(f"parameter {name!r} must be a non-negative integer (timeout: microseconds a request "
+                               f"may wait queued; priority: 1 first), got {str(value)[:40]!r}")
+    return (timeout / 1e6 if timeout else default_timeout), (priority or float("inf"))
+
+
 @dataclass
 class Pending:
     item: Item
     future: asyncio.Future
     since: float = field(default_factory=time.perf_counter)
     counted: bool = True  # its rows are in Batcher.queued_rows
+    timeout: float | None = None  # seconds it may wait queued
+    priority: float = float("inf")
+
+    @property
+    def rank(self) -> tuple[float, float]:
+        return self.priority, self.since
 
 
 class Batcher:
@@ -69,7 +97,7 @@ class Batcher:
             await self.task
         self.executor.shutdown(wait=True)
 
-    def submit(self, item: Item) -> asyncio.Future:
+    def submit(self, item: Item, timeout: float | None = None, priority: float = float("inf")) -> asyncio.Future:
         if self.closing:
             raise Overloaded(f"model {self.servable.name!r} is shutting down")
         if item.rows > self.max_queue:  # alone it would hold the engines and the memory of the whole queue
@@ -80,7 +108,7 @@ class Batcher:
             raise Overloaded(f"model {self.servable.name!r} has {self.queued_rows} rows queued (limit "
                              f"{self.max_queue}); retry shortly")
         fut = asyncio.get_running_loop().create_future()
-        pending = Pending(item, fut)
+        pending = Pending(item, fut, timeout=timeout, priority=priority)
         self.pending.append(pending)
         self.queued_rows += item.rows
         self.metrics.queue.labels(self.servable.name).set(self.queued_rows)
@@ -91,32 +119,37 @@ class Batcher:
         return fut
 
     def _take(self, now: float) -> list[Pending] | float:
-        """The next group to run, or how long to wait for one to fill."""
-        while self.pending and self.pending[0].future.done():  # dropped: the client went away
+        """The next group to run, or how long to wait for one to fill (or for a timeout to pass)."""
+        for p in self.pending:
+            if p.timeout is not None and not p.future.done() and now - p.since >= p.timeout:
+                p.future.set_exception(Expired(
+                    f"model {self.servable.name!r}: the request waited {(now - p.since) * 1e3:.0f} ms in the queue, "
+                    f"past its timeout of {p.timeout * 1e3:g} ms; no engine ran it"))
+        while self.pending and self.pending[0].future.done():  # dropped: gone, cancelled or expired
             self._forget(self.pending.popleft())
         if not self.pending:
             return -1.0
         cap, cost = self.servable.budget, self.servable.cost
-        load: dict = {}
-        for p in self.pending:
-            if not p.future.done():
-                load[p.item.key] = load.get(p.item.key, 0) + cost(p.item)
-        full = next((k for k, n in load.items() if n >= cap), None)
-        oldest = self.pending[0]
-        wait = oldest.since + self.max_delay - now
-        if full is None and wait > 0 and not self.closing:
-            return wait
-        key = oldest.item.key if full is None else full
-        group, filled, keep = [], 0, deque()
+        live = sorted((p for p in self.pending if not p.future.done()), key=lambda p: p.rank)
+        load: dict = {}  # keys in the order of their first request's rank
+        for p in live:
+            load[p.item.key] = load.get(p.item.key, 0) + cost(p.item)
+        full = [k for k, n in load.items() if n >= cap]  # (a key may be None: no sentinel)
+        wait = self.pending[0].since + self.max_delay - now  # the oldest arrival's delay, whatever its rank
+        if not full and wait > 0 and not self.closing:
+            expiring = [p.since + p.timeout - now for p in live if p.timeout is not None]
+            return min([wait, *expiring])
+        key = full[0] if full else live[0].item.key
+        group, filled = [], 0
+        for p in live:
+            if p.item.key == key and (not group or filled + cost(p.item) <= cap):
+                group.append(p)
+                filled += cost(p.item)
+        taken = {id(p) for p in group}
         for p in self.pending:
             if p.future.done():
                 self._forget(p)
-            elif p.item.key == key and (not group or filled + cost(p.item) <= cap):
-                group.append(p)
-                filled += cost(p.item)
-            else:
-                keep.append(p)
-        self.pending = keep
+        self.pending = deque(p for p in self.pending if id(p) not in taken and not p.future.done())
         return group
 
     def _forget(self, p: Pending) -> None:

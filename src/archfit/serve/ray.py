@@ -17,11 +17,11 @@ class Replica:
     """One Ray Serve replica: loads the files once, starts its batchers on the first request."""
 
     def __init__(self, specs: list[str], threads: int | None = None, max_delay_ms: float = 5.0,
-                 max_queue: int = 256, max_body: int = 64 << 20):
+                 max_queue: int = 256, max_body: int = 64 << 20, timeouts: dict | None = None):
         from .app import Server, engine_threads, load_models
 
         engine_threads(threads)
-        self.server = Server(load_models(specs), max_delay_ms, max_queue, max_body)
+        self.server = Server(load_models(specs), max_delay_ms, max_queue, max_body, timeouts=timeouts)
         self._starting: asyncio.Task | None = None
 
     async def __call__(self, request):
@@ -34,7 +34,7 @@ class Replica:
 
 def application(specs: list[str], replicas: int = 2, threads: int | None = 1, max_delay_ms: float = 5.0,
                 max_queue: int = 256, max_body: int = 64 << 20, autoscaling_config: dict | None = None,
-                ray_actor_options: dict | None = None):
+                ray_actor_options: dict | None = None, timeouts: dict | None = None):
     """A Ray Serve application serving `specs` (paths, or name=path) with `replicas` replicas, or
     as `autoscaling_config` says (passed to Ray as given). Run it with `ray.serve.run(app)`."""
     try:
@@ -52,7 +52,7 @@ def application(specs: list[str], replicas: int = 2, threads: int | None = 1, ma
     scale = {"autoscaling_config": autoscaling_config} if autoscaling_config else {"num_replicas": replicas}
     deployment = serve.deployment(Replica, name="archfit", max_ongoing_requests=max_queue,
                                   ray_actor_options=options, **scale)
-    return deployment.bind(specs, threads, max_delay_ms, max_queue, max_body)
+    return deployment.bind(specs, threads, max_delay_ms, max_queue, max_body, timeouts)
 
 
 def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
