@@ -165,17 +165,17 @@ def settle(seconds: float = 0.0, until=None, timeout: float = 30.0) -> None:
 class Running:
     """A Server on a uvicorn thread in this process (loading once per module, no interpreter start)."""
 
-    def __init__(self, server):
+    def __init__(self, server, header_timeout: float = 5.0):
         import threading
         import time
 
         import uvicorn
 
         from archfit.serve import create_app
+        from archfit.serve.connections import config
 
         self.server, self.port = server, free_port()
-        self.uv = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=self.port,
-                                                log_level="error", lifespan="on"))
+        self.uv = uvicorn.Server(config(create_app(server), "127.0.0.1", self.port, header_timeout, log_level="error"))
         self.thread = threading.Thread(target=self.uv.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30

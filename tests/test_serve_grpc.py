@@ -25,12 +25,12 @@ def bert_file(tmp_path_factory):
     return path
 
 
-def _served(bert_file, max_delay_ms, **kwargs):
+def _served(bert_file, max_delay_ms, header_timeout=5.0, **kwargs):
     from archfit.serve import Server, load_models
 
     port = free_port()
     running = Running(Server(load_models([f"bert={bert_file}", f"quick={bert_file}"]), max_delay_ms=max_delay_ms,
-                             grpc_address=f"127.0.0.1:{port}", **kwargs))
+                             grpc_address=f"127.0.0.1:{port}", **kwargs), header_timeout)
     running.grpc_url = f"127.0.0.1:{port}"
     return running
 
@@ -151,8 +151,8 @@ def test_bad_requests_get_the_http_line_as_invalid_argument(running):
 @pytest.fixture(scope="module")
 def slow(bert_file):
     """A batch waits 3 s to fill: time to cancel, or to pass a timeout, while a request is queued.
-    The model `quick` (the same file) has a default timeout of 200 ms."""
-    r = _served(bert_file, 3000, timeouts={"quick": 0.2})
+    The model `quick` (the same file) has a default timeout of 200 ms; headers and bodies 0.5 s."""
+    r = _served(bert_file, 3000, header_timeout=0.5, timeouts={"quick": 0.2}, body_timeout=0.5)
     yield r
     r.stop()
 
@@ -193,6 +193,44 @@ def test_a_request_past_its_timeout_is_answered_504_without_an_engine(slow):
     assert status == 400 and "parameter 'timeout' must be a non-negative integer" in json.loads(answer)["error"]
     assert _batches(slow) == before
     assert metric_total(slow.metrics(), "archfit_requests_total", code="504") == 3
+
+
+def _until_closed(sock, seconds=3.0) -> bytes:
+    sock.settimeout(seconds)
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data
+
+
+def test_slow_clients_are_cut_off_by_the_header_and_body_timeouts(slow):
+    """Found by a probe: 300 connections sending a byte a second were held forever, one file
+    descriptor each. Now headers get 0.5 s here (5 s by default), bodies 0.5 s (30 s)."""
+    import socket
+
+    address = ("127.0.0.1", slow.port)
+    start = time.monotonic()
+    idle = [socket.create_connection(address) for _ in range(30)]  # connect, send nothing
+    trickle = socket.create_connection(address)
+    for part in (b"POST /v2/models/bert/infer HTTP/1.1\r\n", b"Host: x\r\n"):  # headers a line at a time
+        trickle.sendall(part)
+        time.sleep(0.2)
+    for sock in [trickle, *idle]:
+        answer = _until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 408") and answer.endswith(b"request headers not complete within 0.5 s")
+        sock.close()
+    assert time.monotonic() - start < 3
+
+    half = socket.create_connection(address)  # headers on time, then half the body and silence
+    half.sendall(b"POST /v2/models/bert/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inputs\": ")
+    answer = _until_closed(half)
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b"the body did not arrive within 0.5 s (--body-timeout)" in answer
+    half.close()
+    assert slow.client().is_server_ready()  # and a client that behaves is answered
 
 
 def test_priority_orders_the_queue_and_timeouts_wake_the_batcher():

@@ -23,6 +23,10 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
                                              "(OpenVINO streams): more throughput under load, more latency alone."),
           threads: Optional[int] = typer.Option(None, help="Threads per engine (default: all cores; with --ray, 1 "
                                                            "per replica)."),
+          header_timeout: float = typer.Option(5.0, help="Seconds a connection has to send its request headers "
+                                                        "(then closed with 408)."),
+          body_timeout: float = typer.Option(30.0, help="Seconds a request has to send its body after its headers "
+                                                      "(then 408)."),
           timeout_ms: List[str] = typer.Option([], help="[NAME=]MS: longest a request waits queued before a 504 "
                                                         "(when it sends no 'timeout' parameter; repeat per model)."),
           slots: Optional[int] = typer.Option(None, help="Decoder-only generation files: cache rows of the "
@@ -56,4 +60,4 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
 
     run(files, host=host, port=port, max_delay_ms=max_delay_ms, max_queue=max_queue, max_body_mb=max_body_mb,
         streams=streams, threads=threads, on_ready=ready, slots=slots, grpc_port=grpc_port,
-        timeouts=timeouts)
+        timeouts=timeouts, header_timeout=header_timeout, body_timeout=body_timeout)

@@ -95,12 +95,14 @@ def load_models(specs: list[str]) -> dict[str, Servable]:
 class Server:
     def __init__(self, models: Mapping[str, Servable], max_delay_ms: float = 5.0, max_queue: int = 256,
                  max_body: int = 64 << 20, streams: int = 1, slots: int | None = None,
-                 grpc_address: str | None = None, timeouts: Mapping[str, float] | None = None):
+                 grpc_address: str | None = None, timeouts: Mapping[str, float] | None = None,
+                 body_timeout: float = 30.0):
         self.models = dict(models)
         self.metrics = Metrics()
         self.max_delay = max_delay_ms / 1000
         self.max_queue = max_queue
         self.max_body = max_body
+        self.body_timeout = body_timeout  # seconds from the headers to the body's last byte (408 after)
         self.streams = streams  # batches run at once per model (engines loaded with as many streams)
         self.slots = slots  # cache rows of a generation file's continuous batch (None: its largest step)
         self.batchers: dict[str, Batcher] = {}
@@ -203,11 +205,21 @@ class Server:
         except ClientDisconnect:
             status = 499
             return Response(status_code=499)
+        except Refused as e:
+            status = e.status
+            return fail(e.status, e.message, e.headers)
         finally:
             self.metrics.answered(name or "completions", route, status,
                                   time.perf_counter() - start if status == 200 else None)
 
     async def _body(self, request: Request) -> bytes:
+        try:
+            return await asyncio.wait_for(self._read_body(request), self.body_timeout)
+        except asyncio.TimeoutError:
+            raise Refused(408, f"request: the body did not arrive within {self.body_timeout:g} s "
+                               f"(--body-timeout); send it at once") from None
+
+    async def _read_body(self, request: Request) -> bytes:
         length = request.headers.get("content-length")
         declared = int(length) if length is not None and length.isdigit() else 0
         if declared > 16 * self.max_body:  # answered at once; the client sees the connection close
@@ -352,18 +364,20 @@ def engine_threads(threads: int | None = None, streams: int = 1) -> None:
 def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, max_delay_ms: float = 5.0,
         max_queue: int = 256, max_body_mb: float = 64, streams: int = 1, threads: int | None = None,
         log_level: str = "warning", on_ready=None, slots: int | None = None, grpc_port: int | None = None,
-        timeouts: Mapping[str, float] | None = None) -> None:
+        timeouts: Mapping[str, float] | None = None, header_timeout: float = 5.0, body_timeout: float = 30.0) -> None:
     """Load the files and serve them until SIGINT/SIGTERM (in-flight requests are answered first);
     with `grpc_port`, the same models over gRPC there too.
     streams > 1: each model runs that many batches at once, its engines split into as many
     streams (OpenVINO NUM_STREAMS), which uses the cores better under load than one batch on all."""
     import uvicorn
 
+    from . import connections
+
     engine_threads(threads, streams)
     server = Server(load_models(specs), max_delay_ms, max_queue, int(max_body_mb * (1 << 20)), streams, slots,
-                    None if grpc_port is None else f"{host}:{grpc_port}", timeouts)
-    config = uvicorn.Config(create_app(server), host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=30, lifespan="on")
+                    None if grpc_port is None else f"{host}:{grpc_port}", timeouts, body_timeout)
+    config = connections.config(create_app(server), host, port, header_timeout, log_level=log_level,
+                                access_log=False, timeout_graceful_shutdown=30)
     if on_ready is not None:
         on_ready(server)
     # uvicorn drains on SIGTERM, then raises the signal again under the handler found at start:
