@@ -108,6 +108,7 @@ def test_save_load_generates_the_same(tmp_path):
     model, module = _compiled("qwen2")
     loaded = archfit.load(archfit.save(module, tmp_path / "qwen2.archfit"))
     assert loaded.manifest["kind"] == "causal" and loaded.prefill.sizes == BUCKETS and loaded.capacity == 26
+    assert "decode step, 2 row(s), per token" in loaded.summary()  # no fit report in a file: named, not a crash
     ids, mask = _prompts(11, seed=4)
     for beams in (1, 3):
         want = model.generate(ids, attention_mask=mask, max_new_tokens=8, num_beams=beams)

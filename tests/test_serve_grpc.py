@@ -268,6 +268,70 @@ def test_priority_orders_the_queue_and_timeouts_wake_the_batcher():
         loop.close()
 
 
-def test_cli_refuses_grpc_on_ray():
+def test_cli_refuses_grpc_on_ray_and_nothing_to_serve():
     r = cli("serve", "x.archfit", "--ray", "--grpc-port", "9000")
-    assert r.returncode != 0 and "--grpc-port: gRPC is served without --ray only" in r.stderr
+    assert r.returncode != 0 and "--grpc-port: served without --ray only" in r.stderr
+    r = cli("serve")
+    assert r.returncode != 0 and "give files to serve (NAME=PATH or PATH), or --repository DIR" in r.stderr
+
+
+def test_repository_loads_replaces_and_unloads_without_a_restart(bert_file, saved_mlp, tmp_path):
+    """The repository extension over HTTP and gRPC (tritonclient's own calls): files added to the
+    directory are loaded by name, a file replaced is served as the new one, an unloaded model is
+    gone, and a file that cannot be loaded is said, with the server going on."""
+    import shutil
+
+    from archfit.serve import Server, load_models
+
+    shutil.copy(bert_file, tmp_path / "a.archfit")
+    port = free_port()
+    r = Running(Server(load_models([f"a={tmp_path / 'a.archfit'}"]), grpc_address=f"127.0.0.1:{port}",
+                       files={"a": tmp_path / "a.archfit"}, repository=tmp_path))
+    try:
+        h, g = r.client(), grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        ids = np.arange(3, 9, dtype=np.int64)[None]
+        want = h.infer("a", _inputs(http, ids)).as_numpy("pooler_output")
+        shutil.copy(bert_file, tmp_path / "b.archfit")
+        assert h.get_model_repository_index() == [
+            {"name": "a", "version": "1", "state": "READY", "reason": ""},
+            {"name": "b", "version": "1", "state": "UNAVAILABLE", "reason": "not loaded"}]
+        with pytest.raises(InferenceServerException, match="no model 'b'"):
+            h.infer("b", _inputs(http, ids))
+        h.load_model("b")
+        np.testing.assert_array_equal(h.infer("b", _inputs(http, ids)).as_numpy("pooler_output"), want)
+
+        shutil.copy(saved_mlp, tmp_path / "a.archfit")  # replaced on disk: served as the new file once loaded
+        g.load_model("a")
+        assert [t.name for t in g.get_model_metadata("a").inputs] == ["x"]
+        assert [(m.name, m.state) for m in g.get_model_repository_index().models] == [("a", "READY"), ("b", "READY")]
+        g.unload_model("b")
+        with pytest.raises(InferenceServerException, match="no model 'b'") as e:
+            g.infer("b", _inputs(grpcclient, ids))
+        assert e.value.status() == "StatusCode.NOT_FOUND"
+        assert {"name": "b", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"} in \
+            h.get_model_repository_index()
+        status, body, _ = r.post("/v2/repository/index", b'{"ready": true}')  # ready models only
+        assert status == 200 and [m["name"] for m in json.loads(body)] == ["a"]
+
+        (tmp_path / "bad.archfit").write_bytes(b"not a zip")
+        with pytest.raises(InferenceServerException, match=r"load 'bad' from .*bad.archfit: "):
+            h.load_model("bad")
+        bad = [m for m in h.get_model_repository_index() if m["name"] == "bad"][0]
+        assert bad["state"] == "UNAVAILABLE" and bad["reason"].startswith("load failed: ")
+        with pytest.raises(InferenceServerException, match=r"load 'nope': no file for it: .*nope.archfit does not exist"):
+            g.load_model("nope")
+        assert h.is_model_ready("a")
+    finally:
+        r.stop()
+
+
+def test_a_model_is_warmed_up_on_every_engine_before_it_serves(bert_file, monkeypatch):
+    from archfit.core.module import CompiledModule
+    from archfit.serve import servable
+
+    loaded = archfit.load(bert_file)
+    seen = []
+    run_flat = CompiledModule.run_flat
+    monkeypatch.setattr(CompiledModule, "run_flat", lambda self, flat: seen.append(flat[0].shape) or run_flat(self, flat))
+    servable("bert", loaded)
+    assert {shape[1] for shape in seen} == {8, 16}  # both buckets' engines, at the compiled batch

@@ -67,6 +67,8 @@ class CausalLMModule(ArchfitModule):
         """Each engine with its FLOPs (and, on an Inferentia profile, its ESTIMATED latency), the cache's memory."""
         def part(name: str, module) -> str:
             report = module.report
+            if report is None:  # a loaded file: the fit report stays with the compile that made it
+                return f"  {name}"
             line = f"  {name}: {report.total_flops / 1e9:.2f} GFLOPs"
             if report.estimate is not None:
                 line += f", ESTIMATED {report.estimate.total_ms:.2f} ms on {report.estimate.chip}"

@@ -1,6 +1,7 @@
 """`archfit serve`: compiled files behind the Open Inference Protocol, here or on Ray Serve."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -10,7 +11,7 @@ from .app import app
 
 
 @app.command()
-def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit compile -o`; NAME=PATH names the "
+def serve(files: List[str] = typer.Argument(None, help="Files written by `archfit compile -o`; NAME=PATH names the "
                                                       "model (default: the file's stem)."),
           host: str = typer.Option("127.0.0.1", help="Address to listen on."),
           port: int = typer.Option(8000, help="Port to listen on."),
@@ -32,21 +33,30 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
           slots: Optional[int] = typer.Option(None, help="Decoder-only generation files: cache rows of the "
                                                          "continuous batch (a row count the file's decode step "
                                                          "was compiled for; default its largest)."),
+          repository: Optional[Path] = typer.Option(None, help="A directory of NAME.archfit files: all served at "
+                                                                "start, and loaded, replaced or unloaded by name "
+                                                                "while serving (POST /v2/repository/...)."),
           ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve (pip install 'archfit[serve]')."),
           replicas: int = typer.Option(2, help="With --ray: replicas of the server."),
           address: Optional[str] = typer.Option(None, help="With --ray: the cluster to join ('auto' after `ray "
                                                            "start`); default: a local Ray instance.")):
     """Serve files over HTTP (KServe v2 / Open Inference Protocol: Triton's and KServe's clients work
     unchanged) with dynamic batching per bucket and Prometheus metrics at /metrics."""
-    from ..serve.app import queue_timeouts
+    from ..serve.repository import queue_timeouts
 
     timeouts = queue_timeouts(timeout_ms)
+    files = list(files or [])
+    if repository is not None and not repository.is_dir():
+        raise InputError(f"--repository {repository}: not a directory; give the directory that holds NAME.archfit files")
+    if not files and repository is None:
+        raise InputError("archfit serve: give files to serve (NAME=PATH or PATH), or --repository DIR")
     if ray:
         from ..serve import ray as on_ray
 
-        if grpc_port is not None:
-            raise InputError("--grpc-port: gRPC is served without --ray only (Ray Serve's proxy speaks HTTP here); "
-                             "drop one of them")
+        if grpc_port is not None or repository is not None:
+            raise InputError(f"{'--grpc-port' if grpc_port is not None else '--repository'}: served without --ray "
+                             f"only (Ray Serve's proxy speaks HTTP, and each replica holds its own models); drop one "
+                             f"of them")
         on_ray.run(files, host=host, port=port, address=address, replicas=replicas, threads=threads or 1,
                    max_delay_ms=max_delay_ms, max_queue=max_queue, max_body=int(max_body_mb * (1 << 20)),
                    timeouts=timeouts)
@@ -60,4 +70,5 @@ def serve(files: List[str] = typer.Argument(..., help="Files written by `archfit
 
     run(files, host=host, port=port, max_delay_ms=max_delay_ms, max_queue=max_queue, max_body_mb=max_body_mb,
         streams=streams, threads=threads, on_ready=ready, slots=slots, grpc_port=grpc_port,
-        timeouts=timeouts, header_timeout=header_timeout, body_timeout=body_timeout)
+        timeouts=timeouts, header_timeout=header_timeout, body_timeout=body_timeout,
+        repository=None if repository is None else str(repository))

@@ -10,7 +10,7 @@ import torch
 from ..core.capture import TensorSpec, output_names
 from ..core.module import CompiledModule, check_values
 from .protocol import RequestError, datatype
-from .servable import BatchStats, Item, Servable, TensorMeta
+from .servable import BatchStats, Item, Servable, TensorMeta, warm_buckets
 
 
 class StaticServable(Servable):
@@ -94,6 +94,9 @@ class BucketedServable(StaticServable):
     def largest(self) -> CompiledModule:
         return self.module.buckets[str(self.module.sizes[-1])]
 
+    def warm_up(self) -> None:
+        warm_buckets(self.module)
+
     def item(self, flat):
         size = self.module.size_of(flat)  # refuses lengths over the largest bucket, in one line
         return Item(flat, flat[0].shape[0] if self.batched else 1, self.module.bucket_for(size), size)
@@ -138,6 +141,11 @@ class DynamicServable(Servable):
         with torch.no_grad():
             out = module(**given)
         self.outputs = [TensorMeta(k, datatype(v.dtype), (-1, -1, *v.shape[2:])) for k, v in out.items()]
+
+    def warm_up(self) -> None:  # construction ran the shortest length; the longest allocates the most
+        with torch.no_grad():
+            self.module(**{s.name: torch.ones((self.capacity, self.module.high), dtype=s.dtype)
+                           for s in self.module.inputs})
 
     def prepare(self, given, parameters=None):
         tied = self.check_inputs(given)
@@ -238,6 +246,11 @@ class Seq2SeqServable(Servable):
             raise RequestError(f"input 'input_ids' has {tied[1]} source tokens, more than the largest source bucket "
                                f"{self.module.source_len}; cut it")
         return Item(given, tied[0], None, tied[1], kwargs)
+
+    def warm_up(self) -> None:  # every source bucket's encoder, and the decoder step at each row count
+        warm_buckets(self.module.encoder)
+        for rows in self.module.rows:
+            self.module.generate(torch.ones((rows, 1), dtype=torch.long), max_new_tokens=2)
 
     def run(self, items):
         out = [{"output_ids": self.module.generate(it.inputs["input_ids"], it.inputs.get("attention_mask"),

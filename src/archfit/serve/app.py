@@ -19,11 +19,11 @@ from ..errors import ArchfitError, InputError, first_line
 from .batcher import Batcher, Expired, Overloaded, TooManyRows, queue_policy
 from .metrics import Metrics
 from .protocol import HEADER, InferRequest, RequestError, decode, encode
-from .servable import Servable, servable
+from .repository import Repository, load_models, model_files
+from .servable import Servable
 
 _MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
                     r"(?P<rest>/ready|/infer|/generate|/generate_stream)?$")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -55,48 +55,12 @@ def refusal(e: Exception) -> Refused:
     return Refused(400, str(e))
 
 
-def model_files(specs: list[str]) -> dict[str, Path]:
-    """`path` or `name=path` -> {name: path}; the name defaults to the file's stem."""
-    out: dict[str, Path] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = Path(spec).stem, spec
-        if not NAME.match(name):
-            raise InputError(f"model name {name!r} ({spec}): use letters, digits, '_', '.' or '-' (name=path)")
-        if name in out:
-            raise InputError(f"two files are served as {name!r}; name them: name=path/to/file.archfit")
-        out[name] = Path(path)
-    return out
-
-
-def queue_timeouts(specs: list[str]) -> dict[str, float]:
-    """`MS` or `NAME=MS` (the CLI's --timeout-ms) -> {name or "": seconds}."""
-    out = {}
-    for spec in specs:
-        name, sep, ms = spec.rpartition("=")
-        try:
-            seconds = float(ms) / 1e3
-        except ValueError:
-            seconds = -1.0
-        if not seconds > 0:
-            raise InputError(f"--timeout-ms {spec!r}: give milliseconds, or NAME=milliseconds for one model "
-                             f"(e.g. --timeout-ms 500 --timeout-ms bert=200)")
-        out[name] = seconds
-    return out
-
-
-def load_models(specs: list[str]) -> dict[str, Servable]:
-    from ..artifact import load
-
-    return {name: servable(name, load(path)) for name, path in model_files(specs).items()}
-
-
 class Server:
     def __init__(self, models: Mapping[str, Servable], max_delay_ms: float = 5.0, max_queue: int = 256,
                  max_body: int = 64 << 20, streams: int = 1, slots: int | None = None,
                  grpc_address: str | None = None, timeouts: Mapping[str, float] | None = None,
-                 body_timeout: float = 30.0):
+                 body_timeout: float = 30.0, files: Mapping[str, Path] | None = None, repository: Path | None = None,
+                 repository_api: bool = True):
         self.models = dict(models)
         self.metrics = Metrics()
         self.max_delay = max_delay_ms / 1000
@@ -110,15 +74,37 @@ class Server:
         self.grpc = None
         # seconds a request may wait queued when it gives no timeout: per model name, "" for every model
         self.timeouts = dict(timeouts or {})
+        # load/unload without a restart (repository.py); off where one process is not the whole server (Ray)
+        self.repository = Repository(self, dict(files or {}), repository) if repository_api else None
         self.ready = False
 
-    async def start(self) -> None:
-        for name, s in self.models.items():
-            if s.continuous:  # generation: its own loop, one request per cache row (serve/generation.py)
-                s.start(self.slots, self.metrics)
-                continue
+    def _start_model(self, name: str, s: Servable) -> None:
+        if s.continuous:  # generation: its own loop, one request per cache row (serve/generation.py)
+            s.start(self.slots, self.metrics)
+        else:
             self.batchers[name] = b = Batcher(s, self.metrics, self.max_delay, self.max_queue, self.streams)
             b.start()
+        self.models[name] = s
+
+    async def swap(self, name: str, served: Servable | None):
+        """Serve `served` as `name` from the next request on (None: stop serving it); returns the old
+        version's drain to await (its queued requests answered, its loop stopped), or None."""
+        old, batcher = self.models.pop(name, None), self.batchers.pop(name, None)
+        if served is not None:
+            self._start_model(name, served)
+        if old is None:
+            return None
+
+        async def drain():
+            if batcher is not None:
+                await batcher.close()
+            if old.continuous:
+                await asyncio.to_thread(old.stop)
+        return drain()
+
+    async def start(self) -> None:
+        for name, s in list(self.models.items()):
+            self._start_model(name, s)
         if self.grpc_address is not None:
             from . import rpc
 
@@ -151,9 +137,10 @@ class Server:
         if path == "/v1/models":
             return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "owned_by": "archfit"}
                                                             for n, s in self.models.items() if s.continuous]})
-        if path == "/v2/repository/index" and method == "POST":
-            return JSONResponse([{"name": n, "version": "1", "state": "READY" if self.ready else "UNAVAILABLE"}
-                                 for n in self.models])
+        if path.startswith("/v2/repository/"):
+            from .repository import route
+
+            return await route(self, path, method, request)
         m = _MODEL.match(path)
         if m is None:
             return error(404, f"no route {method} {path}; archfit serves the Open Inference Protocol under /v2")
@@ -178,6 +165,10 @@ class Server:
     def find(self, name: str, version: str | None) -> Servable | tuple[int, str]:
         """The model served as `name` (at `version`), or the status and line saying why not."""
         if name not in self.models:
+            loading = self.repository is not None and name in self.repository.reasons and \
+                self.repository.reasons[name].state == "LOADING"
+            if loading:
+                return 503, f"model {name!r} is loading; retry shortly"
             return 404, f"no model {name!r}; served here: {', '.join(self.models)}"
         if version not in (None, "1"):
             return 404, f"model {name!r} has version 1 only, not {version!r}"
@@ -364,7 +355,8 @@ def engine_threads(threads: int | None = None, streams: int = 1) -> None:
 def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, max_delay_ms: float = 5.0,
         max_queue: int = 256, max_body_mb: float = 64, streams: int = 1, threads: int | None = None,
         log_level: str = "warning", on_ready=None, slots: int | None = None, grpc_port: int | None = None,
-        timeouts: Mapping[str, float] | None = None, header_timeout: float = 5.0, body_timeout: float = 30.0) -> None:
+        timeouts: Mapping[str, float] | None = None, header_timeout: float = 5.0, body_timeout: float = 30.0,
+        repository: str | None = None) -> None:
     """Load the files and serve them until SIGINT/SIGTERM (in-flight requests are answered first);
     with `grpc_port`, the same models over gRPC there too.
     streams > 1: each model runs that many batches at once, its engines split into as many
@@ -374,8 +366,12 @@ def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, max_delay_m
     from . import connections
 
     engine_threads(threads, streams)
-    server = Server(load_models(specs), max_delay_ms, max_queue, int(max_body_mb * (1 << 20)), streams, slots,
-                    None if grpc_port is None else f"{host}:{grpc_port}", timeouts, body_timeout)
+    files = model_files(specs)
+    if repository is not None:
+        files = {**{p.name[:-len(".archfit")]: p for p in sorted(Path(repository).glob("*.archfit"))}, **files}
+    server = Server(load_models([f"{n}={p}" for n, p in files.items()]), max_delay_ms, max_queue, int(max_body_mb * (1 << 20)), streams, slots,
+                    None if grpc_port is None else f"{host}:{grpc_port}", timeouts, body_timeout, files,
+                    None if repository is None else Path(repository))
     config = connections.config(create_app(server), host, port, header_timeout, log_level=log_level,
                                 access_log=False, timeout_graceful_shutdown=30)
     if on_ready is not None:

@@ -201,6 +201,16 @@ class CausalServable(Servable):
     def capacity(self) -> int:
         return self.slots or max(self.module.rows)
 
+    def warm_up(self) -> None:  # every prompt bucket's prefill, and the decode step at each row count
+        from ..causal.module import CacheRunner
+
+        with torch.no_grad():
+            for size in self.module.prefill.sizes:
+                self.module.prefill(input_ids=torch.ones((1, size), dtype=torch.long),
+                                    attention_mask=torch.ones((1, size), dtype=torch.long))
+            for rows in self.module.rows:
+                CacheRunner(self.module, rows).step_all(torch.ones((rows, 1), dtype=torch.long))
+
     def start(self, slots: int | None = None, metrics=None) -> None:
         if self.scheduler is None:
             self.slots = slots or self.slots

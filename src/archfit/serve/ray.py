@@ -21,7 +21,8 @@ class Replica:
         from .app import Server, engine_threads, load_models
 
         engine_threads(threads)
-        self.server = Server(load_models(specs), max_delay_ms, max_queue, max_body, timeouts=timeouts)
+        self.server = Server(load_models(specs), max_delay_ms, max_queue, max_body, timeouts=timeouts,
+                             repository_api=False)
         self._starting: asyncio.Task | None = None
 
     async def __call__(self, request):

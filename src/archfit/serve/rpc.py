@@ -55,10 +55,25 @@ _MESSAGES = {
                            ("raw_output_contents", 6, "*bytes")],
     "ModelInferResponse.InferOutputTensor": _TENSOR_META + [("parameters", 4, "map:InferParameter"),
                                                             ("contents", 5, "InferTensorContents")],
+    # the model repository extension, as Triton's service has it
+    "ModelRepositoryParameter": [("bool_param", 1, "bool|parameter_choice"), ("int64_param", 2, "int64|parameter_choice"),
+                                 ("string_param", 3, "string|parameter_choice"),
+                                 ("bytes_param", 4, "bytes|parameter_choice")],
+    "RepositoryIndexRequest": [("repository_name", 1, "string"), ("ready", 2, "bool")],
+    "RepositoryIndexResponse": [("models", 1, "*RepositoryIndexResponse.ModelIndex")],
+    "RepositoryIndexResponse.ModelIndex": [("name", 1, "string"), ("version", 2, "string"), ("state", 3, "string"),
+                                           ("reason", 4, "string")],
+    "RepositoryModelLoadRequest": [("repository_name", 1, "string"), ("model_name", 2, "string"),
+                                   ("parameters", 3, "map:ModelRepositoryParameter")],
+    "RepositoryModelLoadResponse": [],
+    "RepositoryModelUnloadRequest": [("repository_name", 1, "string"), ("model_name", 2, "string"),
+                                     ("parameters", 3, "map:ModelRepositoryParameter")],
+    "RepositoryModelUnloadResponse": [],
 }
 # rpc -> (request, response)
 _RPCS = {name: (f"{name}Request", f"{name}Response")
-         for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")}
+         for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+                      "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")}
 SERVICE = "inference.GRPCInferenceService"
 # the datatype's field of InferTensorContents (FP16 and BF16 travel only as raw contents)
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -231,6 +246,36 @@ class Service:
             raise
         finally:
             self.server.metrics.answered(name, bucket, status, time.perf_counter() - start if status == 200 else None)
+
+
+    async def RepositoryIndex(self, request, context):
+        repository = await self._repository(context)
+        m = messages()
+        return m.RepositoryIndexResponse(models=[m.RepositoryIndexResponse_ModelIndex(**e.to_dict())
+                                                 for e in repository.index(request.ready)])
+
+    async def RepositoryModelLoad(self, request, context):
+        await self._change((await self._repository(context)).load, request.model_name, context)
+        return messages().RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        await self._change((await self._repository(context)).unload, request.model_name, context)
+        return messages().RepositoryModelUnloadResponse()
+
+    async def _repository(self, context):
+        import grpc
+
+        if self.server.repository is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the model repository is not served here")
+        return self.server.repository
+
+    async def _change(self, action, name: str, context) -> None:
+        from .app import Refused
+
+        try:
+            await action(name)
+        except Refused as e:
+            await context.abort(_code(e.status), e.message)
 
 
 def handler(server):

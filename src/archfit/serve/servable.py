@@ -162,6 +162,19 @@ class Servable:
         """Answers for every item of a corpus's chunk (archfit map), as the kind batches best."""
         return self.run_items(items)
 
+    def warm_up(self) -> None:
+        """One call on every engine the file holds (their first call allocates and picks kernels),
+        so a model is ready only once a request would not pay for that. Kinds whose construction
+        ran every engine already (reading off output shapes) keep this default."""
+
+
+def warm_buckets(bucketed) -> None:
+    """One call of every bucket's compiled module (a BucketedModule's), on ones (valid ids and masks)."""
+    with torch.no_grad():
+        for size in bucketed.sizes:
+            compiled = bucketed.buckets[str(size)]
+            compiled.run_flat([torch.ones(s.shape, dtype=s.dtype) for s in compiled.inputs])
+
 
 def servable(name: str, module: ArchfitModule, text: bool = True) -> Servable:
     """The adapter for a loaded module, by its kind, or one line saying why it cannot be served; a
@@ -176,5 +189,8 @@ def servable(name: str, module: ArchfitModule, text: bool = True) -> Servable:
     if text and module.text is not None and not module.text.task.endswith("generation"):  # generators take ids
         from .text import TextServable
 
-        return TextServable(name, module, adapter(name, module))
-    return adapter(name, module)
+        served = TextServable(name, module, adapter(name, module))
+    else:
+        served = adapter(name, module)
+    served.warm_up()
+    return served

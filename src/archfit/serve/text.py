@@ -30,6 +30,9 @@ class TextServable(Servable):
         self.inputs = [TensorMeta(n, "BYTES", (-1,)) for n in names]
         self.outputs = self._outputs()
 
+    def warm_up(self) -> None:
+        self.inner.warm_up()
+
     def _outputs(self) -> list[TensorMeta]:
         text = self.text
         if text.embedding:
