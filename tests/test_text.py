@@ -92,6 +92,31 @@ def test_server_answers_bytes_texts_with_their_embeddings(bucketed_file, referen
         running.stop()
 
 
+def test_packed_file_pools_each_text_on_its_own(st_dir, reference, tmp_path):
+    """Packed rows hold several texts: the file computes token states, and each text's pooling and
+    Normalize run on its own tokens (pooling over a row would mix texts)."""
+    import tritonclient.http as http
+
+    from archfit.serve.app import Server, load_models
+
+    out = tmp_path / "packed.archfit"
+    r = cli("compile", str(st_dir), "--pack", "48", "--pack-rows", "2", "-o", str(out), "--no-compare")
+    assert r.returncode == 0, r.stderr
+    module = archfit.load(out)
+    texts = SENTENCES + [LONG]
+    got = module.encode(texts)
+    assert got.shape == (len(texts), 32) and cosine(got, reference(texts)).min() > 0.9999
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    running = Running(Server(load_models([f"packed={out}"]), max_delay_ms=1))
+    try:
+        given = http.InferInput("text", [len(texts)], "BYTES")
+        given.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
+        served = running.client().infer("packed", [given]).as_numpy("embedding")
+        np.testing.assert_allclose(served, got, atol=1e-6, rtol=0)
+    finally:
+        running.stop()
+
+
 def test_text_classification_gives_labels_with_scores(tmp_path):
     """A directory's default task from its config (BertForSequenceClassification), id2label kept."""
     from transformers import AutoModelForSequenceClassification
@@ -126,3 +151,9 @@ def test_directory_errors_are_one_line(tmp_path, st_dir):
     assert r.returncode == 1 and "lists a 'LSTM' module; archfit reads Transformer, Pooling, Dense and Normalize" in r.stderr
     r = cli("analyze", "resnet18", "--task", "fill-mask")
     assert r.returncode == 1 and "--task and --length are for Hugging Face directories" in r.stderr
+    from archfit.errors import ModelError
+    from archfit.text.directory import TaskModel
+
+    with_dense = TaskModel(torch.nn.Identity(), "feature-extraction", ("mean",), True, torch.nn.Linear(4, 4))
+    with pytest.raises(ModelError, match="with a Dense module cannot be packed yet .* compile it with buckets"):
+        with_dense.tokens_only()

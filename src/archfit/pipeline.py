@@ -206,9 +206,13 @@ def trace(model: torch.nn.Module, example_inputs: Any = None, target: str | Targ
     options = dataclasses.replace(options, name=options.name or imported.name)
     if imported.text is not None and options.buckets is not None and not isinstance(options.buckets, Buckets):
         options = dataclasses.replace(options, buckets=imported.text.buckets(options.buckets))  # sizes: token dims
-    module = _trace(imported.module, imported.inputs, options)
-    if imported.text is not None:
-        module.text = imported.text.fitted(module.longest())
+    source, text = imported.module, imported.text
+    if text is not None and text.embedding and options.packing is not None:  # each text pooled on the host
+        source = source.tokens_only()
+        text = dataclasses.replace(text, pooling=tuple(imported.module.pooling), normalize=imported.module.normalize)
+    module = _trace(source, imported.inputs, options)
+    if text is not None:
+        module.text = text.fitted(module.longest())
     return to_source_framework(module, imported, options.validate) if imported.foreign else module
 
 

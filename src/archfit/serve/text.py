@@ -36,9 +36,9 @@ class TextServable(Servable):
     def _outputs(self) -> list[TensorMeta]:
         text = self.text
         if text.embedding:
-            probe = self.inner.run_items([self.inner.prepare(text.feed(text.encode(["a"])[0],
-                                                                        self.inner.fixed_length()))])
-            return [TensorMeta("embedding", "FP32", (-1, probe[0]["embedding"].shape[-1]))]
+            encoding = text.encode(["a"])[0]
+            probe = self.inner.run_items([self.inner.prepare(text.feed(encoding, self.inner.fixed_length()))])
+            return [TensorMeta("embedding", "FP32", (-1, text.answer(probe[0], encoding).shape[-1]))]
         if text.task == "text-classification":
             return [TensorMeta("label", "BYTES", (-1,)), TensorMeta("score", "FP32", (-1,))]
         return [TensorMeta(text.answer_name, "BYTES", (-1,))]  # one JSON answer per text

@@ -70,8 +70,10 @@ class TaskModel(torch.nn.Module):
         self.model, self.task, self.pooling, self.normalize = model, task, pooling, normalize
         self.dense = dense
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
+    def forward(self, input_ids, attention_mask, token_type_ids=None, position_ids=None):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        if position_ids is not None:  # packed rows: positions restart at each sequence
+            extra["position_ids"] = position_ids
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
         if self.task == "question-answering":
             return {"start_logits": out.start_logits, "end_logits": out.end_logits}
@@ -80,22 +82,34 @@ class TaskModel(torch.nn.Module):
         return {"embedding": self.embed(out.last_hidden_state, attention_mask)}
 
     def embed(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """sentence-transformers' Pooling (masked, modes concatenated in its order), Dense, Normalize."""
-        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
-        count = mask.sum(1).clamp(min=1e-9)
-        parts = []
-        for mode in self.pooling:
-            if mode == "cls":
-                parts.append(tokens[:, 0])
-            elif mode == "max":
-                parts.append(tokens.masked_fill(mask == 0, float("-inf")).max(1).values)
-            else:
-                total = (tokens * mask).sum(1)
-                parts.append(total / (count if mode == "mean" else count.sqrt()))
-        out = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+        out = pool(tokens, attention_mask, self.pooling)
         if self.dense is not None:
             out = self.dense(out)
         return torch.nn.functional.normalize(out, p=2, dim=1) if self.normalize else out
+
+    def tokens_only(self) -> "TaskModel":
+        """The encoder with its token states out, the pooling left to the host: packed rows hold
+        several texts, and pooling over a row would mix them (text/io.py pools each text's own)."""
+        if self.dense is not None:
+            raise ModelError("a sentence-transformers directory with a Dense module cannot be packed yet (the Dense "
+                             "would run after pooling, on the host); compile it with buckets")
+        return TaskModel(self.model, "feature-extraction")
+
+
+def pool(tokens: torch.Tensor, attention_mask: torch.Tensor, modes: tuple[str, ...]) -> torch.Tensor:
+    """sentence-transformers' Pooling: masked, its modes concatenated in its order."""
+    mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+    count = mask.sum(1).clamp(min=1e-9)
+    parts = []
+    for mode in modes:
+        if mode == "cls":
+            parts.append(tokens[:, 0])
+        elif mode == "max":
+            parts.append(tokens.masked_fill(mask == 0, float("-inf")).max(1).values)
+        else:
+            total = (tokens * mask).sum(1)
+            parts.append(total / (count if mode == "mean" else count.sqrt()))
+    return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
 
 
 def read_directory(path: str | os.PathLike, task: str | None = None, length: int | None = None,

@@ -35,6 +35,9 @@ class TextIO:
     multi_label: bool = False  # sigmoid per label instead of a softmax
     embedding: bool = False  # a sentence encoder: output 'embedding', one vector per text
     truncate: bool = True
+    # a packed sentence encoder's pooling, done here per text from its token states (TaskModel.tokens_only)
+    pooling: tuple[str, ...] = ()
+    normalize: bool = False
 
     @property
     def answer_name(self) -> str:
@@ -121,6 +124,12 @@ class TextIO:
     def answer(self, outputs: dict[str, torch.Tensor], encoding) -> Any:
         """One text's answer from its row of the module's outputs."""
         n = len(encoding.ids)
+        if self.embedding and self.pooling:  # pooled here: the module gave this text's token states
+            from .directory import pool
+
+            tokens = outputs["last_hidden_state"][:, :n].float()
+            out = pool(tokens, torch.ones(tokens.shape[:2]), self.pooling)
+            return (torch.nn.functional.normalize(out, p=2, dim=1) if self.normalize else out)[0].numpy()
         if self.embedding:
             return outputs["embedding"][0].float().numpy()
         if self.task == "feature-extraction":
@@ -192,9 +201,12 @@ class TextIO:
     def from_file(cls, value: Any, tokenizer: bytes | None, source: str) -> "TextIO":
         fields = {"task": str, "inputs": list, "max_length": int, "pad_id": int, "labels": list,
                   "multi_label": bool, "embedding": bool, "truncate": bool}
+        later = {"pooling": list, "normalize": bool}  # fields newer files have; older ones take the defaults
         if (not isinstance(value, dict) or tokenizer is None or len(tokenizer) > MAX_TOKENIZER_BYTES
                 or any(not isinstance(value.get(k), t) for k, t in fields.items())
+                or any(k in value and not isinstance(value[k], t) for k, t in later.items())
                 or not set(value["inputs"]) <= {"input_ids", "attention_mask", "token_type_ids"}
+                or not set(value.get("pooling", ())) <= {"cls", "max", "mean", "mean_sqrt_len_tokens"}
                 or not all(isinstance(x, str) for x in value["labels"])):
             raise ArtifactError(f"{source}: its text front (tokenizer and task) is malformed; save the model again")
         try:
@@ -202,7 +214,7 @@ class TextIO:
             json.loads(text)
         except (UnicodeDecodeError, ValueError):
             raise ArtifactError(f"{source}: its tokenizer is not JSON; save the model again") from None
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items() if k in fields},
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items() if k in fields or k in later},
                    tokenizer=text)
 
 
