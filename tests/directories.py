@@ -76,3 +76,45 @@ def st_directory(folder: Path, pooling: str = "mean", normalize: bool = True) ->
 SENTENCES = ["the cat sees a bird", "a dog runs fast on the road", "the sun is big and the moon is small",
              "she reads", "happy fish jumps in the blue river at night with a green star in the sky",
              "they likes the old red car"]
+
+
+def sentencepiece_model(vocab_size: int = 64) -> bytes:
+    """A unigram SentencePiece model trained here on a few sentences of WORDS (<pad> 0, </s> 1, <unk> 2)."""
+    import io
+
+    import sentencepiece as spm
+
+    corpus = [" ".join(WORDS[i:i + 7]) for i in range(0, len(WORDS) - 7, 3)] * 4
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=model, vocab_size=vocab_size,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    return model.getvalue()
+
+
+def marian_tokenizer(folder: Path) -> None:
+    """MarianMT's tokenizer files as the hub holds them: source.spm, target.spm, vocab.json, no tokenizer.json."""
+    import sentencepiece as spm
+
+    model = sentencepiece_model()
+    for name in ("source.spm", "target.spm"):
+        (folder / name).write_bytes(model)
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    (folder / "vocab.json").write_text(json.dumps({sp.id_to_piece(i): i for i in range(sp.get_piece_size())}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "MarianTokenizer",
+                                                              "source_lang": "en", "target_lang": "de"}))
+
+
+def sentencepiece_directory(folder: Path) -> Path:
+    """A tiny XLM-RoBERTa saved as such models are on the hub without tokenizer.json: its tokenizer
+    is a SentencePiece model (trained here on a few sentences of WORDS) and a tokenizer_config.json."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sentencepiece.bpe.model").write_bytes(sentencepiece_model())
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "XLMRobertaTokenizer",
+                                                              "model_max_length": 64}))
+    torch.manual_seed(0)
+    config = XLMRobertaConfig(vocab_size=70, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, max_position_embeddings=70)
+    XLMRobertaModel(config, add_pooling_layer=False).eval().save_pretrained(folder)
+    return folder

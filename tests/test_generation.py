@@ -159,3 +159,30 @@ def test_served_generation_equals_transformers():
             c.infer("mt", tensors, parameters={"do_sample": True})
     finally:
         r.stop()
+
+
+def test_marian_directory_with_sentencepiece_files_only_takes_text(tmp_path):
+    """MarianMT directories hold source.spm, target.spm and vocab.json, and transformers has no
+    tokenizer.json form of them: the file carries them; texts encode to MarianTokenizer's ids,
+    ids decode to its texts, and texts in give the tokens transformers generates."""
+    from transformers import MarianMTModel, MarianTokenizer
+
+    from directories import marian_tokenizer
+
+    _model("marian-en-de").save_pretrained(tmp_path / "marian")
+    marian_tokenizer(tmp_path / "marian")
+    module = archfit.trace_seq2seq(str(tmp_path / "marian"), "openvino", source_buckets=(16,), num_beams=1,
+                                   max_new_tokens=6, check_payoff=False, cache=False)
+    loaded = archfit.load(archfit.save(module, tmp_path / "m.archfit"))
+    texts = ["the cat sees a bird", "a dog runs"]
+    tok = MarianTokenizer.from_pretrained(tmp_path / "marian")
+    source = tok(texts, padding=True, return_tensors="pt")
+    rows = [[i for i, m in zip(r, k) if m] for r, k in zip(source["input_ids"].tolist(), source["attention_mask"].tolist())]
+    assert [e.ids for e in loaded.text.encode(texts)] == rows
+    for ids in ([5, 6, 7, 1], [10, 11, 3, 1, 0, 0]):  # pieces, </s>, <pad>
+        assert loaded.text.decode(ids) == tok.decode(ids, skip_special_tokens=True)
+    model = MarianMTModel.from_pretrained(tmp_path / "marian").eval()
+    ids = source["input_ids"].masked_fill(source["attention_mask"] == 0, model.config.pad_token_id)
+    want = model.generate(ids, attention_mask=source["attention_mask"], max_new_tokens=6, num_beams=1)
+    assert loaded.answer(texts, max_new_tokens=6) == [loaded.text.decode(w) for w in want.tolist()]
+    assert torch.equal(loaded.generate(ids, attention_mask=source["attention_mask"], max_new_tokens=6), want)

@@ -117,6 +117,26 @@ def test_packed_file_pools_each_text_on_its_own(st_dir, reference, tmp_path):
         running.stop()
 
 
+def test_sentencepiece_only_directory_carries_its_converted_tokenizer(tmp_path):
+    """XLM-R, T5, Marian-era directories hold a SentencePiece model and no tokenizer.json:
+    transformers converts it (the `sentencepiece` reader), and the file carries the result."""
+    from transformers import AutoTokenizer, XLMRobertaModel
+
+    from directories import sentencepiece_directory
+
+    folder = sentencepiece_directory(tmp_path / "xlmr")
+    assert not (folder / "tokenizer.json").exists()
+    module = archfit.load(archfit.save(archfit.trace(str(folder), target="openvino", buckets=(32,)), tmp_path / "x.archfit"))
+    texts = ["the dog runs on the road", "she reads"]
+    tok = AutoTokenizer.from_pretrained(folder)
+    reference = XLMRobertaModel.from_pretrained(folder, add_pooling_layer=False).eval()
+    for text, got in zip(texts, module(texts)):
+        with torch.no_grad():
+            want = reference(**tok([text], return_tensors="pt")).last_hidden_state[0].numpy()
+        assert np.asarray(got).shape == want.shape
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
+
+
 def test_text_classification_gives_labels_with_scores(tmp_path):
     """A directory's default task from its config (BertForSequenceClassification), id2label kept."""
     from transformers import AutoModelForSequenceClassification

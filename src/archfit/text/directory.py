@@ -166,7 +166,8 @@ def directory_task(path: str | os.PathLike) -> str | None:
 
 def generation_text(path: str | os.PathLike, source_len: int, task: str = GENERATE) -> TextIO | None:
     """A generation directory's tokenizer as the file's text front (sources or prompts cut at the
-    largest bucket), or None where it has none archfit can carry (a SentencePiece-only one)."""
+    largest bucket), or None where it has none archfit can read (SentencePiece-only ones are converted,
+    MarianMT's carried as its SentencePiece models: text/sentencepiece.py)."""
     root = Path(path)
     try:
         tokenizer_json, tok_config = _tokenizer(root, root)
@@ -238,10 +239,16 @@ def _tokenizer(root: Path, base: Path) -> tuple[str, dict]:
         if (where / "tokenizer.json").is_file():
             config = _json(where / "tokenizer_config.json") if (where / "tokenizer_config.json").is_file() else {}
             return (where / "tokenizer.json").read_text(encoding="utf-8"), config
-    try:  # a slow tokenizer's files only (vocab.txt, ...): transformers converts them to tokenizer.json
+    try:  # a slow tokenizer's files only (vocab.txt, a SentencePiece model): transformers converts them
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(root), local_files_only=True, trust_remote_code=False)
+        if getattr(tok, "backend_tokenizer", None) is None:  # MarianTokenizer: SentencePiece models only
+            from .sentencepiece import marian_document
+
+            document = marian_document(root)
+            if document is not None:
+                return document, {"model_max_length": tok.model_max_length}
         return tok.backend_tokenizer.to_str(), {"model_max_length": tok.model_max_length}
     except Exception as e:  # noqa: BLE001
         raise ModelError(f"{root} has no tokenizer.json and transformers cannot make one from its files "

@@ -52,7 +52,9 @@ class TextIO:
     def _tok(self):
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_str(self.tokenizer)
+        from .sentencepiece import MarianPieces, is_document
+
+        tok = MarianPieces(self.tokenizer) if is_document(self.tokenizer) else Tokenizer.from_str(self.tokenizer)
         tok.no_padding()  # padding is the module's business (its bucket, its packed rows)
         if self.truncate:  # a prompt keeps its end: the next token follows it
             tok.enable_truncation(self.max_length, direction="left" if self.task == "text-generation" else "right")
