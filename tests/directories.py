@@ -118,3 +118,17 @@ def sentencepiece_directory(folder: Path) -> Path:
                               intermediate_size=64, max_position_embeddings=70)
     XLMRobertaModel(config, add_pooling_layer=False).eval().save_pretrained(folder)
     return folder
+
+
+def image_directory(folder: Path) -> Path:
+    """save_pretrained of a tiny ViT image classifier (3 labels) with its image processor."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, num_labels=3, id2label={0: "cat", 1: "dog", 2: "bird"},
+                       label2id={"cat": 0, "dog": 1, "bird": 2})
+    ViTForImageClassification(config).eval().save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5, 0.4, 0.3],
+                      image_std=[0.2, 0.25, 0.3]).save_pretrained(folder)
+    return folder

@@ -177,3 +177,63 @@ def test_directory_errors_are_one_line(tmp_path, st_dir):
     with_dense = TaskModel(torch.nn.Identity(), "feature-extraction", ("mean",), True, torch.nn.Linear(4, 4))
     with pytest.raises(ModelError, match="with a Dense module cannot be packed yet .* compile it with buckets"):
         with_dense.tokens_only()
+
+
+def test_image_directory_takes_images_through_its_processor(tmp_path):
+    """An image-classification directory (config, weights, preprocessor_config.json): images in
+    (paths, bytes, PIL, arrays), labels with scores out, equal to the model on its processor's pixels."""
+    from PIL import Image
+    from transformers import ViTForImageClassification, ViTImageProcessor
+
+    from directories import image_directory
+
+    folder = image_directory(tmp_path / "vit")
+    f = tmp_path / "vit.archfit"
+    r = cli("compile", str(folder), "-o", str(f), "--no-compare")
+    assert r.returncode == 0, r.stderr
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (48 + 8 * i, 40, 3), dtype=np.uint8) for i in range(3)]  # any size: resized
+    paths = []
+    for i, a in enumerate(arrays):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(a).save(paths[-1])
+    model = ViTForImageClassification.from_pretrained(folder).eval()
+    processor = ViTImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        p = torch.softmax(model(**processor(images=[Image.fromarray(a) for a in arrays], return_tensors="pt")).logits, -1)
+    module = archfit.load(f)
+    answers = module([str(paths[0]), paths[1].read_bytes(), Image.open(paths[2])])
+    assert module(arrays[0]) == answers[0]
+    for answer, row in zip(answers, p):
+        assert answer["label"] == ["cat", "dog", "bird"][int(row.argmax())]
+        assert answer["score"] == pytest.approx(float(row.max()), abs=1e-5)
+        assert answer["scores"]["bird"] == pytest.approx(float(row[2]), abs=1e-5)
+    r = cli("run", str(f), "--image", str(paths[0]), "--image", str(paths[1]))
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["label"] for line in r.stdout.splitlines()] == [a["label"] for a in answers[:2]]
+    r = cli("inspect", str(f))
+    assert "images in: image-classification, its image processor carried, 3 labels" in r.stdout
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    r = cli("run", str(f), "--image", str(tmp_path / "bad.png"))
+    assert r.returncode == 1 and "image 0: cannot be read as an image" in r.stderr
+
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
+
+    from archfit.serve.app import Server, load_models
+
+    running = Running(Server(load_models([f"vit={f}"]), max_delay_ms=1))
+    try:  # KServe v2 BYTES: each element an image file's bytes
+        client = running.client()
+        assert client.get_model_metadata("vit")["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+        given = http.InferInput("image", [3], "BYTES")
+        given.set_data_from_numpy(np.array([p.read_bytes() for p in paths], dtype=np.object_))
+        res = client.infer("vit", [given])
+        assert [x.decode() for x in res.as_numpy("label")] == [a["label"] for a in answers]
+        np.testing.assert_allclose(res.as_numpy("score"), [a["score"] for a in answers], atol=1e-6)
+        given = http.InferInput("image", [1], "BYTES")
+        given.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
+        with pytest.raises(InferenceServerException, match="image 0: cannot be read as an image"):
+            client.infer("vit", [given])
+    finally:
+        running.stop()

@@ -213,6 +213,7 @@ def trace(model: torch.nn.Module, example_inputs: Any = None, target: str | Targ
     module = _trace(source, imported.inputs, options)
     if text is not None:
         module.text = text.fitted(module.longest())
+    module.image = imported.image
     return to_source_framework(module, imported, options.validate) if imported.foreign else module
 
 

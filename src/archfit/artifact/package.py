@@ -146,6 +146,8 @@ def save(module: ArchfitModule, path: str | os.PathLike) -> Path:
     if module.text is not None:  # compiled from a directory: its tokenizer (JSON data) and task
         manifest["text"] = module.text.to_dict()
         files[TOKENIZER] = module.text.tokenizer.encode()
+    if getattr(module, "image", None) is not None:  # compiled from an image directory: its processor (JSON data)
+        manifest["image"] = module.image.to_dict()
     return container.write(path, manifest, files)
 
 
@@ -350,6 +352,10 @@ def _load(path: Path, manifest: dict, blobs: dict[str, bytes], model) -> Archfit
         from ..text.io import TextIO
 
         module.text = TextIO.from_file(manifest["text"], blobs.get(TOKENIZER), str(path))
+    if "image" in manifest:
+        from ..text.image import ImageIO
+
+        module.image = ImageIO.from_file(manifest["image"], str(path))
     return module
 
 

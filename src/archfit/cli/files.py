@@ -50,9 +50,13 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
         text: List[str] = typer.Option([], "--text", help="Files compiled from a directory with a tokenizer: a text "
                                                           "to answer (repeatable); prints one JSON line per text."),
         text_file: Optional[Path] = typer.Option(None, "--text-file", help="As --text: one text per line of this "
-                                                                            "file.")):
+                                                                            "file."),
+        image: List[Path] = typer.Option([], "--image", help="Files compiled from an image-classification "
+                                                             "directory: an image file to classify (repeatable); "
+                                                             "prints one JSON line per image.")):
     """Run a saved model on inputs from files; writes one file per output. Files that carry a
-    tokenizer take texts (--text, --text-file) and print the task's answers."""
+    tokenizer take texts (--text, --text-file), files with an image processor take images (--image);
+    both print the task's answers."""
     from .. import load
     from ..errors import InputError
     from .models import load_model
@@ -71,6 +75,13 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
     module.check_finite = check_finite
     if text or text_file is not None:
         return _run_texts(module, file, list(text), text_file)
+    if image:
+        if module.image is None:
+            raise InputError(f"{file} takes tensors (-i NAME=PATH): it was not compiled from an image directory "
+                             f"with its image processor")
+        for path, answer in zip(image, module(list(image))):
+            typer.echo(json.dumps({"image": str(path)} | answer))
+        return
     ids = module.take_torch_tensors()  # an ONNX/TF/MXNet model: run gives torch tensors by name
     given = {k: v.long() if k in ids else v for k, v in given.items()}
     if module.takes == "generation":
@@ -268,6 +279,11 @@ def _describe(file: Path, manifest: dict) -> list[str]:
                else "archfit run --text, archfit serve takes BYTES")
         lines.append(f"text in: {what}, its tokenizer carried, texts up to {text.get('max_length')} tokens "
                      f"({'longer ones cut' if text.get('truncate') else 'longer ones refused'}): {how}")
+    image = manifest.get("image")
+    if isinstance(image, dict):
+        labels = image.get("labels") if isinstance(image.get("labels"), list) else []
+        lines.append(f"images in: {image.get('task')}, its image processor carried, {len(labels)} labels: "
+                     f"archfit run --image")
     return lines
 
 

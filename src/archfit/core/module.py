@@ -89,6 +89,8 @@ class ArchfitModule(torch.nn.Module):
         self.alternatives: tuple = ()
         # compiled from a directory with a tokenizer: texts in, the task's answers out (text/io.py)
         self.text = None
+        # compiled from an image-classification directory: images in, labels out (text/image.py)
+        self.image = None
 
     def take_torch_tensors(self) -> tuple[str, ...]:
         """Take torch tensors by name from now on, as `archfit run` and `archfit serve` give them,
@@ -102,6 +104,10 @@ class ArchfitModule(torch.nn.Module):
         if self.text is not None and len(args) == 1 and not kwargs and _texts(args[0]):
             answers = self.answer([args[0]] if _one_text(args[0]) else list(args[0]))
             return answers[0] if _one_text(args[0]) else answers
+        if self.image is not None and len(args) == 1 and not kwargs and not isinstance(args[0], torch.Tensor):
+            many = isinstance(args[0], (list, tuple))  # images: paths, bytes, PIL images, HWC arrays
+            answers = self.image.run(self, list(args[0]) if many else [args[0]])
+            return answers if many else answers[0]
         if self.frontend is None:
             return super().__call__(*args, **kwargs)
         return self.frontend.call(super().__call__, args, kwargs)

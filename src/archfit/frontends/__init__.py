@@ -48,6 +48,7 @@ class Imported:
     # the source framework's own outputs (flat, numpy) for a feed {input name: array}
     reference: Callable[[dict[str, np.ndarray]], list[np.ndarray]] | None = None
     text: Any = None  # a directory's text front (text/io.py TextIO), attached to what is compiled
+    image: Any = None  # an image directory's front (text/image.py ImageIO), likewise
 
     @property
     def foreign(self) -> bool:
@@ -77,7 +78,7 @@ def import_model(model: Any, example_inputs: Any, task: str | None = None, lengt
     if is_directory(model) or isinstance(model, Directory):
         d = model if isinstance(model, Directory) else read_directory(model, task, length, batch or 1)
         return Imported(d.module, d.inputs if example_inputs is None else example_inputs, d.name, "pytorch",
-                        text=d.text)
+                        text=d.text, image=d.image)
     from ..errors import ModelError
     from .tensorflow import is_tensorflow
 

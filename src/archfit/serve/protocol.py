@@ -26,11 +26,13 @@ MAX_RANK, MAX_DIM = 16, 2**31 - 1  # a tensor a request may declare, at most (to
 
 class Strings(list):
     """A BYTES tensor: its elements decoded as UTF-8 text, flat, with the shape it was sent in
-    (texts for a file that carries a tokenizer)."""
+    (texts for a file that carries a tokenizer); `raw`, the elements' bytes as sent (images for a
+    file that carries an image processor; the list itself is empty when they are not all UTF-8)."""
 
-    def __init__(self, values, shape):
+    def __init__(self, values, shape, raw: list[bytes] | None = None):
         super().__init__(values)
         self.shape = tuple(shape)
+        self.raw = raw if raw is not None else [v.encode() for v in values]
 
 
 MAX_TEXT_BYTES = 1 << 20  # one element of a BYTES input, at most
@@ -125,11 +127,12 @@ def _strings(name: str, shape: list, numel: int, data, size, raw: memoryview | N
             raise RequestError(f"input {name!r}: datatype BYTES takes strings in 'data'")
     if len(values) != numel:
         raise RequestError(f"input {name!r}: {len(values)} BYTES elements, shape {shape} takes {numel}")
+    raw = [v if isinstance(v, bytes) else v.encode() for v in values]
     try:
         texts = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
-    except UnicodeDecodeError:
-        raise RequestError(f"input {name!r}: a BYTES element is not UTF-8 text") from None
-    return name, Strings(texts, shape), offset
+    except UnicodeDecodeError:  # binary elements (images): kept as bytes; a text front refuses them
+        texts = []
+    return name, Strings(texts, shape, raw), offset
 
 
 def _has_bool(data) -> bool:

@@ -186,7 +186,8 @@ def servable(name: str, module: ArchfitModule, text: bool = True) -> Servable:
     if adapter is None:
         raise InputError(f"model {name!r}: a {module.kind!r} file cannot be served on its own (it runs inside the "
                          f"user's model code); serve a file traced whole, with buckets, packing or generation")
-    if text and module.text is not None and not module.text.task.endswith("generation"):  # generators take ids
+    front = module.text if module.text is not None else getattr(module, "image", None)
+    if text and front is not None and not front.task.endswith("generation"):  # generators take ids
         from .text import TextServable
 
         served = TextServable(name, module, adapter(name, module))

@@ -25,8 +25,11 @@ class TextServable(Servable):
 
     def __init__(self, name: str, module, inner: Servable):
         super().__init__(name, module)
-        self.inner, self.text = inner, module.text
-        names = ("question", "context") if self.text.task == "question-answering" else ("text",)
+        # the file's front: its tokenizer (text/io.py), or its image processor (text/image.py, input 'image')
+        self.inner, self.text = inner, module.text or module.image
+        self.images = module.text is None
+        names = ("question", "context") if self.text.task == "question-answering" else \
+            ("image",) if self.images else ("text",)
         self.inputs = [TensorMeta(n, "BYTES", (-1,)) for n in names]
         self.outputs = self._outputs()
 
@@ -35,11 +38,11 @@ class TextServable(Servable):
 
     def _outputs(self) -> list[TensorMeta]:
         text = self.text
-        if text.embedding:
+        if getattr(text, "embedding", False):
             encoding = text.encode(["a"])[0]
             probe = self.inner.run_items([self.inner.prepare(text.feed(encoding, self.inner.fixed_length()))])
             return [TensorMeta("embedding", "FP32", (-1, text.answer(probe[0], encoding).shape[-1]))]
-        if text.task == "text-classification":
+        if text.task in ("text-classification", "image-classification"):
             return [TensorMeta("label", "BYTES", (-1,)), TensorMeta("score", "FP32", (-1,))]
         return [TensorMeta(text.answer_name, "BYTES", (-1,))]  # one JSON answer per text
 
@@ -48,18 +51,20 @@ class TextServable(Servable):
         columns = []
         for meta in self.inputs:
             value = given[meta.name]
-            if not isinstance(value, Strings) or len(value.shape) != 1 or not value:
-                raise RequestError(f"input {meta.name!r}: expected BYTES [-1] (one text per element), got "
+            if not isinstance(value, Strings) or len(value.shape) != 1 or not value.raw:
+                raise RequestError(f"input {meta.name!r}: expected BYTES [-1] (one {meta.name} per element), got "
                                    f"{'BYTES' if isinstance(value, Strings) else 'a tensor'} "
                                    f"{list(getattr(value, 'shape', ()))}")
-            columns.append(list(value))
+            if not self.images and len(value) != len(value.raw):
+                raise RequestError(f"input {meta.name!r}: a BYTES element is not UTF-8 text")
+            columns.append(value.raw if self.images else list(value))
         if len({len(c) for c in columns}) > 1:
             raise RequestError("inputs 'question' and 'context' must hold as many texts")
         texts = list(zip(*columns)) if len(columns) > 1 else columns[0]
         encodings = self.text.encode(texts)  # too long (truncation off): refused here, before queueing
         fixed = self.inner.fixed_length()
         rows = [self.inner.prepare(self.text.feed(e, fixed)) for e in encodings]
-        return Item((rows, encodings), len(rows), None, sum(len(e.ids) for e in encodings))
+        return Item((rows, encodings), len(rows), None, sum(self.text.size(e) for e in encodings))
 
     def run(self, items):
         rows = [r for it in items for r in it.inputs[0]]
@@ -78,9 +83,9 @@ class TextServable(Servable):
         return self.run(items)[0]  # every text of the chunk at once: the inner kind groups them by bucket
 
     def _tensors(self, answers: list) -> dict:
-        if self.text.embedding:
+        if getattr(self.text, "embedding", False):
             return {"embedding": torch.from_numpy(np.stack(answers))}
-        if self.text.task == "text-classification":
+        if self.text.task in ("text-classification", "image-classification"):
             return {"label": Strings([a["label"] for a in answers], (len(answers),)),
                     "score": torch.tensor([a["score"] for a in answers], dtype=torch.float32)}
         texts = [json.dumps(plain(a)) for a in answers]

@@ -92,6 +92,10 @@ class TextIO:
                                  f"shorten it, or compile with a longer length or bucket")
         return encodings
 
+    def size(self, encoding) -> int:
+        """Positions one text takes (the padding metric's real positions)."""
+        return len(encoding.ids)
+
     def decode(self, ids: Sequence[int]) -> str:
         """Generated token ids as text, special tokens left out."""
         return self._tok.decode(list(ids), skip_special_tokens=True)
