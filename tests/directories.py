@@ -132,3 +132,16 @@ def image_directory(folder: Path) -> Path:
     ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5, 0.4, 0.3],
                       image_std=[0.2, 0.25, 0.3]).save_pretrained(folder)
     return folder
+
+
+def detection_directory(folder: Path) -> Path:
+    """save_pretrained of a tiny YOLOS detector (5 detection tokens, 3 labels) with its image processor."""
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
+
+    torch.manual_seed(0)
+    config = YolosConfig(image_size=[32, 32], patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, num_detection_tokens=5, num_labels=3,
+                         id2label={0: "cat", 1: "dog", 2: "bird"}, label2id={"cat": 0, "dog": 1, "bird": 2})
+    YolosForObjectDetection(config).eval().save_pretrained(folder)
+    YolosImageProcessor(size={"height": 32, "width": 32}, do_pad=False).save_pretrained(folder)
+    return folder

@@ -237,3 +237,32 @@ def test_image_directory_takes_images_through_its_processor(tmp_path):
             client.infer("vit", [given])
     finally:
         running.stop()
+
+
+def test_detection_directory_gives_boxes_in_the_images_own_pixels(tmp_path):
+    """An object-detection directory (YOLOS): detections through the processor's own
+    post-processing, boxes in each image's pixels, equal to the model's within 1e-3 pixels."""
+    import dataclasses
+
+    from PIL import Image
+    from transformers import YolosForObjectDetection, YolosImageProcessor
+
+    from directories import detection_directory
+
+    folder = detection_directory(tmp_path / "yolos")
+    module = archfit.load(archfit.save(archfit.trace(str(folder), target="openvino"), tmp_path / "d.archfit"))
+    assert module.image.task == "object-detection" and module.image.threshold == 0.5
+    module.image = dataclasses.replace(module.image, threshold=0.0)  # random weights: every score is low
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (60 + 10 * i, 45, 3), dtype=np.uint8))
+              for i in range(2)]
+    model = YolosForObjectDetection.from_pretrained(folder).eval()
+    processor = YolosImageProcessor.from_pretrained(folder)
+    for image, got in zip(images, module(images)):
+        with torch.no_grad():
+            out = model(**processor(images=[image], return_tensors="pt"))
+        want = processor.post_process_object_detection(out, threshold=0.0, target_sizes=[(image.height, image.width)])[0]
+        assert len(got) == len(want["scores"]) == 5
+        for g, score, label, box in zip(got, want["scores"], want["labels"], want["boxes"]):
+            assert g["label"] == ["cat", "dog", "bird"][int(label)] and g["score"] == pytest.approx(float(score), abs=1e-5)
+            assert [g["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")] == pytest.approx(box.tolist(), abs=1e-3)
+            assert 0 <= g["box"]["xmax"] <= image.width + 1 and 0 <= g["box"]["ymax"] <= image.height + 1

@@ -51,7 +51,7 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
                                                           "to answer (repeatable); prints one JSON line per text."),
         text_file: Optional[Path] = typer.Option(None, "--text-file", help="As --text: one text per line of this "
                                                                             "file."),
-        image: List[Path] = typer.Option([], "--image", help="Files compiled from an image-classification "
+        image: List[Path] = typer.Option([], "--image", help="Files compiled from an image-classification or object-detection "
                                                              "directory: an image file to classify (repeatable); "
                                                              "prints one JSON line per image.")):
     """Run a saved model on inputs from files; writes one file per output. Files that carry a
@@ -80,7 +80,8 @@ def run(file: Path = typer.Argument(..., help="A file written by `archfit compil
             raise InputError(f"{file} takes tensors (-i NAME=PATH): it was not compiled from an image directory "
                              f"with its image processor")
         for path, answer in zip(image, module(list(image))):
-            typer.echo(json.dumps({"image": str(path)} | answer))
+            typer.echo(json.dumps({"image": str(path)} | (answer if isinstance(answer, dict) else
+                                                           {module.image.answer_name: answer})))
         return
     ids = module.take_torch_tensors()  # an ONNX/TF/MXNet model: run gives torch tensors by name
     given = {k: v.long() if k in ids else v for k, v in given.items()}

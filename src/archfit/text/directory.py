@@ -28,8 +28,10 @@ TASKS = {
     "text2text-generation": "AutoModelForSeq2SeqLM",  # compiled by trace_seq2seq (load_generator), not read_directory
     "text-generation": "AutoModelForCausalLM",  # compiled by trace_generate (load_generator), not read_directory
     "image-classification": "AutoModelForImageClassification",  # images through its processor (text/image.py)
+    "object-detection": "AutoModelForObjectDetection",
 }
 GENERATE = "text2text-generation"
+IMAGE_TASKS = ("image-classification", "object-detection")
 CAUSAL = "text-generation"
 # the end of an architecture's class name -> its task (BertForMaskedLM -> fill-mask)
 _ARCHITECTURE_TASKS = (("ForSequenceClassification", "text-classification"),
@@ -38,6 +40,7 @@ _ARCHITECTURE_TASKS = (("ForSequenceClassification", "text-classification"),
                        ("ForConditionalGeneration", GENERATE), ("MTModel", GENERATE),
                        ("ForCausalLM", CAUSAL), ("LMHeadModel", CAUSAL),
                        ("ForImageClassification", "image-classification"),
+                       ("ForObjectDetection", "object-detection"),
                        ("Model", "feature-extraction"))
 _OUTPUTS = {"feature-extraction": "last_hidden_state", "fill-mask": "logits", "text-classification": "logits",
             "token-classification": "logits"}
@@ -129,8 +132,8 @@ def read_directory(path: str | os.PathLike, task: str | None = None, length: int
         raise ModelError(f"{root} is a {task} model: it compiles for generation, the loop on the host: "
                          f"archfit compile DIR --generate, or archfit.{call}(DIR)")
     model = _load(base, task)
-    if task == "image-classification":
-        return _image_directory(root, model, batch)
+    if task in IMAGE_TASKS:
+        return _image_directory(root, model, task, batch)
     tokenizer_json, tok_config = _tokenizer(root, base)
     limit = min(x for x in (getattr(model.config, "max_position_embeddings", None) or 512,
                             tok_config.get("model_max_length") if isinstance(tok_config.get("model_max_length"), int)
@@ -154,33 +157,37 @@ def read_directory(path: str | os.PathLike, task: str | None = None, length: int
 
 
 class ImageTaskModel(torch.nn.Module):
-    """An image classifier with pixel_values in and {"logits"} out, whatever the model class."""
+    """An image model with pixel_values in and its task's outputs as a dict: {"logits"} for a
+    classifier, {"logits", "pred_boxes"} for a detector (what the processor's post-processing reads)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, task: str):
         super().__init__()
-        self.model = model
+        self.model, self.task = model, task
 
     def forward(self, pixel_values):
-        return {"logits": self.model(pixel_values=pixel_values).logits}
+        out = self.model(pixel_values=pixel_values)
+        if self.task == "object-detection":
+            return {"logits": out.logits, "pred_boxes": out.pred_boxes}
+        return {"logits": out.logits}
 
 
-def _image_directory(root: Path, model, batch: int) -> Directory:
-    """An image-classification directory: its model, and its image processor as the file's front
-    (example inputs: the processor's pixels of a plain image, at the size it gives)."""
+def _image_directory(root: Path, model, task: str, batch: int) -> Directory:
+    """An image-classification or object-detection directory: its model, and its image processor
+    as the file's front (example inputs: the processor's pixels of a plain image, at its size)."""
     from .image import ImageIO
 
     processor = root / "preprocessor_config.json"
     if not processor.is_file():
         raise ModelError(f"{root} has no preprocessor_config.json: save the model's image processor there "
                          f"(processor.save_pretrained(DIR)) so images can be prepared as in training")
-    image = ImageIO("image-classification", processor.read_text(encoding="utf-8"), _labels(model.config),
+    image = ImageIO(task, processor.read_text(encoding="utf-8"), _labels(model.config),
                     getattr(model.config, "problem_type", None) == "multi_label_classification")
     try:
         inputs = image.example(batch)
     except Exception as e:  # noqa: BLE001 - transformers' processor errors become one line naming the file
         raise ModelError(f"{processor}: transformers cannot prepare an image with it ({type(e).__name__}: "
                          f"{first_line(e, 160)})") from e
-    return Directory(ImageTaskModel(model).eval(), inputs, root.resolve().name, None, image)
+    return Directory(ImageTaskModel(model, task).eval(), inputs, root.resolve().name, None, image)
 
 
 def load_generator(path: str | os.PathLike, task: str = GENERATE) -> torch.nn.Module:

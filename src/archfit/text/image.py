@@ -9,6 +9,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from functools import cached_property
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
@@ -20,12 +21,24 @@ MAX_IMAGE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
+class Picture:
+    """One image prepared: the processor's pixel_values (1, 3, H, W) and its own (height, width)."""
+
+    pixels: torch.Tensor
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class ImageIO:
-    task: str  # image-classification
+    task: str  # image-classification or object-detection
     processor: str  # preprocessor_config.json
     labels: tuple[str, ...]
     multi_label: bool = False
-    answer_name = "label"
+    threshold: float = 0.5  # object-detection: detections scored below it are left out (transformers' pipeline's)
+
+    @property
+    def answer_name(self) -> str:
+        return "label" if self.task == "image-classification" else "detections"
 
     @cached_property
     def _processor(self):
@@ -75,19 +88,27 @@ class ImageIO:
 
     # the front's contract, as the text front's (serve/text.py runs either): values to encodings,
     # an encoding to the graph's inputs, the graph's outputs to one answer
-    def encode(self, values: Sequence[Any]) -> list[torch.Tensor]:
-        """Each image's pixel_values (1, 3, H, W)."""
-        return [self.pixels([image]) for image in self.images(values)]
+    def encode(self, values: Sequence[Any]) -> list[Picture]:
+        return [Picture(self.pixels([image]), (image.height, image.width)) for image in self.images(values)]
 
-    def feed(self, encoding: torch.Tensor, pad_to: int | None = None) -> dict[str, torch.Tensor]:
-        return {"pixel_values": encoding}
+    def feed(self, encoding: Picture, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+        return {"pixel_values": encoding.pixels}
 
     def size(self, encoding) -> int:
         return 1
 
-    def answer(self, outputs, encoding=None) -> dict:
-        """One image's label, its score and every label's score."""
-        logits = (outputs["logits"] if isinstance(outputs, dict) else outputs[0])[0].float()
+    def answer(self, outputs, encoding: Picture):
+        """One image's answer: its label, its score and every label's score; for a detector, its
+        detections ({label, score, box: xmin, ymin, xmax, ymax} in the image's own pixels), as
+        transformers' pipelines give them, through the processor's own post-processing."""
+        if self.task == "object-detection":
+            found = self._processor.post_process_object_detection(
+                SimpleNamespace(logits=outputs["logits"].float(), pred_boxes=outputs["pred_boxes"].float()),
+                threshold=self.threshold, target_sizes=[encoding.size])[0]
+            return [{"label": self.labels[int(label)], "score": float(score),
+                     "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), (float(v) for v in box)))}
+                    for score, label, box in zip(found["scores"], found["labels"], found["boxes"])]
+        logits = outputs["logits"][0].float()
         p = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1)
         best = int(p.argmax())
         return {"label": self.labels[best], "score": float(p[best]),
@@ -96,7 +117,7 @@ class ImageIO:
     def run(self, module, values: Sequence[Any]) -> list[dict]:
         """Answers of `module` for images `values`, one engine call per image."""
         with torch.no_grad():
-            return [self.answer(module(**self.feed(e))) for e in self.encode(values)]
+            return [self.answer(module(**self.feed(e)), e) for e in self.encode(values)]
 
     # -- in a file ----------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -104,7 +125,8 @@ class ImageIO:
 
     @classmethod
     def from_file(cls, value: Any, source: str) -> "ImageIO":
-        if (not isinstance(value, dict) or value.get("task") != "image-classification"
+        if (not isinstance(value, dict) or value.get("task") not in ("image-classification", "object-detection")
+                or type(value.get("threshold")) is not float
                 or not isinstance(value.get("processor"), str) or len(value["processor"]) > MAX_PROCESSOR_BYTES
                 or not isinstance(value.get("labels"), list) or not all(isinstance(x, str) for x in value["labels"])
                 or not isinstance(value.get("multi_label"), bool)):
@@ -113,4 +135,4 @@ class ImageIO:
             json.loads(value["processor"])
         except ValueError:
             raise ArtifactError(f"{source}: its image processor is not JSON; save the model again") from None
-        return cls(value["task"], value["processor"], tuple(value["labels"]), value["multi_label"])
+        return cls(value["task"], value["processor"], tuple(value["labels"]), value["multi_label"], value["threshold"])
