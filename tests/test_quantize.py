@@ -135,8 +135,8 @@ def test_int8_refusals_say_what_to_do(trained):
         _int8(model, example, calibration, validation, "inf1")
     with pytest.raises(ArchfitError, match="not to int8: use precision='fp8'"):
         _int8(model, example, calibration, validation, "inf2")
-    with pytest.raises(ArchfitError, match="precision='int8' with buckets or a dynamic batch is not built yet"):
-        _int8(model, example, calibration, validation, "openvino", dynamic_batch=True)
+    with pytest.raises(ArchfitError, match="precision='int8' with packing is not built yet"):
+        _int8(model, example, calibration, validation, "openvino", packing=archfit.Packing(max_len=16))
 
 
 def test_inf2_fp8_rounds_matmul_inputs_as_float8_e4m3(trained):
@@ -199,3 +199,56 @@ def test_calibration_and_validation_sets_given_as_generators_are_read_once(train
     assert "32 input set(s)" in q.calibration and q.float_layers and compiled.report.validation.ok
     (metric,) = [m for m in compiled.report.validation.metrics if m.label == "validation set"]
     assert metric.size == 32
+
+
+class _Bag(torch.nn.Module):
+    """Token ids to a class: embeddings averaged over the attended positions, then an MLP."""
+
+    def __init__(self, vocab: int = 64):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, 32)
+        self.head = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+
+    def forward(self, input_ids, attention_mask):
+        m = attention_mask.unsqueeze(-1).float()
+        return self.head((self.embed(input_ids) * m).sum(1) / m.sum(1).clamp(min=1))
+
+
+def _sequences(n: int, length: int, seed: int):
+    """Class c: most tokens from ids 16c..16c+15, the rest anywhere; a batch of `n` at `length`."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    ids = torch.where(torch.rand(n, length, generator=g) < 0.6, y[:, None] * 16 + torch.randint(0, 16, (n, length),
+                                                                                               generator=g),
+                      torch.randint(1, 64, (n, length), generator=g))
+    return {"input_ids": ids, "attention_mask": torch.ones(n, length, dtype=torch.long)}, y
+
+
+def test_int8_with_buckets_calibrates_and_gates_every_bucket_on_the_sets_fitted_to_it():
+    """Each bucket is calibrated and judged on the user's sets padded (or cut) to its length and
+    batch: sets of any length in, every bucket's gate passed on the held-apart set."""
+    torch.manual_seed(0)
+    model = _Bag()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(120):
+        x, y = _sequences(64, 4 + step % 20, step)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(**x), y).backward()
+        opt.step()
+    model.eval()
+    calibration = [_sequences(4, 4 + i % 20, 1000 + i)[0] for i in range(24)]
+    validation = [_sequences(4, 4 + i % 20, 2000 + i)[0] for i in range(24)]
+    example = _sequences(4, 16, 7)[0]
+    compiled = archfit.trace(model, example, "openvino", precision="int8", calibration=calibration,
+                             validation_inputs=validation, accuracy="classification", check_payoff=False,
+                             buckets=archfit.Buckets({"input_ids": 1, "attention_mask": 1}, sizes=(8, 24)),
+                             dynamic_batch=True)
+    assert compiled.precision == "int8" and sorted(compiled.buckets) == ["24", "8"]
+    for bucket in compiled.buckets.values():
+        v = bucket.report.validation
+        (metric,) = [m for m in v.metrics if m.label == "validation set"]
+        assert v.ok and metric.size == 24 and dict(metric.values)["top1"] >= 0.9
+        assert "24 input set(s)" in bucket.report.quantization.calibration
+    x, y = _sequences(6, 11, 99)  # between the buckets, more rows than the compiled 4
+    with torch.no_grad():
+        assert (compiled(**x).argmax(-1) == model(**x).argmax(-1)).float().mean() >= 0.8

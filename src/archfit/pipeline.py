@@ -31,6 +31,7 @@ from .report import FitReport, build_report, estimate_latency, measure_host_ms
 from .shapes import Buckets, trace_buckets
 from .shapes.pack_trace import trace_packed
 from .targets import Target, get_target
+from .targets.base import LOSSY
 
 DEFAULT_TARGETS = ("openvino", "onnxruntime")
 
@@ -240,10 +241,18 @@ def _trace_packing(model, example_inputs, options: TraceOptions, analysis=None) 
 
 
 def _trace_buckets(model, example_inputs, options: TraceOptions, analysis=None) -> ArchfitModule:
-    o = dataclasses.replace(options.resolved(), validation_inputs=None)
-    _one_calibration(o, "buckets or a dynamic batch")
-    return trace_buckets(lambda inputs: _trace_model(model, inputs, o), model, example_inputs, o.buckets,
-                         o.dynamic_batch, o.precision, check_padding=o.check_padding, progress=o.progress)
+    o = options.resolved()
+    # each bucket is calibrated and judged on the user's sets padded (or cut) to its shapes; without
+    # a lossy precision, the padding check below is what validates the other sizes
+    sets = {"calibration": o.calibration, "validation_inputs": o.validation_inputs} if o.precision in LOSSY else {}
+    if not sets:
+        o = dataclasses.replace(o, validation_inputs=None)
+
+    def one(inputs, **at_bucket):
+        return _trace_model(model, inputs, dataclasses.replace(o, **at_bucket))
+
+    return trace_buckets(one, model, example_inputs, o.buckets, o.dynamic_batch, o.precision,
+                         check_padding=o.check_padding, progress=o.progress, sets=sets)
 
 
 def _trace_fixed(model, example_inputs, options: TraceOptions, analysis=None) -> ArchfitModule:

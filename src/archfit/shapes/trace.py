@@ -49,6 +49,27 @@ class _Inputs:
             out.append(t.contiguous())
         return out
 
+    def sets_at(self, sets: Any, size: int | None, batch: int | None, what: str) -> list | None:
+        """Input sets (calibration, validation) at a bucket's shapes: the varying dims padded with
+        the pad values (or cut) to `size`, dim 0 at `batch` (rows repeated or cut) when the batch
+        is compiled too. None stays None."""
+        if sets is None:
+            return None
+        from ..core.sets import input_sets
+        from .dispatch import resize
+
+        out = []
+        for flat in input_sets(sets, self.spec, what):
+            fitted = []
+            for i, t in enumerate(flat):
+                if size is not None and i in self.varying:
+                    t = resize(t, self.varying[i], size, self.pad[self.names[i]])
+                if batch is not None and t.dim():
+                    t = _tile(t, 0, batch)
+                fitted.append(t.contiguous())
+            out.append(self.structured(fitted))
+        return out
+
     def structured(self, flat: Sequence[torch.Tensor]) -> Any:
         """Flat tensors back in the form trace takes: a dict of keyword inputs or a tuple."""
         args, kwargs = pytree.tree_unflatten(list(flat), self.spec)
@@ -111,18 +132,30 @@ def choose(buckets: Buckets, cost: Callable[[int], float], weight_bytes: int) ->
 
 def _check_padding(model, module: BucketedModule, inputs: _Inputs, sizes: tuple[int, ...], precision: str):
     """For each bucket, run the shortest length it serves (the most padding) through the bucketed
-    module and eager PyTorch at that exact length; real positions must agree."""
+    module and eager PyTorch at that exact length; real positions must agree. At a lossy
+    precision (int8: judged by its gate, never elementwise) padding safety, a property of the
+    model, is checked on eager PyTorch padded as the module pads, at float tolerance."""
+    from ..targets.base import LOSSY
+    from .dispatch import cut, resize
+
     checks = []
     out_names = output_names(module.out_spec, len(module.padding.follow))
+    lossy = precision in LOSSY
     for prev, bucket in zip((0,) + sizes[:-1], sizes):
         length = prev + 1
         if length == bucket:
             continue
         flat = inputs.at(length)
         want = inputs.call(model, flat)
-        got = inputs.call(module, flat)
+        if lossy:
+            padded = [resize(t, inputs.varying[i], bucket, inputs.pad[inputs.names[i]]) if i in inputs.varying else t
+                      for i, t in enumerate(flat)]
+            got = [cut(o, f, length) if isinstance(o, torch.Tensor) else o
+                   for o, f in zip(inputs.call(model, padded), module.padding.follow)]
+        else:
+            got = inputs.call(module, flat)
         worst = 0.0
-        for c in compare_outputs(out_names, got, want, precision):
+        for c in compare_outputs(out_names, got, want, "fp32" if lossy else precision):
             if not c.ok:
                 raise ValidationError(
                     f"the model is not padding-safe: output {c.output!r} differs from eager PyTorch at real positions "
@@ -136,8 +169,11 @@ def _check_padding(model, module: BucketedModule, inputs: _Inputs, sizes: tuple[
 
 
 def trace_buckets(trace_one: Callable, model: torch.nn.Module, example_inputs: Any, buckets: Buckets | None,
-                  dynamic_batch: bool, precision: str, check_padding: bool = True, progress=None) -> BucketedModule:
-    """One static-shape module per bucket, compiled by trace_one(example_inputs) (archfit.trace)."""
+                  dynamic_batch: bool, precision: str, check_padding: bool = True, progress=None,
+                  sets: dict[str, Any] | None = None) -> BucketedModule:
+    """One static-shape module per bucket, compiled by trace_one(example_inputs, **sets at its
+    shapes) (archfit.trace): `sets` {keyword: input sets} (int8's calibration, a gate's validation
+    inputs), each padded or cut to every bucket."""
     inputs = _Inputs(model, example_inputs, buckets)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if buckets is not None:
@@ -164,7 +200,9 @@ def trace_buckets(trace_one: Callable, model: torch.nn.Module, example_inputs: A
         if progress is not None and s is not None:
             progress(f"bucket {s} ({sizes.index(s) + 1}/{len(sizes)})")
         flat = inputs.at(s)
-        modules[s if s is not None else 0] = trace_one(inputs.structured(flat))
+        batch = flat[0].shape[0] if dynamic_batch and flat[0].dim() else None
+        at_bucket = {k: inputs.sets_at(v, s, batch, k) for k, v in (sets or {}).items()}
+        modules[s if s is not None else 0] = trace_one(inputs.structured(flat), **at_bucket)
     if buckets is None:
         follow = tuple(() for _ in batch_follow)
     padding = Padding({n: int(d) for n, d in (buckets.dims if buckets else {}).items()},
