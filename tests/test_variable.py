@@ -78,6 +78,31 @@ def test_buckets_and_dynamic_batch_together(tiny_bert):
         assert_close_to_eager(model, module, _bert_inputs(length, batch=batch))
 
 
+def test_smaller_batch_sizes_run_a_partial_batch_on_the_engine_that_holds_it(tiny_bert, tmp_path, monkeypatch):
+    """batch_sizes=(1, 2) beside a batch of 4: a batch runs in chunks of 4, its last chunk on the
+    smallest compiled row count that holds it (5 rows: 4 + 1; 6: 4 + 2; 7: 4 + 4, the 3 padded)."""
+    from archfit.core.module import CompiledModule
+
+    model, _ = tiny_bert
+    module = archfit.trace(model, _bert_inputs(16, batch=4), "onnxruntime", buckets=Buckets(SEQ, sizes=(16,)),
+                           dynamic_batch=True, batch_sizes=(1, 2), check_payoff=False)
+    assert module.row_counts == (1, 2) and sorted(module.fewer) == ["16x1", "16x2"]
+    loaded = archfit.load(archfit.save(module, tmp_path / "b.archfit"))
+    assert loaded.row_counts == (1, 2)
+    rows_run = []
+    run_flat = CompiledModule.run_flat
+    monkeypatch.setattr(CompiledModule, "run_flat", lambda self, flat: rows_run.append(flat[0].shape[0]) or
+                        run_flat(self, flat))
+    for batch, length, calls in ((5, 11, [4, 1]), (6, 5, [4, 2]), (7, 16, [4, 4]), (2, 3, [2]), (1, 9, [1])):
+        rows_run.clear()
+        assert_close_to_eager(model, loaded, _bert_inputs(length, batch=batch))
+        assert rows_run == calls and loaded.rows_computed(batch) == sum(calls)
+    with pytest.raises(archfit.errors.ArchfitError, match=r"batch_sizes \(4,\): with dynamic_batch, row counts "
+                                                         r"from 1 to below the example's batch \(4\)"):
+        archfit.trace(model, _bert_inputs(16, batch=4), "onnxruntime", dynamic_batch=True, batch_sizes=(4,),
+                      check_payoff=False)
+
+
 def test_buckets_chosen_from_a_sample(tiny_bert):
     model, inputs = tiny_bert
     sample = (2, 3, 3, 4, 5, 5, 5, 6, 7, 12, 15, 16, 16)

@@ -182,6 +182,9 @@ def trace(model: torch.nn.Module, example_inputs: Any = None, target: str | Targ
         sizes seen, to choose them from); returns a BucketedModule that pads, dispatches, unpads.
     dynamic_batch: accept any batch size in dim 0: larger batches run in chunks of the example's
         batch size, smaller ones are padded.
+    batch_sizes: with dynamic_batch, smaller row counts to compile too (e.g. (1, 2) beside an
+        example of 4 rows): a batch's last chunk, and a server's partial batch, runs on the
+        smallest engine that holds it instead of being padded to the full batch.
     check_padding: with buckets, verify at compile time that padding leaves real positions unchanged.
     packing: archfit.Packing: compile an encoder over rows that hold several variable-length
         sequences each; returns a PackedModule whose run/map take lists of sequences.
@@ -252,7 +255,7 @@ def _trace_buckets(model, example_inputs, options: TraceOptions, analysis=None) 
         return _trace_model(model, inputs, dataclasses.replace(o, **at_bucket))
 
     return trace_buckets(one, model, example_inputs, o.buckets, o.dynamic_batch, o.precision,
-                         check_padding=o.check_padding, progress=o.progress, sets=sets)
+                         check_padding=o.check_padding, progress=o.progress, sets=sets, batch_sizes=o.batch_sizes)
 
 
 def _trace_fixed(model, example_inputs, options: TraceOptions, analysis=None) -> ArchfitModule:

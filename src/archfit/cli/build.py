@@ -86,6 +86,8 @@ _BATCH = typer.Option(None, help="With --dynamic-batch: the batch compiled (rows
     "example's. `archfit serve` fills it with requests. With "
     "--generate: the rows of the decode step (a server's "
     "continuous batch), besides one.")
+_BATCH_SIZES = typer.Option(None, "--batch-sizes", help="With --dynamic-batch: smaller row counts compiled too "
+    "(e.g. 1,2 beside --batch 4): a partial batch, a server's included, runs on the smallest that holds it.")
 _PACK = typer.Option(None, "--pack", help="Encoders: pack several sequences into rows of "
     "this many tokens (row lengths: --buckets, or chosen from --lengths).")
 _PACK_ROWS = typer.Option(1, help="With --pack: rows per engine call.")
@@ -134,6 +136,7 @@ def compile_(model: str = _MODEL,
              pad: List[str] = _PAD,
              dynamic_batch: bool = _DYNAMIC_BATCH,
              batch: Optional[int] = _BATCH,
+             batch_sizes: Optional[str] = _BATCH_SIZES,
              pack: Optional[int] = _PACK,
              pack_rows: int = _PACK_ROWS,
              pack_output: List[str] = _PACK_OUTPUT,
@@ -179,6 +182,7 @@ def compile_(model: str = _MODEL,
                          require_full=require_full, min_partition_size=min_partition_size, check_payoff=payoff,
                          cache=not no_cache, progress=progress, name=name, buckets=spec,
                          dynamic_batch=dynamic_batch, packing=packing, accuracy=accuracy or declared_gate(model),
+                         batch_sizes=_row_counts(batch_sizes),
                          per_partition=per_partition, calibration=sets.get("calibration"),
                          validation_inputs=sets.get("validation"))
     if output is not None:
@@ -346,3 +350,13 @@ def bench_(model: str = typer.Argument(..., help=MODEL_HELP + " Or a file writte
     typer.echo(bench.render(rows))
 
 
+def _row_counts(text: str | None) -> tuple[int, ...]:
+    """--batch-sizes 1,2 -> (1, 2)."""
+    from ..errors import InputError
+
+    if not text:
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise InputError(f"--batch-sizes {text!r}: give row counts separated by commas, e.g. 1,2") from None

@@ -37,6 +37,8 @@ class TraceOptions:
     name: str | None = None  # the model's name in reports (default: its class)
     buckets: Buckets | None = None
     dynamic_batch: bool = False
+    # with dynamic_batch: smaller row counts compiled too, a partial batch run on the smallest that holds it
+    batch_sizes: tuple[int, ...] = ()
     check_padding: bool = True
     packing: Packing | None = None
     # int8: input sets to calibrate on (like validation_inputs), layers (graph node names) kept in

@@ -107,7 +107,7 @@ class BucketedServable(StaticServable):
         bucket, m = items[0].key, self.module
         rows = sum(it.rows for it in items)
         stats = BatchStats(str(bucket), rows, self.capacity, sum(it.rows * it.size for it in items),
-                           math.ceil(rows / self.capacity) * self.capacity * bucket)
+                           (m.rows_computed(rows) if self.batched else rows) * bucket)
         with torch.no_grad():
             if not self.batched or len(items) == 1:
                 out = [m.run_batch(it.inputs) if self.batched else m.run_bucket(it.inputs) for it in items]

@@ -60,7 +60,7 @@ class BucketedModule(ArchfitModule):
     kind = "bucketed"
 
     def __init__(self, modules: dict[int, CompiledModule], padding: Padding, choice=None, safety=None,
-                 manifest: dict | None = None):
+                 manifest: dict | None = None, fewer: dict[tuple[int, int], CompiledModule] | None = None):
         sizes = tuple(sorted(modules))
         top = modules[sizes[-1]]
         super().__init__(top.target, top.precision, top.emulated, top.report, manifest)
@@ -70,6 +70,9 @@ class BucketedModule(ArchfitModule):
         self.choice = choice  # shapes.choose.BucketChoice when chosen from a histogram
         self.safety = safety  # padding-safety checks made at compile time: [(length, bucket, max error)]
         self.in_spec, self.out_spec, self.inputs = top.in_spec, top.out_spec, top.inputs
+        # a dynamic batch's smaller row counts (batch_sizes), per bucket: "SIZExROWS" -> module
+        self.fewer = torch.nn.ModuleDict({f"{s}x{r}": m for (s, r), m in sorted((fewer or {}).items())})
+        self.row_counts = tuple(sorted({r for _s, r in (fewer or {})}))
         index = {s.name: i for i, s in enumerate(self.inputs)}
         self._varying = [(index[name], dim) for name, dim in padding.dims.items()]
 
@@ -106,11 +109,22 @@ class BucketedModule(ArchfitModule):
         """The smallest bucket that holds `size` (size_of refuses one over the largest)."""
         return next(s for s in self.sizes if s >= size)
 
-    def run_bucket(self, flat: list[torch.Tensor]) -> list[torch.Tensor]:
-        """One call at its size: padded to its bucket, run, outputs cut back."""
+    def rows_for(self, n: int) -> int:
+        """The rows of the engine call that holds `n` rows (n up to the batch): the smallest
+        compiled row count that holds them."""
+        return next((r for r in self.row_counts if r >= n), self.batch)
+
+    def rows_computed(self, n: int) -> int:
+        """Rows the engines compute for a batch of `n` rows (full chunks, then the last one's engine)."""
+        full, rest = divmod(n, self.batch)
+        return full * self.batch + (self.rows_for(rest) if rest else 0)
+
+    def run_bucket(self, flat: list[torch.Tensor], rows: int | None = None) -> list[torch.Tensor]:
+        """One call at its size: padded to its bucket, run, outputs cut back. `rows`: a smaller
+        compiled row count to run on (its inputs have that many rows)."""
         size = self.size_of(flat)
         bucket = self.bucket_for(size)
-        module = self.buckets[str(bucket)]
+        module = self.buckets[str(bucket)] if rows in (None, self.batch) else self.fewer[f"{bucket}x{rows}"]
         if self._varying:
             flat = list(flat)
             for i, d in self._varying:
@@ -122,7 +136,8 @@ class BucketedModule(ArchfitModule):
         return [cut(o, f, size) if f else o for o, f in zip(out, self.padding.follow)]
 
     def run_batch(self, flat: list[torch.Tensor]) -> list[torch.Tensor]:
-        """One call of any batch size (dynamic batch): in chunks of the compiled batch, the last padded."""
+        """One call of any batch size (dynamic batch): in chunks of the compiled batch, the last on
+        the smallest compiled row count that holds it, padded to it."""
         if not all(isinstance(t, torch.Tensor) for t in flat):
             raise InputError(f"dynamic batch: every input must be a tensor, got "
                              f"{', '.join(type(t).__name__ for t in flat)}")
@@ -139,9 +154,10 @@ class BucketedModule(ArchfitModule):
         for start in range(0, n, b):
             part = [t[start:start + b] for t in flat]
             m = part[0].shape[0]
-            if m < b:  # pad with copies of the last row: real values keep every op well-defined
-                part = [torch.cat([t, t[-1:].expand(b - m, *t.shape[1:])]) for t in part]
-            out = self.run_bucket(part)
+            rows = self.rows_for(m)
+            if m < rows:  # pad with copies of the last row: real values keep every op well-defined
+                part = [torch.cat([t, t[-1:].expand(rows - m, *t.shape[1:])]) for t in part]
+            out = self.run_bucket(part, rows)
             chunks.append([cut(o, f, m) for o, f in zip(out, self.padding.batch_follow)])
         return [torch.cat(list(parts), dim=f[0]) for parts, f in zip(zip(*chunks), self.padding.batch_follow)]
 
@@ -155,27 +171,33 @@ class BucketedModule(ArchfitModule):
         choice = self.choice
         table = {"buckets": {"sizes": list(self.sizes), "padding": self.padding.to_dict(),
                              "choice": None if choice is None else asdict(choice),
-                             "safety": [list(s) for s in self.safety or ()]}}
-        return Parts(self.inputs, graphs=tuple((f"bucket_{s}/", self.buckets[str(s)]) for s in self.sizes),
-                     specs=(self.in_spec, self.out_spec), table=table)
+                             "safety": [list(s) for s in self.safety or ()], "row_counts": list(self.row_counts)}}
+        graphs = [(f"bucket_{s}/", self.buckets[str(s)]) for s in self.sizes]
+        graphs += [(f"bucket_{s}_rows_{r}/", self.fewer[f"{s}x{r}"]) for s in self.sizes for r in self.row_counts]
+        return Parts(self.inputs, graphs=tuple(graphs), specs=(self.in_spec, self.out_spec), table=table)
 
     @classmethod
     def from_parts(cls, parts: Parts, manifest: dict, source: str) -> "BucketedModule":
         buckets = parts.table["buckets"]
         sizes, modules = buckets["sizes"], [m for _prefix, m in parts.graphs]
-        if not (isinstance(sizes, list) and 0 < len(sizes) == len(modules) <= MAX_BUCKETS
+        rows = buckets.get("row_counts", [])  # files before batch_sizes have none
+        if not (isinstance(sizes, list) and 0 < len(sizes) <= MAX_BUCKETS and isinstance(rows, list)
+                and len(modules) == len(sizes) * (1 + len(rows)) and all(type(r) is int and r > 0 for r in rows)
                 and all(type(s) is int and 0 <= s <= MAX_DIM for s in sizes)):
             raise ArtifactError(f"{source}: bucket table is malformed")
         c = buckets["choice"]
         choice = BucketChoice(**{**c, "boundaries": tuple(c["boundaries"])}) if c else None
-        return cls(dict(zip(sizes, modules)), Padding.from_dict(buckets["padding"]), choice,
-                   tuple(tuple(s) for s in buckets["safety"]), manifest)
+        fewer = dict(zip([(s, r) for s in sizes for r in rows], modules[len(sizes):]))
+        return cls(dict(zip(sizes, modules[:len(sizes)])), Padding.from_dict(buckets["padding"]), choice,
+                   tuple(tuple(s) for s in buckets["safety"]), manifest, fewer)
 
     @classmethod
     def describe_component(cls, entry: dict) -> list[str]:
         b = entry["buckets"]
         dims = ", ".join(f"{k}[{v}]" for k, v in b["padding"]["dims"].items())
-        batch = ", dynamic batch" if b["padding"].get("batch_follow") else ""
+        rows = b.get("row_counts") or []
+        batch = (", dynamic batch" + (f" (also compiled at {', '.join(map(str, rows))} row(s))" if rows else "")
+                 if b["padding"].get("batch_follow") else "")
         return [f"buckets: {', '.join(map(str, b['sizes']))} over {dims}{batch}" if dims else f"buckets: none{batch}"]
 
     def page(self) -> dict:

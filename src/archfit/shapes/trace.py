@@ -170,10 +170,11 @@ def _check_padding(model, module: BucketedModule, inputs: _Inputs, sizes: tuple[
 
 def trace_buckets(trace_one: Callable, model: torch.nn.Module, example_inputs: Any, buckets: Buckets | None,
                   dynamic_batch: bool, precision: str, check_padding: bool = True, progress=None,
-                  sets: dict[str, Any] | None = None) -> BucketedModule:
+                  sets: dict[str, Any] | None = None, batch_sizes: Sequence[int] = ()) -> BucketedModule:
     """One static-shape module per bucket, compiled by trace_one(example_inputs, **sets at its
     shapes) (archfit.trace): `sets` {keyword: input sets} (int8's calibration, a gate's validation
-    inputs), each padded or cut to every bucket."""
+    inputs), each padded or cut to every bucket. With a dynamic batch, `batch_sizes` smaller
+    than the example's are compiled too, per bucket."""
     inputs = _Inputs(model, example_inputs, buckets)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if buckets is not None:
@@ -195,21 +196,32 @@ def trace_buckets(trace_one: Callable, model: torch.nn.Module, example_inputs: A
         if missing:
             raise ArchfitError(f"dynamic_batch: output #{missing[0]} does not carry the batch in any dim, so batches "
                                f"cannot be split and joined; trace without dynamic_batch")
-    modules = {}
+    full = inputs.flat[0].shape[0] if dynamic_batch and inputs.flat[0].dim() else None
+    smaller = sorted({int(b) for b in batch_sizes})
+    if smaller and (full is None or smaller[0] < 1 or smaller[-1] >= full):
+        raise ArchfitError(f"batch_sizes {tuple(smaller)}: with dynamic_batch, row counts from 1 to below the "
+                           f"example's batch ({full or 'none: pass dynamic_batch=True'}); the example's is compiled "
+                           f"anyway")
+    modules, fewer = {}, {}
     for s in sizes:
         if progress is not None and s is not None:
             progress(f"bucket {s} ({sizes.index(s) + 1}/{len(sizes)})")
-        flat = inputs.at(s)
-        batch = flat[0].shape[0] if dynamic_batch and flat[0].dim() else None
-        at_bucket = {k: inputs.sets_at(v, s, batch, k) for k, v in (sets or {}).items()}
-        modules[s if s is not None else 0] = trace_one(inputs.structured(flat), **at_bucket)
+        for rows in [full, *smaller]:
+            flat = inputs.at(s, None if rows == full else rows)
+            at_bucket = {k: inputs.sets_at(v, s, rows, k) for k, v in (sets or {}).items()}
+            compiled = trace_one(inputs.structured(flat), **at_bucket)
+            if rows == full:
+                modules[s if s is not None else 0] = compiled
+            else:
+                fewer[(s if s is not None else 0, rows)] = compiled
     if buckets is None:
         follow = tuple(() for _ in batch_follow)
     padding = Padding({n: int(d) for n, d in (buckets.dims if buckets else {}).items()},
                       {n: float(v) for n, v in (buckets.pad_values if buckets else {}).items()}, follow, batch_follow)
-    module = BucketedModule(modules, padding, choice)
+    module = BucketedModule(modules, padding, choice, fewer=fewer)
     if buckets is None or not check_padding:
         return module
-    return BucketedModule(modules, padding, choice, _check_padding(model, module, inputs, tuple(sizes), precision))
+    return BucketedModule(modules, padding, choice, _check_padding(model, module, inputs, tuple(sizes), precision),
+                          fewer=fewer)
 
 
