@@ -96,6 +96,31 @@ def test_each_packed_sequence_equals_the_model_on_it_alone(model_name, target):
     assert "left out (one value per row): pooler_output" in packed.summary()
 
 
+def test_fewer_packed_rows_run_on_the_engine_compiled_for_them(monkeypatch):
+    """Packing(rows=2, row_counts=(1,)): sequences that fill one row run on the 1-row engine (a
+    server's short queue), two rows' worth on the 2-row engine; every sequence as the model alone."""
+    from archfit.core.module import CompiledModule
+
+    model, example = _bert_example("bert-base")
+    packed = archfit.trace(model, example, "onnxruntime", check_payoff=False,
+                           packing=archfit.Packing(max_len=32, rows=2, row_counts=(1,), outputs=("last_hidden_state",)))
+    assert packed.inner.row_counts == (1,)
+    rows_run = []
+    run_flat = CompiledModule.run_flat
+    monkeypatch.setattr(CompiledModule, "run_flat", lambda self, flat: rows_run.append(flat[0].shape[0]) or
+                        run_flat(self, flat))
+    g = torch.Generator().manual_seed(3)
+    for lengths, calls in (((10, 12), [1]), ((20, 20), [2]), ((30, 30, 30), [2, 1])):
+        seqs = [{"input_ids": torch.randint(3, 500, (k,), generator=g), "token_type_ids": torch.zeros(k, dtype=torch.long)}
+                for k in lengths]
+        rows_run.clear()
+        for s, got in zip(seqs, packed.run(seqs)):
+            torch.testing.assert_close(got["last_hidden_state"], _eager(model, s), atol=ATOL, rtol=RTOL)
+        assert rows_run == calls
+    with pytest.raises(archfit.errors.OptionError, match="row_counts \\(2,\\): fewer rows than rows=2"):
+        archfit.Packing(max_len=32, rows=2, row_counts=(2,))
+
+
 def test_map_keeps_order_across_windows_and_padded_batches_come_back_padded():
     model, packed = _packed("bert-base", "onnxruntime")
     seqs = _sequences(13, seed=1)  # look-ahead 5: three windows

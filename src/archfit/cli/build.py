@@ -86,8 +86,9 @@ _BATCH = typer.Option(None, help="With --dynamic-batch: the batch compiled (rows
     "example's. `archfit serve` fills it with requests. With "
     "--generate: the rows of the decode step (a server's "
     "continuous batch), besides one.")
-_BATCH_SIZES = typer.Option(None, "--batch-sizes", help="With --dynamic-batch: smaller row counts compiled too "
-    "(e.g. 1,2 beside --batch 4): a partial batch, a server's included, runs on the smallest that holds it.")
+_BATCH_SIZES = typer.Option(None, "--batch-sizes", help="With --dynamic-batch (or --pack-rows): smaller row counts "
+    "compiled too (e.g. 1,2 beside --batch 4): a partial batch, a server's included, runs on the smallest that holds "
+    "it.")
 _PACK = typer.Option(None, "--pack", help="Encoders: pack several sequences into rows of "
     "this many tokens (row lengths: --buckets, or chosen from --lengths).")
 _PACK_ROWS = typer.Option(1, help="With --pack: rows per engine call.")
@@ -172,7 +173,9 @@ def compile_(model: str = _MODEL,
     if buckets and not vary and isinstance(mod, Directory):  # a directory's token inputs vary in length
         vary = [f"{n}:1" for n in mod.text.inputs]
     if pack is not None:
-        spec, packing = None, packing_of(pack, pack_rows, pack_output, pool, vary, buckets, lengths, max_buckets)
+        spec, packing = None, packing_of(pack, pack_rows, pack_output, pool, vary, buckets, lengths, max_buckets,
+                                         _row_counts(batch_sizes))
+        batch_sizes = None  # the packed rows' counts, not a dynamic batch's
     else:
         spec, packing = buckets_of(vary, buckets, lengths, max_buckets, pad), None
     sets = {k: read_sets(path, torch_module(mod), inputs, f"--{k}") for k, path in (("calibration", calibration),

@@ -78,7 +78,7 @@ def _read_lengths(lengths: Path) -> dict:
 
 
 def packing_of(max_len: int, rows: int, outputs: list, pool, vary: list, sizes: str | None, lengths: Path | None,
-             max_sizes: int):
+             max_sizes: int, row_counts: tuple[int, ...] = ()):
     """--pack and its options as an archfit.Packing."""
     from .. import Packing
     from ..errors import ArchfitError, InputError, first_line
@@ -89,7 +89,8 @@ def packing_of(max_len: int, rows: int, outputs: list, pool, vary: list, sizes: 
         kw = {"sizes": tuple(sorted({int(x) for x in sizes.split(",")} | {max_len}))} if sizes else {}
         if lengths is not None:
             kw |= _read_lengths(lengths)
-        return Packing(max_len, rows, outputs=tuple(outputs) or None, pool=pool, max_sizes=max_sizes, **kw)
+        return Packing(max_len, rows, outputs=tuple(outputs) or None, pool=pool, max_sizes=max_sizes,
+                       row_counts=row_counts, **kw)
     except ArchfitError:  # archfit's own one line (OptionError) as it is
         raise
     except (ValueError, OSError, KeyError, TypeError, AttributeError, RecursionError) as e:

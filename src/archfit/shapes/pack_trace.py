@@ -235,7 +235,7 @@ def _compile_candidates(trace_one, wrapper: PackedRows, rows_example: dict, spec
             buckets = Buckets({n: 1 for n in ROW_INPUTS}, sizes=candidate.sizes, pad_values={"sequence_ids": -1})
             compiled[candidate.sizes] = trace_buckets(lambda inputs: trace_one(wrapper, inputs), wrapper, rows_example,
                                                       buckets, True, precision, check_padding=len(candidate.sizes) > 1,
-                                                      progress=progress)
+                                                      progress=progress, batch_sizes=packing.row_counts)
         modules[k] = PackedModule(compiled[candidate.sizes], candidate)
     if packing.strategy not in ("dynamic", "auto"):
         return modules

@@ -62,6 +62,8 @@ class Packing:
     position_offset: int | None = None  # first position id of each sequence; default: found from the model
     strategy: str = "pack"
     measure_seconds: float = 2.0
+    # fewer rows compiled too (below `rows`): a call with fewer packed rows runs on the smallest that holds them
+    row_counts: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.max_len < 2 or self.rows < 1 or self.lookahead < 1 or self.max_sizes < 1:
@@ -72,6 +74,8 @@ class Packing:
             raise OptionError(f"Packing strategy={self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
         if self.strategy == "auto" and self.sample is None and self.histogram is None:
             raise OptionError("Packing strategy='auto' measures on the lengths seen: give sample= or histogram=")
+        if self.row_counts and not all(0 < r < self.rows for r in self.row_counts):
+            raise OptionError(f"Packing row_counts {self.row_counts}: fewer rows than rows={self.rows}, at least 1")
         if self.sizes is not None and (not self.sizes or min(self.sizes) < 1 or max(self.sizes) != self.max_len):
             raise OptionError(f"Packing sizes {self.sizes} must be positive and end at max_len {self.max_len}")
 
