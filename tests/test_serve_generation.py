@@ -118,6 +118,24 @@ def test_a_client_that_hangs_up_frees_its_row(served, monkeypatch):
     assert sched.dropped == dropped + 1 and not sched.active and len(sched.free) == SLOTS
 
 
+def test_stop_strings_end_a_served_generation_where_transformers_does(served):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    running, model, text = served
+    prompt = "the cat sees a bird"
+    ids = text.encode([prompt])[0].ids
+    stop = text.decode(_want(model, ids)[2:3]).strip()  # the word the model makes third
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(text.tokenizer))
+    want = _want(model, ids, stop_strings=[stop], tokenizer=tok)
+    assert len(want) <= 3  # it stopped there (or earlier, where the word came sooner)
+    for body in ({"text_input": prompt, "max_tokens": NEW, "stop": stop},
+                 {"input_ids": ids, "parameters": {"max_tokens": NEW, "stop": [stop]}}):
+        r = _post(running, "/v2/models/gpt/generate", body)
+        assert r.status_code == 200, r.text
+        assert r.json()["output_ids"] == want
+
+
 def test_openai_client_completions_and_stream(served):
     import openai
 

@@ -126,18 +126,23 @@ class CausalLMModule(ArchfitModule):
         sequences, mask = input_ids.repeat_interleave(beams, 0), attention_mask.repeat_interleave(beams, 0)
         processors = logits_processors(config, sequences, encoder_decoder=False, prompt_len=input_ids.shape[1],
                                        attention_mask=mask)
-        stopping = stopping_criteria(config, tokenizer if tokenizer is not None else self._hf_tokenizer(config))
+        stopping = stopping_criteria(config, tokenizer if tokenizer is not None else self.stop_tokenizer(config))
         if beams == 1:
             return greedy(run, sequences, processors, stopping, config)
         return beam_search(run, sequences, processors, stopping, config, batch)
 
-    def _hf_tokenizer(self, config: GenerationConfig):
-        """A transformers tokenizer over the file's tokenizer, for stop strings only."""
+    def stop_tokenizer(self, config: GenerationConfig):
+        """A transformers tokenizer over the file's tokenizer, for stop strings only (made once:
+        the server asks for it per request)."""
         if config.stop_strings is None or self.text is None:
             return None
-        from tokenizers import Tokenizer
-        from transformers import PreTrainedTokenizerFast
-        return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(self.text.tokenizer))
+        if "_stop_tokenizer" not in self.__dict__:
+            from tokenizers import Tokenizer
+            from transformers import PreTrainedTokenizerFast
+
+            self.__dict__["_stop_tokenizer"] = PreTrainedTokenizerFast(
+                tokenizer_object=Tokenizer.from_str(self.text.tokenizer))
+        return self.__dict__["_stop_tokenizer"]
 
     @torch.no_grad()
     def answer(self, texts, **kwargs) -> list[str]:

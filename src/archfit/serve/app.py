@@ -367,11 +367,12 @@ def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, max_delay_m
 
     engine_threads(threads, streams)
     files = model_files(specs)
-    if repository is not None:
+    if repository is not None:  # every NAME.archfit there, beside the files named (which win a clash)
         files = {**{p.name[:-len(".archfit")]: p for p in sorted(Path(repository).glob("*.archfit"))}, **files}
-    server = Server(load_models([f"{n}={p}" for n, p in files.items()]), max_delay_ms, max_queue, int(max_body_mb * (1 << 20)), streams, slots,
-                    None if grpc_port is None else f"{host}:{grpc_port}", timeouts, body_timeout, files,
-                    None if repository is None else Path(repository))
+    server = Server(load_models([f"{n}={p}" for n, p in files.items()]), max_delay_ms, max_queue,
+                    int(max_body_mb * (1 << 20)), streams, slots,
+                    grpc_address=None if grpc_port is None else f"{host}:{grpc_port}", timeouts=timeouts,
+                    body_timeout=body_timeout, files=files, repository=None if repository is None else Path(repository))
     config = connections.config(create_app(server), host, port, header_timeout, log_level=log_level,
                                 access_log=False, timeout_graceful_shutdown=30)
     if on_ready is not None:

@@ -97,7 +97,7 @@ class Scheduler:
         mask = torch.ones_like(ids)
         generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         stream = Stream(prompt, config, logits_processors(config, ids, False, len(prompt), mask),
-                        stopping_criteria(config), generator, loop, sequence=ids)
+                        stopping_criteria(config, self.module.stop_tokenizer(config)), generator, loop, sequence=ids)
         with self.cv:
             if len(self.waiting) >= self.max_waiting:
                 raise OverflowError(f"{len(self.waiting)} requests wait for a row already")
