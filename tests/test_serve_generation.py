@@ -43,6 +43,7 @@ def served(tmp_path_factory):
     from archfit.serve import Server, load_models
 
     running = Running(Server(load_models([f"gpt={path}"])))
+    running.path = path
     yield running, model, module.text
     running.stop()
 
@@ -189,3 +190,44 @@ def test_generation_requests_refused_in_one_line(served):
     assert r.status_code == 400 and "the file's cache holds 26" in r.json()["error"]
     r = _post(running, "/v1/completions", {"model": "nope", "prompt": "the cat"})
     assert r.status_code == 400 and "not a generation model served here" in r.json()["error"]["message"]
+
+
+def test_unloading_answers_the_running_and_waiting_requests_first(served):
+    """Unloading a generation file (repository API) finishes the requests in its rows and those
+    waiting for one, refusing new ones; then the name is gone."""
+    import time
+
+    from archfit.serve import Server, load_models
+
+    running, model, _text = served
+    r = Running(Server(load_models([f"gpt={running.path}"]), files={"gpt": running.path}))
+    try:
+        g = torch.Generator().manual_seed(5)
+        prompts = [torch.randint(5, len(WORDS), (n,), generator=g).tolist() for n in (3, 9, 5, 12, 7, 4, 8, 6)]
+        answers = [None] * len(prompts)
+
+        def client(i):
+            answers[i] = _post(r, "/v2/models/gpt/generate", {"input_ids": prompts[i], "max_tokens": NEW})
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        sched, deadline = r.server.models["gpt"].scheduler, time.monotonic() + 10
+        held = 0
+        while held <= SLOTS and time.monotonic() < deadline:  # unload while rows run and requests wait
+            with sched.cv:
+                held = len(sched.active) + len(sched.waiting)
+        status, body, _ = r.post("/v2/repository/models/gpt/unload", b"")
+        assert status == 200, body
+        for t in threads:
+            t.join()
+        answered = [(ids, a) for ids, a in zip(prompts, answers) if a.status_code == 200]
+        assert len(answered) >= held > SLOTS  # every request held at the unload answered, waiting ones too
+        for ids, a in answered:
+            assert a.json()["output_ids"] == _want(model, ids)
+        for a in answers:  # sent after the unload began: refused, not left hanging
+            assert a.status_code == 200 or (a.status_code == 503 and "being unloaded" in a.text)
+        after = _post(r, "/v2/models/gpt/generate", {"input_ids": prompts[0]})
+        assert after.status_code == 404 and "no model 'gpt'" in after.json()["error"]
+    finally:
+        r.stop()

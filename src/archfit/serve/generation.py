@@ -67,6 +67,7 @@ class Scheduler:
         self.active: dict[int, Stream] = {}
         self.waiting: deque[Stream] = deque()
         self.cv = threading.Condition()
+        self.closing = False  # no new requests; what runs and waits is answered, then the loop ends
         self.stopped = False
         self.steps = 0  # decode steps run, and the rows they carried: the batch's fill
         self.rows_stepped = 0
@@ -99,25 +100,33 @@ class Scheduler:
         stream = Stream(prompt, config, logits_processors(config, ids, False, len(prompt), mask),
                         stopping_criteria(config, self.module.stop_tokenizer(config)), generator, loop, sequence=ids)
         with self.cv:
+            if self.closing:
+                raise OverflowError("the model is being unloaded or the server is stopping")
             if len(self.waiting) >= self.max_waiting:
                 raise OverflowError(f"{len(self.waiting)} requests wait for a row already")
             self.waiting.append(stream)
             self.cv.notify()
         return stream
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Answer what runs and what waits (new requests are refused), then stop; what is left
+        after `timeout` seconds ends with an error, as does a request on a stopped loop."""
+        with self.cv:
+            self.closing = True
+            self.cv.notify()
+        self.thread.join(timeout)
         with self.cv:
             self.stopped = True
             self.cv.notify()
-        self.thread.join(timeout=30)
+        self.thread.join(10)
 
     # -- the loop ------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             with self.cv:
-                while not self.stopped and not self.waiting and not self.active:
+                while not self.stopped and not self.closing and not self.waiting and not self.active:
                     self.cv.wait()
-                if self.stopped:
+                if self.stopped or (self.closing and not self.waiting and not self.active):
                     break
                 admitted = []
                 while self.waiting and self.free:
@@ -134,8 +143,12 @@ class Scheduler:
                 log.error("generation failed: %s: %s", type(e).__name__, e)
                 for slot in list(self.active):
                     self._end(slot, InputError(f"generation failed: {type(e).__name__}: {e}"))
+        with self.cv:
+            left, self.waiting = list(self.waiting), deque()
         for slot in list(self.active):
             self._end(slot, InputError("the server is stopping"))
+        for s in left:  # never admitted: their clients hear it too instead of waiting forever
+            s.put(InputError("the server is stopping"))
 
     def _prefill(self, slot: int, s: Stream) -> None:
         ids = torch.tensor([s.prompt])
