@@ -42,8 +42,11 @@ def served(tmp_path_factory):
     path = archfit.save(module, folder / "gpt2.archfit")
     from archfit.serve import Server, load_models
 
-    running = Running(Server(load_models([f"gpt={path}"])))
-    running.path = path
+    from conftest import free_port
+
+    grpc_port = free_port()
+    running = Running(Server(load_models([f"gpt={path}"]), grpc_address=f"127.0.0.1:{grpc_port}"))
+    running.path, running.grpc_url = path, f"127.0.0.1:{grpc_port}"
     yield running, model, module.text
     running.stop()
 
@@ -173,6 +176,15 @@ def test_infer_with_token_ids_through_tritonclient(served):
     out = running.client().infer("gpt", inputs, parameters={"max_new_tokens": 5}).as_numpy("output_ids")
     want = model.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=5)
     assert out.tolist() == want.tolist()
+    import tritonclient.grpc as grpcclient  # the same request over gRPC joins the same continuous batch
+
+    over_grpc = [grpcclient.InferInput("input_ids", list(ids.shape), "INT64"),
+                 grpcclient.InferInput("attention_mask", list(mask.shape), "INT64")]
+    over_grpc[0].set_data_from_numpy(ids)
+    over_grpc[1].set_data_from_numpy(mask)
+    client = grpcclient.InferenceServerClient(running.grpc_url)
+    assert client.infer("gpt", over_grpc, parameters={"max_new_tokens": 5}).as_numpy("output_ids").tolist() == \
+        want.tolist()
     # the batcher's queue policy does not apply to the continuous batch: said, not ignored
     from tritonclient.utils import InferenceServerException
 
