@@ -231,7 +231,11 @@ class BucketedModule(ArchfitModule):
             worst = max(self.safety, key=lambda s: s[2])
             lines.append(f"  padding-safe: outputs at real positions match eager at {len(self.safety)} padded "
                          f"length(s) (worst max abs error {worst[2]:.2e}, length {worst[0]} in bucket {worst[1]})")
-        if self.batch is not None:
+        if self.batch is not None and self.row_counts:
+            lines.append(f"dynamic batch: compiled at batch {self.batch} and at {', '.join(map(str, self.row_counts))} "
+                         f"row(s); larger batches run in chunks, a smaller one (or a last chunk) on the smallest that "
+                         f"holds it")
+        elif self.batch is not None:
             lines.append(f"dynamic batch: compiled at batch {self.batch}; larger batches run in chunks, smaller "
                          f"ones are padded")
         return "\n".join(lines)
