@@ -124,6 +124,27 @@ def test_typed_contents_answer_as_raw_bytes_do(running):
                                      "shape [1, 5] takes 5")
 
 
+def test_bytes_contents_keep_texts_and_binary_elements_as_raw_bytes_do():
+    """BYTES as typed contents: texts decoded, binary elements (an image's bytes) kept as sent,
+    the element count checked against the shape, as for raw bytes and HTTP's binary form."""
+    from archfit.errors import InputError
+    from archfit.serve.rpc import infer_request, messages
+
+    m = messages()
+
+    def request(values, shape):
+        return m.ModelInferRequest(model_name="x", inputs=[m.ModelInferRequest_InferInputTensor(
+            name="image", datatype="BYTES", shape=shape, contents=m.InferTensorContents(bytes_contents=values))])
+
+    texts = infer_request(request([b"a cat", b"two dogs"], [2])).inputs["image"]
+    assert list(texts) == ["a cat", "two dogs"] and texts.raw == [b"a cat", b"two dogs"]
+    png = b"\x89PNG\r\n\x1a\n\xff\x00"
+    images = infer_request(request([png], [1])).inputs["image"]
+    assert images.raw == [png] and list(images) == []  # not text: kept for an image front, refused by a text one
+    with pytest.raises(InputError, match="2 BYTES elements, shape \\[3\\] takes 3"):
+        infer_request(request([b"a", b"b"], [3]))
+
+
 def test_bad_requests_get_the_http_line_as_invalid_argument(running):
     c, h = grpcclient.InferenceServerClient(running.grpc_url), running.client()
     before = running.metrics()

@@ -134,6 +134,11 @@ def _parameter(p) -> object:
     return None if choice is None else getattr(p, choice)
 
 
+def _binary(entry: dict, index: int, data: bytes):
+    entry["parameters"] = {"binary_data_size": len(data)}
+    return tensor_from(entry, index, memoryview(data))
+
+
 def infer_request(msg) -> InferRequest:
     """A ModelInferRequest as the HTTP decoder's InferRequest, through the same per-tensor checks."""
     raw = list(msg.raw_input_contents)
@@ -148,19 +153,15 @@ def infer_request(msg) -> InferRequest:
         if raw:
             if t.HasField("contents"):
                 raise RequestError(f"input {t.name!r} has contents, and the request raw_input_contents: send one")
-            entry["parameters"] = {"binary_data_size": len(raw[i])}
-            name, value = tensor_from(entry, i, memoryview(raw[i]))
+            name, value = _binary(entry, i, raw[i])
+        elif t.datatype == "BYTES":  # as the binary form: elements stay bytes (images) or texts alike
+            packed = b"".join(len(v).to_bytes(4, "little") + v for v in t.contents.bytes_contents)
+            name, value = _binary(entry, i, packed)
         else:
             field = _CONTENTS.get(t.datatype)
             if field is None:
                 raise RequestError(f"input {t.name!r}: datatype {t.datatype!r} travels as raw_input_contents only")
-            data = list(getattr(t.contents, field))
-            if t.datatype == "BYTES":
-                try:
-                    data = [v.decode("utf-8") for v in data]
-                except UnicodeDecodeError:
-                    raise RequestError(f"input {t.name!r}: a BYTES element is not UTF-8 text") from None
-            entry["data"] = data
+            entry["data"] = list(getattr(t.contents, field))
             try:
                 name, value = tensor_from(entry, i, None, literals=t.datatype == "BOOL")
             except RequestError as e:  # the checks name JSON's field; this request has contents instead
