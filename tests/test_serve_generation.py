@@ -37,8 +37,9 @@ def served(tmp_path_factory):
             if p.dim() == 2:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
     model.save_pretrained(folder)
-    module = archfit.trace_generate(folder, "openvino", prompt_buckets=(8, 16), max_new_tokens=NEW, batch_size=SLOTS,
-                                    check_payoff=False, cache=False)
+    # decode steps at 1 and 3 rows: the server runs 3 cache rows, and 1 when one request runs alone
+    module = archfit.trace_generate(folder, "openvino", prompt_buckets=(8, 16), max_new_tokens=NEW, batch_size=1,
+                                    slots=SLOTS, check_payoff=False, cache=False)
     path = archfit.save(module, folder / "gpt2.archfit")
     from archfit.serve import Server, load_models
 
@@ -89,6 +90,35 @@ def test_more_clients_than_rows_each_get_their_own_greedy_tokens(served):
     assert metric_total(text, "archfit_time_to_first_token_seconds_count", model="gpt") >= len(prompts)
 
 
+def test_a_request_running_alone_moves_to_the_first_row_and_steps_on_one(served):
+    """With one request left in the batch, the scheduler moves it to row 0 (if it ran further up)
+    and steps it on the 1-row decode step; its tokens stay transformers' own."""
+    import asyncio
+
+    from archfit.serve.generation import Scheduler, collect
+
+    running, model, _text = served
+    module = archfit.load(running.path)
+    assert module.rows == (1, SLOTS)
+    g = torch.Generator().manual_seed(11)
+    short, long = (torch.randint(5, len(WORDS), (n,), generator=g).tolist() for n in (6, 9))
+
+    async def main():
+        sched = Scheduler(module, SLOTS)
+        loop = asyncio.get_running_loop()
+        with sched.cv:  # both queued before the loop admits either
+            first = sched.submit(short, {"max_new_tokens": 2}, loop)  # row 0, done after 2 tokens
+            second = sched.submit(long, {"max_new_tokens": NEW}, loop)  # row 1, then alone
+        try:
+            return await collect(first), await collect(second), sched
+        finally:
+            await asyncio.to_thread(sched.close)
+
+    a, b, sched = asyncio.run(main())
+    assert a == _want(model, short, max_new_tokens=2) and b == _want(model, long)
+    assert sched.moved == 1 and sched.steps_by_rows.get(1, 0) >= NEW - 3  # alone: on the 1-row step
+
+
 def test_stream_sends_each_token_as_made(served):
     running, model, text = served
     prompt = "the cat sees a bird"
@@ -110,7 +140,7 @@ def test_a_client_that_hangs_up_frees_its_row(served, monkeypatch):
     running, _model, _text = served
     sched = running.server.models["gpt"].scheduler
     step = sched.runner.step_all
-    monkeypatch.setattr(sched.runner, "step_all", lambda ids: (time.sleep(0.1), step(ids))[1])  # 10 tokens/s
+    monkeypatch.setattr(sched.runner, "step_all", lambda *a: (time.sleep(0.1), step(*a))[1])  # 10 tokens/s
     dropped = sched.dropped
     with requests.post(f"http://{running.url}/v2/models/gpt/generate_stream",
                        json={"input_ids": [5, 6, 7], "max_tokens": 20, "min_new_tokens": 20}, timeout=60,

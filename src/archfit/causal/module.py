@@ -204,19 +204,32 @@ class CacheRunner:
             v[rows, :, :width] = values[layer]
         self.lengths[rows] = lengths
 
-    def step_all(self, ids: torch.Tensor) -> torch.Tensor:
+    def step_all(self, ids: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         """One token for every row (ids (rows, 1)): logits (rows, vocab); each row's keys/values
         written at its length, which grows by one (a row already at the cache's end, a server row
-        without a request, overwrites the last slot)."""
-        logits, new_keys, new_values = self.step.graph_module(ids, self.lengths, *self.keys, *self.values)
-        rows = torch.arange(self.rows)
-        slots = self.lengths.clamp(max=self.module.capacity - 1)
+        without a request, overwrites the last slot). `rows`: only the first that many, on the
+        decode step compiled for them (the cache's first rows are contiguous views: no copy)."""
+        rows = rows or self.rows
+        step = self.step if rows == self.rows else self.module.steps[str(rows)]
+        lengths = self.lengths[:rows]
+        logits, new_keys, new_values = step.graph_module(ids, lengths, *(k[:rows] for k in self.keys),
+                                                         *(v[:rows] for v in self.values))
+        index = torch.arange(rows)
+        slots = lengths.clamp(max=self.module.capacity - 1)
         for layer, (k, v) in enumerate(zip(self.keys, self.values)):
             # two index tensors apart put the indexed dim first: (rows, heads, head dim)
-            k[rows, :, :, slots] = new_keys[layer, :, :, 0]
-            v[rows, :, slots] = new_values[layer, :, :, 0]
-        self.lengths += 1
+            k[index, :, :, slots] = new_keys[layer, :, :, 0]
+            v[index, :, slots] = new_values[layer, :, :, 0]
+        self.lengths[:rows] += 1
         return logits
+
+    def move(self, source: int, target: int) -> None:
+        """Row `source`'s keys, values and length into row `target` (the server compacting its rows)."""
+        n = int(self.lengths[source])
+        for k, v in zip(self.keys, self.values):
+            k[target, :, :, :n] = k[source, :, :, :n]
+            v[target, :, :n] = v[source, :, :n]
+        self.lengths[target] = n
 
     def __call__(self, ids: torch.Tensor, position: int) -> torch.Tensor:
         """The loop's model call (seq2seq/loop.py): the prefill's logits first, then decode steps."""

@@ -64,6 +64,11 @@ class Scheduler:
         self.on_end = on_end  # called with each stream that leaves the batch (the server's metrics)
         self.runner = CacheRunner(module, slots)
         self.free = list(range(slots))
+        # decode steps compiled for fewer rows: with few requests running, they move to the first
+        # rows and step on the smallest that holds them (a 1-row step costs less than an 8-row one)
+        self.row_counts = sorted(r for r in module.rows if r <= slots)
+        self.steps_by_rows: dict[int, int] = {}
+        self.moved = 0
         self.active: dict[int, Stream] = {}
         self.waiting: deque[Stream] = deque()
         self.cv = threading.Condition()
@@ -132,7 +137,9 @@ class Scheduler:
                 while self.waiting and self.free:
                     s = self.waiting.popleft()
                     if not s.cancelled:
-                        admitted.append((self.free.pop(0), s))
+                        slot = min(self.free)  # the lowest row: running requests stay in the first rows
+                        self.free.remove(slot)
+                        admitted.append((slot, s))
             try:
                 for slot, s in admitted:  # prefill interleaved with steps: joins at the next token
                     self._prefill(slot, s)
@@ -158,10 +165,19 @@ class Scheduler:
         self._choose(slot, s, logits[0])
 
     def _step(self) -> None:
-        ids = torch.zeros(self.slots, 1, dtype=torch.long)  # rows without a request: any id in the table
+        rows = next(r for r in self.row_counts if r >= len(self.active))
+        for slot in sorted(s for s in self.active if s >= rows):  # into the first rows (free ones there)
+            target = min(f for f in self.free if f < rows)
+            self.runner.move(slot, target)
+            self.active[target] = self.active.pop(slot)
+            self.free.remove(target)
+            self.free.append(slot)
+            self.moved += 1
+        ids = torch.zeros(rows, 1, dtype=torch.long)  # rows without a request: any id in the table
         for slot, s in self.active.items():
             ids[slot, 0] = s.made[-1]
-        logits = self.runner.step_all(ids)
+        logits = self.runner.step_all(ids, rows)
+        self.steps_by_rows[rows] = self.steps_by_rows.get(rows, 0) + 1
         self.steps += 1
         self.rows_stepped += len(self.active)
         for slot, s in list(self.active.items()):
