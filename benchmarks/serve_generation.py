@@ -2,7 +2,9 @@
 file, 32 requests with prompt and output lengths drawn from a fixed distribution, 8 concurrent
 clients over HTTP (KServe v2 generate_stream), the same server and file run two ways in one process:
 
-- continuous batching: 8 cache rows, a request joins the running batch at the next step;
+- continuous batching: 8 cache rows, a request joins the running batch at the next step; the
+  running requests step on the smallest decode step compiled that holds them (1 or 8 rows; more
+  with --step-rows 2 4);
 - one generation at a time: 1 cache row (the same file's 1-row decode step), requests queue.
 
 Reports total generated tokens/s, and time to first token (TTFT: request sent to first streamed
@@ -102,6 +104,9 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--port", type=int, default=8931)
+    p.add_argument("--step-rows", type=int, nargs="*", default=[],
+                   help="decode steps compiled beside 1 and --clients rows (the server steps on the smallest "
+                        "that holds its running requests)")
     args = p.parse_args()
     torch.set_num_threads(2)
     model = zoo.build(args.model)[0].model.eval()
@@ -112,7 +117,8 @@ def main() -> None:
         path = Path(tmp) / "gpt.archfit"
         t0 = time.perf_counter()
         module = archfit.trace_generate(model, "openvino", prompt_buckets=(32, 64, 128), max_new_tokens=128,
-                                        batch_size=1, slots=args.clients, precision=args.precision,
+                                        batch_size=1, slots=args.clients, step_rows=tuple(args.step_rows),
+                                        precision=args.precision,
                                         validation=validation, progress=lambda m: print("  " + m, flush=True))
         archfit.save(module, path)
         print(f"compiled in {time.perf_counter() - t0:.0f} s: {module.summary()}", flush=True)

@@ -15,14 +15,16 @@ from .parts import DecodeStep, Prefill, cache_shape, check_causal
 
 
 def trace_generate(model, target="openvino", *, prompt_buckets=(32, 64, 128), max_new_tokens: int = 128,
-                   batch_size: int = 1, num_beams: int = 1, slots: int | None = None, precision: str | None = None,
+                   batch_size: int = 1, num_beams: int = 1, slots: int | None = None, step_rows=(),
+                   precision: str | None = None,
                    cache: bool = True, check_payoff: bool = True, validate: bool = True, progress=None,
                    accuracy: str | Accuracy | None = None, validation=None) -> CausalLMModule:
     """Compile a transformers decoder-only language model (GPT-2, OPT, Llama, Qwen2, ... or a
     text-generation directory on disk) for generation, as Neuron's inference library does: a
     prefill per prompt-length bucket (any number of rows; it writes the prompt's keys/values)
     and one decode step per row count (batch_size, batch_size * num_beams, and `slots` for a
-    server's continuous batch) over a key/value cache of largest bucket + max_new_tokens slots.
+    server's continuous batch, and `step_rows`: more row counts, on which the server steps when
+    fewer requests run) over a key/value cache of largest bucket + max_new_tokens slots.
     accuracy: a task gate for the decode step (e.g. "tokens"); the prefill keeps the
     elementwise tolerance. precision="int8w" (int8 weights, OpenVINO) applies to the decode step,
     whose time is reading its weights; the prefill, bound by arithmetic, runs bf16 where the CPU
@@ -59,7 +61,7 @@ def trace_generate(model, target="openvino", *, prompt_buckets=(32, 64, 128), ma
                     precision=_prefill_precision(target, precision) if lossy else precision, **common)
     layers, heads, head_dim = cache_shape(model)
     steps = {}
-    for rows in sorted({batch_size, batch_size * num_beams} | ({slots} if slots else set())):
+    for rows in sorted({batch_size, batch_size * num_beams} | ({slots} if slots else set()) | set(step_rows)):
         if progress is not None:
             progress(f"compiling the decode step for {rows} rows")
         step_example = (torch.full((rows, 1), 5, dtype=torch.long), torch.arange(rows) % top + 1,

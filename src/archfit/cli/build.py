@@ -86,9 +86,9 @@ _BATCH = typer.Option(None, help="With --dynamic-batch: the batch compiled (rows
     "example's. `archfit serve` fills it with requests. With "
     "--generate: the rows of the decode step (a server's "
     "continuous batch), besides one.")
-_BATCH_SIZES = typer.Option(None, "--batch-sizes", help="With --dynamic-batch (or --pack-rows): smaller row counts "
-    "compiled too (e.g. 1,2 beside --batch 4): a partial batch, a server's included, runs on the smallest that holds "
-    "it.")
+_BATCH_SIZES = typer.Option(None, "--batch-sizes", help="With --dynamic-batch (or --pack-rows, or --generate for a "
+    "decoder-only model): smaller row counts compiled too (e.g. 1,2 beside --batch 4): a partial batch, a server's "
+    "included, runs on the smallest that holds it.")
 _PACK = typer.Option(None, "--pack", help="Encoders: pack several sequences into rows of "
     "this many tokens (row lengths: --buckets, or chosen from --lengths).")
 _PACK_ROWS = typer.Option(1, help="With --pack: rows per engine call.")
@@ -166,7 +166,7 @@ def compile_(model: str = _MODEL,
         check_output_path(path)
     if generate:
         return _compile_seq2seq(model, tiny, output, target, precision, source_buckets, max_new_tokens, num_beams,
-                                not no_cache, as_json, html, compare, accuracy, batch or 1)
+                                not no_cache, as_json, html, compare, accuracy, batch or 1, _row_counts(batch_sizes))
     mod, inputs, name = load_model(model, tiny, shape, task, length, weights)
     if batch is not None:
         inputs = with_batch(inputs, batch, dynamic_batch)
@@ -242,7 +242,7 @@ def declared_gate(model: str) -> str | None:
 
 def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, source_buckets: str, max_new_tokens: int,
                      num_beams: int, cache: bool, as_json: bool, html: Path | None = None, compare: bool = True,
-                     accuracy: str | None = None, batch: int = 1) -> None:
+                     accuracy: str | None = None, batch: int = 1, step_rows: tuple[int, ...] = ()) -> None:
     """compile --generate: a seq2seq model (encoder buckets + decoder step) or a decoder-only one
     (prefill buckets + decode step), by what the model is; `batch`: rows of the decode step
     (the cache rows `archfit serve` runs a continuous batch in), besides one."""
@@ -271,8 +271,8 @@ def _compile_seq2seq(model: str, tiny: bool, output, target: str, precision, sou
     with progress_line(not as_json) as progress:
         if causal:
             compiled = trace_generate(hf, target, prompt_buckets=buckets, num_beams=num_beams, slots=batch,
-                                      max_new_tokens=max_new_tokens, precision=precision, cache=cache,
-                                      progress=progress, accuracy=accuracy)
+                                      step_rows=step_rows, max_new_tokens=max_new_tokens, precision=precision,
+                                      cache=cache, progress=progress, accuracy=accuracy)
         else:
             compiled = trace_seq2seq(hf, target, source_buckets=buckets, num_beams=num_beams, batch_size=batch,
                                      max_new_tokens=max_new_tokens, precision=precision, cache=cache,
