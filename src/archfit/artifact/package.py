@@ -146,7 +146,7 @@ def save(module: ArchfitModule, path: str | os.PathLike) -> Path:
     if module.text is not None:  # compiled from a directory: its tokenizer (JSON data) and task
         manifest["text"] = module.text.to_dict()
         files[TOKENIZER] = module.text.tokenizer.encode()
-    if getattr(module, "image", None) is not None:  # compiled from an image directory: its processor (JSON data)
+    if module.image is not None:  # compiled from an image directory: its processor (JSON data)
         manifest["image"] = module.image.to_dict()
     return container.write(path, manifest, files)
 

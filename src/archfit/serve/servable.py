@@ -186,7 +186,7 @@ def servable(name: str, module: ArchfitModule, text: bool = True) -> Servable:
     if adapter is None:
         raise InputError(f"model {name!r}: a {module.kind!r} file cannot be served on its own (it runs inside the "
                          f"user's model code); serve a file traced whole, with buckets, packing or generation")
-    front = module.text if module.text is not None else getattr(module, "image", None)
+    front = module.text or module.image
     if text and front is not None and not front.task.endswith("generation"):  # generators take ids
         from .text import TextServable
 

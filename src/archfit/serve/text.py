@@ -38,7 +38,7 @@ class TextServable(Servable):
 
     def _outputs(self) -> list[TensorMeta]:
         text = self.text
-        if getattr(text, "embedding", False):
+        if text.embedding:
             encoding = text.encode(["a"])[0]
             probe = self.inner.run_items([self.inner.prepare(text.feed(encoding, self.inner.fixed_length()))])
             return [TensorMeta("embedding", "FP32", (-1, text.answer(probe[0], encoding).shape[-1]))]
@@ -83,7 +83,7 @@ class TextServable(Servable):
         return self.run(items)[0]  # every text of the chunk at once: the inner kind groups them by bucket
 
     def _tensors(self, answers: list) -> dict:
-        if getattr(self.text, "embedding", False):
+        if self.text.embedding:
             return {"embedding": torch.from_numpy(np.stack(answers))}
         if self.text.task in ("text-classification", "image-classification"):
             return {"label": Strings([a["label"] for a in answers], (len(answers),)),

@@ -44,7 +44,7 @@ _ARCHITECTURE_TASKS = (("ForSequenceClassification", "text-classification"),
                        ("Model", "feature-extraction"))
 _OUTPUTS = {"feature-extraction": "last_hidden_state", "fill-mask": "logits", "text-classification": "logits",
             "token-classification": "logits"}
-_POOLING = ("cls", "max", "mean", "mean_sqrt_len_tokens")  # sentence-transformers' order when several are on
+POOLING = ("cls", "max", "mean", "mean_sqrt_len_tokens")  # sentence-transformers' order when several are on
 
 
 def is_directory(path: Any) -> bool:
@@ -88,10 +88,7 @@ class TaskModel(torch.nn.Module):
         return {"embedding": self.embed(out.last_hidden_state, attention_mask)}
 
     def embed(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = pool(tokens, attention_mask, self.pooling)
-        if self.dense is not None:
-            out = self.dense(out)
-        return torch.nn.functional.normalize(out, p=2, dim=1) if self.normalize else out
+        return sentence_embedding(tokens, attention_mask, self.pooling, self.normalize, self.dense)
 
     def tokens_only(self) -> "TaskModel":
         """The encoder with its token states out, the pooling left to the host: packed rows hold
@@ -102,8 +99,10 @@ class TaskModel(torch.nn.Module):
         return TaskModel(self.model, "feature-extraction")
 
 
-def pool(tokens: torch.Tensor, attention_mask: torch.Tensor, modes: tuple[str, ...]) -> torch.Tensor:
-    """sentence-transformers' Pooling: masked, its modes concatenated in its order."""
+def sentence_embedding(tokens: torch.Tensor, attention_mask: torch.Tensor, modes: tuple[str, ...], normalize: bool,
+                       dense: torch.nn.Module | None = None) -> torch.Tensor:
+    """sentence-transformers' Pooling (masked, its modes concatenated in its order), then its Dense
+    and Normalize: in the graph (TaskModel), or per text on the host for packed rows (text/io.py)."""
     mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
     count = mask.sum(1).clamp(min=1e-9)
     parts = []
@@ -115,7 +114,10 @@ def pool(tokens: torch.Tensor, attention_mask: torch.Tensor, modes: tuple[str, .
         else:
             total = (tokens * mask).sum(1)
             parts.append(total / (count if mode == "mean" else count.sqrt()))
-    return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+    out = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+    if dense is not None:
+        out = dense(out)
+    return torch.nn.functional.normalize(out, p=2, dim=1) if normalize else out
 
 
 def read_directory(path: str | os.PathLike, task: str | None = None, length: int | None = None,
@@ -346,13 +348,13 @@ def _pooling(config: dict, folder: Path) -> tuple[str, ...]:
         modes = (modes,) if isinstance(modes, str) else tuple(modes)
         modes = tuple("mean_sqrt_len_tokens" if m == "mean_sqrt_len" else m for m in modes)
     else:
-        modes = tuple(m for m in _POOLING if config.get(f"pooling_mode_{m}" + ("_token" if m == "cls" else
+        modes = tuple(m for m in POOLING if config.get(f"pooling_mode_{m}" + ("_token" if m == "cls" else
                                                                                  "" if m == "mean_sqrt_len_tokens"
                                                                                  else "_tokens")))
-    unknown = [m for m in modes if m not in _POOLING]
+    unknown = [m for m in modes if m not in POOLING]
     if unknown or not modes:
         raise ModelError(f"{folder}/config.json: pooling {unknown or 'none'} is not one archfit computes "
-                         f"({', '.join(_POOLING)})")
+                         f"({', '.join(POOLING)})")
     return modes
 
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import ArtifactError, InputError, ModelError
+from .io import label_scores
 
 MAX_PROCESSOR_BYTES = 1 << 20
 MAX_IMAGE_BYTES = 64 << 20
@@ -35,6 +36,7 @@ class ImageIO:
     labels: tuple[str, ...]
     multi_label: bool = False
     threshold: float = 0.5  # object-detection: detections scored below it are left out (transformers' pipeline's)
+    embedding = False  # the text front's field, for code that reads either front (serve/text.py)
 
     @property
     def answer_name(self) -> str:
@@ -108,11 +110,7 @@ class ImageIO:
             return [{"label": self.labels[int(label)], "score": float(score),
                      "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), (float(v) for v in box)))}
                     for score, label, box in zip(found["scores"], found["labels"], found["boxes"])]
-        logits = outputs["logits"][0].float()
-        p = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1)
-        best = int(p.argmax())
-        return {"label": self.labels[best], "score": float(p[best]),
-                "scores": {label: float(s) for label, s in zip(self.labels, p)}}
+        return label_scores(outputs["logits"][0].float(), self.labels, self.multi_label)
 
     def run(self, module, values: Sequence[Any]) -> list[dict]:
         """Answers of `module` for images `values`, one engine call per image."""

@@ -131,34 +131,24 @@ class TextIO:
         """One text's answer from its row of the module's outputs."""
         n = len(encoding.ids)
         if self.embedding and self.pooling:  # pooled here: the module gave this text's token states
-            from .directory import pool
+            from .directory import sentence_embedding
 
             tokens = outputs["last_hidden_state"][:, :n].float()
-            out = pool(tokens, torch.ones(tokens.shape[:2]), self.pooling)
-            return (torch.nn.functional.normalize(out, p=2, dim=1) if self.normalize else out)[0].numpy()
+            return sentence_embedding(tokens, torch.ones(tokens.shape[:2]), self.pooling, self.normalize)[0].numpy()
         if self.embedding:
             return outputs["embedding"][0].float().numpy()
         if self.task == "feature-extraction":
             return outputs["last_hidden_state"][0, :n].float().numpy()
         if self.task == "text-classification":
-            return self._label(outputs["logits"][0].float())
+            return label_scores(outputs["logits"][0].float(), self.labels, self.multi_label)
         if self.task == "token-classification":
             return self._token_labels(outputs["logits"][0, :n].float(), encoding)
         if self.task == "fill-mask":
             return self._masks(outputs["logits"][0, :n].float(), encoding)
         return self._span(outputs["start_logits"][0, :n].float(), outputs["end_logits"][0, :n].float(), encoding)
 
-    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1)
-
-    def _label(self, logits: torch.Tensor) -> dict:
-        p = self._probabilities(logits)
-        best = int(p.argmax())
-        return {"label": self.labels[best], "score": float(p[best]),
-                "scores": {label: float(s) for label, s in zip(self.labels, p)}}
-
     def _token_labels(self, logits: torch.Tensor, encoding) -> list[dict]:
-        p = self._probabilities(logits)
+        p = probabilities(logits, self.multi_label)
         out = []
         for i, (token, special) in enumerate(zip(encoding.tokens, encoding.special_tokens_mask)):
             if special:
@@ -205,6 +195,8 @@ class TextIO:
 
     @classmethod
     def from_file(cls, value: Any, tokenizer: bytes | None, source: str) -> "TextIO":
+        from .directory import POOLING
+
         fields = {"task": str, "inputs": list, "max_length": int, "pad_id": int, "labels": list,
                   "multi_label": bool, "embedding": bool, "truncate": bool}
         later = {"pooling": list, "normalize": bool}  # fields newer files have; older ones take the defaults
@@ -212,7 +204,7 @@ class TextIO:
                 or any(not isinstance(value.get(k), t) for k, t in fields.items())
                 or any(k in value and not isinstance(value[k], t) for k, t in later.items())
                 or not set(value["inputs"]) <= {"input_ids", "attention_mask", "token_type_ids"}
-                or not set(value.get("pooling", ())) <= {"cls", "max", "mean", "mean_sqrt_len_tokens"}
+                or not set(value.get("pooling", ())) <= set(POOLING)
                 or not all(isinstance(x, str) for x in value["labels"])):
             raise ArtifactError(f"{source}: its text front (tokenizer and task) is malformed; save the model again")
         try:
@@ -222,6 +214,17 @@ class TextIO:
             raise ArtifactError(f"{source}: its tokenizer is not JSON; save the model again") from None
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items() if k in fields or k in later},
                    tokenizer=text)
+
+
+def probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, -1)
+
+
+def label_scores(logits: torch.Tensor, labels: Sequence[str], multi_label: bool) -> dict:
+    """A classifier's answer, text's or image's: its label, its score and every label's score."""
+    p = probabilities(logits, multi_label)
+    best = int(p.argmax())
+    return {"label": labels[best], "score": float(p[best]), "scores": {label: float(s) for label, s in zip(labels, p)}}
 
 
 def plain(value):
