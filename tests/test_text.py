@@ -71,7 +71,7 @@ def test_cli_run_prints_one_embedding_per_text(bucketed_file, reference, tmp_pat
 def test_server_answers_bytes_texts_with_their_embeddings(bucketed_file, reference):
     import tritonclient.http as http
 
-    from archfit.serve.app import Server, load_models
+    from archfit.serve import Server, load_models
 
     running = Running(Server(load_models([f"encoder={bucketed_file}"]), max_delay_ms=1))
     try:
@@ -97,7 +97,7 @@ def test_packed_file_pools_each_text_on_its_own(st_dir, reference, tmp_path):
     Normalize run on its own tokens (pooling over a row would mix texts)."""
     import tritonclient.http as http
 
-    from archfit.serve.app import Server, load_models
+    from archfit.serve import Server, load_models
 
     out = tmp_path / "packed.archfit"
     r = cli("compile", str(st_dir), "--pack", "48", "--pack-rows", "2", "-o", str(out), "--no-compare")
@@ -220,7 +220,7 @@ def test_image_directory_takes_images_through_its_processor(tmp_path):
     import tritonclient.http as http
     from tritonclient.utils import InferenceServerException
 
-    from archfit.serve.app import Server, load_models
+    from archfit.serve import Server, load_models
 
     running = Running(Server(load_models([f"vit={f}"]), max_delay_ms=1))
     try:  # KServe v2 BYTES: each element an image file's bytes

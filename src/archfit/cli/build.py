@@ -164,9 +164,10 @@ def compile_(model: str = _MODEL,
 
     for path in filter(None, (output, html)):  # before any work: a bad path found after a long compile loses it
         check_output_path(path)
+    row_counts = _row_counts(batch_sizes)
     if generate:
         return _compile_seq2seq(model, tiny, output, target, precision, source_buckets, max_new_tokens, num_beams,
-                                not no_cache, as_json, html, compare, accuracy, batch or 1, _row_counts(batch_sizes))
+                                not no_cache, as_json, html, compare, accuracy, batch or 1, row_counts)
     mod, inputs, name = load_model(model, tiny, shape, task, length, weights)
     if batch is not None:
         inputs = with_batch(inputs, batch, dynamic_batch)
@@ -174,8 +175,8 @@ def compile_(model: str = _MODEL,
         vary = [f"{n}:1" for n in mod.text.inputs]
     if pack is not None:
         spec, packing = None, packing_of(pack, pack_rows, pack_output, pool, vary, buckets, lengths, max_buckets,
-                                         _row_counts(batch_sizes))
-        batch_sizes = None  # the packed rows' counts, not a dynamic batch's
+                                         row_counts)
+        row_counts = ()  # the packed rows' counts, not a dynamic batch's
     else:
         spec, packing = buckets_of(vary, buckets, lengths, max_buckets, pad), None
     sets = {k: read_sets(path, torch_module(mod), inputs, f"--{k}") for k, path in (("calibration", calibration),
@@ -185,7 +186,7 @@ def compile_(model: str = _MODEL,
                          require_full=require_full, min_partition_size=min_partition_size, check_payoff=payoff,
                          cache=not no_cache, progress=progress, name=name, buckets=spec,
                          dynamic_batch=dynamic_batch, packing=packing, accuracy=accuracy or declared_gate(model),
-                         batch_sizes=_row_counts(batch_sizes),
+                         batch_sizes=row_counts,
                          per_partition=per_partition, calibration=sets.get("calibration"),
                          validation_inputs=sets.get("validation"))
     if output is not None:

@@ -19,7 +19,7 @@ from ..errors import ArchfitError, InputError, first_line
 from .batcher import Batcher, Expired, Overloaded, TooManyRows, queue_policy
 from .metrics import Metrics
 from .protocol import HEADER, InferRequest, RequestError, decode, encode
-from .repository import Repository, load_models, model_files
+from .repository import Repository, directory_files, load_file, model_files
 from .servable import Servable
 
 _MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
@@ -368,8 +368,8 @@ def run(specs: list[str], host: str = "127.0.0.1", port: int = 8000, max_delay_m
     engine_threads(threads, streams)
     files = model_files(specs)
     if repository is not None:  # every NAME.archfit there, beside the files named (which win a clash)
-        files = {**{p.name[:-len(".archfit")]: p for p in sorted(Path(repository).glob("*.archfit"))}, **files}
-    server = Server(load_models([f"{n}={p}" for n, p in files.items()]), max_delay_ms, max_queue,
+        files = {**directory_files(Path(repository)), **files}
+    server = Server({name: load_file(name, path) for name, path in files.items()}, max_delay_ms, max_queue,
                     int(max_body_mb * (1 << 20)), streams, slots,
                     grpc_address=None if grpc_port is None else f"{host}:{grpc_port}", timeouts=timeouts,
                     body_timeout=body_timeout, files=files, repository=None if repository is None else Path(repository))

@@ -231,14 +231,13 @@ class CausalServable(Servable):
         return self.slots or max(self.module.rows)
 
     def warm_up(self) -> None:  # every prompt bucket's prefill, and the decode step at each row count
-        from ..causal.module import CacheRunner
-
         with torch.no_grad():
             for size in self.module.prefill.sizes:
                 self.module.prefill(input_ids=torch.ones((1, size), dtype=torch.long),
                                     attention_mask=torch.ones((1, size), dtype=torch.long))
+            runner = CacheRunner(self.module, max(self.module.rows))  # one cache: each step takes its first rows
             for rows in self.module.rows:
-                CacheRunner(self.module, rows).step_all(torch.ones((rows, 1), dtype=torch.long))
+                runner.step_all(torch.ones((rows, 1), dtype=torch.long), rows)
 
     def start(self, slots: int | None = None, metrics=None) -> None:
         if self.scheduler is None:

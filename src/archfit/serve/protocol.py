@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -230,11 +231,15 @@ def tensor_from(entry: dict, index: int, raw: memoryview | None,
     return name, value
 
 
+def pack_bytes(values: Sequence[bytes]) -> bytes:
+    """BYTES elements in the binary form: each one's 4-byte little-endian length, then its bytes."""
+    return b"".join(len(v).to_bytes(4, "little") + v for v in values)
+
+
 def raw_tensor(value: torch.Tensor | Strings) -> tuple[str, list[int], bytes]:
-    """An output's datatype, shape and binary data (BYTES: each element's 4-byte little-endian length,
-    then its UTF-8 bytes; BF16 as its 2-byte patterns)."""
+    """An output's datatype, shape and binary data (BYTES in the binary form; BF16 as its 2-byte patterns)."""
     if isinstance(value, Strings):
-        return "BYTES", list(value.shape), b"".join(len(b).to_bytes(4, "little") + b for b in (v.encode() for v in value))
+        return "BYTES", list(value.shape), pack_bytes(value.raw)
     t = value.detach().contiguous()
     return datatype(t.dtype), list(t.shape), (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
 

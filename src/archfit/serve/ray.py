@@ -18,7 +18,8 @@ class Replica:
 
     def __init__(self, specs: list[str], threads: int | None = None, max_delay_ms: float = 5.0,
                  max_queue: int = 256, max_body: int = 64 << 20, timeouts: dict | None = None):
-        from .app import Server, engine_threads, load_models
+        from .app import Server, engine_threads
+        from .repository import load_models
 
         engine_threads(threads)
         self.server = Server(load_models(specs), max_delay_ms, max_queue, max_body, timeouts=timeouts,
@@ -42,7 +43,7 @@ def application(specs: list[str], replicas: int = 2, threads: int | None = 1, ma
         from ray import serve
     except ImportError as e:
         raise InputError("serving on Ray needs Ray Serve: pip install 'archfit[serve]'") from e
-    from .app import model_files
+    from .repository import model_files
 
     files = model_files(specs)
     missing = [str(p) for p in files.values() if not p.is_file()]

@@ -51,12 +51,22 @@ def queue_timeouts(specs: list[str]) -> dict[str, float]:
     return out
 
 
-def load_models(specs: list[str]) -> dict:
-    """{name: Servable} for the files `specs` name (each loaded and warmed up)."""
+def load_file(name: str, path: Path):
+    """The file at `path`, loaded and made a Servable named `name` (warmed up)."""
     from ..artifact import load
     from .servable import servable
 
-    return {name: servable(name, load(path)) for name, path in model_files(specs).items()}
+    return servable(name, load(path))
+
+
+def load_models(specs: list[str]) -> dict:
+    """{name: Servable} for the files `specs` name."""
+    return {name: load_file(name, path) for name, path in model_files(specs).items()}
+
+
+def directory_files(directory: Path) -> dict[str, Path]:
+    """{NAME: path} of the NAME.archfit files in a repository directory."""
+    return {p.name[:-len(SUFFIX)]: p for p in sorted(directory.glob(f"*{SUFFIX}"))}
 
 
 @dataclass
@@ -83,7 +93,7 @@ class Repository:
     def index(self, ready_only: bool = False) -> list[Entry]:
         names = set(self.files) | set(self.server.models) | set(self.reasons)
         if self.directory is not None:
-            names |= {p.name[:-len(SUFFIX)] for p in self.directory.glob(f"*{SUFFIX}")}
+            names |= set(directory_files(self.directory))
         out = []
         for name in sorted(names):
             if name in self.reasons:
@@ -99,7 +109,6 @@ class Repository:
     async def load(self, name: str) -> None:
         """Load (or replace) `name` from its file; raises Refused with the reason."""
         from .app import Refused
-        from .servable import servable
 
         path = self.file(name) if NAME.match(name) else None
         if path is None:
@@ -109,15 +118,12 @@ class Repository:
         async with self.lock:
             self.reasons[name] = Entry(name, "LOADING")
             try:
-                from ..artifact import load
-
-                served = await asyncio.to_thread(lambda: servable(name, load(path)))
-            except (ArchfitError, OSError) as e:
-                self.reasons[name] = Entry(name, "UNAVAILABLE", f"load failed: {first_line(e)}")
-                raise Refused(400, f"load {name!r} from {path}: {first_line(e)}") from e
+                served = await asyncio.to_thread(load_file, name, path)
             except Exception as e:  # noqa: BLE001 - a file our loader could not read: said, the server goes on
-                self.reasons[name] = Entry(name, "UNAVAILABLE", f"load failed: {type(e).__name__}: {first_line(e)}")
-                raise Refused(400, f"load {name!r} from {path}: {type(e).__name__}: {first_line(e)}") from e
+                # archfit's errors and the OS's are one line already; anything else is named by its type
+                why = first_line(e) if isinstance(e, (ArchfitError, OSError)) else f"{type(e).__name__}: {first_line(e)}"
+                self.reasons[name] = Entry(name, "UNAVAILABLE", f"load failed: {why}")
+                raise Refused(400, f"load {name!r} from {path}: {why}") from e
             old = await self.server.swap(name, served)
             del self.reasons[name]
         if old is not None:

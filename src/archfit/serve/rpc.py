@@ -17,7 +17,7 @@ import torch
 
 from .._version import __version__
 from ..errors import InputError
-from .protocol import InferRequest, RequestError, Strings, raw_tensor, tensor_from
+from .protocol import InferRequest, RequestError, Strings, pack_bytes, raw_tensor, tensor_from
 
 _TENSOR_META = [("name", 1, "string"), ("datatype", 2, "string"), ("shape", 3, "*int64")]
 # message -> [(field, number, type)]; "*T" repeated, "map:T" map<string, T>, "T|choice" in oneof `choice`;
@@ -155,8 +155,7 @@ def infer_request(msg) -> InferRequest:
                 raise RequestError(f"input {t.name!r} has contents, and the request raw_input_contents: send one")
             name, value = _binary(entry, i, raw[i])
         elif t.datatype == "BYTES":  # as the binary form: elements stay bytes (images) or texts alike
-            packed = b"".join(len(v).to_bytes(4, "little") + v for v in t.contents.bytes_contents)
-            name, value = _binary(entry, i, packed)
+            name, value = _binary(entry, i, pack_bytes(list(t.contents.bytes_contents)))
         else:
             field = _CONTENTS.get(t.datatype)
             if field is None:

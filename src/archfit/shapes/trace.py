@@ -49,25 +49,27 @@ class _Inputs:
             out.append(t.contiguous())
         return out
 
+    def padded(self, flat: Sequence[torch.Tensor], size: int | None) -> list[torch.Tensor]:
+        """Flat inputs with the varying dims padded with the pad values (or cut) to `size`, as a
+        bucketed module pads a call (unlike `at`, which repeats the example's values)."""
+        from .dispatch import resize
+
+        if size is None:
+            return list(flat)
+        return [resize(t, self.varying[i], size, self.pad[self.names[i]]) if i in self.varying else t
+                for i, t in enumerate(flat)]
+
     def sets_at(self, sets: Any, size: int | None, batch: int | None, what: str) -> list | None:
-        """Input sets (calibration, validation) at a bucket's shapes: the varying dims padded with
-        the pad values (or cut) to `size`, dim 0 at `batch` (rows repeated or cut) when the batch
-        is compiled too. None stays None."""
+        """Input sets (calibration, validation) at a bucket's shapes: padded (or cut) to `size`,
+        dim 0 at `batch` (rows repeated or cut) when the batch is compiled too. None stays None."""
         if sets is None:
             return None
         from ..core.sets import input_sets
-        from .dispatch import resize
 
         out = []
         for flat in input_sets(sets, self.spec, what):
-            fitted = []
-            for i, t in enumerate(flat):
-                if size is not None and i in self.varying:
-                    t = resize(t, self.varying[i], size, self.pad[self.names[i]])
-                if batch is not None and t.dim():
-                    t = _tile(t, 0, batch)
-                fitted.append(t.contiguous())
-            out.append(self.structured(fitted))
+            fitted = [_tile(t, 0, batch) if batch is not None and t.dim() else t for t in self.padded(flat, size)]
+            out.append(self.structured([t.contiguous() for t in fitted]))
         return out
 
     def structured(self, flat: Sequence[torch.Tensor]) -> Any:
@@ -136,7 +138,7 @@ def _check_padding(model, module: BucketedModule, inputs: _Inputs, sizes: tuple[
     precision (int8: judged by its gate, never elementwise) padding safety, a property of the
     model, is checked on eager PyTorch padded as the module pads, at float tolerance."""
     from ..targets.base import LOSSY
-    from .dispatch import cut, resize
+    from .dispatch import cut
 
     checks = []
     out_names = output_names(module.out_spec, len(module.padding.follow))
@@ -148,10 +150,8 @@ def _check_padding(model, module: BucketedModule, inputs: _Inputs, sizes: tuple[
         flat = inputs.at(length)
         want = inputs.call(model, flat)
         if lossy:
-            padded = [resize(t, inputs.varying[i], bucket, inputs.pad[inputs.names[i]]) if i in inputs.varying else t
-                      for i, t in enumerate(flat)]
             got = [cut(o, f, length) if isinstance(o, torch.Tensor) else o
-                   for o, f in zip(inputs.call(model, padded), module.padding.follow)]
+                   for o, f in zip(inputs.call(model, inputs.padded(flat, bucket)), module.padding.follow)]
         else:
             got = inputs.call(module, flat)
         worst = 0.0
@@ -206,14 +206,15 @@ def trace_buckets(trace_one: Callable, model: torch.nn.Module, example_inputs: A
     for s in sizes:
         if progress is not None and s is not None:
             progress(f"bucket {s} ({sizes.index(s) + 1}/{len(sizes)})")
+        key = s if s is not None else 0
         for rows in [full, *smaller]:
             flat = inputs.at(s, None if rows == full else rows)
             at_bucket = {k: inputs.sets_at(v, s, rows, k) for k, v in (sets or {}).items()}
             compiled = trace_one(inputs.structured(flat), **at_bucket)
             if rows == full:
-                modules[s if s is not None else 0] = compiled
+                modules[key] = compiled
             else:
-                fewer[(s if s is not None else 0, rows)] = compiled
+                fewer[(key, rows)] = compiled
     if buckets is None:
         follow = tuple(() for _ in batch_follow)
     padding = Padding({n: int(d) for n, d in (buckets.dims if buckets else {}).items()},
