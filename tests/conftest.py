@@ -216,3 +216,14 @@ def metric_total(text: str, name: str, **labels) -> float:
     want = [f'{k}="{v}"' for k, v in labels.items()]
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name + "{") and all(w in line for w in want))
+
+
+def budget_servable(budget: int):
+    """A packed servable with a budget (tokens one engine call holds) and no module: the
+    batcher's grouping rule alone, for tests of the batcher."""
+    from archfit.serve.adapters import PackedServable
+
+    def __init__(self):
+        self.name = "m"
+
+    return type("Budget", (PackedServable,), {"__init__": __init__, "budget": budget})()

@@ -19,7 +19,7 @@ import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
 import archfit
-from conftest import Running, cli, free_port, metric_total, settle
+from conftest import Running, budget_servable, cli, free_port, metric_total, settle
 
 
 @pytest.fixture(scope="module")
@@ -308,18 +308,11 @@ def test_a_packed_group_is_what_one_engine_call_holds():
 
     from archfit.serve.batcher import Batcher, Pending
     from archfit.serve.metrics import Metrics
-    from archfit.serve.adapters import PackedServable
     from archfit.serve.servable import Item
-
-    class Tokens(PackedServable):  # the budget rule alone: 2 rows of 32 tokens, no module
-        def __init__(self):
-            self.name = "enc"
-
-        budget = 64
 
     loop = asyncio.new_event_loop()
     try:
-        b = Batcher(Tokens(), Metrics(), max_delay=0.0)
+        b = Batcher(budget_servable(64), Metrics(), max_delay=0.0)  # 2 rows of 32 tokens
         for n in (30, 20, 40, 10, 60):
             b.pending.append(Pending(Item(None, 1, None, n), loop.create_future()))
         first = b._take(time.perf_counter())

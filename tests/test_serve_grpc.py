@@ -13,7 +13,7 @@ import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
 import archfit
-from conftest import Running, cli, free_port, metric_total, settle
+from conftest import Running, budget_servable, cli, free_port, metric_total, settle
 
 
 @pytest.fixture(scope="module")
@@ -258,20 +258,13 @@ def test_priority_orders_the_queue_and_timeouts_wake_the_batcher():
     """Triton's priority: 1 first, then 2; requests without one after every level, in arrival order."""
     import asyncio
 
-    from archfit.serve.adapters import PackedServable
     from archfit.serve.batcher import Batcher, Expired, Pending
     from archfit.serve.metrics import Metrics
     from archfit.serve.servable import Item
 
-    class OneRow(PackedServable):  # a budget of one request per engine call, no module
-        def __init__(self):
-            self.name = "m"
-
-        budget = 1
-
     loop = asyncio.new_event_loop()
     try:
-        b = Batcher(OneRow(), Metrics(), max_delay=10.0)
+        b = Batcher(budget_servable(1), Metrics(), max_delay=10.0)  # one request per engine call
         for size, priority in ((1, float("inf")), (1, 2), (1, 1), (1, float("inf"))):
             b.pending.append(Pending(Item(None, 1, None, 1), loop.create_future(), priority=priority))
         order = [b._take(time.perf_counter())[0].priority for _ in range(4)]
@@ -281,7 +274,7 @@ def test_priority_orders_the_queue_and_timeouts_wake_the_batcher():
         late = Pending(Item(None, 1, None, 1), loop.create_future(), since=now - 0.3, timeout=0.2)
         soon = Pending(Item(None, 1, None, 1), loop.create_future(), since=now, timeout=0.5)
         b.pending.extend([late, soon])
-        b.max_delay, OneRow.budget = 5.0, 4  # `soon` alone no longer fills a call
+        b.max_delay, b.servable = 5.0, budget_servable(4)  # `soon` alone no longer fills a call
         wait = b._take(now)
         assert isinstance(late.future.exception(), Expired) and not soon.future.done()
         assert wait == pytest.approx(0.5, abs=0.01)  # woken for `soon`'s timeout, not the batch's 5 s
