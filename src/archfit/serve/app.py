@@ -48,6 +48,14 @@ class Refused(Exception):
         self.status, self.message, self.headers = status, message, headers
 
 
+def bad_request(e: Exception) -> Refused:
+    """400 for a request our checks refused (InputError: its own line) or one they missed (named by
+    its type, one line, no traceback): whichever carrier brought it."""
+    if isinstance(e, InputError):
+        return Refused(400, str(e))
+    return Refused(400, f"request: {type(e).__name__}: {first_line(e, 200)}")
+
+
 def refusal(e: Exception) -> Refused:
     """A generation request refused: a full queue is 503 with Retry-After, a bad request 400."""
     if isinstance(e, OverflowError):
@@ -241,10 +249,8 @@ class Server:
                 raise Refused(499, "") from None
             try:
                 req = decode(body, request.headers.get(HEADER))
-            except InputError as e:
-                raise Refused(400, str(e)) from e
-            except Exception as e:  # noqa: BLE001 - a body our checks missed: one line, counted, no traceback
-                raise Refused(400, f"request: {type(e).__name__}: {first_line(e, 200)}") from e
+            except Exception as e:  # noqa: BLE001 - a body our checks missed too: one line, counted
+                raise bad_request(e) from e
             outputs, bucket = await self.answer(name, req, lambda: _disconnected(request))
             content, headers = encode(name, req, outputs)
             ctype = "application/octet-stream" if headers else "application/json"
@@ -275,10 +281,8 @@ class Server:
                 unknown = [o for o in req.outputs if o not in known]
                 if unknown:
                     raise RequestError(f"model {name!r} has no output {unknown[0]!r}; it has {', '.join(sorted(known))}")
-        except InputError as e:
-            raise Refused(400, str(e)) from e
-        except Exception as e:  # noqa: BLE001 - a request our checks missed: one line, counted, no traceback
-            raise Refused(400, f"request: {type(e).__name__}: {first_line(e, 200)}") from e
+        except Exception as e:  # noqa: BLE001 - a request our checks missed too: one line, counted
+            raise bad_request(e) from e
         if model.continuous:  # each row joins the running batch; answered when all are done
             try:
                 return await model.generate_rows(item), "slots"

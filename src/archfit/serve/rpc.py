@@ -226,15 +226,15 @@ class Service:
             outputs=[m.ModelMetadataResponse_TensorMetadata(**t) for t in meta["outputs"]])
 
     async def ModelInfer(self, request, context):
-        from .app import Refused
+        from .app import Refused, bad_request
 
         start, name, status, bucket = time.perf_counter(), request.model_name, 200, "-"
         await self._model(name, request.model_version, context)
         try:
             try:
                 req = infer_request(request)
-            except InputError as e:
-                raise Refused(400, str(e)) from e
+            except Exception as e:  # noqa: BLE001 - as HTTP answers a body: one line, INVALID_ARGUMENT
+                raise bad_request(e) from e
             # a client that cancels (or passes its deadline) cancels this task: the request leaves the queue
             outputs, bucket = await self.server.answer(name, req)
             return infer_response(name, req, outputs)
@@ -246,7 +246,6 @@ class Service:
             raise
         finally:
             self.server.metrics.answered(name, bucket, status, time.perf_counter() - start if status == 200 else None)
-
 
     async def RepositoryIndex(self, request, context):
         repository = await self._repository(context)
