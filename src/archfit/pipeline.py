@@ -306,8 +306,8 @@ def _trace_captured(model: torch.nn.Module, captured: Captured, options: TraceOp
     if options.require_full:
         check_full(plan)
 
-    def attempt(float_layers: tuple[str, ...]):
-        o = dataclasses.replace(options, float_layers=float_layers)
+    def attempt(float_layers: tuple[str, ...], float_precision: str | None = None):
+        o = dataclasses.replace(options, float_layers=float_layers, float_precision=float_precision)
         return _compile_validated(model, captured, plan, o, deciding=precision != "int8" or not o.accuracy_control)
 
     compiled, validation = attempt(options.float_layers)

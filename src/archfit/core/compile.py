@@ -120,19 +120,21 @@ def record_partition_inputs(gm: fx.GraphModule, count: int, inputs: Sequence[tor
 
 def compile_partition(target: Target, sub: fx.GraphModule, args: tuple, precision: str, index: int,
                       use_cache: bool, calibration: Sequence[tuple] = (),
-                      keep_float: Sequence[str] = ()) -> tuple[Engine, float, bool]:
+                      keep_float: Sequence[str] = (), float_precision: str | None = None) -> tuple[Engine, float, bool]:
     """(engine, seconds, came from the cache). int8: quantized by the target's quantizer on
-    `calibration` (this partition's inputs per calibration set), the `keep_float` layers left float."""
+    `calibration` (this partition's inputs per calibration set), the `keep_float` layers left float
+    (in `float_precision`, when given: asked only then, so a target's quantize may not take it)."""
     t0 = time.perf_counter()
     keep = sorted(set(keep_float) & {n.name for n in sub.graph.nodes})
-    extra = f"int8 {digest(calibration)} {keep}" if precision == "int8" else ""
+    floats = {"float_precision": float_precision} if float_precision else {}
+    extra = f"int8 {digest(calibration)} {keep} {floats}" if precision == "int8" else ""
     key = cache.partition_key(target, sub, args, precision, extra) if use_cache and target.load else None
     if key is not None:
         engine = cache.get(key, target)
         if engine is not None:
             return engine, time.perf_counter() - t0, True
     try:
-        engine = (target.quantize(sub, args, calibration, keep) if precision == "int8" else
+        engine = (target.quantize(sub, args, calibration, keep, **floats) if precision == "int8" else
                   target.compile(sub, args, precision))
     except Exception as e:  # noqa: BLE001 - any backend failure becomes one readable line
         msg = first_line(e)
@@ -224,7 +226,8 @@ def _compile_partitions(captured: Captured, plan: PartitionPlan, gm: fx.GraphMod
             progress(f"compiling partition {i + 1}/{n} on {target.name} ({part.compute_ops} ops)")
         try:
             engine, seconds, cached = compile_partition(target, sub, args, precision, i, options.cache,
-                                                        calibration.get(i, ()), options.float_layers)
+                                                        calibration.get(i, ()), options.float_layers,
+                                                        options.float_precision)
         except CompileError as e:
             if progress is not None:
                 progress(f"partition {i + 1}/{n} failed on {target.name}: finding the nodes it rejects")

@@ -47,6 +47,9 @@ class TraceOptions:
     calibration: Any = None
     float_layers: tuple[str, ...] = ()
     accuracy_control: bool = True
+    # the precision int8's float layers run in: None is the target's default (OpenVINO: bf16 where the
+    # CPU has bf16 units); accuracy control asks for "fp32" when the default cannot pass the gate
+    float_precision: str | None = None
     # validation measured and reported but not deciding: a detector's regions under a whole-model task
     # gate (their outputs are raw box offsets and logits, where bf16's elementwise error says little)
     report_only: bool = False

@@ -22,6 +22,11 @@ aten = torch.ops.aten
 # layers with a weight, as the quantizers see them (attention's activation-by-activation matmuls
 # are the quantizer's own choice, not a layer to return)
 LAYERS = {aten.linear, aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, aten._convolution, aten.addmm, aten.mm}
+# ops the quantizers give int8 inputs without a weight: a residual add or product of two activations,
+# pooling. On EfficientNet-Lite0 these, not its 50 convolutions, cost int8 its top-1 agreement
+# (benchmarks/quantization_image.py), so accuracy control ranks them beside the layers.
+MERGES = {aten.add, aten.mul}
+POOLS = {aten.adaptive_avg_pool2d, aten.avg_pool2d, aten.mean}
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,24 @@ def layers_in(gm: fx.GraphModule, names: set[str] | None = None) -> list[str]:
     return [n.name for n in gm.graph.nodes if is_layer(n) and (names is None or n.name in names)]
 
 
+def _activation_inputs(node: fx.Node) -> list[int]:
+    """The argument positions of a weightless op the quantizers quantize (none for other ops)."""
+    if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+        return []
+    tensors = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node)
+               and isinstance(a.meta.get("val"), torch.Tensor) and a.meta["val"].dtype.is_floating_point]
+    packet = node.target.overloadpacket
+    if packet in MERGES:
+        return tensors if len(tensors) == 2 else []
+    return tensors[:1] if packet in POOLS else []
+
+
+def candidates_in(gm: fx.GraphModule, names: set[str]) -> list[str]:
+    """What accuracy control may return to float: the weight layers and the weightless ops the
+    quantizers quantize, among `names`, in graph order."""
+    return [n.name for n in gm.graph.nodes if n.name in names and (is_layer(n) or _activation_inputs(n))]
+
+
 def _fake_quant_activation(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
     low, high = min(low, 0.0), max(high, 0.0)  # zero stays exact, as the quantizers keep it
     scale = max((high - low) / 255.0, 1e-12)
@@ -87,16 +110,17 @@ class _Probe(torch.nn.Module):
         self.ranges: dict[str, tuple[float, float]] = {}
         self.weights: dict[str, torch.Tensor] = {}
 
-    def forward(self, name: str, x: torch.Tensor, w: torch.Tensor):
+    def forward(self, name: str, x: torch.Tensor, w: torch.Tensor | None, input_name: str | None = None):
+        key = input_name or name  # a weightless op's inputs have a range each
         if self.record:
             low, high = float(x.min()), float(x.max())
-            held = self.ranges.get(name, (low, high))
-            self.ranges[name] = (min(held[0], low), max(held[1], high))
+            held = self.ranges.get(key, (low, high))
+            self.ranges[key] = (min(held[0], low), max(held[1], high))
         if name != self.active:
             return x, w
-        if name not in self.weights:
+        if w is not None and name not in self.weights:
             self.weights[name] = _fake_quant_weight(w)
-        return _fake_quant_activation(x, *self.ranges[name]), self.weights[name]
+        return _fake_quant_activation(x, *self.ranges[key]), self.weights.get(name)
 
 
 def _probed(gm: fx.GraphModule, layers: Sequence[str]) -> tuple[fx.GraphModule, _Probe]:
@@ -109,6 +133,14 @@ def _probed(gm: fx.GraphModule, layers: Sequence[str]) -> tuple[fx.GraphModule, 
     wanted = set(layers)
     for node in list(out.graph.nodes):
         if node.name not in wanted:
+            continue
+        if not is_layer(node):  # a weightless op: each quantized input through the probe
+            args = list(node.args)
+            with out.graph.inserting_before(node):
+                for i in _activation_inputs(node):
+                    pair = out.graph.call_module("archfit_probe", (node.name, args[i], None, f"{node.name}#{i}"))
+                    args[i] = out.graph.call_function(_getitem, (pair, 0))
+            node.args = tuple(args)
             continue
         with out.graph.inserting_before(node):
             pair = out.graph.call_module("archfit_probe", (node.name, node.args[0], node.args[1]))
@@ -171,9 +203,12 @@ def _deciding(validation) -> str:
 
 def control_accuracy(captured, compiled, validation, options, attempt, time_ms) -> tuple[object, object, Quantization]:
     """An int8 graph that misses its gate on the validation set, made to pass: the most sensitive
-    layers return to float a group at a time. attempt(float_layers) -> (compiled, validation) with
-    those layers left float; time_ms(compiled) -> its median ms a call (what keeping them costs).
-    Refused, naming the best metric reached, when even every layer in float misses."""
+    layers return to float a group at a time, then every op of the partitions (activation-only
+    quantizers too: residual adds, pooling). attempt(float_layers, float_precision) -> (compiled,
+    validation); time_ms(compiled) -> its median ms a call (what keeping them costs). Float means
+    the target's default float first (OpenVINO: bf16 where the CPU has bf16 units); when even every
+    op in it misses, the same groups again in fp32 (a model whose bf16 misses the gate). Refused,
+    naming the best metric reached, when every op in fp32 misses too."""
     from ..errors import ValidationError
     from .sets import input_sets
 
@@ -181,26 +216,52 @@ def control_accuracy(captured, compiled, validation, options, attempt, time_ms) 
     layers = layers_in(captured.graph_module, on_target)
     calibration = input_sets(options.calibration, captured.in_spec, "calibration")
     said = f"{len(calibration)} input set(s) (digest {digest(calibration)})"
-    kept = tuple(name for name in options.float_layers if name in layers)
+    candidates = candidates_in(captured.graph_module, on_target)
+    kept = tuple(name for name in options.float_layers if name in candidates)
     if validation is None or validation.ok or not options.accuracy_control:
-        return compiled, validation, Quantization(said, len(layers) - len(kept), kept)
+        return compiled, validation, Quantization(said, len(set(layers) - set(kept)), kept)
     validation_sets = input_sets(options.validation_inputs, captured.in_spec, "validation_inputs")
     options.say("int8 missed its gate: measuring each layer's share of the error on the validation set")
-    ranked = [n for n, _ in sensitivity(captured.graph_module, [n for n in layers if n not in kept], calibration,
+    ranked = [n for n, _ in sensitivity(captured.graph_module, [n for n in candidates if n not in kept], calibration,
                                         validation_sets)]
+    every_op = tuple(n.name for n in captured.graph_module.graph.nodes if n.name in on_target)
     first_ms = time_ms(compiled)
     steps = [f"accuracy control: every layer in int8 ({first_ms:.3f} ms a call): {_deciding(validation)}: FAIL"]
-    for group in groups(ranked):
-        options.say(f"int8 with the {len(group)} most sensitive layer(s) in float")
-        compiled, validation = attempt(kept + group)
-        ms = time_ms(compiled)
-        steps.append(f"  the {len(group)} most sensitive in float ({', '.join(group[:6])}"
-                     f"{', ...' if len(group) > 6 else ''}; {ms:.3f} ms a call, {ms / first_ms - 1:+.1%}): "
-                     f"{_deciding(validation)}: {'PASS' if validation.ok else 'FAIL'}")
-        if validation.ok:
-            final = layers_in(captured.graph_module, {name for p in compiled.plan.partitions for name in p.nodes})
-            floats = tuple(name for name in kept + group if name in final)
-            return compiled, validation, Quantization(said, len(final) - len(floats), floats, tuple(steps))
-    raise ValidationError(f"int8 misses the {options.accuracy.describe()} gate on the validation set even with "
-                          f"every quantized layer in float (best: {_deciding(validation)}); use precision='bf16' "
-                          f"or 'fp32', or loosen the gate's bounds if the task allows")
+
+    def tried(group: tuple[str, ...], float_precision: str | None):
+        what = (f"every op of the partitions ({len(group)}) in float" if group == every_op else
+                f"the {len(group)} most sensitive in float ({', '.join(group[:6])}{', ...' if len(group) > 6 else ''})")
+        what += f", {float_precision}" if float_precision else ""
+        options.say(f"int8 with {what.split(' (')[0]}{', ' + float_precision if float_precision else ''}")
+        made, judged = attempt(group if group == every_op else kept + group, float_precision)
+        ms = time_ms(made)
+        steps.append(f"  {what}: {ms:.3f} ms a call, {ms / first_ms - 1:+.1%}: {_deciding(judged)}: "
+                     f"{'PASS' if judged.ok else 'FAIL'}")
+        return group, made, judged
+
+    def search(float_precision: str | None):
+        """The fewest most-sensitive layers in float that pass, or None."""
+        for group in groups(ranked):
+            found = tried(group, float_precision)
+            if found[2].ok:
+                return found
+        return None
+
+    found = search(None) or _passing(tried(every_op, None))
+    if found is None:  # the default float misses too (bf16 on a model it does not suit): fp32 floats
+        last = tried(every_op, "fp32")
+        if not last[2].ok:
+            raise ValidationError(f"int8 misses the {options.accuracy.describe()} gate on the validation set even with "
+                                  f"every op in fp32 (best: {_deciding(last[2])}); use precision='bf16' or 'fp32', "
+                                  f"or loosen the gate's bounds if the task allows")
+        found = search("fp32") or last
+    group, compiled, validation = found
+    final = {name for p in compiled.plan.partitions for name in p.nodes}
+    final_layers = layers_in(captured.graph_module, final)
+    floats = tuple(name for name in (candidates_in(captured.graph_module, final) if group == every_op else kept + group)
+                   if name in final)
+    return compiled, validation, Quantization(said, len(set(final_layers) - set(floats)), floats, tuple(steps))
+
+
+def _passing(found):
+    return found if found[2].ok else None

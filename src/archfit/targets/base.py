@@ -150,7 +150,8 @@ SupportRule = Callable[[fx.Node], "str | None"]
 CompileFn = Callable[[fx.GraphModule, Sequence[torch.Tensor], str], Engine]
 # quantize(graph_module, example_inputs, calibration, keep_float) -> an int8 Engine: calibration is
 # the partition's inputs on each calibration input set, keep_float the graph node names to leave
-# unquantized (the layers accuracy control returns to float).
+# unquantized (the layers accuracy control returns to float). Accuracy control may also pass
+# float_precision="fp32" (a keyword) when the target's default float for them missed the gate.
 QuantizeFn = Callable[[fx.GraphModule, Sequence[torch.Tensor], Sequence[Sequence[torch.Tensor]], Sequence[str]],
                       Engine]
 
@@ -233,6 +234,13 @@ def export_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
                 node.args = (flat, *node.args[1:])
     gm.recompile()
     return torch.export.export(gm, tuple(example_inputs), strict=False)
+
+
+def nothing_to_quantize(gm: fx.GraphModule, keep_float: Sequence[str]) -> bool:
+    """Every op of a partition kept in float (accuracy control's last resort): a quantizer told to
+    ignore them by name would still quantize the ops its converter made and named itself (a batch
+    norm's Multiply), so the target compiles the partition in float instead."""
+    return {n.name for n in gm.graph.nodes if n.op == "call_function"} <= set(keep_float)
 
 
 def _env_count(name: str) -> int | None:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import fx
 
-from .base import Engine, Target, export_partition, listed_or_decomposed, requires, thread_limit, to_numpy
+from .base import (Engine, Target, export_partition, listed_or_decomposed, nothing_to_quantize, requires, thread_limit,
+                   to_numpy)
 from .lowering import avx512, linear_rows_unaliased, lower, stack_as_concat
 from .registry import register_target
 
@@ -261,16 +262,20 @@ def _fx_names(node) -> str | None:
 
 
 def quantize_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
-                       calibration: Sequence[Sequence[torch.Tensor]], keep_float: Sequence[str] = ()) -> OnnxRuntimeEngine:
+                       calibration: Sequence[Sequence[torch.Tensor]], keep_float: Sequence[str] = (),
+                       float_precision: str | None = None) -> OnnxRuntimeEngine:
     """Post-training int8 by ONNX Runtime's own quantizer (quantize_static: QDQ, int8 weights per
     output channel, uint8 activations, min-max calibration on `calibration`), the form its CPU
-    provider fuses into int8 kernels. `keep_float`: graph node names whose ONNX nodes stay float."""
+    provider fuses into int8 kernels. `keep_float`: graph node names whose ONNX nodes stay float
+    (in fp32, whatever `float_precision` says: this provider's float kernels are fp32)."""
     import tempfile
     from pathlib import Path
 
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    if nothing_to_quantize(gm, keep_float):
+        return compile_partition(gm, example_inputs, "fp32")
     with quiet():
         proto = onnx_export(lower(export_partition(gm, example_inputs, contiguous_reshapes=True), REWRITES)).model_proto
     names = [i.name for i in proto.graph.input]

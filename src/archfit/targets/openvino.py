@@ -13,7 +13,8 @@ import torch
 from torch import fx
 
 from ..errors import ArtifactError
-from .base import Engine, Target, export_partition, listed_or_decomposed, requires, stream_count, thread_limit, to_numpy
+from .base import (Engine, Target, export_partition, listed_or_decomposed, nothing_to_quantize, requires, stream_count,
+                   thread_limit, to_numpy)
 from .lowering import avx512, gemm_clamped, gemv_relu_apart, index_as_gather, lower, stack_as_concat
 from .registry import register_target
 
@@ -208,18 +209,26 @@ def _compress_weights(model):
 
 
 def quantize_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
-                       calibration: Sequence[Sequence[torch.Tensor]], keep_float: Sequence[str] = ()) -> OpenVINOEngine:
+                       calibration: Sequence[Sequence[torch.Tensor]], keep_float: Sequence[str] = (),
+                       float_precision: str | None = None) -> OpenVINOEngine:
     """Post-training int8 by NNCF, the quantizer OpenVINO's own tools use (it places FakeQuantize
     where the CPU plugin fuses them into int8 kernels), calibrated on `calibration` (this
     partition's inputs on each calibration input set). `keep_float`: graph node names left
-    unquantized; OpenVINO names each converted op after its graph node ('linear_3/aten.linear...').
+    unquantized; OpenVINO names each converted op after its graph node ('linear_3/aten.linear...'),
+    except those its converter decomposes or folds: a conv2d becomes 'convolution_N', one with a
+    batch norm after it 'Multiply_N', and these are not found by name (every op kept is found: the
+    partition is then compiled in float).
     Transformer graphs (softmax or attention) take NNCF's transformer scheme. The ops left in
-    float run in bf16 where the CPU has bf16 units, as OpenVINO runs them by default."""
+    float run in bf16 where the CPU has bf16 units, as OpenVINO runs them by default, or in
+    `float_precision` when given."""
     import re
 
     import nncf
     import openvino as ov
 
+    default = float_precision or ("bf16" if bf16_units() else "fp32")
+    if nothing_to_quantize(gm, keep_float):  # ignoring by name misses the ops conversion names itself
+        return compile_partition(gm, example_inputs, default)
     model = ov.convert_model(lower(export_partition(gm, example_inputs), REWRITES))
     model.reshape({i: ov.PartialShape(list(t.shape)) for i, t in enumerate(example_inputs)})
     ops = {n.target.overloadpacket for n in gm.graph.nodes if isinstance(n.target, torch._ops.OpOverload)}
@@ -229,7 +238,7 @@ def quantize_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor
     with _quiet_nncf():
         quantized = nncf.quantize(model, dataset, subset_size=len(calibration), ignored_scope=ignored,
                                   model_type=nncf.ModelType.TRANSFORMER if transformer else None)
-    config = _config("bf16" if bf16_units() else "fp32")
+    config = _config(default)
     return OpenVINOEngine(core().compile_model(quantized, "CPU", config | _sharing()), config)
 
 
