@@ -203,12 +203,12 @@ def _deciding(validation) -> str:
 
 def control_accuracy(captured, compiled, validation, options, attempt, time_ms) -> tuple[object, object, Quantization]:
     """An int8 graph that misses its gate on the validation set, made to pass: the most sensitive
-    layers return to float a group at a time, then every op of the partitions (activation-only
-    quantizers too: residual adds, pooling). attempt(float_layers, float_precision) -> (compiled,
-    validation); time_ms(compiled) -> its median ms a call (what keeping them costs). Float means
-    the target's default float first (OpenVINO: bf16 where the CPU has bf16 units); when even every
-    op in it misses, the same groups again in fp32 (a model whose bf16 misses the gate). Refused,
-    naming the best metric reached, when every op in fp32 misses too."""
+    layers and weightless quantized ops (residual adds, pooling) return to float a group at a time.
+    attempt(float_layers, float_precision) -> (compiled, validation); time_ms(compiled) -> its
+    median ms a call (what keeping them costs). Float is the target's default (OpenVINO: bf16 where
+    the CPU has bf16 units) when every op of the partitions in it passes; else fp32 (a model whose
+    bf16 misses the gate). Every op in float is the last resort; refused, naming the best metric
+    reached, when every op in fp32 misses too."""
     from ..errors import ValidationError
     from .sets import input_sets
 
@@ -247,21 +247,20 @@ def control_accuracy(captured, compiled, validation, options, attempt, time_ms) 
                 return found
         return None
 
-    found = search(None) or _passing(tried(every_op, None))
-    if found is None:  # the default float misses too (bf16 on a model it does not suit): fp32 floats
-        last = tried(every_op, "fp32")
+    # every op in the target's default float first: where that misses (bf16 on a model it does not
+    # suit), no group in it can pass, and the groups are searched with their float layers in fp32
+    last = tried(every_op, None)
+    float_precision = None
+    if not last[2].ok:
+        last, float_precision = tried(every_op, "fp32"), "fp32"
         if not last[2].ok:
             raise ValidationError(f"int8 misses the {options.accuracy.describe()} gate on the validation set even with "
                                   f"every op in fp32 (best: {_deciding(last[2])}); use precision='bf16' or 'fp32', "
                                   f"or loosen the gate's bounds if the task allows")
-        found = search("fp32") or last
-    group, compiled, validation = found
+    group, compiled, validation = search(float_precision) or last
     final = {name for p in compiled.plan.partitions for name in p.nodes}
     final_layers = layers_in(captured.graph_module, final)
     floats = tuple(name for name in (candidates_in(captured.graph_module, final) if group == every_op else kept + group)
                    if name in final)
     return compiled, validation, Quantization(said, len(set(final_layers) - set(floats)), floats, tuple(steps))
 
-
-def _passing(found):
-    return found if found[2].ok else None

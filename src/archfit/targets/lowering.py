@@ -253,3 +253,42 @@ def linear_rows_unaliased(ep: torch.export.ExportedProgram, node: fx.Node) -> bo
     with ep.graph.inserting_before(node):
         node.args = (_call(ep.graph, aten.constant_pad_nd.default, (x, [0, K_PAD])), *node.args[1:])
     return True
+
+
+def fold_batch_norms(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of `gm` with each inference batch norm that alone reads a conv2d's output folded into
+    that convolution's weights and bias (the same values up to rounding), as PTQ prepares a model.
+    Why, for int8 on OpenVINO: its converter folds them itself and names the folded convolution
+    after the batch norm's multiply ('Multiply_13474'), where a quantizer told to keep 'conv2d_5'
+    in float looks for it by name; folded here, the convolution keeps its own."""
+    import copy
+    import functools
+
+    out = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    graph, made = out.graph, 0
+    fetch = lambda node: functools.reduce(getattr, node.target.split("."), out).detach()  # noqa: E731
+    for bn in [n for n in graph.nodes if n.op == "call_function"
+               and n.target is aten._native_batch_norm_legit_no_training.default]:
+        conv, gamma, beta, mean, var, _momentum, eps = bn.args
+        bias = conv.args[2] if isinstance(conv, fx.Node) and len(conv.args) > 2 else None
+        if not (isinstance(conv, fx.Node) and conv.target is aten.conv2d.default and len(conv.users) == 1
+                and all(isinstance(a, fx.Node) and a.op == "get_attr" for a in (conv.args[1], gamma, beta, mean, var))
+                and (bias is None or bias.op == "get_attr")
+                and all(u.target is operator.getitem and u.args[1] == 0 for u in bn.users)):
+            continue
+        w, g, b, m, v = (fetch(a) for a in (conv.args[1], gamma, beta, mean, var))
+        scale = g / torch.sqrt(v + eps)
+        names = (f"_archfit_folded_weight_{made}", f"_archfit_folded_bias_{made}")
+        out.register_buffer(names[0], w * scale.reshape(-1, *([1] * (w.dim() - 1))))
+        out.register_buffer(names[1], ((fetch(bias) if bias is not None else torch.zeros_like(m)) - m) * scale + b)
+        with graph.inserting_before(conv):
+            conv.args = (conv.args[0], graph.get_attr(names[0]), graph.get_attr(names[1]), *conv.args[3:])
+        for user in list(bn.users):
+            user.replace_all_uses_with(conv)
+            graph.erase_node(user)
+        graph.erase_node(bn)
+        made += 1
+    if made:
+        graph.eliminate_dead_code()
+        out.recompile()
+    return out

@@ -15,7 +15,7 @@ from torch import fx
 from ..errors import ArtifactError
 from .base import (Engine, Target, export_partition, listed_or_decomposed, nothing_to_quantize, requires, stream_count,
                    thread_limit, to_numpy)
-from .lowering import avx512, gemm_clamped, gemv_relu_apart, index_as_gather, lower, stack_as_concat
+from .lowering import avx512, fold_batch_norms, gemm_clamped, gemv_relu_apart, index_as_gather, lower, stack_as_concat
 from .registry import register_target
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8w": "f32"}  # int8w: int8 weights decompressed in f32 kernels
@@ -229,7 +229,7 @@ def quantize_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor
     default = float_precision or ("bf16" if bf16_units() else "fp32")
     if nothing_to_quantize(gm, keep_float):  # ignoring by name misses the ops conversion names itself
         return compile_partition(gm, example_inputs, default)
-    model = ov.convert_model(lower(export_partition(gm, example_inputs), REWRITES))
+    model = ov.convert_model(_keeping_names(lower(export_partition(fold_batch_norms(gm), example_inputs), REWRITES)))
     model.reshape({i: ov.PartialShape(list(t.shape)) for i, t in enumerate(example_inputs)})
     ops = {n.target.overloadpacket for n in gm.graph.nodes if isinstance(n.target, torch._ops.OpOverload)}
     transformer = bool(ops & {torch.ops.aten._softmax, torch.ops.aten.softmax, torch.ops.aten.scaled_dot_product_attention})
@@ -240,6 +240,49 @@ def quantize_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor
                                   model_type=nncf.ModelType.TRANSFORMER if transformer else None)
     config = _config(default)
     return OpenVINOEngine(core().compile_model(quantized, "CPU", config | _sharing()), config)
+
+
+def _keeping_names(ep: torch.export.ExportedProgram):
+    """What ov.convert_model(ep) converts, with the graph's node names kept: OpenVINO's converter
+    first decomposes the program with its own table, and the new nodes get new names (conv2d_5
+    becomes convolution_5), after which NNCF cannot find by name the layers accuracy control keeps
+    in float. The same decomposition run here, each new node named after the node it came from
+    (torch's from_node provenance), handed to the converter as its decoder."""
+    from openvino.frontend.pytorch.fx_decoder import TorchFXPythonDecoder
+
+    gm = ep.run_decompositions(_converter_table()).module()
+    named = set()
+    for node in gm.graph.nodes:
+        origin = _origin(node)
+        if node.op == "call_function" and origin is not None and origin not in named:
+            if origin != node.name:
+                node._rename(origin)
+            named.add(origin)
+    gm.recompile()
+    return TorchFXPythonDecoder(gm)
+
+
+@lru_cache(maxsize=1)
+def _converter_table():
+    """OpenVINO's decomposition table for an ExportedProgram (TorchFXPythonDecoder.from_exported_program's)."""
+    from openvino.frontend.pytorch.torchdynamo.export_decompositions import ops_to_not_decompose
+    from torch.export.decomp_utils import CustomDecompTable
+
+    table = CustomDecompTable()
+    for op in ops_to_not_decompose():
+        if op in table:
+            table.pop(op)
+    return table
+
+
+def _origin(node) -> str | None:
+    """The name of the node `node` was made from before any decomposition, or None."""
+    source = node.meta.get("from_node")
+    name = None
+    while source:
+        last = source[-1] if isinstance(source, list) else source
+        name, source = getattr(last, "name", None), getattr(last, "from_node", None)
+    return name
 
 
 @contextlib.contextmanager
