@@ -108,7 +108,8 @@ def test_accuracy_control_tries_fp32_floats_when_the_default_float_misses(traine
     ops = frozenset(n.name for n in captured.graph_module.graph.nodes if n.op == "call_function")
     compiled = types.SimpleNamespace(plan=types.SimpleNamespace(partitions=[types.SimpleNamespace(nodes=ops)]))
     options = types.SimpleNamespace(float_layers=(), calibration=calibration, validation_inputs=validation,
-                                    accuracy_control=True, say=lambda line: None, accuracy=archfit.Classification())
+                                    accuracy_control=True, say=lambda line: None, accuracy=archfit.Classification(),
+                                    float_precision=None)
     failed = types.SimpleNamespace(ok=False, metrics=[])
 
     def run(passes):

@@ -306,7 +306,7 @@ def _trace_captured(model: torch.nn.Module, captured: Captured, options: TraceOp
     if options.require_full:
         check_full(plan)
 
-    def attempt(float_layers: tuple[str, ...], float_precision: str | None = None):
+    def attempt(float_layers: tuple[str, ...], float_precision: str | None = options.float_precision):
         o = dataclasses.replace(options, float_layers=float_layers, float_precision=float_precision)
         return _compile_validated(model, captured, plan, o, deciding=precision != "int8" or not o.accuracy_control)
 

@@ -229,14 +229,15 @@ def control_accuracy(captured, compiled, validation, options, attempt, time_ms) 
     steps = [f"accuracy control: every layer in int8 ({first_ms:.3f} ms a call): {_deciding(validation)}: FAIL"]
 
     def tried(group: tuple[str, ...], float_precision: str | None):
-        what = (f"every op of the partitions ({len(group)}) in float" if group == every_op else
-                f"the {len(group)} most sensitive in float ({', '.join(group[:6])}{', ...' if len(group) > 6 else ''})")
-        what += f", {float_precision}" if float_precision else ""
-        options.say(f"int8 with {what.split(' (')[0]}{', ' + float_precision if float_precision else ''}")
-        made, judged = attempt(group if group == every_op else kept + group, float_precision)
+        every = group == every_op
+        label = "every op of the partitions" if every else f"the {len(group)} most sensitive"
+        named = f"({len(group)})" if every else f"({', '.join(group[:6])}{', ...' if len(group) > 6 else ''})"
+        precision = f", {float_precision}" if float_precision else ""
+        options.say(f"int8 with {label} in float{precision}")
+        made, judged = attempt(group if every else kept + group, float_precision)
         ms = time_ms(made)
-        steps.append(f"  {what}: {ms:.3f} ms a call, {ms / first_ms - 1:+.1%}: {_deciding(judged)}: "
-                     f"{'PASS' if judged.ok else 'FAIL'}")
+        steps.append(f"  {label} in float {named}{precision}: {ms:.3f} ms a call, {ms / first_ms - 1:+.1%}: "
+                     f"{_deciding(judged)}: {'PASS' if judged.ok else 'FAIL'}")
         return group, made, judged
 
     def search(float_precision: str | None):
@@ -247,16 +248,16 @@ def control_accuracy(captured, compiled, validation, options, attempt, time_ms) 
                 return found
         return None
 
-    # every op in the target's default float first: where that misses (bf16 on a model it does not
-    # suit), no group in it can pass, and the groups are searched with their float layers in fp32
-    last = tried(every_op, None)
-    float_precision = None
-    if not last[2].ok:
+    # every op in the float asked for (the target's default unless set) first: where that misses (bf16
+    # on a model it does not suit), no group in it can pass, and the groups are searched in fp32
+    float_precision = options.float_precision
+    last = tried(every_op, float_precision)
+    if not last[2].ok and float_precision != "fp32":
         last, float_precision = tried(every_op, "fp32"), "fp32"
-        if not last[2].ok:
-            raise ValidationError(f"int8 misses the {options.accuracy.describe()} gate on the validation set even with "
-                                  f"every op in fp32 (best: {_deciding(last[2])}); use precision='bf16' or 'fp32', "
-                                  f"or loosen the gate's bounds if the task allows")
+    if not last[2].ok:
+        raise ValidationError(f"int8 misses the {options.accuracy.describe()} gate on the validation set even with "
+                              f"every op in fp32 (best: {_deciding(last[2])}); use precision='bf16' or 'fp32', "
+                              f"or loosen the gate's bounds if the task allows")
     group, compiled, validation = search(float_precision) or last
     final = {name for p in compiled.plan.partitions for name in p.nodes}
     final_layers = layers_in(captured.graph_module, final)

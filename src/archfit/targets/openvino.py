@@ -215,9 +215,8 @@ def quantize_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor
     where the CPU plugin fuses them into int8 kernels), calibrated on `calibration` (this
     partition's inputs on each calibration input set). `keep_float`: graph node names left
     unquantized; OpenVINO names each converted op after its graph node ('linear_3/aten.linear...'),
-    except those its converter decomposes or folds: a conv2d becomes 'convolution_N', one with a
-    batch norm after it 'Multiply_N', and these are not found by name (every op kept is found: the
-    partition is then compiled in float).
+    kept through its own decomposition and batch-norm folding by _keeping_names and
+    fold_batch_norms. Every op kept: the partition is compiled in float.
     Transformer graphs (softmax or attention) take NNCF's transformer scheme. The ops left in
     float run in bf16 where the CPU has bf16 units, as OpenVINO runs them by default, or in
     `float_precision` when given."""
