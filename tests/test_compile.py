@@ -229,3 +229,38 @@ def test_openvino_sends_no_usage_reports(monkeypatch):
     monkeypatch.setattr(convert_impl, "tm", None)  # as if bound to the real package before archfit
     archfit._no_openvino_usage_reports()
     assert convert_impl.tm is telemetry_stub
+
+
+class ConvNormSoftmax(torch.nn.Module):
+    """conv2d, layer_norm, softmax and adaptive pooling: ops OpenVINO's converter decomposes first."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm = torch.nn.Conv2d(3, 8, 3), torch.nn.LayerNorm(8)
+
+    def forward(self, x):
+        h = self.norm(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return torch.nn.functional.adaptive_avg_pool2d(h, 2).flatten(1).softmax(-1)
+
+
+def test_openvino_converts_a_partition_as_captured_without_exporting_it_again(monkeypatch):
+    """The openvino target decomposes the ops its converter would, node by node, and converts the
+    partition's own graph: no torch.export of the partition (two whole-program traces saved), the
+    same outputs as eager."""
+    from archfit.core.capture import capture
+    from archfit.targets import openvino
+
+    model, x = ConvNormSoftmax().eval(), torch.randn(2, 3, 10, 10)
+    gm = capture(model, (x,)).graph_module
+    decomposed = {n.target for n in gm.graph.nodes} & set(openvino._converter_decompositions())
+    assert {torch.ops.aten.conv2d.default, torch.ops.aten.layer_norm.default} <= decomposed
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the partition was exported again")
+
+    code = gm.code
+    monkeypatch.setattr(torch.export, "export", no_export)
+    engine = openvino.compile_partition(gm, [x], "fp32")
+    with torch.no_grad():
+        torch.testing.assert_close(engine.run([x])[0], model(x), rtol=1e-5, atol=1e-6)
+    assert gm.code == code  # the partition's own graph is left as it was (it may still run in PyTorch)

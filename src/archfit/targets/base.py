@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import operator
 import os
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 # optimum's --weight-format int8, for layers whose time is reading their weights (a decode step)
 PRECISIONS = ("fp32", "bf16", "int8", "int8w", "fp8")
 LOSSY = ("int8", "int8w", "fp8")  # precisions judged by a task gate on a validation set, never elementwise
-_DECOMPOSED: dict[tuple, tuple] = {}  # (op, argument signature) -> core ATen ops, for the process
+_TRACED: dict[tuple, "fx.GraphModule | None"] = {}  # (table, op, argument signature) -> its decomposition
 
 
 def core_ops(node: fx.Node, table: Callable[[], dict] | None = None) -> tuple:
@@ -37,18 +38,62 @@ def core_ops(node: fx.Node, table: Callable[[], dict] | None = None) -> tuple:
     better whole. Why per node and not `ExportedProgram.run_decompositions()`: that re-traces
     the whole program (a third of a capture); one op traced alone at its argument shapes gives
     the same ops in milliseconds, and repeats (every layer's linear) come from the cache."""
-    if not isinstance(node.target, torch._ops.OpOverload):
+    traced = _traced(node, table or _default_table)
+    if traced is None:
         return (node.target,)
-    leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
-    values = [leaf.meta.get("val") if isinstance(leaf, fx.Node) else leaf for leaf in leaves]
-    table = table or _default_table
-    key = (table, node.target,
-           tuple((tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else repr(v) for v in values))
-    if key not in _DECOMPOSED:
-        if len(_DECOMPOSED) > 4096:
-            _DECOMPOSED.clear()
-        _DECOMPOSED[key] = _decompose(node.target, values, spec, table())
-    return _DECOMPOSED[key]
+    found = [n.target for n in traced.graph.nodes
+             if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)]
+    return tuple(dict.fromkeys(found)) or (node.target,)
+
+
+def decompose_nodes(gm: fx.GraphModule, table: Callable[[], dict], keep: frozenset = frozenset()) -> fx.GraphModule | None:
+    """`gm` with every node calling an op of `table()`, or a composite op (CompositeImplicitAutograd:
+    one written in other ops) not in `keep`, replaced in place by that op's decomposition traced
+    alone at the node's argument shapes (core_ops' way): the graph exporting the partition and
+    `run_decompositions(table())` give, without those two traces of the whole program (a fifth
+    of compiling a partition). None when a node's decomposition cannot be traced alone (symbolic
+    sizes, no recorded values): the caller takes the whole-program way."""
+    ops = table()
+    graph = gm.graph
+    for node in [n for n in graph.nodes if n.op == "call_function" and
+                 (n.target in ops or (_composite(n.target) and n.target not in keep))]:
+        traced = _traced(node, table)
+        leaves = pytree.tree_leaves((node.args, node.kwargs))
+        # the traced graph's inputs are the node's tensor arguments, in order
+        tensors = [leaf for leaf in leaves if isinstance(leaf, fx.Node) and isinstance(leaf.meta.get("val"), torch.Tensor)]
+        if traced is None or len(tensors) != sum(n.op == "placeholder" for n in traced.graph.nodes):
+            return None
+        env = dict(zip([n for n in traced.graph.nodes if n.op == "placeholder"], tensors))
+        with graph.inserting_before(node):
+            for sub in traced.graph.nodes:
+                if sub.op == "placeholder":
+                    continue
+                if sub.op == "output":
+                    result = fx.node.map_arg(sub.args[0], env.__getitem__)
+                    break
+                if sub.op == "get_attr":  # a constant the decomposition made (a scalar tensor)
+                    name = f"_decomposed_{len(graph.nodes)}_{sub.target}"
+                    setattr(gm, name, getattr(traced, sub.target))
+                    env[sub] = graph.get_attr(name)
+                    env[sub].meta = dict(sub.meta)
+                else:
+                    env[sub] = graph.node_copy(sub, env.__getitem__)
+        if isinstance(result, fx.Node):
+            node.replace_all_uses_with(result)
+        else:  # several outputs (native_layer_norm's three), read by getitem nodes
+            for user in list(node.users):
+                if user.target is not operator.getitem:
+                    return None
+                user.replace_all_uses_with(result[user.args[1]])
+                graph.erase_node(user)
+        graph.erase_node(node)
+    gm.recompile()
+    return gm
+
+
+def _composite(op) -> bool:
+    return isinstance(op, torch._ops.OpOverload) and torch._C._dispatch_has_kernel_for_dispatch_key(
+        op.name(), "CompositeImplicitAutograd")
 
 
 @lru_cache(maxsize=1)
@@ -56,13 +101,32 @@ def _default_table() -> dict:
     return dict(torch.export.default_decompositions().items())
 
 
-def _decompose(op, values: list, spec, table: dict) -> tuple:
+def _traced(node: fx.Node, table: Callable[[], dict]) -> fx.GraphModule | None:
+    """node's op traced alone at its recorded argument values under `table()` (cached per op and
+    argument signature), or None where it cannot be: not an ATen op, an argument with no
+    recorded value or a data-dependent size, or an op with no decomposition there."""
+    if not isinstance(node.target, torch._ops.OpOverload):
+        return None
+    leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
+    values = [leaf.meta.get("val") if isinstance(leaf, fx.Node) else leaf for leaf in leaves]
+    if any(isinstance(leaf, fx.Node) and value is None for leaf, value in zip(leaves, values)):
+        return None
+    key = (table, node.target,
+           tuple((tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else repr(v) for v in values))
+    if key not in _TRACED:
+        if len(_TRACED) > 4096:
+            _TRACED.clear()
+        _TRACED[key] = _trace(node.target, values, spec, table())
+    return _TRACED[key]
+
+
+def _trace(op, values: list, spec, table: dict) -> fx.GraphModule | None:
     from torch.fx.experimental.proxy_tensor import make_fx
 
     tensors = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
     static = all(isinstance(d, int) for i in tensors for d in (*values[i].shape, *values[i].stride()))
     if not static or any(isinstance(v, (fx.Node, torch.SymInt)) for v in values):
-        return (op,)  # an argument with no recorded value, or a data-dependent size: judge the op itself
+        return None
 
     def call(*ts):
         filled = list(values)
@@ -75,12 +139,9 @@ def _decompose(op, values: list, spec, table: dict) -> tuple:
     inputs = [torch.empty_strided(tuple(values[i].shape), tuple(values[i].stride()), dtype=values[i].dtype)
               for i in tensors]
     try:
-        gm = make_fx(call, decomposition_table=table, tracing_mode="fake")(*inputs)
+        return make_fx(call, decomposition_table=table, tracing_mode="fake")(*inputs)
     except Exception:  # noqa: BLE001 - no decomposition (custom ops, symbolic shapes): judge the op itself
-        return (op,)
-    found = [n.target for n in gm.graph.nodes
-             if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)]
-    return tuple(dict.fromkeys(found)) or (op,)
+        return None
 
 
 class Engine:
@@ -219,8 +280,9 @@ def export_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
     Views become reshapes first: the graph is functional (no aliasing to keep), and a view that
     was valid at capture may meet an input of other strides here (T5's attention: `clone` keeps
     a transposed layout, then `view` refuses it), where reshape copies when it must."""
-    if contiguous_reshapes:  # on a copy of the graph: the partition's own module may still run in PyTorch
-        gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    # on a copy of the graph: the partition's own module may still run in PyTorch, or be converted
+    # again as it is (openvino's decomposed graph, which keeps views)
+    gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and node.target in (torch.ops.aten.view.default, torch.ops.aten.reshape.default):
             node.target = torch.ops.aten.reshape.default

@@ -18,18 +18,20 @@ from torch import fx
 from torch.utils import _pytree as pytree
 
 aten = torch.ops.aten
-Rewrite = Callable[[torch.export.ExportedProgram, fx.Node], bool]  # edits ep.graph (and ep's state)
+Program = torch.export.ExportedProgram | fx.GraphModule
+Rewrite = Callable[[Program, fx.Node], bool]  # edits ep.graph (and an ExportedProgram's state)
 
 
-def lower(ep: torch.export.ExportedProgram, rewrites: Sequence[tuple[object, Rewrite]]) -> torch.export.ExportedProgram:
-    """ep with each (op, rewrite) applied to every node calling op, in the order given."""
-    graph = ep.graph_module.graph
+def lower(ep: Program, rewrites: Sequence[tuple[object, Rewrite]]) -> Program:
+    """ep (a program, or a graph module where no rewrite needs a program's state) with each
+    (op, rewrite) applied to every node calling op, in the order given."""
+    module = ep.graph_module if isinstance(ep, torch.export.ExportedProgram) else ep
     edited = False
     for op, rewrite in rewrites:
-        for node in [n for n in graph.nodes if n.op == "call_function" and n.target is op]:
+        for node in [n for n in module.graph.nodes if n.op == "call_function" and n.target is op]:
             edited |= rewrite(ep, node)
     if edited:
-        ep.graph_module.recompile()
+        module.recompile()
     return ep
 
 
@@ -59,7 +61,7 @@ def _replace(graph: fx.Graph, node: fx.Node, new: fx.Node) -> bool:
     return True
 
 
-def stack_as_concat(ep: torch.export.ExportedProgram, node: fx.Node) -> bool:
+def stack_as_concat(ep: Program, node: fx.Node) -> bool:
     """aten.stack written as cat of unsqueezed inputs (the same values); an input that is an
     embedding lookup of one column of an id tensor, stacked along that column's dim, looks up the
     column split off instead (`emb(ids[:, i]).unsqueeze(1)` == `emb(ids.split(1, 1)[i])`).
@@ -109,7 +111,7 @@ def _lookup_keeping_dim(graph: fx.Graph, t, dim: int, splits: dict) -> fx.Node |
     return _call(graph, aten.embedding.default, (t.args[0], column, *t.args[2:]))
 
 
-def index_as_gather(ep: torch.export.ExportedProgram, node: fx.Node) -> bool:
+def index_as_gather(ep: Program, node: fx.Node) -> bool:
     """x[:, i, j] (1-D index tensors of one length on consecutive dims d..d+k-1, k >= 2) written as
     x.flatten(d, d+k-1).index_select(d, i * size_j + j): the same values.
 
@@ -176,7 +178,7 @@ def _rows_and_weights(linear: fx.Node) -> tuple[int, int] | None:
     return rows, w.numel()
 
 
-def gemv_relu_apart(ep: torch.export.ExportedProgram, node: fx.Node) -> bool:
+def gemv_relu_apart(ep: Program, node: fx.Node) -> bool:
     """relu(linear(x)), x of at most GEMV_ROWS rows and the weights past GEMV_WEIGHTS elements,
     written as clamp_min(linear(x), 0): the same values. OpenVINO does not fuse that Maximum, so
     the FullyConnected runs on MLAS (above): VGG16's classifier, 123M weights at batch 1, took the
@@ -194,7 +196,7 @@ def gemv_relu_apart(ep: torch.export.ExportedProgram, node: fx.Node) -> bool:
     return _replace(graph, node, apart)
 
 
-def gemm_clamped(ep: torch.export.ExportedProgram, node: fx.Node) -> bool:
+def gemm_clamped(ep: Program, node: fx.Node) -> bool:
     """linear(x), x of more than GEMV_ROWS rows and no activation after it, written as
     clamp(linear(x), -m, m) for m float32's largest value: the same values, except that an
     overflow to +-inf reads +-m. OpenVINO fuses the Clamp, so the FullyConnected runs on oneDNN
