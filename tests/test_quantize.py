@@ -330,3 +330,36 @@ def test_openvino_int8_finds_a_convolution_after_a_batch_norm_by_its_graph_name(
     convs = sorted(op.get_friendly_name().split("/")[0] for op in model.get_ordered_ops()
                    if op.get_type_name() == "Convolution")
     assert convs == sorted(n.name for n in gm.graph.nodes if n.target is torch.ops.aten.conv2d.default)
+
+
+def test_accuracy_control_narrows_a_long_passing_set_block_by_block(trained, monkeypatch):
+    """Where the ranking misses (the one op that must stay float is ranked least sensitive, so only
+    every candidate in float passes the prefix search), the passing set is narrowed on the
+    compiled engine: blocks go back to int8, the least sensitive first, kept where the gate passes."""
+    import types
+
+    from archfit.core import quantize
+    from archfit.core.capture import capture
+
+    model, example, calibration, validation = trained
+    captured = capture(model, example)
+    ops = frozenset(n.name for n in captured.graph_module.graph.nodes if n.op == "call_function")
+    candidates = quantize.candidates_in(captured.graph_module, ops)
+    ranked = [n for n, _ in quantize.sensitivity(captured.graph_module, candidates, calibration, validation)]
+    needed = ranked[-1]
+    monkeypatch.setattr(quantize, "NARROW_FROM", len(ranked))
+    compiled = types.SimpleNamespace(plan=types.SimpleNamespace(partitions=[types.SimpleNamespace(nodes=ops)]))
+    options = types.SimpleNamespace(float_layers=(), calibration=calibration, validation_inputs=validation,
+                                    accuracy_control=True, say=lambda line: None, accuracy=archfit.Classification(),
+                                    float_precision="fp32")
+    tried = []
+
+    def attempt(group, float_precision):
+        tried.append(tuple(group))
+        return compiled, types.SimpleNamespace(ok=needed in group, metrics=[])
+
+    _, result, q = quantize.control_accuracy(captured, compiled, types.SimpleNamespace(ok=False, metrics=[]), options,
+                                             attempt, lambda c: 1.0)
+    assert tuple(ranked) in tried  # the prefix search passed only with every candidate
+    assert result.ok and q.float_layers == (needed,)
+    assert any(line.startswith(f"  {len(ranked) - 1} ops (1 fewer) in float") for line in q.steps), q.steps

@@ -7,8 +7,9 @@ quantize_with_accuracy_control does it for OpenVINO models only): each quantized
 contribution to the error is measured on the validation set, in eager PyTorch with that layer
 alone fake-quantized as the quantizers quantize it (activations per tensor from the calibration
 ranges, weights per output channel); then the most sensitive layers go back to float a group at a
-time (1, 2, 4, ... layers) until the gate passes. Measured, not guessed from layer types: the
-layer that hurts is the one whose activations have outliers on this model's data."""
+time (1, 2, 4, ... layers) until the gate passes, and a long passing set is narrowed block by block
+on the compiled engine. Measured, not guessed from layer types: the layer that hurts is the one
+whose activations have outliers on this model's data."""
 from __future__ import annotations
 
 import hashlib
@@ -23,9 +24,13 @@ aten = torch.ops.aten
 # are the quantizer's own choice, not a layer to return)
 LAYERS = {aten.linear, aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, aten._convolution, aten.addmm, aten.mm}
 # ops the quantizers give int8 inputs without a weight: a residual add or product of two activations,
-# pooling. On EfficientNet-Lite0 these, not its 50 convolutions, cost int8 its top-1 agreement
-# (benchmarks/quantization_image.py), so accuracy control ranks them beside the layers.
+# pooling. On EfficientNet-Lite0 all 50 convolutions in float left int8's top-1 agreement where it
+# was (benchmarks/quantization_image.py), so accuracy control ranks these beside the layers.
 MERGES = {aten.add, aten.mul}
+# A passing float set this long is narrowed block by block on the compiled engine (control_accuracy's
+# narrow), in at most this many more compiles.
+NARROW_FROM = 8
+REFINE_ATTEMPTS = 8
 POOLS = {aten.adaptive_avg_pool2d, aten.avg_pool2d, aten.mean}
 
 
@@ -205,7 +210,8 @@ def control_accuracy(captured, compiled, validation, options, attempt, time_ms) 
     """An int8 graph that misses its gate on the validation set, made to pass: the most sensitive
     layers and weightless quantized ops (residual adds, pooling) return to float a group at a time.
     attempt(float_layers, float_precision) -> (compiled, validation); time_ms(compiled) -> its
-    median ms a call (what keeping them costs). Float is the target's default (OpenVINO: bf16 where
+    median ms a call (what keeping them costs). A passing set of NARROW_FROM ops or more is
+    narrowed on the compiled engine (narrow). Float is the target's default (OpenVINO: bf16 where
     the CPU has bf16 units) when every op of the partitions in it passes; else fp32 (a model whose
     bf16 misses the gate). Every op in float is the last resort; refused, naming the best metric
     reached, when every op in fp32 misses too."""
@@ -228,9 +234,9 @@ def control_accuracy(captured, compiled, validation, options, attempt, time_ms) 
     first_ms = time_ms(compiled)
     steps = [f"accuracy control: every layer in int8 ({first_ms:.3f} ms a call): {_deciding(validation)}: FAIL"]
 
-    def tried(group: tuple[str, ...], float_precision: str | None):
+    def tried(group: tuple[str, ...], float_precision: str | None, label: str | None = None):
         every = group == every_op
-        label = "every op of the partitions" if every else f"the {len(group)} most sensitive"
+        label = label or ("every op of the partitions" if every else f"the {len(group)} most sensitive")
         named = f"({len(group)})" if every else f"({', '.join(group[:6])}{', ...' if len(group) > 6 else ''})"
         precision = f", {float_precision}" if float_precision else ""
         options.say(f"int8 with {label} in float{precision}")
@@ -248,6 +254,28 @@ def control_accuracy(captured, compiled, validation, options, attempt, time_ms) 
                 return found
         return None
 
+    def narrow(found, float_precision: str | None):
+        """`found` (a passing float set) with blocks of it returned to int8 while the gate still
+        passes, the least sensitive blocks first, each block checked on the compiled engine (the
+        ranking measures one op at a time in PyTorch, and where the error is spread over many ops
+        the passing prefix is long: EfficientNet-Lite0 failed with 32 of 60 in float and passed
+        with 60). Blocks of a quarter of the set, then an eighth, at most REFINE_ATTEMPTS compiles."""
+        floats, attempts = list(found[0]), 0
+        size = max(1, len(floats) // 4)
+        while size >= 1 and attempts < REFINE_ATTEMPTS:
+            snapshot = list(floats)
+            for start in reversed(range(0, len(snapshot), size)):
+                block = [name for name in snapshot[start:start + size] if name in floats]
+                if not block or len(block) == len(floats) or attempts == REFINE_ATTEMPTS:
+                    continue
+                attempts += 1
+                trial = tuple(name for name in floats if name not in block)
+                got = tried(trial, float_precision, f"{len(trial)} ops ({len(block)} fewer)")
+                if got[2].ok:
+                    floats, found = list(trial), got
+            size //= 2
+        return found
+
     # every op in the float asked for (the target's default unless set) first: where that misses (bf16
     # on a model it does not suit), no group in it can pass, and the groups are searched in fp32
     float_precision = options.float_precision
@@ -258,7 +286,10 @@ def control_accuracy(captured, compiled, validation, options, attempt, time_ms) 
         raise ValidationError(f"int8 misses the {options.accuracy.describe()} gate on the validation set even with "
                               f"every op in fp32 (best: {_deciding(last[2])}); use precision='bf16' or 'fp32', "
                               f"or loosen the gate's bounds if the task allows")
-    group, compiled, validation = search(float_precision) or last
+    found = search(float_precision)
+    if found is not None and len(found[0]) >= NARROW_FROM:
+        found = narrow(found, float_precision)
+    group, compiled, validation = found or last
     final = {name for p in compiled.plan.partitions for name in p.nodes}
     final_layers = layers_in(captured.graph_module, final)
     floats = tuple(name for name in (candidates_in(captured.graph_module, final) if group == every_op else kept + group)
