@@ -11,7 +11,8 @@ Reports total generated tokens/s, and time to first token (TTFT: request sent to
 token) p50/p90, per arm; arms alternate over rounds.
 
     .venv/bin/python benchmarks/serve_generation.py --rounds 2
-writes benchmarks/results/serve_generation.json and prints the table for BENCHMARKS.md."""
+writes benchmarks/results/serve_generation.json (serve_generation-PRECISION.json for another
+--precision) and prints the table for BENCHMARKS.md."""
 from __future__ import annotations
 
 import argparse
@@ -141,7 +142,8 @@ def main() -> None:
     base = rows[-1]["tokens_per_s"]
     out = {"machine": cpu_model(), "model": args.model, "precision": args.precision, "requests": args.requests,
            "clients": args.clients, "rows": rows}
-    (ROOT / "benchmarks" / "results" / "serve_generation.json").write_text(json.dumps(out, indent=1))
+    name = "serve_generation" + ("" if args.precision == "int8w" else f"-{args.precision}")
+    (ROOT / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(out, indent=1))
     print(f"\n{cpu_model()}, 2 cores; {args.model} {args.precision}, {args.requests} requests (prompts 16-128 "
           f"tokens, outputs 16-128), {args.clients} concurrent clients, generate_stream\n")
     print("| arm | tokens/s | vs one at a time | TTFT p50 ms | TTFT p90 ms | wall s |")
