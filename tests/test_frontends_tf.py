@@ -2,6 +2,7 @@
 layers, compiled outputs equal TensorFlow's own, buckets and dynamic batch on a Keras text model,
 a file that loads where TensorFlow cannot be imported, NMS kept on the host, the CLI on a
 SavedModel, one-line errors. ONNX and MXNet: test_frontends.py."""
+import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,23 @@ import archfit
 from conftest import cli
 from test_frontends import close
 
-tf = pytest.importorskip("tensorflow")  # installed by `make test` (archfit[tensorflow])
+if importlib.util.find_spec("tensorflow") is None:  # installed by `make test` (archfit[tensorflow])
+    pytest.skip("tensorflow is not installed", allow_module_level=True)
+
+
+class _OnFirstUse:
+    """`tf`, imported when a test first uses it: both xdist workers collect this file and only one
+    runs it, and TensorFlow's import costs the other about 4 s of CPU for nothing."""
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name == "pytestmark":  # what pytest's collection asks every module name
+            raise AttributeError(name)
+        import tensorflow
+
+        return getattr(tensorflow, name)
+
+
+tf = _OnFirstUse()
 from archfit.zoo import keras_models  # noqa: E402
 
 
@@ -145,20 +162,24 @@ def test_savedmodel_without_serving_signature_says_so(tmp_path):
     assert "has no 'serving_default' signature" in done.stderr + done.stdout
 
 
-class TwoConvNet(tf.keras.Model):
-    """A keras.Model subclass defined here, as users write them: Conv2D + BatchNormalization twice."""
+def two_conv_net():
+    """A keras.Model subclass, as users write them: Conv2D + BatchNormalization twice (defined in a
+    function: the class statement needs TensorFlow, which collection does not import)."""
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        layers = tf.keras.layers
-        self.conv1, self.norm1 = layers.Conv2D(8, 3, padding="same"), layers.BatchNormalization()
-        self.conv2, self.norm2 = layers.Conv2D(16, 3, padding="same"), layers.BatchNormalization()
-        self.pool, self.head = layers.GlobalAveragePooling2D(), layers.Dense(5)
+    class TwoConvNet(tf.keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            layers = tf.keras.layers
+            self.conv1, self.norm1 = layers.Conv2D(8, 3, padding="same"), layers.BatchNormalization()
+            self.conv2, self.norm2 = layers.Conv2D(16, 3, padding="same"), layers.BatchNormalization()
+            self.pool, self.head = layers.GlobalAveragePooling2D(), layers.Dense(5)
 
-    def call(self, x, training=False):
-        x = tf.nn.relu(self.norm1(self.conv1(x), training=training))
-        x = tf.nn.relu(self.norm2(self.conv2(x), training=training))
-        return self.head(self.pool(x))
+        def call(self, x, training=False):
+            x = tf.nn.relu(self.norm1(self.conv1(x), training=training))
+            x = tf.nn.relu(self.norm2(self.conv2(x), training=training))
+            return self.head(self.pool(x))
+
+    return TwoConvNet()
 
 
 def _trained_norms(model, x):
@@ -173,7 +194,7 @@ def _trained_norms(model, x):
 
 def test_keras_subclass_traces_and_reports_its_convolutions():
     x = np.random.default_rng(0).random((1, 32, 32, 3), "float32")
-    model = _trained_norms(TwoConvNet(), x)
+    model = _trained_norms(two_conv_net(), x)
     compiled = archfit.trace(model, x, "openvino", check_payoff=False)
     np.testing.assert_allclose(np.asarray(compiled(x)), model(x, training=False).numpy(), atol=1e-4, rtol=1e-4)
     ops = {s.op: s for s in compiled.report.source_ops}
