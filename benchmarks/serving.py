@@ -26,6 +26,16 @@ server's resident memory sampled every 10 s, errors, p50/p99.
     .venv/bin/python benchmarks/serving.py                 # full size, ~35 min
     .venv/bin/python benchmarks/serving.py --tiny --seconds 3 --soak-seconds 10   # smoke run
 
+--scenario mlperf measures instead as MLPerf Inference's scenarios do, every arm alike: offline
+throughput (a closed loop of the most clients, --seconds), then the server scenario, the highest
+Poisson arrival rate whose p99 latency stays within --p99-ms, found by bisection between 0 and the
+offline rate (--search-steps points of --point-seconds each, 60 s as MLPerf's minimum), and its
+p50/p99; the soak runs at 90% of the best archfit arm's server rate.
+
+    .venv/bin/python benchmarks/serving.py --scenario mlperf --soak-seconds 600   # ~75 min
+    .venv/bin/python benchmarks/serving.py --scenario mlperf --tiny --seconds 3 --point-seconds 4 \
+        --search-steps 2 --soak-seconds 5                    # smoke run
+
 writes benchmarks/results/serving.json and prints the Markdown tables for BENCHMARKS.md."""
 from __future__ import annotations
 
@@ -320,6 +330,35 @@ def pct(values, q):
     return float(np.percentile(values, q) * 1000) if values else float("nan")
 
 
+def server_scenario(label: str, port: int, path: str, lengths: list[int], args) -> dict:
+    """MLPerf's offline and server scenarios for one arm: the offline rate (a closed loop of the
+    most clients), then the highest Poisson rate whose p99 is within args.p99_ms with no errors,
+    by bisection over [0, offline]."""
+    clients = max(int(c) for c in args.clients.split(","))
+    res = drive({"mode": "closed", "port": port, "path": path, "lengths": lengths, "clients": clients,
+                 "seconds": args.seconds})
+    offline = len(res["latencies"]) / res["seconds"]
+    print(f"{label}: offline {offline:.2f} req/s", flush=True)
+    lo, hi, best, points = 0.0, offline, None, []
+    for _ in range(args.search_steps):
+        rate = (lo + hi) / 2
+        res = drive({"mode": "open", "port": port, "path": path, "lengths": lengths, "rate": rate,
+                     "seconds": args.point_seconds, "pid": os.getpid()})
+        p50, p99 = pct(res["latencies"], 50), pct(res["latencies"], 99)
+        ok = not res["errors"] and res["latencies"] and p99 <= args.p99_ms
+        points.append({"rate": rate, "p50_ms": p50, "p99_ms": p99, "answered": len(res["latencies"]),
+                       "errors": len(res["errors"]), "ok": bool(ok)})
+        print(f"{label}: {rate:.2f} req/s -> p50 {p50:.0f} ms, p99 {p99:.0f} ms, {len(res['errors'])} errors: "
+              f"{'within' if ok else 'over'} the bound", flush=True)
+        if ok:
+            lo, best = rate, points[-1]
+        else:
+            hi = rate
+    return {"arm": label, "offline_req_per_s": offline, "server_req_per_s": best["rate"] if best else 0.0,
+            "p50_ms": best["p50_ms"] if best else float("nan"), "p99_ms": best["p99_ms"] if best else float("nan"),
+            "points": points}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--load", help=argparse.SUPPRESS)
@@ -331,6 +370,11 @@ def main() -> None:
                     help="serve the bucketed file with --streams 2 instead of the packed file")
     ap.add_argument("--soak-seconds", type=float, default=300.0)
     ap.add_argument("--requests", type=int, default=400, help="distinct requests (SQuAD lengths, fixed seed)")
+    ap.add_argument("--scenario", choices=("closed", "mlperf"), default="closed",
+                    help="closed: client counts (the table above); mlperf: offline and server scenarios")
+    ap.add_argument("--p99-ms", type=float, default=1000.0, help="mlperf: the server scenario's latency bound")
+    ap.add_argument("--point-seconds", type=float, default=60.0, help="mlperf: each rate tried")
+    ap.add_argument("--search-steps", type=int, default=4, help="mlperf: rates tried per arm (bisection)")
     args = ap.parse_args()
     if args.load:
         return load_main(json.loads(args.load))
@@ -363,6 +407,8 @@ def main() -> None:
     for label in arms:  # warm-up: every engine shape compiled lazily is touched before timing
         drive({"mode": "closed", "port": ports[label], "path": paths[label], "lengths": lengths[:16], "clients": 4,
                "seconds": 3 if not args.tiny else 1})
+    if args.scenario == "mlperf":
+        return mlperf(args, arms, ports, paths, procs, lengths)
     levels = [int(c) for c in args.clients.split(",")]
     cells: dict = {(a, c): {"latencies": [], "errors": [], "seconds": 0.0, "answered": 0} for a in arms for c in levels}
     order = list(arms)
@@ -398,29 +444,10 @@ def main() -> None:
             res = drive({"mode": "closed", "port": ports[label], "path": paths[label], "lengths": lengths,
                          "clients": max(levels), "seconds": 60})
             best = len(res["latencies"]) / res["seconds"]
-        res = drive({"mode": "open", "port": ports[label], "path": paths[label], "lengths": lengths,
-                     "rate": 0.8 * best, "seconds": args.soak_seconds, "pid": procs[label].pid})
-        rss = [m for _, m in res["rss"]]
-        minute = max(1, len(rss) // 5)
-        soak = {"arm": label, "saturated_req_per_s": best, "rate": 0.8 * best, "sent": res["sent"],
-                "answered": len(res["latencies"]), "errors": len(res["errors"]),
-                "error_kinds": sorted(set(map(str, res["errors"])))[:5], "p50_ms": pct(res["latencies"], 50),
-                "p99_ms": pct(res["latencies"], 99), "rss": res["rss"], "rss_first_mib": float(np.mean(rss[:minute])),
-                "rss_last_mib": float(np.mean(rss[-minute:]))}
-        print("soak", {k: v for k, v in soak.items() if k != "rss"}, flush=True)
-    for p in procs.values():
-        p.send_signal(signal.SIGTERM)
-        p.wait(60)
-    import ray
-
-    ray.shutdown()
-    import torch
-
-    from archfit.cli.bench import cpu_model
-
-    result = {"machine": f"{cpu_model()}, {os.cpu_count()} cores", "platform": platform.platform(),
-              "torch": torch.__version__, "tiny": args.tiny, "seconds": args.seconds, "rounds": args.rounds,
-              "requests": args.requests, "rows": rows, "soak": soak}
+        soak = run_soak(label, ports[label], paths[label], procs[label].pid, lengths, best, 0.8, args.soak_seconds)
+    stop(procs)
+    result = machine() | {"tiny": args.tiny, "seconds": args.seconds, "rounds": args.rounds,
+                          "requests": args.requests, "rows": rows, "soak": soak}
     name = "serving-tiny" if args.tiny else "serving" if args.rounds else "serving-soak"
     out = ROOT / "benchmarks" / "results" / f"{name}.json"
     out.write_text(json.dumps(result, indent=1))
@@ -431,10 +458,77 @@ def main() -> None:
         print(f"| {r['arm']} | {r['clients']} | {r['req_per_s']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} "
               f"| {r['answered']} | {r['errors']} |")
     if soak:
-        print(f"\nsoak: {soak['rate']:.2f} req/s for {args.soak_seconds:.0f} s: {soak['answered']}/{soak['sent']} "
-              f"answered, {soak['errors']} errors, p50 {soak['p50_ms']:.0f} ms, p99 {soak['p99_ms']:.0f} ms, RSS first "
-              f"minute {soak['rss_first_mib']:.0f} MiB, last minute {soak['rss_last_mib']:.0f} MiB "
-              f"({soak['rss_last_mib'] / soak['rss_first_mib'] - 1:+.1%})")
+        print_soak(soak, args.soak_seconds)
+
+
+def run_soak(label: str, port: int, path: str, pid: int, lengths: list[int], rate: float, share: float,
+             seconds: float) -> dict:
+    """Poisson arrivals at share x rate for `seconds` against one arm: errors, p50/p99, the server's
+    resident memory in the first and the last fifth of the run."""
+    res = drive({"mode": "open", "port": port, "path": path, "lengths": lengths, "rate": share * rate,
+                 "seconds": seconds, "pid": pid})
+    rss = [m for _, m in res["rss"]]
+    minute = max(1, len(rss) // 5)
+    soak = {"arm": label, "saturated_req_per_s": rate, "rate": share * rate, "sent": res["sent"],
+            "answered": len(res["latencies"]), "errors": len(res["errors"]),
+            "error_kinds": sorted(set(map(str, res["errors"])))[:5], "p50_ms": pct(res["latencies"], 50),
+            "p99_ms": pct(res["latencies"], 99), "rss": res["rss"], "rss_first_mib": float(np.mean(rss[:minute])),
+            "rss_last_mib": float(np.mean(rss[-minute:]))}
+    print("soak", {k: v for k, v in soak.items() if k != "rss"}, flush=True)
+    return soak
+
+
+def print_soak(soak: dict, seconds: float) -> None:
+    print(f"\nsoak: {soak['rate']:.2f} req/s for {seconds:.0f} s: {soak['answered']}/{soak['sent']} "
+          f"answered, {soak['errors']} errors, p50 {soak['p50_ms']:.0f} ms, p99 {soak['p99_ms']:.0f} ms, RSS first "
+          f"minute {soak['rss_first_mib']:.0f} MiB, last minute {soak['rss_last_mib']:.0f} MiB "
+          f"({soak['rss_last_mib'] / soak['rss_first_mib'] - 1:+.1%})")
+
+
+def stop(procs: dict) -> None:
+    for p in procs.values():
+        p.send_signal(signal.SIGTERM)
+        p.wait(60)
+    import ray
+
+    ray.shutdown()
+
+
+def machine() -> dict:
+    import torch
+
+    from archfit.cli.bench import cpu_model
+
+    return {"machine": f"{cpu_model()}, {os.cpu_count()} cores", "platform": platform.platform(),
+            "torch": torch.__version__}
+
+
+def mlperf(args, arms: list[str], ports: dict, paths: dict, procs: dict, lengths: list[int]) -> None:
+    """Every arm's offline and server scenario (server_scenario), arms in turn; the soak at 90% of the
+    best archfit arm's server rate; results/serving-mlperf.json and the table."""
+    rows = [server_scenario(label, ports[label], paths[label], lengths, args) for label in arms]
+    soak = None
+    served = sorted((r for r in rows if r["arm"].startswith("archfit")), key=lambda r: -r["server_req_per_s"])
+    if args.soak_seconds > 0 and served and served[0]["server_req_per_s"] > 0:
+        label = served[0]["arm"]
+        soak = run_soak(label, ports[label], paths[label], procs[label].pid, lengths, served[0]["server_req_per_s"],
+                        0.9, args.soak_seconds)
+    stop(procs)
+    result = machine() | {"tiny": args.tiny, "scenario": "mlperf", "p99_bound_ms": args.p99_ms,
+                          "point_seconds": args.point_seconds, "offline_seconds": args.seconds,
+                          "requests": args.requests, "rows": rows, "soak": soak}
+    name = "serving-mlperf-tiny" if args.tiny else "serving-mlperf"
+    (ROOT / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(result, indent=1))
+    print(f"\n{result['machine']}; server scenario: p99 <= {args.p99_ms:.0f} ms, points of "
+          f"{args.point_seconds:.0f} s\n")
+    print("| arm | offline req/s | server req/s (p99 bound) | p50 ms | p99 ms | rates tried |")
+    print("|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: -r["server_req_per_s"]):
+        tried = ", ".join(f"{p['rate']:.2f}{'' if p['ok'] else ' over'}" for p in r["points"])
+        print(f"| {r['arm']} | {r['offline_req_per_s']:.2f} | {r['server_req_per_s']:.2f} | {r['p50_ms']:.0f} "
+              f"| {r['p99_ms']:.0f} | {tried} |")
+    if soak:
+        print_soak(soak, args.soak_seconds)
 
 
 if __name__ == "__main__":
