@@ -32,7 +32,7 @@ Poisson arrival rate whose p99 latency stays within --p99-ms, found by bisection
 offline rate (--search-steps points of --point-seconds each, 60 s as MLPerf's minimum), and its
 p50/p99; the soak runs at 90% of the best archfit arm's server rate.
 
-    .venv/bin/python benchmarks/serving.py --scenario mlperf --soak-seconds 600   # ~75 min
+    .venv/bin/python benchmarks/serving.py --scenario mlperf --precision bf16 --soak-seconds 600   # ~60 min
     .venv/bin/python benchmarks/serving.py --scenario mlperf --tiny --seconds 3 --point-seconds 4 \
         --search-steps 2 --soak-seconds 5                    # smoke run
 
@@ -186,11 +186,11 @@ def drive(spec: dict) -> dict:
 class Peer:
     """A Ray Serve replica as a user would write it: @serve.batch around an eager or OpenVINO model."""
 
-    def __init__(self, kind: str, pad_to_max: bool, ir: str | None, tiny: bool, max_len: int):
+    def __init__(self, kind: str, pad_to_max: bool, ir: str | None, tiny: bool, max_len: int, precision: str = "fp32"):
         import torch
 
         torch.set_num_threads(1)
-        self.pad_to_max, self.kind, self.max_len = pad_to_max, kind, max_len
+        self.pad_to_max, self.kind, self.max_len, self.bf16 = pad_to_max, kind, max_len, precision == "bf16"
         if kind == "eager":
             from archfit import zoo
 
@@ -201,7 +201,8 @@ class Peer:
 
             core = ov.Core()
             self.compiled = core.compile_model(core.read_model(ir), "CPU", {
-                "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1,
+                "INFERENCE_PRECISION_HINT": "bf16" if self.bf16 else "f32", "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": 1,
                 # unpinned: OpenVINO pins to cores by default, and two replicas would pin to the same one
                 "ENABLE_CPU_PINNING": False})
 
@@ -215,8 +216,8 @@ class Peer:
             ids[i, :t.shape[1]] = t[0]
             mask[i, :t.shape[1]] = 1
         if self.kind == "eager":
-            with torch.no_grad():
-                out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         else:
             out = torch.from_numpy(self.compiled([ids.numpy(), mask.numpy()])[0])
         return [out[i:i + 1, :t.shape[1]].contiguous() for i, t in enumerate(ids_list)]
@@ -244,7 +245,7 @@ def batched_peer():
     return BatchedPeer
 
 
-def start_peers(ir_pad: str, ir_dyn: str, tiny: bool, port: int) -> dict[str, str]:
+def start_peers(ir_pad: str, ir_dyn: str, tiny: bool, port: int, precision: str = "fp32") -> dict[str, str]:
     import ray
     from ray import serve
 
@@ -260,14 +261,14 @@ def start_peers(ir_pad: str, ir_dyn: str, tiny: bool, port: int) -> dict[str, st
     for i, (label, args) in enumerate(peers.items()):
         dep = serve.deployment(cls, name=f"peer{i}", num_replicas=2, max_ongoing_requests=64,
                                ray_actor_options={"num_cpus": 1})
-        serve.run(dep.bind(*args, tiny, MAX), name=f"peer{i}", route_prefix=f"/peer{i}")
+        serve.run(dep.bind(*args, tiny, MAX, precision), name=f"peer{i}", route_prefix=f"/peer{i}")
         paths[label] = f"/peer{i}/v2/models/bert/infer"
         print("started", label, flush=True)
     return paths
 
 
 # -- the orchestrator --------------------------------------------------------------------------
-def compile_files(tiny: bool, tmp: Path) -> tuple[dict[str, Path], str, str]:
+def compile_files(tiny: bool, tmp: Path, precision: str = "fp32") -> tuple[dict[str, Path], str, str]:
     import warnings
 
     import openvino as ov
@@ -289,13 +290,13 @@ def compile_files(tiny: bool, tmp: Path) -> tuple[dict[str, Path], str, str]:
     t0 = time.perf_counter()
     one = {k: v[:1] for k, v in example.items()}
     spec = Buckets(SEQ, sizes=(64, MAX)) if tiny else Buckets(SEQ, histogram=tuple(hist), max_buckets=4)
-    m = archfit.trace(model, one, "openvino", buckets=spec, check_payoff=False)
+    m = archfit.trace(model, one, "openvino", buckets=spec, check_payoff=False, precision=precision)
     files[BUCKETS] = archfit.save(m, tmp / "buckets.archfit")
     print("buckets", m.sizes, f"{time.perf_counter() - t0:.0f} s", flush=True)
     del m
     sizes = dict(sizes=(64, MAX)) if tiny else dict(histogram=tuple(hist), max_sizes=4)
-    m = archfit.trace(model, one, "openvino", packing=Packing(MAX, outputs=("last_hidden_state",), lookahead=64,
-                                                              **sizes))
+    m = archfit.trace(model, one, "openvino", precision=precision,
+                      packing=Packing(MAX, outputs=("last_hidden_state",), lookahead=64, **sizes))
     print("packed rows", m.spec.sizes, flush=True)
     files[PACKED] = archfit.save(m, tmp / "packed.archfit")
     del m
@@ -373,6 +374,8 @@ def main() -> None:
     ap.add_argument("--scenario", choices=("closed", "mlperf"), default="closed",
                     help="closed: client counts (the table above); mlperf: offline and server scenarios")
     ap.add_argument("--p99-ms", type=float, default=1000.0, help="mlperf: the server scenario's latency bound")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="every arm's: archfit's files, OpenVINO's inference precision, eager's autocast")
     ap.add_argument("--point-seconds", type=float, default=60.0, help="mlperf: each rate tried")
     ap.add_argument("--search-steps", type=int, default=4, help="mlperf: rates tried per arm (bisection)")
     args = ap.parse_args()
@@ -388,7 +391,7 @@ def main() -> None:
     lengths = [min(MAX, int(n)) for n in np.random.default_rng(0).choice(lengths_axis, size=args.requests,
                                                                          p=hist / hist.sum())]
     tmp = scratch_dir("archfit-serving-")
-    files, ir_pad, ir_dyn = compile_files(args.tiny, tmp)
+    files, ir_pad, ir_dyn = compile_files(args.tiny, tmp, args.precision)
     procs, paths, ports = {}, {}, {}
     # four archfit servers beside the eight Ray replicas exceed 24 GiB: --bucket-streams swaps the
     # packed file's two-stream arm for the bucketed file's
@@ -401,7 +404,7 @@ def main() -> None:
         print("started", label, flush=True)
     ray_port = 18200
     if args.rounds > 0:  # --rounds 0: the soak alone, no peers
-        for label, path in start_peers(ir_pad, ir_dyn, args.tiny, ray_port).items():
+        for label, path in start_peers(ir_pad, ir_dyn, args.tiny, ray_port, args.precision).items():
             ports[label], paths[label] = ray_port, path
     arms = list(paths)
     for label in arms:  # warm-up: every engine shape compiled lazily is touched before timing
@@ -514,10 +517,10 @@ def mlperf(args, arms: list[str], ports: dict, paths: dict, procs: dict, lengths
         soak = run_soak(label, ports[label], paths[label], procs[label].pid, lengths, served[0]["server_req_per_s"],
                         0.9, args.soak_seconds)
     stop(procs)
-    result = machine() | {"tiny": args.tiny, "scenario": "mlperf", "p99_bound_ms": args.p99_ms,
+    result = machine() | {"tiny": args.tiny, "scenario": "mlperf", "precision": args.precision, "p99_bound_ms": args.p99_ms,
                           "point_seconds": args.point_seconds, "offline_seconds": args.seconds,
                           "requests": args.requests, "rows": rows, "soak": soak}
-    name = "serving-mlperf-tiny" if args.tiny else "serving-mlperf"
+    name = f"serving-mlperf-{args.precision}" + ("-tiny" if args.tiny else "")
     (ROOT / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(result, indent=1))
     print(f"\n{result['machine']}; server scenario: p99 <= {args.p99_ms:.0f} ms, points of "
           f"{args.point_seconds:.0f} s\n")
