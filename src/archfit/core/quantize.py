@@ -27,11 +27,11 @@ LAYERS = {aten.linear, aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, 
 # pooling. On EfficientNet-Lite0 all 50 convolutions in float left int8's top-1 agreement where it
 # was (benchmarks/quantization_image.py), so accuracy control ranks these beside the layers.
 MERGES = {aten.add, aten.mul}
+POOLS = {aten.adaptive_avg_pool2d, aten.avg_pool2d, aten.mean}
 # A passing float set this long is narrowed block by block on the compiled engine (control_accuracy's
 # narrow), in at most this many more compiles.
 NARROW_FROM = 8
-REFINE_ATTEMPTS = 8
-POOLS = {aten.adaptive_avg_pool2d, aten.avg_pool2d, aten.mean}
+NARROW_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -259,14 +259,14 @@ def control_accuracy(captured, compiled, validation, options, attempt, time_ms) 
         passes, the least sensitive blocks first, each block checked on the compiled engine (the
         ranking measures one op at a time in PyTorch, and where the error is spread over many ops
         the passing prefix is long: EfficientNet-Lite0 failed with 32 of 60 in float and passed
-        with 60). Blocks of a quarter of the set, then an eighth, at most REFINE_ATTEMPTS compiles."""
+        with 60). Blocks of a quarter of the set, then an eighth, at most NARROW_ATTEMPTS compiles."""
         floats, attempts = list(found[0]), 0
         size = max(1, len(floats) // 4)
-        while size >= 1 and attempts < REFINE_ATTEMPTS:
+        while size >= 1 and attempts < NARROW_ATTEMPTS:
             snapshot = list(floats)
             for start in reversed(range(0, len(snapshot), size)):
                 block = [name for name in snapshot[start:start + size] if name in floats]
-                if not block or len(block) == len(floats) or attempts == REFINE_ATTEMPTS:
+                if not block or len(block) == len(floats) or attempts == NARROW_ATTEMPTS:
                     continue
                 attempts += 1
                 trial = tuple(name for name in floats if name not in block)

@@ -3,6 +3,7 @@ deciding which nodes go to a backend is separate from turning a subgraph into an
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import operator
 import os
@@ -72,7 +73,7 @@ def decompose_nodes(gm: fx.GraphModule, table: Callable[[], dict], keep: frozens
                     result = fx.node.map_arg(sub.args[0], env.__getitem__)
                     break
                 if sub.op == "get_attr":  # a constant the decomposition made (a scalar tensor)
-                    name = f"_decomposed_{len(graph.nodes)}_{sub.target}"
+                    name = next(f"_decomposed_{i}" for i in itertools.count() if not hasattr(gm, f"_decomposed_{i}"))
                     setattr(gm, name, getattr(traced, sub.target))
                     env[sub] = graph.get_attr(name)
                     env[sub].meta = dict(sub.meta)
