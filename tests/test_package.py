@@ -178,3 +178,58 @@ def test_malicious_pickles_are_never_executed(saved, tmp_path):
 def test_save_refuses_what_it_cannot_store(tmp_path):
     with pytest.raises(archfit.ArtifactError, match="archfit.save takes the module archfit.trace returned"):
         archfit.save(torch.nn.Linear(2, 2), tmp_path / "x.archfit")
+
+
+def _openvino_blob(isa: str | None = None) -> bytes:
+    """An engine as archfit saved OpenVINO engines before it stored IR: the config line, then the
+    CPU plugin's compiled blob, its header naming `isa` instead of this CPU's when given."""
+    import struct
+
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    torch.manual_seed(0)
+    model = ov.convert_model(torch.nn.Linear(4, 3).eval(), example_input=torch.randn(2, 4))
+    blob = ov.Core().compile_model(model, "CPU", config).export_model().getvalue()
+    if isa is not None:  # magic, version, header length, then 'meta=...;isa=...'
+        (size,) = struct.unpack_from("<Q", blob, 12)
+        meta = blob[20:20 + size].decode().rpartition("isa=")[0].encode() + b"isa=" + isa.encode()
+        blob = blob[:12] + struct.pack("<Q", len(meta)) + meta + blob[20 + size:]
+    return json.dumps(config).encode() + b"\n" + blob
+
+
+def test_an_openvino_engine_saved_as_a_compiled_blob_still_loads_on_its_cpu_kind():
+    from archfit.targets.openvino import load_engine
+
+    engine = load_engine(_openvino_blob())
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(4, 3).eval()
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(engine.run([x])[0], linear(x).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_an_openvino_blob_of_another_cpu_kind_is_refused_naming_it():
+    from archfit.targets.openvino import load_engine
+
+    with pytest.raises(archfit.ArtifactError, match=r"compiled for another kind of CPU \(Imaginary ISA with wide units\)"
+                       r" and an OpenVINO blob loads only there: compile the model again here"):
+        load_engine(_openvino_blob("Imaginary ISA with wide units"))
+
+
+def test_openvino_engines_are_saved_as_ir_that_any_cpu_compiles(mlp):
+    """What a file carries is OpenVINO IR (XML and weights), not the CPU plugin's blob, which
+    names the instruction set it was compiled for and loads nowhere else."""
+    from archfit.core.engines import engines_in
+    from archfit.targets.openvino import IR_FORMAT, load_engine
+
+    model, inputs = mlp
+    compiled = archfit.trace(model, inputs, target="openvino", check_payoff=False, validate=False, cache=False)
+    (engine,) = [m.engine for m in engines_in(compiled)]
+    data = engine.serialize()
+    header = json.loads(data[:data.index(b"\n")])
+    assert header[IR_FORMAT] == 1 and header["config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert data[data.index(b"\n") + 1:].startswith(b"<?xml")
+    again = load_engine(data)
+    torch.testing.assert_close(again.run(list(inputs))[0], model(*inputs).detach(), atol=1e-5, rtol=1e-5)
+    twice = load_engine(again.serialize())  # a loaded engine saves again (from the model it compiled)
+    torch.testing.assert_close(twice.run(list(inputs))[0], model(*inputs).detach(), atol=1e-5, rtol=1e-5)

@@ -5,7 +5,9 @@ check that files written by an earlier archfit still load and answer the same.
 Run it only when the file format changes on purpose (then commit the new set beside the old one):
     .venv/bin/python tools/format_fixtures.py tests/data/files/v4
 The set committed as v4 was written by archfit 0f40093, before the module-kind registry; its
-causal.archfit (a decoder-only generator) when that kind was added (`... v4 causal` writes it alone)."""
+causal.archfit (a decoder-only generator) when that kind was added (`... v4 causal` writes it alone),
+and its packed_dynamic.archfit again when OpenVINO engines were first saved as IR (`... v4
+packed_dynamic`): the compiled blob stored before loads only on the kind of CPU that wrote it."""
 from __future__ import annotations
 
 import sys
@@ -52,10 +54,28 @@ def causal(out: Path) -> None:
           {"output_ids": m.generate(ids, attention_mask=mask, max_new_tokens=6)})
 
 
+def packed(out: Path, name: str) -> None:
+    """Packed rows (onnxruntime), or a packed file of one dynamic-length engine (openvino)."""
+    torch.manual_seed(0)
+    bert, inputs = _tiny_bert()
+    strategy, target = {"packed": ("pack", "onnxruntime"), "packed_dynamic": ("dynamic", "openvino")}[name]
+    seqs = [torch.randint(5, 90, (n,)) for n in (5, 9, 3, 12)]
+    batch = torch.zeros(4, 12, dtype=torch.long)
+    mask = torch.zeros(4, 12, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        batch[i, :len(s)], mask[i, :len(s)] = s, 1
+    m = archfit.trace(bert, inputs, target, packing=archfit.Packing(max_len=16, rows=2, pool="mean", strategy=strategy),
+                      check_payoff=False, cache=False)
+    got = m(input_ids=batch, attention_mask=mask)
+    _save(out, name, m, {"input_ids": batch, "attention_mask": mask}, dict(got))
+
+
 def main(out: Path, only: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if only == "causal":
         return causal(out)
+    if only == "packed_dynamic":
+        return packed(out, only)
     common = dict(check_payoff=False, cache=False)
     torch.manual_seed(0)
 
@@ -77,17 +97,8 @@ def main(out: Path, only: str | None = None) -> None:
     _save(out, "bucketed", m, {"input_ids": ids, "attention_mask": mask},
           {"last_hidden_state": got["last_hidden_state"], "pooler_output": got["pooler_output"]})
 
-    # packed rows (onnxruntime) and a packed file of one dynamic-length engine (openvino)
-    seqs = [torch.randint(5, 90, (n,)) for n in (5, 9, 3, 12)]
-    batch = torch.zeros(4, 12, dtype=torch.long)
-    mask = torch.zeros(4, 12, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        batch[i, :len(s)], mask[i, :len(s)] = s, 1
-    for name, strategy, target in (("packed", "pack", "onnxruntime"), ("packed_dynamic", "dynamic", "openvino")):
-        m = archfit.trace(bert, inputs, target, packing=archfit.Packing(max_len=16, rows=2, pool="mean",
-                                                                            strategy=strategy), **common)
-        got = m(input_ids=batch, attention_mask=mask)
-        _save(out, name, m, {"input_ids": batch, "attention_mask": mask}, dict(got))
+    for name in ("packed", "packed_dynamic"):
+        packed(out, name)
 
     # a seq2seq generator (MarianMT), greedy
     marian = zoo.build("marian-en-de", tiny=True)[0].model.eval()

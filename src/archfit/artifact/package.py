@@ -241,6 +241,8 @@ def _load_engine(path: Path, manifest: dict, e: dict, blobs: dict[str, bytes], t
     except KeyError:
         raise ArtifactError(f"{path}: engine {str(e.get('module'))[:60]} names a member the file does not "
                             f"hold") from None
+    except ArtifactError as err:  # the target said why (an engine compiled for another kind of CPU)
+        raise ArtifactError(f"{path}: engine {str(e['module'])[:60]}: {err.args[0]}") from err
     except Exception as err:  # noqa: BLE001 - a backend refusing its blob becomes one line
         raise ArtifactError(
             f"{path}: {target.backend} cannot load engine {str(e['module'])[:60]} ({first_line(err, 200)}); it was "
