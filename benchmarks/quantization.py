@@ -250,11 +250,13 @@ def run_main(doc: str, measure, markdown, stem: str) -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--host-tag", default="",
+                        help="appended to the results file's name (a host kind's tables kept beside another's)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for batch in args.batch:
         result = measure(batch, args.rounds, args.seconds)
-        (RESULTS / f"{stem}-{batch}.json").write_text(json.dumps(result, indent=1))
+        (RESULTS / f"{stem}-{batch}{'-' + args.host_tag if args.host_tag else ''}.json").write_text(json.dumps(result, indent=1))
         print(markdown(result), flush=True)
 
 
