@@ -180,14 +180,14 @@ def test_save_refuses_what_it_cannot_store(tmp_path):
         archfit.save(torch.nn.Linear(2, 2), tmp_path / "x.archfit")
 
 
-def _openvino_blob(isa: str | None = None) -> bytes:
+def _openvino_blob(isa: str | None = None, hint: str = "f32") -> bytes:
     """An engine as archfit saved OpenVINO engines before it stored IR: the config line, then the
     CPU plugin's compiled blob, its header naming `isa` instead of this CPU's when given."""
     import struct
 
     import openvino as ov
 
-    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    config = {"INFERENCE_PRECISION_HINT": hint}
     torch.manual_seed(0)
     model = ov.convert_model(torch.nn.Linear(4, 3).eval(), example_input=torch.randn(2, 4))
     blob = ov.Core().compile_model(model, "CPU", config).export_model().getvalue()
@@ -233,3 +233,13 @@ def test_openvino_engines_are_saved_as_ir_that_any_cpu_compiles(mlp):
     torch.testing.assert_close(again.run(list(inputs))[0], model(*inputs).detach(), atol=1e-5, rtol=1e-5)
     twice = load_engine(again.serialize())  # a loaded engine saves again (from the model it compiled)
     torch.testing.assert_close(twice.run(list(inputs))[0], model(*inputs).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_a_bf16_openvino_file_on_a_cpu_without_bf16_units_warns_that_it_runs_fp32(monkeypatch):
+    from archfit.targets import openvino as ov_target
+
+    monkeypatch.setattr(ov_target, "bf16_units", lambda: False)
+    ov_target._warn_bf16_once.cache_clear()
+    with pytest.warns(UserWarning, match="compiled in bf16, and this CPU has no bf16 units: OpenVINO runs them in fp32"):
+        ov_target.load_engine(_openvino_blob(hint="bf16"))
+    ov_target._warn_bf16_once.cache_clear()

@@ -126,6 +126,7 @@ def load_engine(data: bytes) -> OpenVINOEngine:
 
     cut = data.index(b"\n")
     header = json.loads(data[:cut])
+    _warn_if_bf16_runs_fp32(header.get("config", header))
     if IR_FORMAT in header:
         config, xml_end = header["config"], cut + 1 + header["xml"]
         weights = ov.Tensor(np.frombuffer(memoryview(data)[xml_end:], dtype=np.uint8))  # copied once, kept by the model
@@ -141,6 +142,22 @@ def load_engine(data: bytes) -> OpenVINOEngine:
                 "(files now carry OpenVINO IR and load on any CPU)") from err
         raise
     return OpenVINOEngine(compiled, header)
+
+
+@lru_cache(maxsize=None)
+def _warn_bf16_once(hint: str) -> None:
+    import warnings
+
+    warnings.warn(f"this file's OpenVINO engines were compiled in {hint}, and this CPU has no bf16 units: OpenVINO "
+                  "runs them in fp32 here (slower than where they were compiled, and not the numbers their gate "
+                  "passed on); compile the model again on this machine for its best precision", stacklevel=3)
+
+
+def _warn_if_bf16_runs_fp32(config: dict) -> None:
+    """Tracing refuses bf16 where the CPU has no bf16 units; a file compiled in bf16 elsewhere
+    loads, but OpenVINO quietly runs it in fp32: say so once a process."""
+    if config.get("INFERENCE_PRECISION_HINT") == "bf16" and not bf16_units():
+        _warn_bf16_once("bf16")
 
 
 def _blob_isa(blob) -> str:
