@@ -12,7 +12,7 @@ token) p50/p90, per arm; arms alternate over rounds.
 
     .venv/bin/python benchmarks/serve_generation.py --rounds 2
 writes benchmarks/results/serve_generation.json (serve_generation-PRECISION.json for another
---precision) and prints the table for BENCHMARKS.md."""
+--precision; -HOST_TAG appended with --host-tag) and prints the table for BENCHMARKS.md."""
 from __future__ import annotations
 
 import argparse
@@ -108,6 +108,7 @@ def main() -> None:
     p.add_argument("--step-rows", type=int, nargs="*", default=[],
                    help="decode steps compiled beside 1 and --clients rows (the server steps on the smallest "
                         "that holds its running requests)")
+    p.add_argument("--host-tag", default="", help="appended to the results file's name (a host kind's beside another's)")
     args = p.parse_args()
     torch.set_num_threads(2)
     model = zoo.build(args.model)[0].model.eval()
@@ -138,11 +139,13 @@ def main() -> None:
                 print(arm, runs[arm][-1], flush=True)
     rows = []
     for arm, results in runs.items():
-        rows.append({"arm": arm, **{k: statistics.median(x[k] for x in results) for k in results[0]}})
+        rows.append({"arm": arm, **{k: statistics.median(x[k] for x in results) for k in results[0]},
+                     "rounds_tokens_per_s": [x["tokens_per_s"] for x in results]})
     base = rows[-1]["tokens_per_s"]
     out = {"machine": cpu_model(), "model": args.model, "precision": args.precision, "requests": args.requests,
            "clients": args.clients, "rows": rows}
-    name = "serve_generation" + ("" if args.precision == "int8w" else f"-{args.precision}")
+    name = ("serve_generation" + ("" if args.precision == "int8w" else f"-{args.precision}")
+            + (f"-{args.host_tag}" if args.host_tag else ""))
     (ROOT / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(out, indent=1))
     print(f"\n{cpu_model()}, 2 cores; {args.model} {args.precision}, {args.requests} requests (prompts 16-128 "
           f"tokens, outputs 16-128), {args.clients} concurrent clients, generate_stream\n")
