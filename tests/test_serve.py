@@ -280,6 +280,7 @@ def test_two_streams_run_two_batches_at_once_with_the_same_answers(bert_file, mo
     from archfit.serve import Server, load_models
 
     monkeypatch.setenv("ARCHFIT_STREAMS", "2")
+    monkeypatch.delenv("ARCHFIT_THREADS", raising=False)  # a stream takes a thread of its own
     models = load_models([f"bert={bert_file}"])
     engines = [m.engine for m in models["bert"].module.modules() if isinstance(m, EngineModule)]
     assert all(e.compiled_model.get_property("NUM_STREAMS") == 2 for e in engines)
