@@ -220,7 +220,7 @@ def test_openvino_engines_are_saved_as_ir_that_any_cpu_compiles(mlp):
     """What a file carries is OpenVINO IR (XML and weights), not the CPU plugin's blob, which
     names the instruction set it was compiled for and loads nowhere else."""
     from archfit.core.engines import engines_in
-    from archfit.targets.openvino import IR_FORMAT, load_engine
+    from archfit.targets.openvino_engine import IR_FORMAT, load_engine
 
     model, inputs = mlp
     compiled = archfit.trace(model, inputs, target="openvino", check_payoff=False, validate=False, cache=False)
@@ -236,7 +236,7 @@ def test_openvino_engines_are_saved_as_ir_that_any_cpu_compiles(mlp):
 
 
 def test_a_bf16_openvino_file_on_a_cpu_without_bf16_units_warns_that_it_runs_fp32(monkeypatch):
-    from archfit.targets import openvino as ov_target
+    from archfit.targets import openvino_engine as ov_target
 
     monkeypatch.setattr(ov_target, "bf16_units", lambda: False)
     ov_target._warn_bf16_once.cache_clear()

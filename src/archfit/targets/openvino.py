@@ -5,18 +5,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
-import threading
 from functools import lru_cache
 from typing import Sequence
 
 import torch
 from torch import fx
 
-from ..errors import ArtifactError
-from .base import (Engine, Target, decompose_nodes, export_partition, listed_or_decomposed, nothing_to_quantize, requires, stream_count,
-                   thread_limit, to_numpy)
+from .base import Target, decompose_nodes, export_partition, listed_or_decomposed, nothing_to_quantize, requires, to_numpy
 from .lowering import Program, avx512, fold_batch_norms, gemm_clamped, gemv_relu_apart, index_as_gather, lower, stack_as_concat
+from .openvino_engine import OpenVINOEngine, bf16_units, core, load_engine
 from .registry import register_target
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8w": "f32"}  # int8w: int8 weights decompressed in f32 kernels
@@ -36,149 +33,6 @@ def _listed(op) -> bool:
 
 
 supports = listed_or_decomposed(_listed, "OpenVINO's op list")
-
-
-class OpenVINOEngine(Engine):
-    """Infer requests reused across calls (one per caller running at the same time: a single
-    caller always reuses the same one); inputs are shared with torch, not copied. Callers on
-    several threads run in parallel when the engine was loaded with several streams
-    (ARCHFIT_STREAMS, set by `archfit serve --streams`), else OpenVINO runs them in turn."""
-
-    def __init__(self, compiled_model, config: dict, model=None):
-        self.compiled_model = compiled_model
-        self.config = config
-        self.model = model  # the ov.Model compiled (its constants are the compiled model's: no extra memory)
-        self.idle = [compiled_model.create_infer_request()]
-        self.lock = threading.Lock()
-        self.port_dtypes = [_port_dtype(p) for p in compiled_model.inputs]
-
-    def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        import openvino as ov
-
-        arrays = [to_numpy(t) for t in inputs]
-        with self.lock:
-            request = self.idle.pop() if self.idle else self.compiled_model.create_infer_request()
-        try:
-            if all(a.ndim and a.dtype == d and a.flags.writeable for a, d in zip(arrays, self.port_dtypes)):
-                # Why by hand: infer(list) dispatches each input through OpenVINO's Python
-                # converters, half of a small engine's call (a 128x64 linear: 56 -> 29 us a call,
-                # ad hoc); these inputs need none of them (their dtypes match, the memory is shared).
-                for i, a in enumerate(arrays):
-                    request.set_input_tensor(i, ov.Tensor(a, shared_memory=True))
-                result = request.infer()
-            else:  # scalars, read-only or other-typed arrays: OpenVINO's converters copy as needed
-                result = request.infer(arrays, share_inputs=True)
-            return [torch.from_numpy(a) for a in result.to_tuple()]  # copies: share_outputs is off
-        finally:
-            with self.lock:
-                self.idle.append(request)
-
-    def layers(self) -> list[tuple[str, str]]:
-        """(layer type, kernel) of each layer OpenVINO's CPU plugin runs, after its own fusions:
-        ("FullyConnected", "gemm_mlas_f32"), say."""
-        return [(info["layerType"].astype(str), info["primitiveType"].astype(str))
-                for info in (op.get_rt_info() for op in self.compiled_model.get_runtime_model().get_ordered_ops())]
-
-    def serialize(self) -> bytes:
-        """One JSON header line (the compile config, the IR's XML length), then the OpenVINO IR the
-        engine was compiled from: XML, then weights. IR, not OpenVINO's compiled blob: a CPU blob
-        loads only on the instruction set it was compiled on (OpenVINO refuses an AMX host's blob
-        on an AVX-512 one), while compiling the IR at load takes the same time as importing a blob
-        (BERT-base: 0.63-0.89 s against 0.67-0.95 s, ad hoc) and leaves as much resident (a 4-layer
-        BERT: 391 against 387 MiB, the model kept or not). The config must go along: compiled
-        without it, OpenVINO falls back to its default (bf16 on bf16 CPUs)."""
-        if self.model is None:
-            if self.origin is None:
-                raise ArtifactError("an OpenVINO engine loaded from bytes cannot be saved again; save the module "
-                                    "traced or loaded from a file")
-            return self.origin()
-        xml, weights = _ir(self.model)
-        header = {IR_FORMAT: 1, "config": self.config, "xml": len(xml)}
-        return json.dumps(header).encode() + b"\n" + xml + weights
-
-
-IR_FORMAT = "archfit_openvino_ir"
-
-
-def _ir(model) -> tuple[bytes, bytes]:
-    import tempfile
-    from pathlib import Path
-
-    import openvino as ov
-
-    with tempfile.TemporaryDirectory() as tmp:  # OpenVINO's serializer writes files only
-        ov.serialize(model, str(Path(tmp) / "m.xml"), str(Path(tmp) / "m.bin"))
-        return (Path(tmp) / "m.xml").read_bytes(), (Path(tmp) / "m.bin").read_bytes()
-
-
-def _port_dtype(port):
-    try:
-        return port.get_element_type().to_dtype()
-    except Exception:  # noqa: BLE001 - string and other types numpy has no dtype for: never the fast path
-        return None
-
-
-def load_engine(data: bytes) -> OpenVINOEngine:
-    """An engine from serialize()'s bytes: the IR compiled for this CPU, or (files saved before
-    archfit stored IR) OpenVINO's compiled blob imported, which loads only on the kind of CPU it
-    was compiled on."""
-    import numpy as np
-    import openvino as ov
-
-    cut = data.index(b"\n")
-    header = json.loads(data[:cut])
-    _warn_if_bf16_runs_fp32(header.get("config", header))
-    if IR_FORMAT in header:
-        config, xml_end = header["config"], cut + 1 + header["xml"]
-        weights = ov.Tensor(np.frombuffer(memoryview(data)[xml_end:], dtype=np.uint8))  # copied once, kept by the model
-        model = core().read_model(bytes(data[cut + 1:xml_end]), weights)
-        return OpenVINOEngine(core().compile_model(model, "CPU", config | _sharing()), config, model)
-    try:
-        compiled = core().import_model(io.BytesIO(memoryview(data)[cut + 1:]), "CPU", header | _sharing())
-    except RuntimeError as err:
-        if "different runtime configuration" in str(err):
-            raise ArtifactError(
-                f"this OpenVINO engine was compiled for another kind of CPU ({_blob_isa(data[cut + 1:])}) "
-                "and an OpenVINO blob loads only there: compile the model again here, or save it with this archfit "
-                "(files now carry OpenVINO IR and load on any CPU)") from err
-        raise
-    return OpenVINOEngine(compiled, header)
-
-
-@lru_cache(maxsize=None)
-def _warn_bf16_once(hint: str) -> None:
-    import warnings
-
-    warnings.warn(f"this file's OpenVINO engines were compiled in {hint}, and this CPU has no bf16 units: OpenVINO "
-                  "runs them in fp32 here (slower than where they were compiled, and not the numbers their gate "
-                  "passed on); compile the model again on this machine for its best precision", stacklevel=3)
-
-
-def _warn_if_bf16_runs_fp32(config: dict) -> None:
-    """Tracing refuses bf16 where the CPU has no bf16 units; a file compiled in bf16 elsewhere
-    loads, but OpenVINO quietly runs it in fp32: say so once a process."""
-    if config.get("INFERENCE_PRECISION_HINT") == "bf16" and not bf16_units():
-        _warn_bf16_once("bf16")
-
-
-def _blob_isa(blob) -> str:
-    """The instruction set a compiled blob names in its header (OpenVINO's CPU plugin: magic,
-    version, length, then 'meta=...;isa=...')."""
-    import struct
-
-    (size,) = struct.unpack_from("<Q", blob, 12)
-    return bytes(blob[20:20 + min(size, 400)]).decode(errors="replace").rpartition("isa=")[2] or "unknown"
-
-
-def _sharing() -> dict:
-    """This process's share of the machine (ARCHFIT_THREADS, ARCHFIT_STREAMS), applied when an
-    engine is compiled or loaded and never stored with it. Processes sharing a machine (server
-    replicas, test workers): OpenVINO pins its threads to cores by default, and on Linux every
-    process pins to the same ones, so two processes would share one core."""
-    limit = {"INFERENCE_NUM_THREADS": thread_limit(), "ENABLE_CPU_PINNING": False} if thread_limit() else {}
-    if stream_count() > 1:  # a server running several batches at once: one stream (and its threads) each
-        limit |= {"NUM_STREAMS": stream_count(), "ENABLE_CPU_PINNING": False}
-    return limit
 
 
 # Bumped when compile_partition rewrites graphs differently: engines in the compile cache (keyed by
@@ -201,20 +55,6 @@ def linear_edits() -> bool:
     """Does this CPU take the fp32 linear edits (lowering.gemv_relu_apart, gemm_clamped)? They were
     measured on CPUs with AVX-512, where OpenVINO's oneDNN kernels are brgemm (lowering.avx512)."""
     return avx512()
-
-
-@lru_cache(maxsize=1)
-def core():
-    import openvino as ov
-
-    return ov.Core()
-
-
-@lru_cache(maxsize=1)
-def bf16_units() -> bool:
-    """Does this CPU compute in bf16 (AVX512_BF16 or AMX)? Without, OpenVINO takes the bf16 hint
-    and quietly runs fp32."""
-    return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def precision_unavailable(precision: str) -> str | None:
@@ -249,7 +89,7 @@ def compile_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]
     if precision == "int8w":
         model = _compress_weights(model)
     config = _config(precision)
-    return OpenVINOEngine(core().compile_model(model, "CPU", config | _sharing()), config, model)
+    return OpenVINOEngine.compile(model, config)
 
 
 def compile_dynamic(ep: torch.export.ExportedProgram, shapes: Sequence[Sequence[int | tuple[int, int]]],
@@ -262,7 +102,7 @@ def compile_dynamic(ep: torch.export.ExportedProgram, shapes: Sequence[Sequence[
     model.reshape({i: ov.PartialShape([ov.Dimension(*d) if isinstance(d, tuple) else ov.Dimension(d) for d in shape])
                    for i, shape in enumerate(shapes)})
     config = _config(precision)
-    return OpenVINOEngine(core().compile_model(model, "CPU", config | _sharing()), config, model)
+    return OpenVINOEngine.compile(model, config)
 
 
 def _converted_as_captured(gm: fx.GraphModule, precision: str):
@@ -326,7 +166,7 @@ def quantize_partition(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor
         quantized = nncf.quantize(model, dataset, subset_size=len(calibration), ignored_scope=ignored,
                                   model_type=nncf.ModelType.TRANSFORMER if transformer else None)
     config = _config(default)
-    return OpenVINOEngine(core().compile_model(quantized, "CPU", config | _sharing()), config, quantized)
+    return OpenVINOEngine.compile(quantized, config)
 
 
 def _keeping_names(ep: torch.export.ExportedProgram):
