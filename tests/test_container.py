@@ -87,7 +87,7 @@ def _as_blobs(path, out):
     then OpenVINO's compiled blob (which it cannot export again once imported)."""
     import hashlib
 
-    from archfit.targets.openvino import load_engine
+    from archfit.targets.openvino_engine import load_engine
 
     with zipfile.ZipFile(path) as zin, zipfile.ZipFile(out, "w") as zout:
         manifest = json.loads(zin.read("manifest.json"))

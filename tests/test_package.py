@@ -199,7 +199,7 @@ def _openvino_blob(isa: str | None = None, hint: str = "f32") -> bytes:
 
 
 def test_an_openvino_engine_saved_as_a_compiled_blob_still_loads_on_its_cpu_kind():
-    from archfit.targets.openvino import load_engine
+    from archfit.targets.openvino_engine import load_engine
 
     engine = load_engine(_openvino_blob())
     torch.manual_seed(0)
@@ -209,7 +209,7 @@ def test_an_openvino_engine_saved_as_a_compiled_blob_still_loads_on_its_cpu_kind
 
 
 def test_an_openvino_blob_of_another_cpu_kind_is_refused_naming_it():
-    from archfit.targets.openvino import load_engine
+    from archfit.targets.openvino_engine import load_engine
 
     with pytest.raises(archfit.ArtifactError, match=r"compiled for another kind of CPU \(Imaginary ISA with wide units\)"
                        r" and an OpenVINO blob loads only there: compile the model again here"):
