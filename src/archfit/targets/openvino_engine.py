@@ -80,9 +80,9 @@ class OpenVINOEngine(Engine):
         """One JSON header line (the compile config, the IR's XML length), then the OpenVINO IR the
         engine was compiled from: XML, then weights. IR, not OpenVINO's compiled blob: a CPU blob
         loads only on the instruction set it was compiled on (OpenVINO refuses an AMX host's blob
-        on an AVX-512 one), while compiling the IR at load takes the same time as importing a blob
-        (BERT-base: 0.63-0.89 s against 0.67-0.95 s, ad hoc) and leaves as much resident (a 4-layer
-        BERT: 391 against 387 MiB, the model kept or not). The config must go along: compiled
+        on an AVX-512 one), while compiling the IR at load takes no longer than importing a blob and
+        leaves as much resident (BERT-base, fresh processes: load 2.01 against 2.14 s, 1599 against
+        1594 MiB after a call, peak 411 MiB lower; benchmarks/ir_load.py, BENCHMARKS.md). The config must go along: compiled
         without it, OpenVINO falls back to its default (bf16 on bf16 CPUs)."""
         if self.model is None:
             if self.origin is None:
