@@ -9,11 +9,9 @@ writes benchmarks/results/ir_load.json and prints the table for BENCHMARKS.md.""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
-import zipfile
 from pathlib import Path
 
 import torch
@@ -22,26 +20,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import archfit  # noqa: E402
 from archfit import zoo  # noqa: E402
 from archfit.cli.bench import cpu_model  # noqa: E402
-from archfit.targets.openvino_engine import load_engine  # noqa: E402
+from archfit.artifact import container  # noqa: E402
+from archfit.targets.openvino_engine import as_blob  # noqa: E402
 from fresh import load_and_run, scratch_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def as_blobs(path: Path, out: Path) -> Path:
-    """`path` with each OpenVINO engine stored as its compiled blob (config line, then the blob)."""
-    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(out, "w") as zout:
-        manifest = json.loads(zin.read("manifest.json"))
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename.endswith(".bin"):
-                engine = load_engine(data)
-                data = json.dumps(engine.config).encode() + b"\n" + engine.compiled_model.export_model().getvalue()
-                manifest["files"][item.filename] = hashlib.sha256(data).hexdigest()
-            if item.filename != "manifest.json":
-                zout.writestr(item, data)
-        zout.writestr("manifest.json", json.dumps(manifest))
-    return out
+    """`path` with each OpenVINO engine stored as its compiled blob."""
+    manifest, files = container.read(path)
+    manifest.pop("files")
+    return container.write(out, manifest, {n: as_blob(d) if n.endswith(".bin") else d for n, d in files.items()})
 
 
 def main() -> None:

@@ -85,22 +85,11 @@ def test_saved_file_follows_the_umask(saved_mlp, tmp_path):
 def _as_blobs(path, out):
     """`path` with its OpenVINO engines stored as archfit stored them before IR: the config line,
     then OpenVINO's compiled blob (which it cannot export again once imported)."""
-    import hashlib
+    from archfit.targets.openvino_engine import as_blob
 
-    from archfit.targets.openvino_engine import load_engine
-
-    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(out, "w") as zout:
-        manifest = json.loads(zin.read("manifest.json"))
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename.endswith(".bin"):
-                engine = load_engine(data)
-                data = json.dumps(engine.config).encode() + b"\n" + engine.compiled_model.export_model().getvalue()
-                manifest["files"][item.filename] = hashlib.sha256(data).hexdigest()
-            if item.filename != "manifest.json":
-                zout.writestr(item, data)
-        zout.writestr("manifest.json", json.dumps(manifest))
-    return out
+    manifest, files = container.read(path)
+    manifest.pop("files")
+    return container.write(out, manifest, {n: as_blob(d) if n.endswith(".bin") else d for n, d in files.items()})
 
 
 def test_a_loaded_module_saves_again_and_answers_the_same(saved_mlp, mlp_custom, tmp_path):

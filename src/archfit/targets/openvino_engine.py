@@ -141,6 +141,13 @@ def load_engine(data: bytes) -> OpenVINOEngine:
     return OpenVINOEngine(compiled, header)
 
 
+def as_blob(data: bytes) -> bytes:
+    """serialize()'s bytes as archfit saved OpenVINO engines before IR (the config line, then the
+    compiled blob), for checking that such files still load (tests, benchmarks/ir_load.py)."""
+    engine = load_engine(data)
+    return json.dumps(engine.config).encode() + b"\n" + engine.compiled_model.export_model().getvalue()
+
+
 @lru_cache(maxsize=1)
 def _warn_bf16_once() -> None:
     import warnings
