@@ -148,3 +148,16 @@ def test_operator_spelled_ops_on_the_host_save_and_load(tmp_path):
     with torch.no_grad():
         assert torch.equal(archfit.load(path)(*inputs), compiled(*inputs))
         assert torch.allclose(compiled(*inputs), model(*inputs), atol=1e-5)
+
+
+def test_an_nn_sequential_whose_weights_stay_on_the_host_saves_and_loads(tmp_path):
+    """An nn.Sequential's weights are `0.weight`, read by nodes torch.fx names `_0_weight`: plain
+    names, not dunders. The file was saved and then refused at load ("not a fresh identifier")."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.Linear(8, 4)).eval()
+    x = torch.randn(2, 8)
+    compiled = archfit.trace(model, (x,), target="openvino", check_payoff=False, validate=False, force_cpu=["linear"])
+    read = {(n.name, n.target) for n in compiled.graph_module.graph.nodes if n.op == "get_attr"}
+    assert ("_0_weight", "0.weight") in read, read
+    path = archfit.save(compiled, tmp_path / "sequential.archfit")
+    with torch.no_grad():
+        assert torch.equal(archfit.load(path)(x), compiled(x))

@@ -49,9 +49,11 @@ _PRIVATE_OK = frozenset({"_safe_softmax", "_unsafe_view", "_unsafe_index", "_sca
 _DROPOUT_ARG_ONLY = frozenset({"scaled_dot_product_attention"})
 # Words that mark file, storage or process access in an op's name or argument names.
 _IO_WORDS = re.compile(r"file|save|load|storage|print|record|set_|device_sync|_dist|share|mmap|pickle", re.I)
-# Names from the file: identifiers that may start with one underscore, never a dunder.
-_IDENT = re.compile(r"^_?[A-Za-z][A-Za-z0-9_]{0,199}$")
-_ATTR = re.compile(r"^_?[A-Za-z][A-Za-z0-9_]{0,99}(\.[A-Za-z0-9_]{1,100}){0,15}$")
+# Names from the file: identifiers that may start with one underscore, never a dunder. An
+# nn.Sequential's weight is `0.weight` (an attribute path may start with a digit), and torch.fx
+# names the node reading it `_0_weight` (after the underscore a digit too).
+_IDENT = re.compile(r"^(?:[A-Za-z]|_[A-Za-z0-9])[A-Za-z0-9_]{0,198}$")
+_ATTR = re.compile(r"^(?:[A-Za-z0-9]|_[A-Za-z0-9])[A-Za-z0-9_]{0,98}(\.[A-Za-z0-9_]{1,100}){0,15}$")
 MAX_NODES = 200_000  # a real host program has a few thousand at most (BERT-large on inf1: ~2k)
 MAX_DEPTH = 8  # nesting of lists/tuples in one argument
 
